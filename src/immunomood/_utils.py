@@ -1,0 +1,245 @@
+"""Shared, private helpers: input validation, gene identifiers, random state, atomic writes.
+
+Every public function validates its input here *before* doing any work, so that error
+messages are uniform: what was received, what was expected, how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from ._settings import logger
+
+ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+_SYMBOL_COLUMN_CANDIDATES = (
+    "gene_symbols", "gene_symbol", "symbol", "symbols", "gene_name", "gene_names", "feature_name",
+    "gene_ids_symbol", "name", "Symbol", "GeneSymbol", "gene", "genes", "features",
+)
+
+
+def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 3) -> None:
+    """Warn pointing at the user's line (two frames above the caller by default) and log it."""
+    logger.warning(message)
+    warnings.warn(message, category, stacklevel=stacklevel)
+
+
+# ----------------------------------------------------------------------------------------------
+# AnnData checks
+# ----------------------------------------------------------------------------------------------
+def check_adata(adata: Any, *, name: str = "adata", min_obs: int = 1, min_vars: int = 1) -> None:
+    """Raise a clear error if ``adata`` is not a non-empty AnnData."""
+    from anndata import AnnData
+
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`{name}` must be an AnnData, got {type(adata).__name__}.")
+    if adata.n_obs < min_obs or adata.n_vars < min_vars:
+        raise ValueError(
+            f"`{name}` is empty or too small: {adata.n_obs} cells x {adata.n_vars} genes "
+            f"(need at least {min_obs} x {min_vars})."
+        )
+
+
+def check_not_view(adata: Any, *, func: str) -> None:
+    """Refuse to write in place into an AnnData view (it would silently copy or fail half-way)."""
+    if getattr(adata, "is_view", False):
+        raise ValueError(
+            f"`{func}` writes into `adata` in place, but `adata` is a view (a subset such as "
+            "`adata[mask]`). Make it an actual object first: `adata = adata[mask].copy()`, "
+            "or call with `inplace=False` / `copy=True`."
+        )
+
+
+def check_obs_key(adata: Any, key: str | None, *, what: str = "column", allow_na: bool = False) -> None:
+    """Raise a KeyError listing the available obs columns if ``key`` is missing."""
+    if key is None:
+        return
+    if key not in adata.obs.columns:
+        raise KeyError(
+            f"{what.capitalize()} {key!r} not found in adata.obs. Available: {list(map(str, adata.obs.columns))}."
+        )
+    if not allow_na and adata.obs[key].isna().any():
+        n = int(adata.obs[key].isna().sum())
+        raise ValueError(
+            f"adata.obs[{key!r}] has {n} missing values. Fill them or remove those cells first "
+            f"(e.g. `adata = adata[adata.obs[{key!r}].notna()].copy()`)."
+        )
+
+
+def check_layer(adata: Any, layer: str | None) -> None:
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found in adata.layers. Available: {list(adata.layers.keys())}.")
+
+
+def get_matrix(adata: Any, layer: str | None = None):
+    """``adata.X`` or ``adata.layers[layer]``, after checking the layer exists."""
+    check_layer(adata, layer)
+    return adata.X if layer is None else adata.layers[layer]
+
+
+def _values_sample(X, max_values: int = 2_000_000) -> np.ndarray:
+    """Stored values of ``X`` (all of them, or an evenly spaced sample for very large matrices)."""
+    if sparse.issparse(X):
+        data = X.data
+    elif hasattr(X, "compute") and not isinstance(X, np.ndarray):  # dask
+        block = X[: min(X.shape[0], 10_000)]
+        block = block.compute()
+        return _values_sample(block, max_values)
+    else:
+        data = np.asarray(X).ravel()
+    if data.size > max_values:
+        step = data.size // max_values + 1
+        data = data[::step]
+    return np.asarray(data)
+
+
+def count_matrix_problem(X) -> str | None:
+    """Return a description of why ``X`` is not raw counts, or ``None`` if it looks like counts."""
+    vals = _values_sample(X)
+    if vals.size == 0:
+        return None
+    if not np.all(np.isfinite(vals)):
+        return "it contains NaN or infinite values"
+    if (vals < 0).any():
+        return f"it contains negative values (min {vals.min():.3g})"
+    frac = np.abs(vals - np.round(vals)) > 1e-6
+    if frac.any():
+        ex = vals[frac][:3]
+        return f"it contains non-integer values (e.g. {', '.join(f'{v:.4g}' for v in ex)})"
+    return None
+
+
+def is_count_matrix(X) -> bool:
+    return count_matrix_problem(X) is None
+
+
+def check_counts(adata: Any, layer: str | None, *, func: str) -> None:
+    """Raise if the chosen matrix is not raw counts, naming the fix."""
+    X = get_matrix(adata, layer)
+    problem = count_matrix_problem(X)
+    if problem is not None:
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        layers = list(adata.layers.keys())
+        raise ValueError(
+            f"`{func}` needs raw counts, but {where} is not raw counts: {problem}. "
+            f"Pass the layer that holds the raw counts with `layer=`/`counts_layer=` "
+            f"(layers present: {layers})."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# gene identifiers
+# ----------------------------------------------------------------------------------------------
+def looks_like_ensembl(names: Iterable[str], frac: float = 0.5) -> bool:
+    names = list(map(str, names))
+    if not names:
+        return False
+    sample = names[:: max(1, len(names) // 2000)]
+    hits = sum(bool(ENSEMBL_RE.match(n)) for n in sample)
+    return hits / len(sample) >= frac
+
+
+def find_symbol_column(adata: Any) -> str | None:
+    """Find the ``var`` column that holds gene symbols when ``var_names`` are Ensembl IDs."""
+    best, best_score = None, 0.0
+    for col in list(_SYMBOL_COLUMN_CANDIDATES) + [c for c in adata.var.columns if c not in _SYMBOL_COLUMN_CANDIDATES]:
+        if col not in adata.var.columns:
+            continue
+        s = adata.var[col]
+        if not (pd.api.types.is_object_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)
+                or pd.api.types.is_string_dtype(s)):
+            continue
+        vals = s.astype(str)
+        if looks_like_ensembl(vals, 0.3):
+            continue
+        # symbols: mostly alphanumeric short strings, many distinct values
+        score = vals.str.match(r"^[A-Za-z][A-Za-z0-9\-\.\_]{0,20}$").mean() * (vals.nunique() / max(len(vals), 1))
+        if score > best_score:
+            best, best_score = col, score
+    return best if best_score > 0.5 else None
+
+
+def gene_symbols(adata: Any, gene_symbols: str | None = None) -> pd.Index:
+    """Gene symbols for ``adata.var``: ``var_names`` or a ``var`` column (found automatically for Ensembl IDs)."""
+    if gene_symbols is not None:
+        if gene_symbols not in adata.var.columns:
+            raise KeyError(
+                f"gene_symbols={gene_symbols!r} is not a column of adata.var. Available: {list(adata.var.columns)}."
+            )
+        return pd.Index(adata.var[gene_symbols].astype(str))
+    if looks_like_ensembl(adata.var_names):
+        col = find_symbol_column(adata)
+        if col is None:
+            return pd.Index(adata.var_names.astype(str))
+        logger.info("var_names look like Ensembl IDs; using gene symbols from adata.var[%r]", col)
+        return pd.Index(adata.var[col].astype(str))
+    return pd.Index(adata.var_names.astype(str))
+
+
+def identifier_kind(adata: Any) -> str:
+    return "Ensembl IDs" if looks_like_ensembl(adata.var_names) else "gene symbols"
+
+
+def match_genes(symbols: pd.Index, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Positions of ``genes`` among ``symbols`` (case-insensitive; R-style ``.1`` suffixes ignored).
+
+    Returns (indices found, genes missing). The first occurrence wins when a symbol repeats.
+    """
+    upper = pd.Series(np.arange(len(symbols)), index=pd.Index(symbols).str.upper())
+    upper = upper[~upper.index.duplicated(keep="first")]
+    idx, missing = [], []
+    for g in genes:
+        key = str(g).upper()
+        if key in upper.index:
+            idx.append(int(upper[key]))
+        else:
+            missing.append(g)
+    return np.asarray(idx, dtype=int), missing
+
+
+# ----------------------------------------------------------------------------------------------
+# randomness, sample-level columns, writing
+# ----------------------------------------------------------------------------------------------
+def resolve_random_state(random_state: int | None) -> int:
+    from ._settings import settings
+
+    return settings.random_state if random_state is None else int(random_state)
+
+
+def sample_level_columns(obs: pd.DataFrame, sample_key: str) -> list[str]:
+    """Columns of ``obs`` that are constant within every sample (donor-level metadata)."""
+    g = obs.groupby(sample_key, observed=True, sort=False)
+    out = []
+    for c in obs.columns:
+        if c == sample_key:
+            continue
+        try:
+            if (g[c].nunique(dropna=False) <= 1).all():
+                out.append(c)
+        except TypeError:
+            continue
+    return out
+
+
+def atomic_write_h5ad(adata: Any, path: str | os.PathLike) -> Path:
+    """Write ``adata`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

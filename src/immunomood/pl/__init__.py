@@ -1,0 +1,12 @@
+"""Plotting: every function reads what the matching ``tl``/``pp`` function stored and returns matplotlib objects."""
+
+from __future__ import annotations
+
+from ._qc import qc, qc_report
+from ._integrate import integration
+from ._annotate import annotation, annotation_confidence
+from ._differential import differential_activity, volcano
+from ._composition import composition
+from ._proteomics import cross_modal, biomarker_roc
+
+__all__ = ["annotation", "annotation_confidence", "biomarker_roc", "composition", "cross_modal", "differential_activity", "integration", "qc", "qc_report", "volcano"]

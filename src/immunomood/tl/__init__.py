@@ -1,0 +1,16 @@
+"""Tools: integration, annotation, pathway activity, donor-level differential testing, proteomics join."""
+
+from __future__ import annotations
+
+from ._integrate import integrate
+from ._metrics import integration_metrics
+from ._embed import embed
+from ._annotate import annotate
+from ._gene_sets import gene_sets
+from ._pathways import score_pathways
+from ._pseudobulk import pseudobulk
+from ._differential import differential_activity, differential_expression
+from ._composition import composition
+from ._proteomics import donor_view, join_proteomics, cross_modal_associations, biomarker_panel
+
+__all__ = ["annotate", "biomarker_panel", "composition", "cross_modal_associations", "differential_activity", "differential_expression", "donor_view", "embed", "gene_sets", "integrate", "integration_metrics", "join_proteomics", "pseudobulk", "score_pathways"]
