@@ -1,0 +1,423 @@
+"""The staged end-to-end analysis behind ``immunomood run`` and ``immunomood demo``.
+
+Every stage reads the previous stage's checkpoint and writes its own into ``<outdir>/checkpoints/<stage>/``:
+the data (``data.h5ad`` or ``data.h5mu``), its result tables (CSV) and ``checkpoint.json`` (stage, config hash,
+package versions). A stage is built in a temporary folder and renamed into place only when complete, so a
+run killed at any moment (even by SIGKILL) leaves either a complete checkpoint or none. ``--resume`` skips the
+stages whose checkpoint carries the current config hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._config import STAGES, Config, ConfigError
+from ._settings import logger
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("immunomood", "anndata", "scanpy", "scvi-tools", "torch", "mudata", "numpy", "pandas", "statsmodels"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "not installed"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+class Checkpoints:
+    def __init__(self, outdir: Path):
+        self.root = outdir / "checkpoints"
+        self.tmp = self.root / ".tmp"
+
+    def clean_stale(self) -> None:
+        """Remove leftovers of an interrupted stage (never a complete checkpoint)."""
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+
+    def path(self, stage: str) -> Path:
+        return self.root / f"{STAGES.index(stage):02d}_{stage}"
+
+    def info(self, stage: str) -> dict[str, Any] | None:
+        f = self.path(stage) / "checkpoint.json"
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def valid(self, stage: str, config_hash: str) -> bool:
+        info = self.info(stage)
+        return info is not None and info.get("config_hash") == config_hash
+
+    def write(self, stage: str, config_hash: str, *, adata=None, mdata=None, tables: dict[str, pd.DataFrame] | None = None,
+              extra: dict[str, Any] | None = None) -> Path:
+        meta = {"stage": stage, "config_hash": config_hash, "versions": versions(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if extra:
+            meta.update(extra)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        work = self.tmp / f"{stage}-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        if adata is not None:
+            adata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k != "versions"} | {
+                "versions": meta["versions"]}
+            adata.write_h5ad(work / "data.h5ad")
+        if mdata is not None:
+            mdata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k != "versions"} | {
+                "versions": meta["versions"]}
+            mdata.write(work / "data.h5mu")
+        for name, df in (tables or {}).items():
+            df.to_csv(work / f"{name}.csv", index=False)
+        (work / "checkpoint.json").write_text(json.dumps(meta, indent=2, default=str))
+        final = self.path(stage)
+        if final.exists():  # an outdated checkpoint of this stage (other config): replace it
+            old = self.tmp / f"old-{stage}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, final)
+        return final
+
+    def read_adata(self, stage: str):
+        import anndata as ad
+
+        return ad.read_h5ad(self.path(stage) / "data.h5ad")
+
+    def read_mdata(self, stage: str):
+        import mudata as md
+
+        return md.read_h5mu(self.path(stage) / "data.h5mu")
+
+    def read_table(self, stage: str, name: str) -> pd.DataFrame | None:
+        f = self.path(stage) / f"{name}.csv"
+        return pd.read_csv(f) if f.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# validation before any work
+# ----------------------------------------------------------------------------------------------
+def _obs_columns_of_h5ad(path: Path) -> pd.DataFrame:
+    import anndata as ad
+
+    a = ad.read_h5ad(path, backed="r")
+    try:
+        return a.obs.copy()
+    finally:
+        a.file.close()
+
+
+def validate_inputs(cfg: Config) -> None:
+    """Check files and columns named by the config; raise :class:`ConfigError` before any work."""
+    inp = cfg["input"]
+    problems: list[str] = []
+    needed = [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else []) + list(
+        inp["covariates"])
+    if inp["h5ad"] is not None:
+        p = cfg.resolve(inp["h5ad"])
+        if not p.is_file():
+            problems.append(f"[input] h5ad file not found: {p}")
+        else:
+            obs = _obs_columns_of_h5ad(p)
+            missing = [c for c in needed if c not in obs.columns]
+            if missing:
+                problems.append(f"[input] columns {missing} not found in {p.name} obs. Available: {list(obs.columns)}")
+    else:
+        p = cfg.resolve(inp["sample_sheet"])
+        if not p.is_file():
+            problems.append(f"[input] sample_sheet not found: {p}")
+        else:
+            sheet = pd.read_csv(p)
+            missing = [c for c in ["path"] + needed if c not in sheet.columns]
+            if missing:
+                problems.append(f"[input] columns {missing} missing from the sample sheet {p.name}. "
+                                f"Available: {list(sheet.columns)}")
+            if "path" in sheet.columns:
+                for sp in sheet["path"]:
+                    q = cfg.resolve(str(sp))
+                    if not q.exists():
+                        problems.append(f"[input] sample path listed in {p.name} not found: {q}")
+            if inp["sample_key"] in sheet.columns and sheet[inp["sample_key"]].duplicated().any():
+                dup = sheet.loc[sheet[inp["sample_key"]].duplicated(), inp["sample_key"]].tolist()
+                problems.append(f"[input] duplicated sample IDs in the sample sheet: {dup[:5]}")
+    pr = cfg["proteomics"]
+    if pr["path"] is not None:
+        q = cfg.resolve(pr["path"])
+        if not q.exists():
+            problems.append(f"[proteomics] file not found: {q}")
+    if cfg["integrate"]["enabled"] and not inp["batch_key"]:
+        problems.append("[integrate] enabled = true needs [input] batch_key (or set [integrate] enabled = false)")
+    if problems:
+        raise ConfigError("Cannot start the run:\n  - " + "\n  - ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# stages
+# ----------------------------------------------------------------------------------------------
+def _read_sample(path: Path):
+    import anndata as ad
+    import scanpy as sc
+
+    if path.is_dir():
+        return sc.read_10x_mtx(path)
+    if path.suffix == ".h5":
+        return sc.read_10x_h5(path)
+    if path.suffix == ".h5ad":
+        return ad.read_h5ad(path)
+    raise ConfigError(f"Unsupported sample file {path}: expected a 10x folder, a 10x .h5 or an .h5ad")
+
+
+def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    import anndata as ad
+    from tqdm.auto import tqdm
+
+    inp = cfg["input"]
+    if inp["h5ad"] is not None:
+        adata = ad.read_h5ad(cfg.resolve(inp["h5ad"]))
+        if inp["counts_layer"]:
+            adata.X = adata.layers[inp["counts_layer"]].copy()
+    else:
+        sheet = pd.read_csv(cfg.resolve(inp["sample_sheet"]))
+        parts = []
+        for _, row in tqdm(list(sheet.iterrows()), desc="reading samples", disable=None):
+            a = _read_sample(cfg.resolve(str(row["path"])))
+            a.var_names_make_unique()
+            a.obs_names = [f"{row[inp['sample_key']]}_{b}" for b in a.obs_names]
+            for c in sheet.columns:
+                if c != "path":
+                    a.obs[c] = row[c]
+            parts.append(a)
+        adata = ad.concat(parts, join="inner", merge="same")
+    for c in [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else []):
+        adata.obs[c] = adata.obs[c].astype(str).astype("category")
+    if inp["reference"] is not None:
+        cats = list(adata.obs[inp["condition_key"]].cat.categories)
+        if inp["reference"] not in cats:
+            raise ConfigError(f"[input] reference {inp['reference']!r} is not a level of "
+                              f"{inp['condition_key']!r}: {cats}")
+        adata.obs[inp["condition_key"]] = adata.obs[inp["condition_key"]].cat.reorder_categories(
+            [inp["reference"]] + [c for c in cats if c != inp["reference"]])
+    logger.info("loaded %d cells x %d genes from %d samples", adata.n_obs, adata.n_vars,
+                adata.obs[inp["sample_key"]].nunique())
+    ck.write("load", h, adata=adata)
+    state["adata"] = adata
+
+
+def stage_qc(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    from . import pp
+
+    inp, q = cfg["input"], cfg["qc"]
+    adata = state["adata"]
+    sk = inp["sample_key"]
+    pp.qc_metrics(adata, sample_key=sk, gene_symbols=inp["gene_symbols"])
+    pp.flag_outliers(adata, sample_key=sk, nmads=q["nmads"], mt_nmads=q["mt_nmads"], max_pct_mt=q["max_pct_mt"])
+    remove: tuple[str, ...] = ("qc_outlier",)
+    if q["doublets"]:
+        pp.detect_doublets(adata, sample_key=sk, random_state=cfg["output"]["random_state"])
+        remove = ("qc_outlier", "predicted_doublet")
+    pp.filter_cells(adata, remove=remove, min_cells_per_sample=q["min_cells_per_sample"])
+    pp.normalize(adata)
+    pp.highly_variable_genes(adata, n_top_genes=q["n_top_genes"], batch_key=inp["batch_key"])
+    report = adata.uns["qc"]["report"]
+    ck.write("qc", h, adata=adata, tables={"qc_report": report.reset_index() if report.index.name else report})
+    state["adata"] = adata
+
+
+def stage_integrate(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    import scanpy as sc
+
+    from . import tl
+
+    inp, ig = cfg["input"], cfg["integrate"]
+    adata = state["adata"]
+    rs = cfg["output"]["random_state"]
+    sub = adata[:, adata.var["highly_variable"]].copy() if "highly_variable" in adata.var else adata.copy()
+    sc.pp.pca(sub, random_state=rs)
+    adata.obsm["X_pca"] = sub.obsm["X_pca"]
+    use_rep = "X_pca"
+    if ig["enabled"]:
+        tl.integrate(adata, batch_key=inp["batch_key"], n_latent=ig["n_latent"], max_epochs=ig["max_epochs"],
+                     accelerator=ig["accelerator"], devices=ig["devices"], random_state=rs)
+        use_rep = "X_scVI"
+    tl.embed(adata, use_rep=use_rep, random_state=rs)
+    ck.write("integrate", h, adata=adata, extra={"use_rep": use_rep})
+    state["adata"] = adata
+
+
+def stage_annotate(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    from . import tl
+
+    an = cfg["annotate"]
+    adata = state["adata"]
+    use_rep = "X_scVI" if "X_scVI" in adata.obsm else "X_pca"
+    tl.annotate(adata, markers=an["markers"], use_rep=use_rep, min_confidence=an["min_confidence"],
+                random_state=cfg["output"]["random_state"])
+    counts = adata.obs["cell_type"].value_counts().rename_axis("cell_type").reset_index(name="n_cells")
+    ck.write("annotate", h, adata=adata, tables={"cell_types": counts})
+    state["adata"] = adata
+
+
+def _gene_set_dict(names: list[str]) -> dict[str, list[str]]:
+    from . import tl
+
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.update(tl.gene_sets(n))
+    return out
+
+
+def stage_score(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    from . import tl
+
+    adata = state["adata"]
+    tl.score_pathways(adata, _gene_set_dict(cfg["score"]["gene_sets"]))
+    ck.write("score", h, adata=adata)
+    state["adata"] = adata
+
+
+def stage_differential(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    from . import tl
+
+    inp, d = cfg["input"], cfg["differential"]
+    adata = state["adata"]
+    common = dict(condition_key=inp["condition_key"], sample_key=inp["sample_key"], groupby=d["groupby"])
+    res = tl.differential_activity(adata, gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
+                                   covariates=tuple(inp["covariates"]), min_cells=d["min_cells"],
+                                   reference=inp["reference"], **common)
+    comp = tl.composition(adata, sample_key=inp["sample_key"], condition_key=inp["condition_key"],
+                          groupby=d["groupby"], covariates=tuple(inp["covariates"]))
+    tables = {"differential_activity": res, "composition": comp}
+    if d["expression"]:
+        tables["differential_expression"] = tl.differential_expression(
+            adata, covariates=tuple(inp["covariates"]), min_cells=d["min_cells"], **common)
+    state["tables"] = tables
+    ck.write("differential", h, adata=adata, tables=tables)
+    state["adata"] = adata
+
+
+def _read_proteomics(cfg: Config):
+    import anndata as ad
+
+    from . import io
+
+    pr = cfg["proteomics"]
+    path = cfg.resolve(pr["path"])
+    platform = pr["platform"]
+    if platform == "auto":
+        name = path.name.lower()
+        platform = ("somascan" if name.endswith(".adat") else "h5ad" if name.endswith(".h5ad") else "olink")
+    if platform == "h5ad":
+        return ad.read_h5ad(path)
+    if platform == "somascan":
+        return io.read_somascan(path)
+    return io.read_olink(path)
+
+
+def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    from . import pp, tl
+
+    inp, pr = cfg["input"], cfg["proteomics"]
+    if pr["path"] is None:
+        logger.info("no [proteomics] path: skipping the proteomics stage")
+        ck.write("proteomics", h, extra={"skipped": True})
+        return
+    adata = state["adata"]
+    rs = cfg["output"]["random_state"]
+    prot = _read_proteomics(cfg)
+    if prot.uns.get("proteomics", {}).get("platform") in ("olink", "somascan"):
+        prot = pp.proteomics_qc(prot, max_below_lod=pr["max_below_lod"], copy=True)
+    donors = tl.donor_view(adata, sample_key=inp["sample_key"], groupby=cfg["differential"]["groupby"],
+                           gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]), min_cells=cfg["differential"]["min_cells"])
+    mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
+    assoc = tl.cross_modal_associations(mdata, method=pr["association_method"], covariates=tuple(
+        c for c in inp["covariates"] if c in mdata.obs.columns))
+    panel = tl.biomarker_panel(mdata, condition_key=inp["condition_key"], n_repeats=pr["biomarker_repeats"],
+                               random_state=rs)
+    preds = panel.predictions.reset_index() if isinstance(panel.predictions, pd.DataFrame) else pd.DataFrame(
+        panel.predictions)
+    tables = {
+        "cross_modal_associations": assoc,
+        "biomarker_features": panel.features.reset_index(),
+        "biomarker_predictions": preds,
+        "biomarker_auc": pd.DataFrame({"auc": [panel.auc], "ci_low": [panel.auc_ci[0]], "ci_high": [panel.auc_ci[1]]}),
+    }
+    state["tables"] = {**state.get("tables", {}), **tables}
+    state["mdata"] = mdata
+    state["panel"] = panel
+    ck.write("proteomics", h, mdata=mdata, tables=tables)
+
+
+def stage_report(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    from ._report import write_report
+
+    write_report(cfg, ck, state)
+    ck.write("report", h, extra={"report": str(cfg.outdir / "report")})
+
+
+STAGE_FUNCS: dict[str, Callable[[Config, Checkpoints, str, dict], None]] = {
+    "load": stage_load, "qc": stage_qc, "integrate": stage_integrate, "annotate": stage_annotate,
+    "score": stage_score, "differential": stage_differential, "proteomics": stage_proteomics, "report": stage_report,
+}
+_ADATA_STAGES = ("load", "qc", "integrate", "annotate", "score", "differential")
+
+
+def _setup_file_logging(outdir: Path) -> logging.Handler:
+    outdir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(outdir / "immunomood.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(fh)
+    if logger.level > logging.INFO or logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    return fh
+
+
+def run_pipeline(cfg: Config, *, resume: bool = False, from_stage: str | None = None) -> dict[str, Any]:
+    """Run every stage of the analysis described by ``cfg`` (see :mod:`immunomood._config`)."""
+    if from_stage is not None and from_stage not in STAGES:
+        raise ConfigError(f"--from {from_stage!r} is not a stage. Stages: {', '.join(STAGES)}")
+    validate_inputs(cfg)
+    outdir = cfg.outdir
+    fh = _setup_file_logging(outdir)
+    ck = Checkpoints(outdir)
+    ck.clean_stale()
+    state: dict[str, Any] = {}
+    start_idx = STAGES.index(from_stage) if from_stage else 0
+    try:
+        for i, stage in enumerate(STAGES):
+            h = cfg.stage_hash(stage)
+            skip = (i < start_idx and ck.valid(stage, h)) or (resume and i >= start_idx and ck.valid(stage, h))
+            if i < start_idx and not ck.valid(stage, h):
+                raise ConfigError(f"--from {from_stage}: the checkpoint of the earlier stage {stage!r} is missing or "
+                                  "was made with another config; run without --from (or with --resume).")
+            if skip:
+                logger.info("stage %s: checkpoint matches the config, skipped", stage)
+                continue
+            # load what this stage needs from the latest checkpoint if it is not in memory
+            if "adata" not in state and stage != "load":
+                prev = max((s for s in _ADATA_STAGES if STAGES.index(s) < i), key=STAGES.index)
+                state["adata"] = ck.read_adata(prev)
+            logger.info("stage %s: started", stage)
+            t0 = time.perf_counter()
+            STAGE_FUNCS[stage](cfg, ck, h, state)
+            logger.info("stage %s: done in %.1f s", stage, time.perf_counter() - t0)
+    finally:
+        logger.removeHandler(fh)
+        fh.close()
+    return state
