@@ -1,7 +1,160 @@
-"""Placeholder: being implemented (see the issue tracker)."""
+"""Pseudobulk: summed counts per sample x group, with donor-level metadata and a record of what was dropped."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
 
-def pseudobulk(*args, **kwargs):
-    raise NotImplementedError("tl.pseudobulk is not implemented yet")
+from .._docs import doc_adata, doc_params, doc_sample_key
+from .._utils import (
+    check_adata,
+    check_obs_key,
+    count_matrix_problem,
+    get_matrix,
+    sample_level_columns,
+    warn,
+)
+
+__all__ = ["pseudobulk"]
+
+SEP = "|"
+
+
+def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool = False):
+    """The raw-count matrix to aggregate, with errors that name the fix.
+
+    ``layer=None`` uses ``adata.X``. With ``auto=True`` a ``"counts"`` layer is used when present, else ``X``.
+    """
+    if auto and layer is None:
+        layer = "counts" if "counts" in adata.layers else None
+    if layer is not None and layer not in adata.layers:
+        x_problem = count_matrix_problem(adata.X)
+        if x_problem is None:
+            raise KeyError(
+                f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}). "
+                "adata.X holds raw counts: pass `layer=None` to aggregate adata.X."
+            )
+        raise KeyError(
+            f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}), and "
+            f"adata.X is not raw counts ({x_problem}). Pass `layer=` naming the layer that holds raw counts "
+            "(e.g. after `im.pp.normalize`, counts are in layers['counts'])."
+        )
+    X = get_matrix(adata, layer)
+    problem = count_matrix_problem(X)
+    if problem is not None:
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise ValueError(
+            f"`{func}` sums raw counts, but {where} is not raw counts: {problem}. Pass `layer=` naming the layer "
+            f"that holds raw counts (layers present: {list(adata.layers.keys())})."
+        )
+    return X, layer
+
+
+def aggregate(X, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
+    """Sum the rows of ``X`` by integer ``codes`` (one sparse indicator-matrix product; codes < 0 ignored)."""
+    keep = codes >= 0
+    n = X.shape[0]
+    G = sparse.csr_matrix(
+        (np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))), shape=(n_groups, n)
+    )
+    if hasattr(X, "compute") and not isinstance(X, np.ndarray) and not sparse.issparse(X):  # dask
+        X = X.compute()
+    out = G @ X
+    return sparse.csr_matrix(out, dtype=np.float64) if sparse.issparse(out) else sparse.csr_matrix(np.asarray(out, dtype=np.float64))
+
+
+def combos(obs: pd.DataFrame, sample_key: str, groupby: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every sample x group combination (including empty ones) and the combination code of each cell."""
+    s = obs[sample_key].astype("category")
+    g = obs[groupby].astype("category")
+    s_levels = [x for x in s.cat.categories if (s == x).any()]
+    g_levels = [x for x in g.cat.categories if (g == x).any()]
+    s_code = pd.Categorical(s, categories=s_levels).codes.astype(np.int64)
+    g_code = pd.Categorical(g, categories=g_levels).codes.astype(np.int64)
+    code = s_code * len(g_levels) + g_code
+    n_cells = np.bincount(code, minlength=len(s_levels) * len(g_levels))
+    grid = pd.DataFrame(
+        {sample_key: np.repeat(np.asarray(s_levels, dtype=object), len(g_levels)),
+         groupby: np.tile(np.asarray(g_levels, dtype=object), len(s_levels)),
+         "n_cells": n_cells.astype(int)}
+    )
+    grid.index = [f"{a}{SEP}{b}" for a, b in zip(grid[sample_key], grid[groupby])]
+    return grid, code
+
+
+@doc_params(adata=doc_adata, sample_key=doc_sample_key)
+def pseudobulk(
+    adata: AnnData,
+    *,
+    sample_key: str,
+    groupby: str,
+    layer: str | None = "counts",
+    min_cells: int = 10,
+) -> AnnData:
+    """Sum raw counts per sample x group (e.g. donor x cell type).
+
+    Parameters
+    ----------
+    {adata}
+    {sample_key}
+    groupby
+        Column of ``adata.obs`` with the groups to aggregate within (e.g. the cell type).
+    layer
+        Layer holding raw counts (default ``"counts"``, where :func:`immunomood.pp.normalize` keeps them). Pass
+        ``None`` to aggregate ``adata.X`` when it holds raw counts.
+    min_cells
+        Sample x group combinations with fewer cells are dropped, and listed in ``uns["dropped"]``.
+
+    Returns
+    -------
+    AnnData with one row per kept sample x group (index ``"<sample>|<group>"``), summed counts in ``X`` (sparse,
+    float64), ``var`` copied from ``adata``, and
+
+    - ``obs``: ``sample_key``, ``groupby``, ``n_cells`` and every sample-level column of ``adata.obs`` (constant
+      within each sample, e.g. donor, condition, sex, age, batch);
+    - ``uns["dropped"]``: DataFrame of the combinations under ``min_cells`` (``sample_key``, ``groupby``,
+      ``n_cells``; combinations with 0 cells included), with a warning when it is not empty;
+    - ``uns["pseudobulk"]``: the parameters.
+    """
+    check_adata(adata)
+    check_obs_key(adata, sample_key, what="sample_key column")
+    check_obs_key(adata, groupby, what="groupby column")
+    if sample_key == groupby:
+        raise ValueError(f"`sample_key` and `groupby` are the same column ({sample_key!r}); pass two columns.")
+    if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
+        raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
+    X, layer = resolve_counts(adata, layer, func="pseudobulk")
+    grid, code = combos(adata.obs, sample_key, groupby)
+    keep = grid["n_cells"].to_numpy() >= min_cells
+    dropped = grid.loc[~keep].reset_index(drop=True)
+    kept_idx = np.flatnonzero(keep)
+    remap = -np.ones(len(grid), dtype=np.int64)
+    remap[kept_idx] = np.arange(len(kept_idx))
+    M = aggregate(X, remap[code], len(kept_idx))
+    obs = grid.loc[keep].copy()
+    meta_cols = [c for c in sample_level_columns(adata.obs, sample_key) if c not in (groupby, "n_cells")]
+    if meta_cols:
+        meta = adata.obs.groupby(sample_key, observed=True, sort=False)[meta_cols].first()
+        for c in meta_cols:
+            vals = meta[c].reindex(obs[sample_key].to_numpy()).to_numpy()
+            if isinstance(adata.obs[c].dtype, pd.CategoricalDtype):
+                vals = pd.Categorical(vals, categories=adata.obs[c].cat.categories)
+            obs[c] = vals
+    for c in (sample_key, groupby):
+        cats = adata.obs[c].cat.categories if isinstance(adata.obs[c].dtype, pd.CategoricalDtype) else None
+        obs[c] = pd.Categorical(obs[c].to_numpy(), categories=[x for x in (cats if cats is not None else pd.unique(obs[c])) if x in set(obs[c])])
+    obs.index = obs.index.astype(str)
+    out = AnnData(M, obs=obs, var=adata.var.copy())
+    out.uns["dropped"] = dropped
+    out.uns["pseudobulk"] = {"sample_key": sample_key, "groupby": groupby, "layer": "X" if layer is None else layer,
+                             "min_cells": int(min_cells)}
+    if len(dropped):
+        shown = ", ".join(f"{a}{SEP}{b} ({n})" for a, b, n in dropped.head(10).itertuples(index=False))
+        warn(
+            f"pseudobulk: {len(dropped)} sample x group combinations have fewer than {min_cells} cells and were "
+            f"dropped (listed in uns['dropped']): {shown}{' ...' if len(dropped) > 10 else ''}",
+            stacklevel=3,
+        )
+    return out
