@@ -1,7 +1,103 @@
-"""Placeholder: being implemented (see the issue tracker)."""
+"""Library-size normalisation and log1p, keeping the raw counts in a layer."""
 
 from __future__ import annotations
 
+import numpy as np
+from anndata import AnnData
+from scipy import sparse
 
-def normalize(*args, **kwargs):
-    raise NotImplementedError("pp.normalize is not implemented yet")
+from .._docs import doc_adata, doc_copy, doc_params
+from .._settings import logger
+from .._utils import check_adata, check_not_view, count_matrix_problem
+from ._qc import _check_unique_var_names
+
+
+def _csr_normalize_log1p(X: sparse.csr_matrix, target_sum: float) -> sparse.csr_matrix:
+    data = X.data
+    totals = np.add.reduceat(data.astype(np.float64), X.indptr[:-1]) if data.size else np.zeros(X.shape[0])
+    # reduceat returns data[indptr[i]] for empty rows: fix those
+    nnz = np.diff(X.indptr)
+    totals = np.where(nnz > 0, totals, 0.0)
+    with np.errstate(divide="ignore"):
+        scale = np.where(totals > 0, target_sum / totals, 0.0).astype(np.float32)
+    new = np.repeat(scale, nnz)
+    new *= data
+    np.log1p(new, out=new)
+    return sparse.csr_matrix((new, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+
+
+@doc_params(adata=doc_adata, copy=doc_copy)
+def normalize(
+    adata: AnnData,
+    *,
+    target_sum: float = 1e4,
+    counts_layer: str = "counts",
+    copy: bool = False,
+) -> AnnData | None:
+    """Store the raw counts in a layer, then put ``log1p(counts / total * target_sum)`` in ``X``.
+
+    Equivalent to ``adata.layers[counts_layer] = adata.X.copy()``, :func:`scanpy.pp.normalize_total`
+    (``target_sum``) and :func:`scanpy.pp.log1p`, in one pass and with a check that ``X`` holds counts.
+
+    Parameters
+    ----------
+    {adata}
+        ``adata.X`` must hold raw counts (non-negative integers).
+    target_sum
+        Counts per cell after scaling (1e4: "log-normalised counts per 10k").
+    counts_layer
+        Layer that receives a copy of the raw counts.
+    {copy}
+
+    Returns
+    -------
+    With ``copy=False``, ``None`` and ``adata`` is changed in place; with ``copy=True``, the normalised copy.
+    Writes ``layers[counts_layer]`` (raw counts), ``X`` (float32 log-normalised values), ``uns["log1p"]``
+    (``{{"base": None}}``, as scanpy records it so that downstream scanpy functions know ``X`` is logged) and
+    ``uns["normalize"]["params"]`` (``target_sum``, ``counts_layer``). Cells with no counts stay all zero.
+    """
+    check_adata(adata)
+    if not copy:
+        check_not_view(adata, func="normalize")
+    if not isinstance(counts_layer, str) or not counts_layer:
+        raise TypeError(f"`counts_layer` must be a non-empty string, got {counts_layer!r}.")
+    if not (np.isfinite(target_sum) and target_sum > 0):
+        raise ValueError(f"`target_sum` must be a positive number, got {target_sum!r}.")
+    _check_unique_var_names(adata)
+    problem = count_matrix_problem(adata.X)
+    if problem is not None:
+        layers = list(adata.layers.keys())
+        if counts_layer in adata.layers and count_matrix_problem(adata.layers[counts_layer]) is None:
+            raise ValueError(
+                f"`normalize` needs raw counts in adata.X, but adata.X {problem.replace('it ', '', 1)}: it looks "
+                f"already normalised, and adata.layers[{counts_layer!r}] holds counts. Nothing to do if X is what "
+                f"you want; to normalise again from the counts, first run "
+                f"`adata.X = adata.layers[{counts_layer!r}].copy()`."
+            )
+        raise ValueError(
+            f"`normalize` needs raw counts (non-negative integers) in adata.X, but adata.X "
+            f"{problem.replace('it ', '', 1)}. Put the raw counts in X first, e.g. "
+            f"`adata.X = adata.layers['<layer with counts>'].copy()` (layers present: {layers}); "
+            "for ambient-corrected or otherwise non-integer data, round them or normalise with scanpy directly."
+        )
+    if copy:
+        adata = adata.copy()
+    X = adata.X
+    if sparse.issparse(X):
+        Xc = X if X.format == "csr" else sparse.csr_matrix(X)
+        counts = X.copy()
+        new = _csr_normalize_log1p(Xc, float(target_sum))
+    else:
+        counts = np.array(X, copy=True)
+        Xf = np.asarray(X, dtype=np.float32)
+        totals = Xf.sum(1, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            scale = np.where(totals > 0, target_sum / totals, 0.0).astype(np.float32)
+        new = Xf * scale[:, None]
+        np.log1p(new, out=new)
+    adata.layers[counts_layer] = counts
+    adata.X = new
+    adata.uns["log1p"] = {"base": None}
+    adata.uns["normalize"] = {"params": {"target_sum": float(target_sum), "counts_layer": counts_layer}}
+    logger.info("normalize: counts in layers[%r], log1p(CP%g) in X", counts_layer, target_sum)
+    return adata if copy else None
