@@ -1,11 +1,572 @@
-"""Placeholder: being implemented (see the issue tracker)."""
+"""Donor-level differential testing: gene-set activity (fry-like set test on pseudobulk) and pseudobulk DESeq2.
+
+The donor (more exactly: the ``sample_key`` level) is the unit of replication. Cells of one donor are not
+independent replicates, so any test on per-cell values is badly anti-conservative; here every test is a model fitted
+to one value per sample.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping, Sequence
 
-def differential_activity(*args, **kwargs):
-    raise NotImplementedError("tl.differential_activity is not implemented yet")
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import special, stats
+
+from .._docs import doc_adata, doc_gene_sets, doc_params, doc_sample_key
+from .._settings import logger
+from .._utils import check_adata, check_not_view, check_obs_key, gene_symbols as _gene_symbols, match_genes, warn
+from ._gene_sets import resolve_gene_sets
+from ._pseudobulk import aggregate, combos, resolve_counts
+
+__all__ = ["differential_activity", "differential_expression"]
+
+PRIOR_COUNT = 0.5
 
 
-def differential_expression(*args, **kwargs):
-    raise NotImplementedError("tl.differential_expression is not implemented yet")
+# ----------------------------------------------------------------------------------------------
+# validation (all before any work)
+# ----------------------------------------------------------------------------------------------
+def _as_tuple(x) -> tuple[str, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, str):
+        return (x,)
+    return tuple(x)
+
+
+def _condition_levels(obs: pd.DataFrame, condition_key: str, reference) -> tuple[object, object]:
+    col = obs[condition_key]
+    present = set(pd.unique(col))
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        levels = [c for c in col.cat.categories if c in present]
+    else:
+        levels = sorted(present, key=str)
+    if len(levels) < 2:
+        raise ValueError(
+            f"adata.obs[{condition_key!r}] has a single level ({levels}); a comparison needs two. Check the subset "
+            "you passed (both conditions must be present)."
+        )
+    if len(levels) > 2:
+        raise ValueError(
+            f"adata.obs[{condition_key!r}] has {len(levels)} levels {levels}; pass data with exactly two "
+            f"(e.g. `adata[adata.obs[{condition_key!r}].isin([ref, case])].copy()`)."
+        )
+    if reference is None:
+        reference = levels[0]
+    if reference not in levels:
+        raise ValueError(f"reference={reference!r} is not a level of adata.obs[{condition_key!r}]: {levels}.")
+    case = levels[1] if levels[0] == reference else levels[0]
+    return case, reference
+
+
+def _sample_table(obs: pd.DataFrame, sample_key: str, columns: Sequence[str]) -> pd.DataFrame:
+    """One row per sample with the sample-level ``columns``; error if any of them varies within a sample."""
+    g = obs.groupby(sample_key, observed=True, sort=False)
+    for c in columns:
+        nun = g[c].nunique(dropna=False)
+        bad = nun[nun > 1]
+        if len(bad):
+            s = bad.index[0]
+            vals = list(pd.unique(obs.loc[obs[sample_key] == s, c]))[:5]
+            raise ValueError(
+                f"adata.obs[{c!r}] varies within sample {s!r} of sample_key={sample_key!r} (values {vals}; "
+                f"{len(bad)} sample(s) affected). Condition and covariates must be constant within each sample. "
+                "For paired designs (the same donor measured in both conditions), set sample_key to the "
+                "donor x condition sample and pass random_effect='<donor column>' or covariates=('<donor column>',)."
+            )
+    tab = g[list(columns)].first()
+    tab.index = tab.index.astype(object)
+    return tab
+
+
+def design_matrix(tab: pd.DataFrame, condition_key: str, case, covariates: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Intercept, condition indicator (case = 1), numeric covariates (centred) and dummies (drop first)."""
+    cols = [np.ones(len(tab)), (tab[condition_key].to_numpy() == case).astype(float)]
+    names = ["Intercept", f"{condition_key}[{case}]"]
+    for c in covariates:
+        v = tab[c]
+        if pd.api.types.is_bool_dtype(v) or not pd.api.types.is_numeric_dtype(v):
+            levels = list(v.cat.categories) if isinstance(v.dtype, pd.CategoricalDtype) else sorted(pd.unique(v), key=str)
+            levels = [lv for lv in levels if (v == lv).any()]
+            for lv in levels[1:]:
+                cols.append((v.to_numpy() == lv).astype(float))
+                names.append(f"{c}[{lv}]")
+        else:
+            x = v.to_numpy(dtype=float)
+            cols.append(x - x.mean())
+            names.append(c)
+    return np.column_stack(cols), names
+
+
+def _check_rank(tab: pd.DataFrame, condition_key: str, case, covariates: Sequence[str], where: str = "") -> str | None:
+    """None when the design has full column rank, else a message naming the offending covariate."""
+    D, _ = design_matrix(tab, condition_key, case, ())
+    rank = np.linalg.matrix_rank(D)
+    used: list[str] = []
+    for c in covariates:
+        D1, _ = design_matrix(tab, condition_key, case, used + [c])
+        r1 = np.linalg.matrix_rank(D1)
+        if r1 < D1.shape[1]:
+            Dc, _ = design_matrix(tab, condition_key, case, [c])
+            alone = np.linalg.matrix_rank(Dc) < Dc.shape[1]
+            n_levels = tab[c].nunique()
+            if n_levels <= 1:
+                why = "it is constant across samples"
+            elif alone:
+                why = f"it is confounded with the condition {condition_key!r} (perfectly collinear with it)"
+            else:
+                why = f"it is collinear with the other covariates {used}"
+            return (f"Covariate {c!r} makes the design rank-deficient{where}: {why}. The condition effect cannot be "
+                    f"separated from it; drop {c!r} from `covariates` or collect samples that break the confounding.")
+        used.append(c)
+        rank = r1
+    if D.shape[0] <= np.linalg.matrix_rank(design_matrix(tab, condition_key, case, covariates)[0]):
+        return (f"Too few samples{where} ({D.shape[0]}) for the design (intercept, condition and covariates "
+                f"{list(covariates)}): no residual degrees of freedom. Use fewer covariates.")
+    return None
+
+
+def _validate(adata, *, condition_key, sample_key, groupby, covariates, random_effect, reference):
+    check_adata(adata)
+    for key, what in [(condition_key, "condition_key column"), (sample_key, "sample_key column"),
+                      (groupby, "groupby column")] + [(c, "covariate column") for c in covariates] + (
+            [(random_effect, "random_effect column")] if random_effect is not None else []):
+        check_obs_key(adata, key, what=what)
+    if condition_key in covariates:
+        raise ValueError(f"The condition column {condition_key!r} cannot also be a covariate.")
+    if sample_key in covariates or sample_key == condition_key:
+        raise ValueError(f"sample_key {sample_key!r} cannot be the condition or a covariate: it is the unit.")
+    obs = adata.obs
+    case, ref = _condition_levels(obs, condition_key, reference)
+    cols = [condition_key, *covariates] + ([random_effect] if random_effect is not None else [])
+    tab = _sample_table(obs, sample_key, list(dict.fromkeys(cols)))
+    counts = tab[condition_key].value_counts()
+    for lv in (ref, case):
+        if counts.get(lv, 0) < 2:
+            raise ValueError(
+                f"Condition {lv!r} has {counts.get(lv, 0)} sample(s) (levels of {sample_key!r}); at least 2 per arm "
+                "are needed to estimate donor-to-donor variation. Per-cell tests are not a substitute."
+            )
+    msg = _check_rank(tab, condition_key, case, covariates)
+    if msg:
+        raise ValueError(msg)
+    if random_effect is not None and tab[random_effect].nunique() < 2:
+        raise ValueError(f"random_effect {random_effect!r} has a single level; a random intercept needs >= 2.")
+    return case, ref, tab
+
+
+# ----------------------------------------------------------------------------------------------
+# pseudobulk -> logCPM -> gene-wise variances (limma-style moderation)
+# ----------------------------------------------------------------------------------------------
+def filter_by_expr(counts: np.ndarray, min_n: int, *, min_count: float = 10.0, min_total: float = 15.0) -> np.ndarray:
+    """edgeR ``filterByExpr``-like: CPM >= min_count / median library (in millions) in >= ``min_n`` samples."""
+    lib = counts.sum(axis=1)
+    med = np.median(lib[lib > 0]) if (lib > 0).any() else 1.0
+    cutoff = min_count / med * 1e6
+    cpm = counts / np.maximum(lib, 1)[:, None] * 1e6
+    return ((cpm >= cutoff).sum(axis=0) >= min_n) & (counts.sum(axis=0) >= min_total)
+
+
+def norm_factors(counts: np.ndarray) -> np.ndarray:
+    """Median-of-ratios (DESeq/TMM-like) normalisation factors of the library sizes (geometric mean 1)."""
+    lib = counts.sum(axis=1).astype(float)
+    pos = (counts > 0).all(axis=0)
+    if pos.sum() < 10 or (lib <= 0).any():
+        return np.ones(counts.shape[0])
+    lc = np.log(counts[:, pos] / lib[:, None])
+    f = np.exp(np.median(lc - lc.mean(axis=0, keepdims=True), axis=1))
+    return f / np.exp(np.mean(np.log(f)))
+
+
+def log_cpm(counts: np.ndarray, eff_lib: np.ndarray) -> np.ndarray:
+    """voom-style log2 counts per million, prior count 0.5."""
+    return np.log2((counts + PRIOR_COUNT) / (eff_lib[:, None] + 1.0) * 1e6)
+
+
+def _trigamma_inverse(x: np.ndarray | float) -> float:
+    x = float(x)
+    if x > 1e7:
+        return 1.0 / np.sqrt(x)
+    if x < 1e-6:
+        return 1.0 / x
+    y = 0.5 + 1.0 / x
+    for _ in range(50):
+        tri = special.polygamma(1, y)
+        dif = tri * (1 - tri / x) / special.polygamma(2, y)
+        y += dif
+        if -dif / y < 1e-8:
+            break
+    return y
+
+
+def squeeze_var(s2: np.ndarray, df: float, amean: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """limma ``squeezeVar``: empirical-Bayes posterior variances (prior trended on ``amean`` when given)."""
+    s2 = np.maximum(s2, 1e-8)
+    n = s2.size
+    z = np.log(s2)
+    e = z - special.digamma(df / 2) + np.log(df / 2)
+    if amean is not None and n >= 20:
+        from statsmodels.nonparametric.smoothers_lowess import lowess
+
+        emean = lowess(e, amean, frac=0.5, it=0, return_sorted=False)
+    else:
+        emean = np.full(n, e.mean())
+    evar = np.sum((e - emean) ** 2) / max(n - 1, 1) - special.polygamma(1, df / 2)
+    if n < 3 or evar <= 0:
+        return np.exp(emean), np.inf
+    d0 = 2 * _trigamma_inverse(evar)
+    s0 = np.exp(emean + special.digamma(d0 / 2) - np.log(d0 / 2))
+    return (d0 * s0 + df * s2) / (d0 + df), d0
+
+
+def ols(D: np.ndarray, Y: np.ndarray):
+    """Least squares of every column of Y on D: coefficients, residual variances, (D'D)^-1 and residual df."""
+    XtXi = np.linalg.inv(D.T @ D)
+    B = XtXi @ D.T @ Y
+    R = Y - D @ B
+    df = D.shape[0] - D.shape[1]
+    s2 = (R**2).sum(axis=0) / df
+    return B, s2, XtXi, df
+
+
+# ----------------------------------------------------------------------------------------------
+# the per-group computation shared by the test and the plot
+# ----------------------------------------------------------------------------------------------
+def _prepare(adata, *, condition_key, sample_key, groupby, gene_sets, reference, covariates, random_effect,
+             min_cells, layer, gene_symbols):
+    covariates = _as_tuple(covariates)
+    case, ref, tab = _validate(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
+                               covariates=covariates, random_effect=random_effect, reference=reference)
+    sets = resolve_gene_sets(gene_sets)
+    if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
+        raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
+    X, layer = resolve_counts(adata, layer, func="differential_activity", auto=True)
+    symbols = _gene_symbols(adata, gene_symbols)
+    members = {k: match_genes(symbols, v)[0] for k, v in sets.items()}
+    if all(len(v) == 0 for v in members.values()):
+        raise ValueError(
+            f"None of the genes of the gene sets {list(sets)} is in adata (e.g. var_names {list(adata.var_names[:3])}). "
+            "If var_names are Ensembl IDs, pass the symbol column with `gene_symbols=`."
+        )
+    grid, code = combos(adata.obs, sample_key, groupby)
+    M = aggregate(X, code, len(grid))
+    return dict(case=case, ref=ref, tab=tab, sets=sets, members=members, grid=grid, M=M, covariates=covariates,
+                symbols=symbols, layer=layer)
+
+
+def _group_scores(P: dict, group, *, condition_key, sample_key, groupby, min_cells):
+    """Donor-level set scores of one group, or a reason why there are none."""
+    grid, tab, case, ref = P["grid"], P["tab"], P["case"], P["ref"]
+    rows = np.flatnonzero((grid[groupby].to_numpy() == group) & (grid["n_cells"].to_numpy() >= min_cells))
+    samples = grid[sample_key].to_numpy()[rows]
+    st = tab.loc[samples]
+    cond = st[condition_key].to_numpy()
+    n_case, n_ref = int((cond == case).sum()), int((cond == ref).sum())
+    out = dict(n_case=n_case, n_reference=n_ref, samples=samples, tab=st)
+    if min(n_case, n_ref) < 2:
+        out["reason"] = (f"fewer than 2 samples with >= {min_cells} cells in an arm "
+                         f"({n_ref} {ref!s}, {n_case} {case!s})")
+        return out
+    msg = _check_rank(st, condition_key, case, P["covariates"], where=f" in group {group!r}")
+    if msg:
+        out["reason"] = msg
+        return out
+    counts = P["M"][rows].toarray()
+    keep = filter_by_expr(counts, min(n_case, n_ref))
+    lib = counts.sum(axis=1)
+    eff = lib * norm_factors(counts[:, keep] if keep.sum() >= 10 else counts)
+    D, names = design_matrix(st, condition_key, case, P["covariates"])
+    kept = np.flatnonzero(keep)
+    pos = {int(g): j for j, g in enumerate(kept)}
+    set_cols = {k: np.array([pos[int(i)] for i in v if int(i) in pos], dtype=int) for k, v in P["members"].items()}
+    Y = log_cpm(counts[:, kept], eff)
+    B, s2, _, df = ols(D, Y)
+    post, d0 = squeeze_var(s2, df, Y.mean(axis=0))
+    sd = np.sqrt(post)
+    Yc = Y - Y.mean(axis=0, keepdims=True)
+    scores, lfc, wlfc_scale = {}, {}, {}
+    for k, cols in set_cols.items():
+        if len(cols) == 0:
+            continue
+        scores[k] = (Yc[:, cols] / sd[cols]).mean(axis=1)
+        lfc[k] = float(B[1, cols].mean())
+        # effect = precision-weighted mean log2FC = coef(score) * |S| / sum(1/sd)
+        wlfc_scale[k] = len(cols) / float(np.sum(1.0 / sd[cols]))
+        out.setdefault("genes", {})[k] = [str(P["symbols"][kept[c]]) for c in cols]
+    out.update(D=D, names=names, scores=scores, lfc=lfc, scale=wlfc_scale, d0=d0,
+               n_genes={k: len(v) for k, v in set_cols.items()}, condition=cond)
+    return out
+
+
+def _fit_set(score: np.ndarray, D: np.ndarray, groups: np.ndarray | None):
+    """Coefficient of the condition column, its standard error and the residual df."""
+    if groups is None:
+        B, s2, XtXi, df = ols(D, score[:, None])
+        return float(B[1, 0]), float(np.sqrt(s2[0] * XtXi[1, 1])), df
+    import statsmodels.api as sm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sm.MixedLM(score, D, groups=groups).fit(reml=True)
+    df = D.shape[0] - D.shape[1]
+    return float(res.fe_params[1]), float(res.bse_fe[1]), df
+
+
+def bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (NaN kept as NaN)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        from statsmodels.stats.multitest import multipletests
+
+        out[ok] = multipletests(p[ok], method="fdr_bh")[1]
+    return out
+
+
+@doc_params(adata=doc_adata, sample_key=doc_sample_key, gene_sets=doc_gene_sets)
+def differential_activity(
+    adata: AnnData,
+    *,
+    condition_key: str,
+    sample_key: str,
+    groupby: str,
+    gene_sets: str | Mapping[str, Sequence[str]] = "complement",
+    reference: str | None = None,
+    covariates: Sequence[str] = (),
+    random_effect: str | None = None,
+    min_cells: int = 10,
+    layer: str | None = None,
+    gene_symbols: str | None = None,
+    key_added: str = "differential_activity",
+) -> pd.DataFrame:
+    """Test gene-set activity between conditions per cell type, with the donor (sample) as the unit.
+
+    Method (a self-contained, "fry-like" set test on pseudobulk), per group (cell type):
+
+    1. sum raw counts per sample (:func:`immunomood.tl.pseudobulk`); samples with fewer than ``min_cells`` cells
+       in the group are left out;
+    2. keep genes expressed in enough samples (edgeR ``filterByExpr`` rule), normalise library sizes
+       (median-of-ratios, TMM-like) and take log2 counts per million with a prior count of 0.5 (as voom);
+    3. fit ``logCPM ~ condition + covariates`` per gene and moderate the residual variances by empirical Bayes
+       (limma's ``squeezeVar``, prior trended on expression);
+    4. for each gene set, a per-sample set score = mean over the set's expressed genes of centred logCPM divided by
+       the gene's posterior standard deviation (as limma ``fry`` with ``standardize="posterior.sd"``);
+    5. fit ``score ~ condition + covariates`` by OLS (t-test of the condition coefficient, residual df = samples -
+       parameters), or, with ``random_effect``, a linear mixed model with a random intercept per level
+       (statsmodels ``MixedLM``, REML; Wald statistic referred to a t distribution with the same df).
+
+    Inter-gene correlation is kept inside each sample's score, and the samples are the replicates, so the test is
+    calibrated whatever the correlation between genes; the standardisation gives precise genes more weight, which is
+    where its power over a t-test of donor-mean per-cell scores comes from.
+
+    Paired designs (each donor measured in both conditions, e.g. before/after stimulation): ``sample_key`` must be
+    the donor x condition sample (condition and covariates must be constant within a sample), and the pairing goes
+    in ``covariates=("donor",)`` (a paired analysis by fixed donor effects, best for few donors) or
+    ``random_effect="donor"`` (a random intercept per donor, for many donors or repeated visits).
+
+    Parameters
+    ----------
+    {adata}
+    condition_key
+        Column of ``adata.obs`` with the two conditions to compare.
+    {sample_key}
+        Each sample must belong to one condition.
+    groupby
+        Column of ``adata.obs`` with the cell types (or any grouping) tested separately.
+    {gene_sets}
+    reference
+        Reference level of the condition; default: the first category (or the first level in sorted order).
+    covariates
+        Sample-level columns of ``adata.obs`` to adjust for (numeric or categorical).
+    random_effect
+        Column of ``adata.obs`` grouping samples of one donor (repeated visits, pooled samples, pairs).
+    min_cells
+        Minimum number of cells of a sample in a group for that sample to enter the group's test.
+    layer
+        Layer with raw counts; default: ``layers["counts"]`` when present, else ``X`` if it holds raw counts.
+    gene_symbols
+        Column of ``adata.var`` with gene symbols (found automatically for Ensembl ``var_names``).
+    key_added
+        Key under which results are stored in ``adata.uns``.
+
+    Returns
+    -------
+    DataFrame with one row per group x gene set: ``group``, ``gene_set``, ``effect`` (precision-weighted mean log2
+    fold change of the set's genes, case minus reference; weights 1/posterior sd, the same weights as the test, so
+    ``effect / (ci width)`` matches ``statistic``), ``ci_low``, ``ci_high`` (95%), ``statistic`` (t), ``pvalue``,
+    ``padj`` (Benjamini-Hochberg over the whole table), ``n_case``, ``n_reference`` (samples), ``method``, and also
+    ``lfc_mean`` (unweighted mean log2 fold change), ``n_genes``, ``df`` and ``reason`` (why a row is NaN: too few
+    samples or genes in that group; a warning names them). Also written to ``adata``:
+
+    - ``uns[key_added]``: the DataFrame;
+    - ``uns[key_added + "_scores"]``: donor-level set scores (long table: sample, group, gene_set, condition,
+      score) used by :func:`immunomood.pl.differential_activity`;
+    - ``uns[key_added + "_params"]``: the parameters.
+    """
+    check_adata(adata)
+    check_not_view(adata, func="differential_activity")
+    P = _prepare(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby, gene_sets=gene_sets,
+                 reference=reference, covariates=covariates, random_effect=random_effect, min_cells=min_cells,
+                 layer=layer, gene_symbols=gene_symbols)
+    case, ref = P["case"], P["ref"]
+    method = ("fry-like set score on pseudobulk logCPM; "
+              + (f"MixedLM random intercept ({random_effect})" if random_effect else "OLS t-test"))
+    rows, score_rows, skipped = [], [], []
+    groups = list(pd.unique(P["grid"][groupby]))
+    for group in groups:
+        G = _group_scores(P, group, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
+                          min_cells=min_cells)
+        base = dict(group=group, n_case=G["n_case"], n_reference=G["n_reference"], method=method)
+        if "reason" in G:
+            skipped.append(f"{group!s} ({G['reason']})")
+            for k in P["sets"]:
+                rows.append(base | dict(gene_set=k, reason=G["reason"], n_genes=0))
+            continue
+        re_groups = G["tab"][random_effect].to_numpy() if random_effect else None
+        for k in P["sets"]:
+            if k not in G["scores"]:
+                rows.append(base | dict(gene_set=k, reason="no gene of the set is expressed in this group", n_genes=0))
+                continue
+            s = G["scores"][k]
+            try:
+                coef, se, df = _fit_set(s, G["D"], re_groups)
+            except Exception as err:  # noqa: BLE001 - a failed mixed model fit becomes a NaN row with its reason
+                rows.append(base | dict(gene_set=k, reason=f"model fit failed: {err}", n_genes=G["n_genes"][k]))
+                continue
+            t = coef / se if se > 0 else np.nan
+            p = 2 * stats.t.sf(abs(t), df) if np.isfinite(t) else np.nan
+            eff, ese = coef * G["scale"][k], se * G["scale"][k]
+            q = stats.t.ppf(0.975, df)
+            rows.append(base | dict(gene_set=k, effect=eff, ci_low=eff - q * ese, ci_high=eff + q * ese,
+                                    statistic=t, pvalue=p, lfc_mean=G["lfc"][k], n_genes=G["n_genes"][k], df=df,
+                                    reason=""))
+            for smp, c, v in zip(G["samples"], G["condition"], s):
+                score_rows.append((smp, group, k, c, float(v)))
+    cols = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case",
+            "n_reference", "method", "lfc_mean", "n_genes", "df", "reason"]
+    res = pd.DataFrame(rows).reindex(columns=cols)
+    res["padj"] = bh(res["pvalue"].to_numpy())
+    res["group"] = res["group"].astype(str)
+    res["n_genes"] = res["n_genes"].fillna(0).astype(int)
+    res["reason"] = res["reason"].fillna("").astype(str)
+    if skipped:
+        warn(f"differential_activity: groups not tested (rows with NaN and a reason): {'; '.join(skipped)}",
+             stacklevel=3)
+    adata.uns[key_added] = res
+    adata.uns[key_added + "_scores"] = pd.DataFrame(
+        score_rows, columns=["sample", "group", "gene_set", "condition", "score"]).astype(
+        {"sample": str, "group": str, "condition": str})
+    adata.uns[key_added + "_params"] = {
+        "condition_key": condition_key, "sample_key": sample_key, "groupby": groupby, "case": str(case),
+        "reference": str(ref), "covariates": list(P["covariates"]), "random_effect": random_effect or "",
+        "min_cells": int(min_cells), "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
+        "layer": "X" if P["layer"] is None else P["layer"], "method": method,
+    }
+    logger.info("differential_activity: %d tests, %d with padj < 0.05", res["pvalue"].notna().sum(),
+                int((res["padj"] < 0.05).sum()))
+    return res
+
+
+@doc_params(adata=doc_adata, sample_key=doc_sample_key)
+def differential_expression(
+    adata: AnnData,
+    *,
+    condition_key: str,
+    sample_key: str,
+    groupby: str,
+    covariates: Sequence[str] = (),
+    genes: Sequence[str] | None = None,
+    min_cells: int = 10,
+    reference: str | None = None,
+    layer: str | None = None,
+    n_cpus: int = 1,
+) -> pd.DataFrame:
+    """Pseudobulk DESeq2 (pydeseq2) per group, with the sample as the unit.
+
+    Parameters
+    ----------
+    {adata}
+    condition_key
+        Column of ``adata.obs`` with the two conditions.
+    {sample_key}
+    groupby
+        Column of ``adata.obs`` with the groups (cell types) tested separately.
+    covariates
+        Sample-level columns added to the design (``~ covariates + condition``).
+    genes
+        Restrict the output (and the fit, after size factors are computed on all genes) to these genes.
+    min_cells
+        Minimum cells of a sample in a group.
+    reference
+        Reference condition level (default: first category).
+    layer
+        Layer with raw counts (default: ``layers["counts"]`` if present, else ``X``).
+    n_cpus
+        Processes used by pydeseq2.
+
+    Returns
+    -------
+    DataFrame with ``group``, ``gene``, ``log2fc`` (case vs reference), ``pvalue``, ``padj`` (DESeq2's, per group),
+    ``base_mean``. Groups with fewer than 2 samples per arm are skipped with a warning.
+    """
+    from pydeseq2.dds import DeseqDataSet
+    from pydeseq2.ds import DeseqStats
+
+    covariates = _as_tuple(covariates)
+    case, ref, tab = _validate(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
+                               covariates=covariates, random_effect=None, reference=reference)
+    X, layer = resolve_counts(adata, layer, func="differential_expression", auto=True)
+    if genes is not None:
+        genes = list(genes)
+        miss = [g for g in genes if g not in adata.var_names]
+        if miss:
+            raise KeyError(f"genes not in adata.var_names: {miss[:10]}{' ...' if len(miss) > 10 else ''}.")
+    grid, code = combos(adata.obs, sample_key, groupby)
+    M = aggregate(X, code, len(grid))
+    out, skipped = [], []
+    for group in pd.unique(grid[groupby]):
+        rows = np.flatnonzero((grid[groupby].to_numpy() == group) & (grid["n_cells"].to_numpy() >= min_cells))
+        samples = grid[sample_key].to_numpy()[rows]
+        st = tab.loc[samples].copy()
+        cnt = st[condition_key].value_counts()
+        if min(cnt.get(case, 0), cnt.get(ref, 0)) < 2 or _check_rank(st, condition_key, case, covariates):
+            skipped.append(str(group))
+            continue
+        counts = pd.DataFrame(np.round(M[rows].toarray()).astype(np.int64), index=[str(s) for s in samples],
+                              columns=adata.var_names.astype(str))
+        counts = counts.loc[:, counts.sum(axis=0) > 0]
+        meta = pd.DataFrame(index=counts.index)
+        meta["condition__"] = pd.Categorical(np.where(st[condition_key].to_numpy() == case, "case", "reference"),
+                                             categories=["reference", "case"])
+        terms = []
+        for i, c in enumerate(covariates):
+            name = f"cov{i}__"
+            v = st[c].to_numpy()
+            meta[name] = v.astype(str) if not pd.api.types.is_numeric_dtype(st[c]) or pd.api.types.is_bool_dtype(st[c]) else v.astype(float)
+            terms.append(name)
+        design = "~" + " + ".join(terms + ["condition__"])
+        from pydeseq2.default_inference import DefaultInference
+
+        inf = DefaultInference(n_cpus=n_cpus)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dds = DeseqDataSet(counts=counts, metadata=meta, design=design, inference=inf, quiet=True)
+            dds.deseq2()
+            ds = DeseqStats(dds, contrast=["condition__", "case", "reference"], inference=inf, quiet=True)
+            ds.summary()
+        r = ds.results_df
+        if genes is not None:
+            r = r.reindex([g for g in genes if g in r.index])
+        out.append(pd.DataFrame({"group": str(group), "gene": r.index.astype(str), "log2fc": r["log2FoldChange"].to_numpy(),
+                                 "pvalue": r["pvalue"].to_numpy(), "padj": r["padj"].to_numpy(),
+                                 "base_mean": r["baseMean"].to_numpy()}))
+    if skipped:
+        warn(f"differential_expression: groups with fewer than 2 samples per arm (>= {min_cells} cells) or a "
+             f"rank-deficient design were not tested: {skipped}", stacklevel=3)
+    if not out:
+        return pd.DataFrame(columns=["group", "gene", "log2fc", "pvalue", "padj", "base_mean"])
+    return pd.concat(out, ignore_index=True)
