@@ -259,3 +259,32 @@ def test_proteomics_through_io_readers(data_dir, ident, shape):
         assert a.shape == shape
     if ident == "olink_npx_long":
         assert a.n_vars == 184
+
+
+def test_download_from_archive_member(isolated, monkeypatch):
+    """Files shipped inside a tarball (pbmc3k's 10x triplet): pooch fetches it, the member is extracted."""
+    import tarfile
+
+    import pooch
+
+    payload = isolated / "build" / "inner" / "tiny.h5ad"
+    expected = _tiny_h5ad(payload)
+    tarball = isolated / "build" / "bundle.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tf:
+        tf.add(payload, arcname="inner/tiny.h5ad")
+    man_path = _manifest(isolated, payload)
+    m = yaml.safe_load(man_path.read_text())
+    m["download"] = "auto"
+    m["files"][0]["archive"] = {"url": "https://example.org/bundle.tar.gz", "member": "inner/tiny.h5ad"}
+    man_path.write_text(yaml.safe_dump(m, sort_keys=False))
+
+    def fake_retrieve(url, known_hash, fname, path, processor=None, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        dest = Path(path) / fname
+        shutil.copy(tarball, dest)
+        return processor(str(dest), "download", None) if processor else str(dest)
+
+    monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
+    a = im.datasets.load(man_path, data_dir=isolated / "empty")
+    np.testing.assert_array_equal(a.X.toarray(), expected.X.toarray())
+    assert (isolated / "cache" / "tiny" / "tiny.h5ad").is_file()
