@@ -1,11 +1,179 @@
-"""Placeholder: being implemented (see the issue tracker)."""
+"""Plots of the QC step: per-sample metric violins with thresholds, and the removal report."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-def qc(*args, **kwargs):
-    raise NotImplementedError("pl.qc is not implemented yet")
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._docs import doc_adata, doc_params, doc_sample_key
+from .._utils import check_adata, check_obs_key
+
+_DEFAULT_METRICS = ("log1p_total_counts", "log1p_n_genes_by_counts", "pct_counts_in_top_20_genes", "pct_counts_mt")
+_REASON_COLORS = {
+    "log1p_total_counts": "#d62728",
+    "log1p_n_genes_by_counts": "#ff7f0e",
+    "pct_counts_in_top_20_genes": "#9467bd",
+    "pct_counts_mt": "#8c564b",
+    "predicted_doublet": "#e377c2",
+}
 
 
-def qc_report(*args, **kwargs):
-    raise NotImplementedError("pl.qc_report is not implemented yet")
+@doc_params(adata=doc_adata, sample_key=doc_sample_key)
+def qc(
+    adata: AnnData,
+    *,
+    sample_key: str | None,
+    metrics: Sequence[str] = _DEFAULT_METRICS,
+    show_thresholds: bool = True,
+    max_cells_per_sample: int = 5000,
+    ax=None,
+):
+    """Violins of QC metrics per sample, with the outlier thresholds drawn.
+
+    Reads the metrics written by :func:`immunomood.pp.qc_metrics` and, when present, the per-sample
+    thresholds in ``adata.uns["qc"]["thresholds"]`` written by :func:`immunomood.pp.flag_outliers`
+    (drawn as dashed lines at ``low`` and ``high``).
+
+    Parameters
+    ----------
+    {adata}
+    {sample_key}
+        ``None``: one violin with all cells.
+    metrics
+        ``obs`` columns to show, one panel each.
+    show_thresholds
+        Draw the thresholds (only those computed with the same ``sample_key``).
+    max_cells_per_sample
+        The violins' density is estimated from at most this many cells per sample (fixed seed).
+    ax
+        One Axes (for a single metric) or a sequence of Axes, one per metric. ``None``: a new figure.
+
+    Returns
+    -------
+    The :class:`~matplotlib.figure.Figure` holding the panels (never shown or saved here).
+    """
+    import matplotlib.pyplot as plt
+
+    check_adata(adata)
+    check_obs_key(adata, sample_key, what="sample_key column")
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = list(metrics)
+    missing = [m for m in metrics if m not in adata.obs.columns]
+    if missing:
+        raise KeyError(
+            f"Metric column(s) {missing} not found in adata.obs: run im.pp.qc_metrics first. "
+            f"Available: {list(map(str, adata.obs.columns))}."
+        )
+    if ax is None:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+        axes = list(axes.ravel())
+    else:
+        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != len(metrics):
+            raise ValueError(f"`ax` has {len(axes)} Axes but {len(metrics)} metrics are plotted; pass one per metric.")
+        fig = axes[0].figure
+
+    if sample_key is None:
+        groups = np.zeros(adata.n_obs, dtype=int)
+        names = ["all"]
+    else:
+        cat = pd.Categorical(adata.obs[sample_key]).remove_unused_categories()
+        groups, names = np.asarray(cat.codes), [str(c) for c in cat.categories]
+    thr = None
+    qcu = adata.uns.get("qc", {})
+    if show_thresholds and isinstance(qcu, dict) and isinstance(qcu.get("thresholds"), pd.DataFrame):
+        used = qcu.get("params", {}).get("flag_outliers", {}).get("sample_key")
+        if used == sample_key:
+            thr = qcu["thresholds"].assign(sample=lambda d: d["sample"].astype(str)).set_index(["sample", "metric"])
+    rng = np.random.default_rng(0)
+    outl = adata.obs["qc_outlier"].to_numpy(bool) if "qc_outlier" in adata.obs else None
+    pos = np.arange(1, len(names) + 1)
+    for a, m in zip(axes, metrics):
+        vals = adata.obs[m].to_numpy(dtype=np.float64)
+        data = []
+        for g in range(len(names)):
+            v = vals[(groups == g) & np.isfinite(vals)]
+            if v.size > max_cells_per_sample:
+                v = rng.choice(v, max_cells_per_sample, replace=False)
+            data.append(v if v.size > 1 and np.ptp(v) > 0 else np.r_[v, v + 1e-9] if v.size else np.array([0.0, 1e-9]))
+        parts = a.violinplot(data, positions=pos, showextrema=False, widths=0.8)
+        for body in parts["bodies"]:
+            body.set_facecolor("#9ecae1")
+            body.set_edgecolor("#3182bd")
+            body.set_alpha(0.8)
+        if outl is not None:
+            sel = outl & np.isfinite(vals)
+            if sel.any():
+                x = groups[sel] + 1 + rng.uniform(-0.15, 0.15, sel.sum())
+                a.scatter(x, vals[sel], s=2, c="#d62728", linewidths=0, label="outlier")
+        if thr is not None:
+            for p, name in zip(pos, names):
+                if (name, m) in thr.index:
+                    row = thr.loc[(name, m)]
+                    for y in (row["low"], row["high"]):
+                        if np.isfinite(y):
+                            a.hlines(y, p - 0.4, p + 0.4, colors="k", linestyles="--", linewidth=1)
+        a.set_xticks(pos)
+        a.set_xticklabels(names, rotation=90 if len(names) > 4 else 0)
+        a.set_title(m, fontsize=9)
+        a.set_xlabel(sample_key or "")
+    return fig
+
+
+@doc_params(adata=doc_adata)
+def qc_report(adata: AnnData, *, normalize: bool = False, ax=None):
+    """Cells kept and removed per sample, the removed ones split by reason (stacked bars).
+
+    Reads ``adata.uns["qc"]["report"]`` written by :func:`immunomood.pp.filter_cells`.
+
+    Parameters
+    ----------
+    {adata}
+    normalize
+        Show fractions of each sample's cells instead of counts.
+    ax
+        Axes to draw into; ``None``: a new figure.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` (never shown or saved here).
+    """
+    import matplotlib.pyplot as plt
+
+    qcu = adata.uns.get("qc", {}) if isinstance(adata, AnnData) else {}
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    if not isinstance(qcu, dict) or not isinstance(qcu.get("report"), pd.DataFrame):
+        raise KeyError("adata.uns['qc']['report'] not found: run im.pp.filter_cells first.")
+    rep = qcu["report"]
+    reasons = [c for c in rep.columns if c.startswith("removed_")]
+    parts = {"kept": rep["cells_after"].to_numpy(float)}
+    for c in reasons:
+        parts[c.removeprefix("removed_")] = rep[c].to_numpy(float)
+    if normalize:
+        denom = np.maximum(rep["cells_before"].to_numpy(float), 1)
+        parts = {k: v / denom for k, v in parts.items()}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 0.35 * len(rep) + 1.5))
+    y = np.arange(len(rep))
+    left = np.zeros(len(rep))
+    for k, v in parts.items():
+        if k != "kept" and not np.any(v > 0):
+            continue
+        ax.barh(y, v, left=left, color="#bdbdbd" if k == "kept" else _REASON_COLORS.get(k, None), label=k, height=0.7)
+        left += v
+    ax.set_yticks(y)
+    ax.set_yticklabels(list(map(str, rep.index)))
+    ax.invert_yaxis()
+    ax.set_xlabel("fraction of cells" if normalize else "cells")
+    ax.set_ylabel(rep.index.name or "sample")
+    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    if "too_small_to_pseudobulk" in rep:
+        for yi, small in zip(y, rep["too_small_to_pseudobulk"].to_numpy(bool)):
+            if small:
+                ax.text(left[yi], yi, " too small", va="center", fontsize=7, color="#d62728")
+    return ax
