@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Benchmark suite: our path next to the plain scanpy / scvi-tools path for the same work, in one run.
+
+    python benchmarks/run.py --suite quick [--out results.json]   # minutes: pbmc3k-sized and 100k cells
+    python benchmarks/run.py --suite full  [--out results.json]   # 1M cells (out-of-core included)
+
+Each benchmark module (``benchmarks/bench_*.py``) exposes ``run(size) -> list[dict]``; every dict becomes one line
+
+    RESULT <name> ours_s=<x> anchor_s=<y> ratio=<x/y> peak_gb=<z>
+
+Timings are ratios measured side by side in the same run; absolute seconds are context only. A module that
+fails is reported as ``FAILED <module>: <error>`` and makes the exit code non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# module -> size argument per suite (None: not part of that suite)
+SUITES = {
+    "quick": {
+        "bench_qc": "100k",
+        "bench_pathways": "100k",
+        "bench_integrate": "pbmc3k",
+        "bench_annotate": "3k",
+        "bench_simulate": "100k",
+        "bench_ooc": "100k",
+    },
+    "full": {
+        "bench_qc": "1m",
+        "bench_pathways": "1m",
+        "bench_simulate": "1m",
+        "bench_ooc": "1m",
+        "bench_scvi_gpu": "1m",
+    },
+}
+
+
+def format_result(r: dict) -> str:
+    ours, anchor = r.get("ours_s"), r.get("anchor_s")
+    ratio = r.get("ratio")
+    if ratio is None and ours is not None and anchor:
+        ratio = ours / anchor
+
+    def f(v, fmt="{:.3f}"):
+        return "NA" if v is None else fmt.format(v)
+
+    extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in {"name", "ours_s", "anchor_s", "ratio", "peak_gb"})
+    line = (f"RESULT {r['name']} ours_s={f(ours)} anchor_s={f(anchor)} ratio={f(ratio)} "
+            f"peak_gb={f(r.get('peak_gb'), '{:.2f}')}")
+    return line + (f"  # {extra}" if extra else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    ap.add_argument("--only", nargs="*", help="run only these modules (e.g. bench_qc)")
+    ap.add_argument("--out", help="write all results as JSON here")
+    args = ap.parse_args(argv)
+    results, failed = [], []
+    t0 = time.perf_counter()
+    for mod_name, size in SUITES[args.suite].items():
+        if args.only and mod_name not in args.only:
+            continue
+        print(f"== {mod_name} ({size})", flush=True)
+        try:
+            mod = importlib.import_module(mod_name)
+            rows = mod.run(size)
+        except Exception as e:  # report and go on: one broken benchmark must not hide the others
+            traceback.print_exc()
+            failed.append(f"{mod_name}: {type(e).__name__}: {e}")
+            continue
+        for r in rows:
+            r.setdefault("module", mod_name)
+            results.append(r)
+            print(format_result(r), flush=True)
+    print(f"\n== summary ({args.suite} suite, {time.perf_counter() - t0:.0f} s)")
+    for r in results:
+        print(format_result(r))
+    for f in failed:
+        print(f"FAILED {f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
