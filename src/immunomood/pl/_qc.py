@@ -69,7 +69,9 @@ def qc(
             f"Available: {list(map(str, adata.obs.columns))}."
         )
     if ax is None:
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False, layout="constrained"
+        )
         axes = list(axes.ravel())
     else:
         axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
@@ -158,7 +160,7 @@ def qc_report(adata: AnnData, *, normalize: bool = False, ax=None):
         denom = np.maximum(rep["cells_before"].to_numpy(float), 1)
         parts = {k: v / denom for k, v in parts.items()}
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 0.35 * len(rep) + 1.5))
+        _, ax = plt.subplots(figsize=(6.5, 0.35 * len(rep) + 1.5), layout="constrained")
     y = np.arange(len(rep))
     left = np.zeros(len(rep))
     for k, v in parts.items():
@@ -171,7 +173,7 @@ def qc_report(adata: AnnData, *, normalize: bool = False, ax=None):
     ax.invert_yaxis()
     ax.set_xlabel("fraction of cells" if normalize else "cells")
     ax.set_ylabel(rep.index.name or "sample")
-    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if "too_small_to_pseudobulk" in rep:
         for yi, small in zip(y, rep["too_small_to_pseudobulk"].to_numpy(bool)):
             if small:
