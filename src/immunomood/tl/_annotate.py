@@ -1,7 +1,486 @@
-"""Placeholder: being implemented (see the issue tracker)."""
+"""Hierarchical, marker-based annotation of blood cells with a calibrated confidence (no download).
+
+Outline
+-------
+1. Expression of the marker genes (log1p CP10k; raw counts are normalised on a private copy).
+2. Per-cell marker-set scores: mean z-score of positive markers minus the above-average part of
+   negative markers; optional gates (``require``: at least one key gene, ``all_of``: every key gene).
+3. Smoothing: each cell's scores are combined with its kNN-neighbourhood mean and its cluster mean
+   (Leiden on ``use_rep`` or on a private PCA of highly variable genes; or ``groupby``). Dropout-prone
+   genes (CD4, FOXP3, SLC4A10 ...) are thereby read from the cell's context.
+4. Level 1: softmax over lineage scores -> lineage and its probability; level 2: softmax over the subsets
+   of that lineage. Confidence = probability x cluster agreement, lineage x subset.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
 
-def annotate(*args, **kwargs):
-    raise NotImplementedError("tl.annotate is not implemented yet")
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._docs import doc_adata, doc_layer, doc_params, doc_random_state
+from .._utils import (
+    check_adata,
+    check_layer,
+    check_not_view,
+    check_obs_key,
+    count_matrix_problem,
+    gene_symbols,
+    get_matrix,
+    identifier_kind,
+    match_genes,
+    resolve_random_state,
+    warn,
+)
+
+logger = logging.getLogger("immunomood")
+
+LINEAGES = (
+    "T cell", "NK cell", "B cell", "Monocyte", "Dendritic cell", "Neutrophil", "Platelet", "Erythrocyte", "Unassigned",
+)
+CELL_TYPES = (
+    "CD4 naive T", "CD4 memory T", "Treg", "CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T", "Proliferating T",
+    "NK", "B naive", "B memory", "Plasmablast", "Classical monocyte", "Intermediate monocyte",
+    "Non-classical monocyte", "cDC", "pDC", "Neutrophil", "Platelet", "Erythrocyte", "Unassigned",
+)
+CD4_LABELS = ("CD4 naive T", "CD4 memory T", "Treg")
+MIN_CELLS = 20
+
+# scoring constants (chosen from the biology of the marker sets, see module docstring)
+_Z_CLIP = (-1.0, 2.0)
+_FLOOR_LINEAGE, _FLOOR_SUBSET = 1.0, 0.5
+_NEG_WEIGHT = 0.5
+_W_CELL, _W_KNN, _W_CLUSTER = 0.25, 0.35, 0.40
+_TAU_LINEAGE = 0.1
+_TAU_SUBSET = 0.1
+_MIN_LINEAGE_SCORE = 0.1
+_N_NEIGHBORS = 15
+_RESOLUTION = 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# marker resource
+# ----------------------------------------------------------------------------------------------
+def load_markers(name: str = "blood") -> dict[str, Any]:
+    """Load a packaged marker resource (``resources/markers/<name>.json``)."""
+    base = resources.files("immunomood").joinpath("resources", "markers")
+    available = sorted(p.name[:-5] for p in base.iterdir() if p.name.endswith(".json"))
+    if name not in available:
+        raise ValueError(f"Unknown marker resource {name!r}. Available: {available}; or pass a mapping.")
+    return json.loads(base.joinpath(f"{name}.json").read_text())
+
+
+def _resolve_markers(markers: str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(markers, str):
+        res = load_markers(markers)
+    elif isinstance(markers, Mapping):
+        res = dict(markers)
+        res.setdefault("name", "custom")
+        res.setdefault("version", "user")
+    else:
+        raise TypeError(f"`markers` must be a resource name such as 'blood' or a mapping, got {type(markers).__name__}.")
+    for part in ("lineages", "subsets"):
+        if part not in res or not isinstance(res[part], list):
+            raise ValueError(
+                f"Marker resource must have a list {part!r} of marker sets (see resources/markers/blood.json); "
+                f"got keys {sorted(res)}."
+            )
+    for s in res["lineages"]:
+        if s["label"] not in LINEAGES:
+            raise ValueError(f"Lineage label {s['label']!r} is not in the vocabulary {list(LINEAGES)}.")
+    for s in res["subsets"]:
+        if s["label"] not in CELL_TYPES or s.get("lineage") not in LINEAGES:
+            raise ValueError(f"Subset {s['label']!r} / lineage {s.get('lineage')!r} is not in the vocabulary.")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# expression
+# ----------------------------------------------------------------------------------------------
+def _log_normalised(X) -> tuple[Any, bool]:
+    """Return a log1p-CP10k version of ``X`` (a new object when counts; ``X`` itself when already log)."""
+    problem = count_matrix_problem(X)
+    if problem is None:
+        X = sparse.csr_matrix(X, dtype=np.float32, copy=True)
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        totals[totals == 0] = 1.0
+        X = sparse.diags((1e4 / totals).astype(np.float32)) @ X
+        X = X.tocsr()
+        np.log1p(X.data, out=X.data)
+        return X, True
+    if "negative" in problem or "NaN" in problem:
+        raise ValueError(
+            f"The expression matrix cannot be used for annotation: {problem}. Pass raw counts or log-normalised "
+            "data (e.g. `layer='counts'`)."
+        )
+    vmax = X.max() if sparse.issparse(X) else np.max(X)
+    if vmax > 50:
+        warn(
+            f"The expression matrix is not integer and its maximum is {float(vmax):.3g}: it looks normalised but "
+            "not log-transformed; applying log1p. Pass raw counts or log1p data to silence this.",
+            stacklevel=4,
+        )
+        X = sparse.csr_matrix(X, dtype=np.float32, copy=True) if sparse.issparse(X) else np.asarray(X, np.float32)
+        if sparse.issparse(X):
+            np.log1p(X.data, out=X.data)
+        else:
+            X = np.log1p(X)
+    return X, False
+
+
+def _dense_cols(X, idx: np.ndarray) -> np.ndarray:
+    sub = X[:, idx]
+    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
+    return sub.astype(np.float32)
+
+
+def _scale(E: np.ndarray, codes: np.ndarray, mask: np.ndarray | None = None, floor: float = 1.0) -> np.ndarray:
+    """Scale each gene between its lowest and highest cluster mean (0 = background, 1 = expressing population).
+
+    Cluster means (clusters with >= 5 cells among ``mask``) make the scale independent of how many cells each
+    population has; the range is floored at ``floor`` log1p-CP10k units so that a gene whose expressing
+    population is absent (FCGR3B in PBMC) is not blown up from noise.
+    """
+    if mask is None:
+        mask = np.ones(E.shape[0], dtype=bool)
+    df = pd.DataFrame(E[mask])
+    g = df.groupby(codes[mask])
+    sizes = g.size()
+    means = g.mean()[sizes.to_numpy() >= 5]
+    if len(means) >= 2:
+        lo = means.min(axis=0).to_numpy()
+        hi = means.max(axis=0).to_numpy()
+    else:
+        lo = np.zeros(E.shape[1])
+        hi = np.quantile(E[mask], 0.99, axis=0) if mask.any() else np.ones(E.shape[1])
+    rng = np.maximum(hi - lo, floor)
+    return np.clip((E - lo) / rng, *_Z_CLIP).astype(np.float32)
+
+
+def _set_scores(Z: np.ndarray, col: dict[str, int], sets: list[dict]) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Per-cell scores (cells x sets) and the genes used per set; NaN where no positive marker was found.
+
+    score = mean of positive markers - 0.5 x mean of the above-background part of negative markers.
+    """
+    out = np.full((Z.shape[0], len(sets)), np.nan, dtype=np.float32)
+    used: dict[str, list[str]] = {}
+    for j, s in enumerate(sets):
+        pos = [g for g in s.get("positive", []) if g.upper() in col]
+        neg = [g for g in s.get("negative", []) if g.upper() in col]
+        used[s["label"]] = pos
+        if not pos:
+            continue
+        score = Z[:, [col[g.upper()] for g in pos]].mean(axis=1)
+        if neg:
+            score = score - _NEG_WEIGHT * np.clip(Z[:, [col[g.upper()] for g in neg]], 0, None).mean(axis=1)
+        out[:, j] = score
+    return out, used
+
+
+def _apply_gates(S: np.ndarray, Zs: np.ndarray, col: dict[str, int], sets: list[dict]) -> np.ndarray:
+    """Gates read from neighbourhood-smoothed gene values ``Zs`` (dropout-robust).
+
+    ``require``: score capped by the max of these genes (at least one key gene expressed);
+    ``all_of``: capped by their min (all key genes expressed, e.g. CD14 and FCGR3A);
+    ``exclude``: their mean is subtracted (e.g. CD8A/CD8B for CD4 T labels).
+    """
+    S = S.copy()
+    for j, s in enumerate(sets):
+        for kind in ("require", "all_of", "exclude"):
+            if s.get(kind) is None:
+                continue
+            genes = [col[g.upper()] for g in s[kind] if g.upper() in col]
+            if kind == "exclude":
+                if genes:
+                    S[:, j] -= np.clip(Zs[:, genes], 0, None).mean(axis=1)
+                continue
+            if not genes or (kind == "all_of" and len(genes) < len(s[kind])):
+                S[:, j] = -np.inf
+                continue
+            gate = Zs[:, genes].max(axis=1) if kind == "require" else Zs[:, genes].min(axis=1)
+            S[:, j] = np.minimum(S[:, j], gate)
+    return S
+
+
+# ----------------------------------------------------------------------------------------------
+# neighbourhood and clusters
+# ----------------------------------------------------------------------------------------------
+def _graph_and_clusters(
+    adata: AnnData, Xlog, *, use_rep: str | None, groupby: str | None, random_state: int
+) -> tuple[sparse.csr_matrix, np.ndarray]:
+    import scanpy as sc
+
+    n = adata.n_obs
+    priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(n).astype(str)))
+    if use_rep is not None:
+        priv.obsm["X_rep"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    else:
+        tmp = AnnData(X=Xlog if sparse.issparse(Xlog) else np.asarray(Xlog), obs=priv.obs.copy())
+        if tmp.n_vars > 3000:
+            sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
+            tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
+        n_comps = int(max(2, min(30, tmp.n_obs - 2, tmp.n_vars - 2)))
+        sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
+        priv.obsm["X_rep"] = tmp.obsm["X_pca"]
+        del tmp
+    k = int(min(_N_NEIGHBORS, n - 1))
+    sc.pp.neighbors(priv, n_neighbors=k, use_rep="X_rep", random_state=random_state)
+    W = priv.obsp["connectivities"].tocsr()
+    W = W + sparse.eye(n, format="csr")  # the cell itself is part of its neighbourhood
+    rs = np.asarray(W.sum(axis=1)).ravel()
+    W = (sparse.diags(1.0 / rs) @ W).tocsr()
+    if groupby is not None:
+        clusters = adata.obs[groupby].astype(str).to_numpy()
+    else:
+        sc.tl.leiden(
+            priv, resolution=_RESOLUTION, random_state=random_state, flavor="igraph", n_iterations=2,
+            directed=False, key_added="clusters",
+        )
+        clusters = priv.obs["clusters"].astype(str).to_numpy()
+    return W, clusters
+
+
+def _cluster_mean(S: np.ndarray, codes: np.ndarray, n_clusters: int) -> np.ndarray:
+    M = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_clusters, len(codes)))
+    sizes = np.asarray(M.sum(axis=1)).ravel()
+    means = (M @ np.nan_to_num(S)) / sizes[:, None]
+    return means[codes]
+
+
+def _smooth(S: np.ndarray, W: sparse.csr_matrix, codes: np.ndarray, n_clusters: int) -> np.ndarray:
+    nan_cols = np.all(np.isnan(S), axis=0)
+    S0 = np.nan_to_num(S)
+    out = _W_CELL * S0 + _W_KNN * (W @ S0) + _W_CLUSTER * _cluster_mean(S0, codes, n_clusters)
+    out[:, nan_cols] = -np.inf
+    return out
+
+
+def _smooth_gene(Z: np.ndarray, W: sparse.csr_matrix, codes: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Gene values for gates: mostly context (neighbourhood and cluster), a little the cell itself."""
+    return 0.4 * Z + 0.3 * (W @ Z) + 0.3 * _cluster_mean(Z, codes, n_clusters)
+
+
+def _smooth_scores(Z, col, sets, W, codes, n_clusters) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Smoothed set scores with their gates applied."""
+    S, used = _set_scores(Z, col, sets)
+    out = _smooth(S, W, codes, n_clusters)
+    if any(s.get(k) is not None for s in sets for k in ("require", "all_of", "exclude")):
+        out = _apply_gates(out, _smooth_gene(Z, W, codes, n_clusters), col, sets)
+    return out, used
+
+
+def _softmax(S: np.ndarray, tau: float) -> np.ndarray:
+    A = S / tau
+    A = A - np.max(A, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        P = np.exp(A)
+    P = np.nan_to_num(P)
+    return P / P.sum(axis=1, keepdims=True)
+
+
+def _agreement(labels: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    df = pd.DataFrame({"c": codes, "l": labels})
+    frac = df.groupby(["c", "l"]).size() / df.groupby("c").size()
+    return frac.reindex(pd.MultiIndex.from_arrays([codes, labels])).to_numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# public
+# ----------------------------------------------------------------------------------------------
+@doc_params(adata=doc_adata, layer=doc_layer, random_state=doc_random_state)
+def annotate(
+    adata: AnnData,
+    *,
+    markers: str | Mapping[str, Any] = "blood",
+    layer: str | None = None,
+    use_rep: str | None = None,
+    groupby: str | None = None,
+    min_confidence: float = 0.5,
+    random_state: int | None = 0,
+    key_added: str = "cell_type",
+) -> None:
+    """Annotate blood cells hierarchically (lineage, then subset) from curated markers, with a confidence.
+
+    Works on raw counts (normalised to log1p CP10k on a private copy; ``adata`` is not changed except for the
+    keys below) or on log-normalised data (detected), with gene symbols as ``var_names`` or Ensembl IDs plus a
+    ``var`` column of symbols (found automatically). Each cell's marker scores are combined with the mean of its
+    k nearest neighbours and of its cluster, because single-cell calls from a few dropout-prone genes (CD4,
+    FOXP3, SLC4A10) are noisy; the context decides e.g. CD4 vs CD8 T cells (CD8A/CD8B presence).
+
+    Parameters
+    ----------
+    {adata}
+    markers
+        Name of a packaged marker resource (``"blood"``, versioned, every set with its source) or a mapping
+        with the same structure (``"lineages"`` and ``"subsets"`` lists of sets with ``label``,
+        ``positive``, ``negative``).
+    {layer}
+    use_rep
+        Embedding in ``adata.obsm`` (e.g. an integrated ``"X_scVI"``) for the neighbourhood graph and
+        clusters. By default a PCA of highly variable genes is computed on a private copy.
+    groupby
+        Column of ``adata.obs`` with clusters to use instead of computing Leiden clusters.
+    min_confidence
+        Cells whose lineage confidence is below this value get lineage (and label) ``"Unassigned"``.
+    {random_state}
+    key_added
+        Name of the fine-label column.
+
+    Returns
+    -------
+    ``None``; writes into ``adata``:
+
+    ``obs["cell_lineage"]``
+        Categorical lineage: ``"T cell"``, ``"NK cell"``, ``"B cell"``, ``"Monocyte"``, ``"Dendritic cell"``,
+        ``"Neutrophil"``, ``"Platelet"``, ``"Erythrocyte"``, ``"Unassigned"``.
+    ``obs[key_added]``
+        Categorical fine label (always within its lineage), e.g. ``"CD4 naive T"``, ``"Intermediate monocyte"``.
+    ``obs[f"{{key_added}}_confidence"]``
+        Confidence in [0, 1]: lineage probability x subset probability, each times the cluster agreement.
+    ``obsm["cd4_polarization"]``
+        DataFrame of Th1, Th2, Th17, Tfh marker scores for CD4 T cells (NaN elsewhere); scores, not labels.
+    ``uns[key_added]``
+        ``params``, ``markers`` (resource name, version), ``markers_used`` (genes found per label),
+        ``cluster_label_counts`` (clusters x labels) and ``n_clusters``.
+    """
+    check_adata(adata)
+    check_not_view(adata, func="annotate")
+    if adata.n_obs < MIN_CELLS:
+        raise ValueError(
+            f"annotate needs at least {MIN_CELLS} cells to build a neighbourhood graph and clusters, got "
+            f"{adata.n_obs}. Annotate the full dataset and subset afterwards."
+        )
+    check_layer(adata, layer)
+    check_obs_key(adata, groupby, what="groupby column")
+    if use_rep is not None and use_rep not in adata.obsm:
+        raise KeyError(f"use_rep={use_rep!r} not found in adata.obsm. Available: {list(adata.obsm.keys())}.")
+    if not 0.0 <= float(min_confidence) <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}.")
+    if not isinstance(key_added, str) or not key_added or key_added == "cell_lineage":
+        raise ValueError(f"key_added must be a non-empty string other than 'cell_lineage', got {key_added!r}.")
+    res = _resolve_markers(markers)
+    rs = resolve_random_state(random_state)
+
+    # --- genes -----------------------------------------------------------------------------------
+    symbols = gene_symbols(adata)
+    all_genes: list[str] = []
+    for part in ("lineages", "subsets", "polarization"):
+        for s in res.get(part, []):
+            for k in ("positive", "negative", "require", "all_of"):
+                all_genes += [g for g in s.get(k, []) if g.upper() not in {x.upper() for x in all_genes}]
+    idx, missing = match_genes(symbols, all_genes)
+    found = [g for g in all_genes if g not in set(missing)]
+    lineage_found = {g.upper() for s in res["lineages"] for g in s.get("positive", [])} & {g.upper() for g in found}
+    if len(lineage_found) == 0:
+        kind = identifier_kind(adata)
+        raise ValueError(
+            f"No marker genes of resource {res['name']!r} were found in adata.var_names (saw {kind}, e.g. "
+            f"{list(map(str, adata.var_names[:3]))}). Marker genes are human gene symbols: when var_names are "
+            "Ensembl IDs keep a var column with symbols (e.g. adata.var['gene_symbols']) - it is found "
+            "automatically - or set `adata.var_names = adata.var['<symbol column>']`."
+        )
+    if len(missing) > 0.5 * len(all_genes):
+        logger.info("annotate: %d of %d marker genes not found, e.g. %s", len(missing), len(all_genes), missing[:10])
+
+    # --- expression ------------------------------------------------------------------------------
+    X = get_matrix(adata, layer)
+    Xlog, was_counts = _log_normalised(X)
+    E = _dense_cols(Xlog, idx)
+    col = {g.upper(): j for j, g in enumerate(found)}
+
+    # --- graph / clusters ------------------------------------------------------------------------
+    W, clusters = _graph_and_clusters(adata, Xlog, use_rep=use_rep, groupby=groupby, random_state=rs)
+    del Xlog
+    cl_cat = pd.Categorical(clusters)
+    codes = cl_cat.codes.astype(int)
+    n_cl = len(cl_cat.categories)
+
+    # --- level 1 ---------------------------------------------------------------------------------
+    lin_sets = res["lineages"]
+    lin_labels = np.array([s["label"] for s in lin_sets])
+    Z = _scale(E, codes, floor=_FLOOR_LINEAGE)
+    S1s, used_lin = _smooth_scores(Z, col, lin_sets, W, codes, n_cl)
+    P1 = _softmax(S1s, _TAU_LINEAGE)
+    best1 = np.argmax(S1s, axis=1)
+    lineage = lin_labels[best1]
+    p1 = P1[np.arange(len(best1)), best1]
+    conf1 = p1 * np.sqrt(_agreement(lineage, codes))
+    unassigned = (conf1 < min_confidence) | (S1s[np.arange(len(best1)), best1] < _MIN_LINEAGE_SCORE)
+
+    # --- level 2 ---------------------------------------------------------------------------------
+    sub_sets = res["subsets"]
+    used_sub = _set_scores(Z[:1], col, sub_sets)[1]
+    fine = np.array(["Unassigned"] * adata.n_obs, dtype=object)
+    p2 = np.ones(adata.n_obs)
+    for lin in np.unique(lineage):
+        cells = np.flatnonzero(lineage == lin)
+        js = [j for j, s in enumerate(sub_sets) if s["lineage"] == lin and used_sub[s["label"]]]
+        if not js:
+            default = {"NK cell": "NK", "Neutrophil": "Neutrophil", "Platelet": "Platelet", "Erythrocyte": "Erythrocyte"}
+            fine[cells] = default.get(lin, "Unassigned")
+            continue
+        Zl = _scale(E, codes, mask=lineage == lin, floor=_FLOOR_SUBSET)
+        S2s, _ = _smooth_scores(Zl, col, [sub_sets[j] for j in js], W, codes, n_cl)
+        if np.all(np.isinf(S2s)):
+            continue
+        sub = S2s[cells]
+        P2 = _softmax(sub, _TAU_SUBSET)
+        b = np.argmax(sub, axis=1)
+        fine[cells] = np.array([sub_sets[j]["label"] for j in js])[b]
+        p2[cells] = P2[np.arange(len(cells)), b]
+    conf2 = p2 * np.sqrt(_agreement(fine.astype(str), codes))
+    confidence = np.clip(conf1 * conf2, 0.0, 1.0)
+    lineage = lineage.astype(object)
+    lineage[unassigned] = "Unassigned"
+    fine[unassigned] = "Unassigned"
+    confidence[unassigned] = np.clip(conf1[unassigned], 0.0, 1.0)
+
+    # --- helper-T polarisation (scores, not labels) ----------------------------------------------
+    pol_sets = res.get("polarization", [])
+    pol = None
+    if pol_sets:
+        Sp, _ = _set_scores(Z, col, [dict(s, negative=[]) for s in pol_sets])
+        missing_cols = np.all(np.isnan(Sp), axis=0)
+        Sp = 0.5 * np.nan_to_num(Sp) + 0.5 * (W @ np.nan_to_num(Sp))
+        Sp[:, missing_cols] = np.nan
+        Sp[~np.isin(fine, CD4_LABELS)] = np.nan
+        pol = pd.DataFrame(Sp, index=adata.obs_names, columns=[s["label"] for s in pol_sets])
+
+    # --- write -----------------------------------------------------------------------------------
+    adata.obs["cell_lineage"] = pd.Categorical(lineage, categories=list(LINEAGES))
+    adata.obs[key_added] = pd.Categorical(fine, categories=list(CELL_TYPES))
+    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float64)
+    if pol is not None:
+        adata.obsm["cd4_polarization"] = pol
+    counts = pd.crosstab(pd.Series(clusters, name="cluster"), pd.Series(fine, name="label"))
+    counts = counts.reindex(columns=[c for c in CELL_TYPES if c in counts.columns]).astype(np.int64)
+    counts.index = counts.index.astype(str)
+    counts.columns = counts.columns.astype(str)
+    adata.uns[key_added] = {
+        "params": {
+            "markers": res["name"] if isinstance(markers, str) else "custom",
+            "layer": "X" if layer is None else layer,
+            "use_rep": "" if use_rep is None else use_rep,
+            "groupby": "" if groupby is None else groupby,
+            "min_confidence": float(min_confidence),
+            "random_state": int(rs),
+            "input": "raw counts (log1p CP10k internally)" if was_counts else "log-normalised",
+            "leiden_resolution": float(_RESOLUTION),
+            "n_neighbors": int(_N_NEIGHBORS),
+        },
+        "markers": {"name": str(res["name"]), "version": str(res["version"])},
+        "markers_used": {k: list(v) for k, v in {**used_sub}.items()},
+        "lineage_markers_used": {k: list(v) for k, v in used_lin.items()},
+        "n_clusters": int(n_cl),
+        "cluster_label_counts": counts,
+    }
+    logger.info(
+        "annotate: %d cells, %d clusters, %.1f%% Unassigned", adata.n_obs, n_cl, 100 * unassigned.mean()
+    )

@@ -1,0 +1,215 @@
+"""Tests for im.tl.annotate: synthetic truth, exact keys, errors, real pbmc3k against Seurat labels."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import immunomood as im
+from immunomood.tl._annotate import CELL_TYPES, LINEAGES
+
+TYPES = {
+    "CD4 naive T": ["CD3D", "CD3E", "CD2", "CCR7", "SELL", "LEF1", "TCF7", "CD4", "MAL", "LRRN3", "IL7R"],
+    "CD8 memory T": ["CD3D", "CD3E", "CD2", "CD8A", "CD8B", "GZMK", "CCL5", "NKG7", "GZMH"],
+    "NK": ["GNLY", "NKG7", "KLRD1", "KLRF1", "PRF1", "FCER1G", "TYROBP"],
+    "B naive": ["MS4A1", "CD79A", "CD79B", "CD19", "BANK1", "IGHD", "IGHM", "TCL1A", "HLA-DRA", "CD74"],
+    "Classical monocyte": ["CD14", "LYZ", "S100A8", "S100A9", "VCAN", "FCN1", "CST3", "CSF1R", "HLA-DRA", "CD74"],
+    "Neutrophil": ["CSF3R", "FCGR3B", "CXCR2", "CXCR1", "FPR1", "S100A8", "S100A9", "MNDA", "MMP9", "G0S2"],
+}
+LIN = {"CD4 naive T": "T cell", "CD8 memory T": "T cell", "NK": "NK cell", "B naive": "B cell",
+       "Classical monocyte": "Monocyte", "Neutrophil": "Neutrophil"}
+
+
+def _simulate(n_per_type: int = 60, seed: int = 0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    markers = sorted({g for v in TYPES.values() for g in v})
+    genes = markers + [f"BG{i}" for i in range(200)]
+    base = rng.gamma(0.6, 0.5, size=len(genes))
+    rows, truth = [], []
+    for t, ms in TYPES.items():
+        mu = np.tile(base, (n_per_type, 1))
+        mu[:, [genes.index(g) for g in ms]] += 6.0
+        # a type-specific background program so that clusters form
+        prog = rng.choice(np.arange(len(markers), len(genes)), size=20, replace=False)
+        mu[:, prog] += 3.0
+        rows.append(rng.poisson(mu * rng.uniform(0.6, 1.4, size=(n_per_type, 1))))
+        truth += [t] * n_per_type
+    X = np.vstack(rows).astype(np.float32)
+    obs = pd.DataFrame({"truth": truth}, index=[f"c{i}" for i in range(len(truth))])
+    return ad.AnnData(sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=genes))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return _simulate()
+
+
+def test_resource_versioned_with_sources():
+    res = json.loads(resources.files("immunomood").joinpath("resources", "markers", "blood.json").read_text())
+    assert res["name"] == "blood" and res["version"]
+    for s in res["lineages"] + res["subsets"] + res["polarization"]:
+        assert s["source"] and s["positive"]
+    assert {s["label"] for s in res["lineages"]} == set(LINEAGES) - {"Unassigned"}
+    assert {s["label"] for s in res["subsets"]} == set(CELL_TYPES) - {"Unassigned"}
+
+
+def test_simulated_truth_and_keys(sim):
+    a = sim.copy()
+    X_before = a.X.copy()
+    im.tl.annotate(a)
+    assert (a.X != X_before).nnz == 0  # caller's counts untouched
+    lin = a.obs["cell_lineage"].astype(str)
+    truth_lin = a.obs["truth"].map(LIN)
+    assert (lin == truth_lin).mean() >= 0.95
+    fine = a.obs["cell_type"].astype(str)
+    assert (fine == a.obs["truth"]).mean() >= 0.85
+    # exact keys and vocabularies
+    assert list(a.obs["cell_lineage"].cat.categories) == list(LINEAGES)
+    assert list(a.obs["cell_type"].cat.categories) == list(CELL_TYPES)
+    conf = a.obs["cell_type_confidence"]
+    assert conf.between(0, 1).all()
+    u = a.uns["cell_type"]
+    assert u["markers"] == {"name": "blood", "version": u["markers"]["version"]}
+    assert {"params", "markers", "markers_used", "cluster_label_counts", "n_clusters"} <= set(u)
+    assert u["cluster_label_counts"].to_numpy().sum() == a.n_obs
+    assert u["params"]["input"].startswith("raw counts")
+    pol = a.obsm["cd4_polarization"]
+    assert list(pol.columns) == ["Th1", "Th2", "Th17", "Tfh"]
+    cd4 = a.obs["cell_type"].isin(["CD4 naive T", "CD4 memory T", "Treg"]).to_numpy()
+    assert pol.loc[~cd4].isna().all().all()
+
+
+def test_fine_agrees_with_lineage(sim):
+    a = sim.copy()
+    im.tl.annotate(a)
+    res = json.loads(resources.files("immunomood").joinpath("resources", "markers", "blood.json").read_text())
+    lineage_of = {s["label"]: s["lineage"] for s in res["subsets"]} | {"Unassigned": "Unassigned"}
+    assert (a.obs["cell_type"].astype(str).map(lineage_of) == a.obs["cell_lineage"].astype(str)).all()
+
+
+def test_lognormalised_and_ensembl_give_same_labels(sim):
+    a = sim.copy()
+    im.tl.annotate(a)
+    b = sim.copy()
+    b.X = b.X.multiply(1e4 / b.X.sum(axis=1)).tocsr()
+    b.X.data = np.log1p(b.X.data)
+    im.tl.annotate(b)
+    assert b.uns["cell_type"]["params"]["input"] == "log-normalised"
+    assert (a.obs["cell_type"] == b.obs["cell_type"]).mean() >= 0.98
+    c = sim.copy()
+    c.var["gene_symbols"] = c.var_names
+    c.var_names = [f"ENSG{i:011d}" for i in range(c.n_vars)]
+    im.tl.annotate(c)
+    assert (a.obs["cell_type"].to_numpy() == c.obs["cell_type"].to_numpy()).all()
+
+
+def test_groupby_and_use_rep(sim):
+    a = sim.copy()
+    a.obs["clusters"] = a.obs["truth"].astype("category")
+    im.tl.annotate(a, groupby="clusters", key_added="ct")
+    assert (a.obs["ct"].astype(str) == a.obs["truth"]).mean() >= 0.9
+    assert set(a.uns["ct"]["cluster_label_counts"].index) == set(a.obs["truth"])
+    b = sim.copy()
+    rng = np.random.default_rng(1)
+    onehot = pd.get_dummies(b.obs["truth"]).to_numpy(float)
+    b.obsm["X_emb"] = onehot + rng.normal(0, 0.05, onehot.shape)
+    im.tl.annotate(b, use_rep="X_emb")
+    assert (b.obs["cell_lineage"].astype(str) == b.obs["truth"].map(LIN)).mean() >= 0.95
+
+
+def test_min_confidence_one_unassigns(sim):
+    a = sim.copy()
+    im.tl.annotate(a, min_confidence=1.0)
+    assert (a.obs["cell_lineage"] == "Unassigned").mean() > 0.5
+    assert ((a.obs["cell_lineage"] == "Unassigned") == (a.obs["cell_type"] == "Unassigned")).all()
+
+
+def test_errors(sim):
+    a = sim.copy()
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    with pytest.raises(ValueError, match="No marker genes.*saw Ensembl IDs"):
+        im.tl.annotate(a)
+    with pytest.raises(ValueError, match="at least 20 cells"):
+        im.tl.annotate(sim[:10].copy())
+    with pytest.raises(KeyError, match="not found in adata.obs"):
+        im.tl.annotate(sim.copy(), groupby="nope")
+    with pytest.raises(KeyError, match="use_rep"):
+        im.tl.annotate(sim.copy(), use_rep="X_nope")
+    with pytest.raises(ValueError, match="view"):
+        im.tl.annotate(sim[:100])
+    with pytest.raises(ValueError, match="Unknown marker resource"):
+        im.tl.annotate(sim.copy(), markers="liver")
+
+
+# ---------------------------------------------------------------------------------------------
+# real data
+# ---------------------------------------------------------------------------------------------
+SEURAT_OK = {
+    "Naive CD4 T": {"CD4 naive T"}, "Memory CD4 T": {"CD4 memory T", "Treg"},
+    "CD14+ Mono": {"Classical monocyte", "Intermediate monocyte"},
+    "FCGR3A+ Mono": {"Non-classical monocyte", "Intermediate monocyte"},
+    "CD8 T": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T"}, "NK": {"NK"},
+    "B": {"B naive", "B memory", "Plasmablast"}, "DC": {"cDC", "pDC"}, "Platelet": {"Platelet"},
+}
+SEURAT_LIN = {"Naive CD4 T": "T cell", "Memory CD4 T": "T cell", "CD14+ Mono": "Monocyte", "FCGR3A+ Mono": "Monocyte",
+              "CD8 T": "T cell", "NK": "NK cell", "B": "B cell", "DC": "Dendritic cell", "Platelet": "Platelet"}
+
+
+@pytest.fixture(scope="module")
+def pbmc3k_annotated(data_dir):
+    import scanpy as sc
+
+    d = data_dir / "pbmc3k"
+    a = sc.read_10x_mtx(d / "filtered_gene_bc_matrices" / "hg19", var_names="gene_symbols")
+    lab = pd.read_csv(d / "pbmc3k_seurat_annotations.csv", index_col=0).iloc[:, 0]
+    a.obs["seurat"] = lab.reindex(a.obs_names).to_numpy()
+    im.tl.annotate(a)
+    return a
+
+
+def test_pbmc3k_against_seurat(pbmc3k_annotated):
+    a = pbmc3k_annotated
+    o = a.obs[a.obs["seurat"].notna()]
+    fine, s = o["cell_type"].astype(str), o["seurat"].astype(str)
+    ok = np.array([f in SEURAT_OK[t] for f, t in zip(fine, s)])
+    assigned = (fine != "Unassigned").to_numpy()
+    lineage_acc = (o["cell_lineage"].astype(str).to_numpy() == s.map(SEURAT_LIN).to_numpy()).mean()
+    assert lineage_acc >= 0.95
+    assert 1 - assigned.mean() <= 0.05
+    # measured 0.79: Seurat's "Naive CD4 T" cluster holds CD8A+CD8B+ naive CD8 cells and the naive/memory CD4
+    # boundary is a clustering choice; see the issue note. Guard against regressions.
+    assert ok[assigned].mean() >= 0.75
+    hi = assigned & (o["cell_type_confidence"].to_numpy() >= 0.8)
+    assert ok[hi].mean() > ok[assigned & ~hi].mean()
+    assert ok[hi].mean() >= 0.9
+
+
+def test_pbmc3k_synthetic_neutrophils(pbmc3k_annotated):
+    """PBMC has no neutrophils; add neutrophil-like cells and check only they are called Neutrophil."""
+    a0 = pbmc3k_annotated
+    assert (a0.obs["cell_lineage"] == "Neutrophil").mean() < 0.01
+    import scanpy as sc  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    X = a0.X.tocsr()
+    mono = np.flatnonzero((a0.obs["cell_lineage"] == "Monocyte").to_numpy())[:150]
+    base = X[mono].toarray()
+    names = pd.Index(a0.var_names)
+    for g in ["HLA-DRA", "HLA-DRB1", "HLA-DPA1", "HLA-DPB1", "CD74", "CD14", "CST3", "LYZ", "VCAN", "CSF1R"]:
+        base[:, names.get_loc(g)] = rng.binomial(base[:, names.get_loc(g)].astype(int), 0.05)
+    for g, lam in {"CSF3R": 4, "FCGR3B": 6, "CXCR2": 4, "FPR1": 3, "S100A8": 30, "S100A9": 40, "MNDA": 3,
+                   "CXCR1": 2, "G0S2": 3, "MMP9": 2}.items():
+        base[:, names.get_loc(g)] = rng.poisson(lam, size=len(mono))
+    neu = ad.AnnData(sparse.csr_matrix(base.astype(np.float32)), var=a0.var.copy())
+    neu.obs_names = [f"neu{i}" for i in range(len(mono))]
+    b = ad.concat([ad.AnnData(X, obs=pd.DataFrame(index=a0.obs_names), var=a0.var.copy()), neu], merge="same")
+    im.tl.annotate(b)
+    is_neu = b.obs_names.str.startswith("neu")
+    assert (b.obs["cell_lineage"][is_neu] == "Neutrophil").mean() >= 0.9
+    assert (b.obs["cell_lineage"][~is_neu] == "Neutrophil").mean() < 0.01
