@@ -484,6 +484,7 @@ def differential_expression(
     reference: str | None = None,
     layer: str | None = None,
     n_cpus: int = 1,
+    n_anchor_genes: int = 300,
 ) -> pd.DataFrame:
     """Pseudobulk DESeq2 (pydeseq2) per group, with the sample as the unit.
 
@@ -498,7 +499,8 @@ def differential_expression(
     covariates
         Sample-level columns added to the design (``~ covariates + condition``).
     genes
-        Restrict the output (and the fit, after size factors are computed on all genes) to these genes.
+        Restrict the output to these genes; the fit then uses them plus the ``n_anchor_genes`` most expressed genes
+        of the group (for size factors and the dispersion trend), which keeps it quick.
     min_cells
         Minimum cells of a sample in a group.
     reference
@@ -507,6 +509,8 @@ def differential_expression(
         Layer with raw counts (default: ``layers["counts"]`` if present, else ``X``).
     n_cpus
         Processes used by pydeseq2.
+    n_anchor_genes
+        With ``genes``, number of most expressed genes added to the fit.
 
     Returns
     -------
@@ -539,6 +543,9 @@ def differential_expression(
         counts = pd.DataFrame(np.round(M[rows].toarray()).astype(np.int64), index=[str(s) for s in samples],
                               columns=adata.var_names.astype(str))
         counts = counts.loc[:, counts.sum(axis=0) > 0]
+        if genes is not None:  # fit the requested genes plus the most expressed ones (size factors, dispersion trend)
+            top = counts.sum(axis=0).sort_values(ascending=False).index[:n_anchor_genes]
+            counts = counts.loc[:, [g for g in counts.columns if g in set(genes) or g in set(top)]]
         meta = pd.DataFrame(index=counts.index)
         meta["condition__"] = pd.Categorical(np.where(st[condition_key].to_numpy() == case, "case", "reference"),
                                              categories=["reference", "case"])

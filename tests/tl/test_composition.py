@@ -1,0 +1,60 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import immunomood as im
+
+
+def _cohort(seed, shift=1.0, n=16):
+    rng = np.random.default_rng(seed)
+    alpha = np.array([30, 20, 10, 8, 5, 3, 2, 1.0]) * 3
+    rows = []
+    for d in range(n):
+        cond = ["control", "MDD"][d % 2]
+        a = alpha.copy()
+        if cond == "MDD":
+            a[0] *= shift  # type t0 up
+        c = rng.multinomial(rng.integers(200, 400), rng.dirichlet(a))
+        rows += [(f"d{d}", cond, f"t{k}", d % 3) for k in range(len(c)) for _ in range(c[k])]
+    obs = pd.DataFrame(rows, columns=["donor", "condition", "ct", "age"])
+    obs.index = obs.index.astype(str)
+    obs["condition"] = pd.Categorical(obs["condition"], categories=["control", "MDD"])
+    return ad.AnnData(np.zeros((len(obs), 1), dtype=np.float32), obs=obs)
+
+
+KW = dict(sample_key="donor", condition_key="condition", groupby="ct")
+
+
+def test_columns_and_proportions():
+    a = _cohort(0, shift=2.0)
+    res = im.tl.composition(a, covariates=["age"], **KW)
+    assert list(res.columns[:2]) == ["group", "effect"] and {"pvalue", "padj"} <= set(res.columns)
+    props = pd.crosstab(a.obs.donor, a.obs.ct, normalize="index")
+    cond = a.obs.groupby("donor")["condition"].first()
+    assert res.set_index("group").loc["t0", "prop_case"] == pytest.approx(props.loc[cond == "MDD", "t0"].mean())
+    assert res.set_index("group").loc["t0", "effect"] > 0 and res.set_index("group").loc["t0", "padj"] < 0.05
+
+
+def test_null_calibrated():
+    p = np.concatenate([im.tl.composition(_cohort(s), **KW)["pvalue"].to_numpy() for s in range(20)])
+    assert len(p) == 160
+    assert 0.0 < (p < 0.05).mean() <= 0.1
+
+
+def test_errors():
+    a = _cohort(0)
+    a.obs["site"] = a.obs["condition"]
+    with pytest.raises(ValueError, match="confounded"):
+        im.tl.composition(a, covariates=["site"], **KW)
+    with pytest.raises(ValueError, match="single level"):
+        im.tl.composition(a[a.obs.condition == "MDD"].copy(), **KW)
+
+
+@pytest.mark.slow
+def test_simulator_planted_shift_found():
+    adata, _ = im.datasets.simulate_cohort(n_donors=16, n_cells_per_donor=300, random_state=0)
+    res = im.tl.composition(adata, sample_key="donor", condition_key="condition", groupby="lineage_true")
+    r = res.set_index("group")
+    assert r.loc["Monocyte", "effect"] > 0 and r.loc["Monocyte", "pvalue"] < 0.05
+    assert r.loc["T cell", "effect"] < 0 and r.loc["B cell", "effect"] < 0

@@ -1,0 +1,167 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import immunomood as im
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _synth import SETS, synth_cohort  # noqa: E402
+
+KW = dict(condition_key="condition", sample_key="donor", groupby="cell_type")
+COLS = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case", "n_reference",
+        "method"]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return synth_cohort(n_donors=12, effect=1.6, seed=3)
+
+
+def test_result_table_and_stored_keys(planted):
+    a = planted.copy()
+    res = im.tl.differential_activity(a, gene_sets=SETS, **KW)
+    assert list(res.columns[: len(COLS)]) == COLS
+    assert len(res) == 2 * 3
+    assert set(a.uns) >= {"differential_activity", "differential_activity_scores", "differential_activity_params"}
+    pd.testing.assert_frame_equal(a.uns["differential_activity"], res)
+    r = res.set_index(["group", "gene_set"])
+    assert r.loc[("Mono", "setA"), "padj"] < 0.01
+    # effect in log2 units near log2(1.6), with a CI that covers it
+    assert r.loc[("Mono", "setA"), "ci_low"] < np.log2(1.6) < r.loc[("Mono", "setA"), "ci_high"]
+    assert (r.loc[("Mono", "setA"), ["n_case", "n_reference"]] == [6, 6]).all()
+    # padj = BH over the whole table
+    from statsmodels.stats.multitest import multipletests
+
+    np.testing.assert_allclose(res["padj"], multipletests(res["pvalue"], method="fdr_bh")[1])
+
+
+def test_statistic_equals_independent_ols(planted):
+    """The test statistic is an OLS t-test of the stored donor scores (checked with statsmodels)."""
+    import statsmodels.formula.api as smf
+
+    a = planted.copy()
+    res = im.tl.differential_activity(a, gene_sets=SETS, covariates=["age"], **KW)
+    sc = a.uns["differential_activity_scores"]
+    s = sc[(sc.group == "Mono") & (sc.gene_set == "setA")].copy()
+    s["age"] = a.obs.groupby("donor", observed=True)["age"].first().reindex(s["sample"]).to_numpy()
+    s["case"] = (s["condition"] == "case").astype(float)
+    fit = smf.ols("score ~ case + age", data=s).fit()
+    row = res[(res.group == "Mono") & (res.gene_set == "setA")].iloc[0]
+    assert row["statistic"] == pytest.approx(fit.tvalues["case"], rel=1e-8)
+    assert row["pvalue"] == pytest.approx(fit.pvalues["case"], rel=1e-8)
+
+
+def test_dict_gene_sets_ensembl_and_reference(planted):
+    a = planted.copy()
+    a.var["symbol"] = a.var_names.astype(str)
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    a.layers["counts"] = a.X.copy()
+    res = im.tl.differential_activity(a, gene_sets={"setA": SETS["setA"]}, reference="case", **KW)
+    assert res.set_index("group").loc["Mono", "effect"] < 0  # reference flipped -> sign flips
+
+
+def test_validation_errors(planted):
+    a = planted.copy()
+    one = a[a.obs.condition == "case"].copy()
+    with pytest.raises(ValueError, match="single level"):
+        im.tl.differential_activity(one, gene_sets=SETS, **KW)
+    b = a[~a.obs.donor.isin(["d0", "d1", "d2", "d3", "d4"])].copy()
+    with pytest.raises(ValueError, match="at least 2 per arm"):
+        im.tl.differential_activity(b, gene_sets=SETS, **KW)
+    c = a.copy()
+    c.obs["site"] = c.obs["condition"].map({"control": "x", "case": "y"}).astype(str)
+    with pytest.raises(ValueError, match="'site'.*confounded with the condition"):
+        im.tl.differential_activity(c, gene_sets=SETS, covariates=["site"], **KW)
+    d = a.copy()
+    d.obs["cov"] = np.arange(d.n_obs) % 2
+    with pytest.raises(ValueError, match="'cov'\\] varies within sample"):
+        im.tl.differential_activity(d, gene_sets=SETS, covariates=["cov"], **KW)
+    e = a.copy()
+    e.obs["condition"] = e.obs["condition"].astype(str)
+    e.obs.iloc[0, e.obs.columns.get_loc("condition")] = "case" if e.obs["condition"].iloc[0] == "control" else "control"
+    with pytest.raises(ValueError, match="'condition'\\] varies within sample"):
+        im.tl.differential_activity(e, gene_sets=SETS, **KW)
+    f = a.copy()
+    f.obs["age"] = f.obs["age"].astype(float)
+    f.obs.iloc[3, f.obs.columns.get_loc("age")] = np.nan
+    with pytest.raises(ValueError, match="missing values"):
+        im.tl.differential_activity(f, gene_sets=SETS, covariates=["age"], **KW)
+    with pytest.raises(KeyError, match="Known"):
+        im.tl.differential_activity(a, gene_sets="complemnt", **KW)
+    with pytest.raises(KeyError, match="Available"):
+        im.tl.differential_activity(a, gene_sets=SETS, condition_key="cond", sample_key="donor", groupby="cell_type")
+
+
+def test_group_with_too_few_donors_is_reported(planted):
+    a = planted.copy()
+    keep = ~((a.obs.cell_type == "T") & a.obs.donor.isin(["d6", "d7", "d8", "d9", "d10"]))
+    a = a[keep.to_numpy()].copy()
+    with pytest.warns(UserWarning, match="groups not tested.*T"):
+        res = im.tl.differential_activity(a, gene_sets=SETS, **KW)
+    t = res[res.group == "T"]
+    assert t["pvalue"].isna().all() and t["reason"].str.contains("fewer than 2 samples").all()
+    assert res[res.group == "Mono"]["pvalue"].notna().all()
+
+
+def test_paired_design_fixed_and_random(planted):
+    """Each donor in both conditions: sample = donor x condition, pairing by covariate or random effect."""
+    rng = np.random.default_rng(0)
+    a = synth_cohort(n_donors=12, effect=1.0, seed=5)
+    # pair donors: d{i} (control) and d{i+6} (case) become the same person
+    pid = {f"d{i}": f"p{i % 6}" for i in range(12)}
+    a.obs["person"] = a.obs["donor"].map(pid).astype("category")
+    with pytest.raises(ValueError, match="paired designs"):
+        x = a.copy()
+        x.obs["donor"] = x.obs["person"]
+        im.tl.differential_activity(x, gene_sets=SETS, **KW)
+    r1 = im.tl.differential_activity(a, gene_sets=SETS, covariates=["person"], **KW)
+    r2 = im.tl.differential_activity(a, gene_sets=SETS, random_effect="person", **KW)
+    assert r1["pvalue"].notna().all() and r2["pvalue"].notna().all()
+    assert (r1["df"] == 12 - 2 - 5).all()
+    assert "MixedLM" in r2["method"].iloc[0]
+    assert rng is not None
+
+
+@pytest.mark.slow
+def test_calibrated_and_powerful_on_synthetic():
+    p_null = []
+    for seed in range(15):
+        r = im.tl.differential_activity(synth_cohort(seed=100 + seed), gene_sets=SETS, **KW)
+        p_null += list(r["pvalue"])
+    p_null = np.asarray(p_null)
+    assert len(p_null) == 90
+    assert 0.0 <= (p_null < 0.05).mean() <= 0.12
+    hits = 0
+    for seed in range(4):
+        r = im.tl.differential_activity(synth_cohort(n_donors=16, seed=200 + seed, effect=1.5), gene_sets=SETS,
+                                        **KW)
+        hits += r.set_index(["group", "gene_set"]).loc[("Mono", "setA"), "pvalue"] < 0.05
+    assert hits >= 3
+
+
+def test_kang2018_interferon_up_in_monocytes(data_dir):
+    import anndata as ad
+
+    a = ad.read_h5ad(data_dir / "kang2018" / "kang2018_2donors_ctrl_stim.h5ad")
+    a.var_names = a.var["ENSEMBL"].astype(str).to_numpy()  # Ensembl IDs + SYMBOL column, as real data often has
+    a.obs["group_id"] = pd.Categorical(a.obs["group_id"].astype(str), categories=["ctrl", "stim"])
+    res = im.tl.differential_activity(a, condition_key="group_id", sample_key="sample_id", groupby="cluster_id",
+                                      gene_sets="interferon_alpha", covariates=["donor"])
+    mono = res.set_index("group").loc["CD14+ Monocytes"]
+    assert mono["effect"] > 2.0  # > 4-fold up on average over the set's genes
+    assert mono["statistic"] > 0 and mono["n_case"] == 2 and mono["n_reference"] == 2
+
+
+def test_differential_expression_pydeseq2(planted):
+    a = planted.copy()
+    genes = SETS["setA"][:5] + ["G100", "G101"]
+    res = im.tl.differential_expression(a, genes=genes, n_anchor_genes=60, **KW)
+    assert list(res.columns[:5]) == ["group", "gene", "log2fc", "pvalue", "padj"]
+    mono = res[res.group == "Mono"].set_index("gene")
+    assert set(mono.index) <= set(genes)
+    assert mono.loc[[g for g in SETS["setA"][:5] if g in mono.index], "log2fc"].mean() > 0.3
+    with pytest.raises(ValueError, match="single level"):
+        im.tl.differential_expression(a[a.obs.condition == "case"].copy(), **KW)

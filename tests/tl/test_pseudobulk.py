@@ -1,0 +1,53 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+import immunomood as im
+
+
+@pytest.fixture
+def cells(tiny_counts):
+    a = tiny_counts.copy()
+    a.obs["cell_type"] = np.tile(["A", "A", "B"], a.n_obs // 3)
+    a.obs["donor_age"] = a.obs["sample"].map({"s1": 30, "s2": 40, "s3": 50}).astype(int)
+    a.obs["per_cell"] = np.arange(a.n_obs)
+    a.layers["counts"] = a.X.copy()
+    return a
+
+
+def test_sums_and_metadata(cells):
+    pb = im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", min_cells=5)
+    assert pb.n_obs == 6
+    X = cells.X.toarray()
+    for name, row in pb.obs.iterrows():
+        m = ((cells.obs["sample"] == row["sample"]) & (cells.obs["cell_type"] == row["cell_type"])).to_numpy()
+        np.testing.assert_allclose(pb[name].X.toarray().ravel(), X[m].sum(0))
+        assert row["n_cells"] == m.sum()
+    assert {"sample", "cell_type", "n_cells", "condition", "donor_age"} <= set(pb.obs.columns)
+    assert "per_cell" not in pb.obs.columns
+    assert pb.obs.loc["s2|A", "condition"] == "b" and pb.obs.loc["s3|B", "donor_age"] == 50
+    assert pb.uns["dropped"].empty
+
+
+def test_dropped_listed_and_warned(cells):
+    with pytest.warns(UserWarning, match="fewer than 15 cells"):
+        pb = im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", min_cells=15)
+    d = pb.uns["dropped"]
+    assert list(d.columns) == ["sample", "cell_type", "n_cells"]
+    assert set(d["cell_type"]) == {"B"} and (d["n_cells"] == 10).all()
+    assert pb.n_obs == 3
+
+
+def test_layer_errors(cells):
+    del cells.layers["counts"]
+    with pytest.raises(KeyError, match="pass `layer=None`"):
+        im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type")
+    pb = im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", layer=None, min_cells=1)
+    assert pb.n_obs == 6
+    cells.X = np.log1p(cells.X.toarray())
+    with pytest.raises(KeyError, match="not raw counts"):
+        im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type")
+    with pytest.raises(ValueError, match="not raw counts"):
+        im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", layer=None)
+    with pytest.raises(KeyError, match="Available"):
+        im.tl.pseudobulk(cells, sample_key="nope", groupby="cell_type", layer=None)
