@@ -57,7 +57,7 @@ def annotation(adata: AnnData, *, key: str = "cell_type", ax=None, n_genes: int 
         totals = np.asarray(adata.X.sum(axis=1)).ravel()
         X = np.log1p(X / np.maximum(totals, 1)[:, None] * 1e4)
     found = [g for g in all_genes if g.upper() in {s.upper() for s in np.asarray(gene_symbols(adata))[idx]}]
-    small = AnnData(X=X.astype(np.float32), obs=pd.DataFrame({key: adata.obs[key].to_numpy()}, index=adata.obs_names))
+    small = AnnData(X=X.astype(np.float32), obs=pd.DataFrame({key: adata.obs[key].array}, index=adata.obs_names))
     small.var_names = found
     small.obs[key] = small.obs[key].cat.remove_unused_categories()
     var_names = {k: [g for g in v if g in set(found)] for k, v in var_names.items()}

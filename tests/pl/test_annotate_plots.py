@@ -1,0 +1,65 @@
+"""Smoke and image tests for im.pl.annotation / annotation_confidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.testing.compare import compare_images
+
+import immunomood as im
+
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("_ann_tl", Path(__file__).parents[1] / "tl" / "test_annotate.py")
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+_simulate = _mod._simulate
+
+BASELINE = Path(__file__).parent / "baseline"
+
+
+@pytest.fixture(scope="module")
+def annotated():
+    a = _simulate(n_per_type=30)
+    im.tl.annotate(a)
+    return a
+
+
+def test_annotation_dotplot(annotated):
+    dp = im.pl.annotation(annotated)
+    axes = dp.get_axes()
+    assert "mainplot_ax" in axes
+    labels = [t.get_text() for t in axes["mainplot_ax"].get_xticklabels()]
+    used = annotated.uns["cell_type"]["markers_used"]
+    assert used["CD4 naive T"][0] in labels and len(labels) >= 8
+    plt.close("all")
+    fig, ax = plt.subplots()
+    im.pl.annotation(annotated, ax=ax)
+    plt.close("all")
+
+
+def test_annotation_confidence(annotated, tmp_path):
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    out = im.pl.annotation_confidence(annotated, ax=ax)
+    assert out is ax
+    assert len(ax.get_xticklabels()) == annotated.obs["cell_type"].nunique()
+    fig.tight_layout()
+    actual = tmp_path / "annotation_confidence.png"
+    fig.savefig(actual, dpi=40)
+    plt.close(fig)
+    expected = BASELINE / "annotation_confidence.png"
+    if not expected.exists():  # first run generates the baseline (committed)
+        expected.write_bytes(actual.read_bytes())
+        pytest.skip("baseline generated")
+    assert compare_images(str(expected), str(actual), tol=15) is None
+
+
+def test_requires_annotation():
+    a = _simulate(n_per_type=5)
+    with pytest.raises(KeyError, match="Run `im.tl.annotate"):
+        im.pl.annotation_confidence(a)
