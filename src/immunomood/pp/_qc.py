@@ -164,12 +164,21 @@ def _row_metrics(X, cat: np.ndarray, top_n: int = _TOP_N, chunk: int = 20_000):
     return total, ngenes, top, cats
 
 
-def _n_cells_per_gene(X) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _csr_genes_seen(data, indices, n_vars):  # pragma: no cover - compiled
+    seen = np.zeros(n_vars, dtype=np.bool_)
+    for k in range(data.size):
+        if data[k] != 0:
+            seen[indices[k]] = True
+    return seen
+
+
+def _n_empty_genes(X) -> int:
     if sparse.issparse(X):
         if X.format == "csr":
-            return np.bincount(X.indices[X.data != 0], minlength=X.shape[1])
-        return np.asarray((X != 0).sum(0)).ravel()
-    return np.asarray((np.asarray(X) != 0).sum(0)).ravel()
+            return int((~_csr_genes_seen(X.data, X.indices, X.shape[1])).sum())
+        return int((np.asarray((X != 0).sum(0)).ravel() == 0).sum())
+    return int((~np.asarray(X != 0).any(0)).sum())
 
 
 def _get_qc(adata: AnnData) -> dict:
@@ -277,7 +286,7 @@ def qc_metrics(
         index=adata.obs_names,
     )
     n_empty_cells = int(empty.sum())
-    n_empty_genes = int((_n_cells_per_gene(X) == 0).sum())
+    n_empty_genes = _n_empty_genes(X)
     if n_empty_cells or n_empty_genes:
         warn(
             f"{n_empty_cells} cells and {n_empty_genes} genes have no counts at all. They are kept; "
