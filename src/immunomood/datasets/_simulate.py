@@ -127,10 +127,10 @@ class _CSRBuffer:
         self.row_nnz: list[np.ndarray] = []
         self.nnz = 0
 
-    def append(self, m: sparse.csr_matrix) -> None:
+    def append(self, m: sparse.csr_matrix, reserve: int = 0) -> None:
         n = m.nnz
-        if self.nnz + n > self.data.size:
-            new = int(max(self.nnz + n, self.data.size * 1.25))
+        if self.nnz + n > self.data.size:  # estimate exceeded: grow once to what is still expected
+            new = int(self.nnz + n + reserve)
             logger.debug("simulate_cohort: growing the count buffer to %d entries", new)
             for attr in ("data", "indices"):
                 old = getattr(self, attr)
@@ -276,10 +276,23 @@ def _sample_block(
     return m
 
 
-def _expected_nnz(lib_mean: np.ndarray, profiles: np.ndarray, inv_phi: np.ndarray, cells: np.ndarray) -> int:
-    mu = lib_mean[:, None] * profiles
-    p0 = (inv_phi / (inv_phi + mu)) ** inv_phi
-    return int(((1 - p0).sum(1) * cells).sum())
+def _expected_nnz(
+    lib_logmean: np.ndarray, log_sd: np.ndarray, profiles: np.ndarray, inv_phi: np.ndarray, cells: np.ndarray
+) -> int:
+    """Expected number of non-zero counts: P(NB > 0) integrated over the log-normal variation of the mean
+    (Gauss-Hermite, 7 nodes), summed over genes and cells. Used to preallocate the count buffer."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(7)
+    weights = weights / weights.sum()
+    total = 0.0
+    for t in range(profiles.shape[0]):
+        if cells[t] <= 0:
+            continue
+        nz = 0.0
+        for x, w in zip(nodes, weights, strict=True):
+            mu = np.exp(lib_logmean[t] + log_sd[t] * x) * profiles[t]
+            nz += w * (1.0 - (inv_phi / (inv_phi + mu)) ** inv_phi).sum()
+        total += nz * cells[t]
+    return int(total)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,11 +517,33 @@ def simulate_cohort(
     lib_mean = np.exp(ref["lib_logmean"].astype(np.float64)) * depth
     lib_sd_t = ref["lib_logsd"].astype(np.float64)
     total_cells = n_donors * n_cells_per_donor
-    est = _expected_nnz(lib_mean, profiles, inv_phi, np.asarray(expected["MDD"] + expected["control"]) / 2 * total_cells)
-    buf = _CSRBuffer(n_g, int(est * 1.1) + 10_000, np.float32)
+    n_types = len(cell_types)
 
-    comp_true = np.zeros((n_donors, len(cell_types)))
-    cell_counts = np.zeros((n_donors, len(cell_types)), dtype=np.int64)
+    # --- first pass: donor compositions and cell-type counts (each donor has its own stream)
+    donor_rngs = [np.random.default_rng(s) for s in donor_seqs]
+    comp_true = np.zeros((n_donors, n_types))
+    cell_counts = np.zeros((n_donors, n_types), dtype=np.int64)
+    for d, rng in enumerate(donor_rngs):
+        comp_true[d] = rng.dirichlet(composition_concentration * expected["MDD" if cond[d] else "control"])
+        cell_counts[d] = rng.multinomial(n_cells_per_donor, comp_true[d])
+
+    # --- preallocate the count buffer from the expected number of non-zeros of every donor
+    offsets = np.linspace(-1.5, 1.5, 13)
+    log_sd = np.sqrt(lib_sd_t**2 + donor_sd**2)
+    nz_table = np.zeros((n_batches, n_types, offsets.size))  # expected nnz per cell
+    for k in range(n_batches):
+        prof_k = profiles * np.exp(batch_log[k])[None, :]
+        for j, o in enumerate(offsets):
+            one = np.zeros(n_types)
+            for t in range(n_types):
+                one[t] = _expected_nnz(np.log(lib_mean[t:t + 1]) + o, log_sd[t:t + 1], prof_k[t:t + 1], inv_phi, np.ones(1))
+            nz_table[k, :, j] = one
+    est = sum(
+        float(cell_counts[d] @ np.array([np.interp(lib_offset[d], offsets, nz_table[batch[d], t]) for t in range(n_types)]))
+        for d in range(n_donors)
+    )
+    buf = _CSRBuffer(n_g, int(est * 1.03) + 10_000, np.float32)
+
     type_codes = []
     try:
         from tqdm.auto import tqdm
@@ -517,13 +552,9 @@ def simulate_cohort(
     except ImportError:  # pragma: no cover
         donor_iter = range(n_donors)
     for d in donor_iter:
-        rng = np.random.default_rng(donor_seqs[d])
-        w = expected["MDD" if cond[d] else "control"]
-        pi = rng.dirichlet(composition_concentration * w)
-        comp_true[d] = pi
-        n_t = rng.multinomial(n_cells_per_donor, pi)
-        cell_counts[d] = n_t
-        donor_log = rng.normal(0.0, donor_sd, size=(len(cell_types), n_g)) if donor_sd > 0 else np.zeros((len(cell_types), n_g))
+        rng = donor_rngs[d]
+        n_t = cell_counts[d]
+        donor_log = rng.normal(0.0, donor_sd, size=(n_types, n_g)) if donor_sd > 0 else np.zeros((n_types, n_g))
         blocks, codes = [], []
         for t, n in enumerate(n_t):
             if n == 0:
@@ -538,13 +569,16 @@ def simulate_cohort(
             )
             codes.append(np.full(n, t, dtype=np.int16))
         m = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, n_g), dtype=np.float32)
+        del blocks
         code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int16)
         perm = rng.permutation(m.shape[0])  # cells of a donor in random order, as in a real library
         m = m[perm]
         m.sort_indices()
-        buf.append(m)
+        remaining = est * (n_donors - d - 1) / n_donors
+        buf.append(m, reserve=int(remaining * 1.03))
         type_codes.append(code[perm])
-        del m, blocks
+        del m
+        donor_rngs[d] = None
         logger.debug("simulate_cohort: donor %s done (%d cells)", donors[d], n_cells_per_donor)
 
     X = buf.to_csr()
