@@ -1,0 +1,269 @@
+"""donor_view, join_proteomics, cross_modal_associations, biomarker_panel (simulated cohorts with known truth)."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import immunomood as im
+
+CM = "Classical monocyte"
+
+
+def _cohort(seed=0, null=False, n_donors=16, cells=100):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return im.datasets.simulate_cohort(n_donors=n_donors, n_cells_per_donor=cells, n_genes=1500,
+                                           random_state=seed, null=null)
+
+
+def _mdata(seed=0, null=False, n_donors=16, cells=100):
+    a, p = _cohort(seed, null, n_donors, cells)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dv = im.tl.donor_view(a, sample_key="donor", groupby="cell_type_true")
+    return im.tl.join_proteomics(dv, p)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return _cohort()
+
+
+@pytest.fixture(scope="module")
+def dview(cohort):
+    a, _ = cohort
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return im.tl.donor_view(a, sample_key="donor", groupby="cell_type_true")
+
+
+@pytest.fixture(scope="module")
+def mdata(dview, cohort):
+    return im.tl.join_proteomics(dview, cohort[1])
+
+
+# ------------------------------------------------------------------ donor_view
+def test_donor_view_structure(dview, cohort):
+    a, _ = cohort
+    assert dview.n_obs == a.obs["donor"].nunique()
+    assert f"{CM}|complement_classical" in dview.var_names and f"{CM}|proportion" in dview.var_names
+    for c in ("condition", "sex", "age", "batch", "n_cells"):
+        assert c in dview.obs.columns
+    assert "cell_type_true" not in dview.obs.columns
+    # proportions: independent computation, sum to 1 per donor
+    prop = dview[:, dview.var["kind"] == "proportion"]
+    tab = pd.crosstab(a.obs["donor"], a.obs["cell_type_true"], normalize="index")
+    for ct in tab.columns:
+        np.testing.assert_allclose(dview[tab.index.astype(str), f"{ct}|proportion"].X.ravel(), tab[ct].to_numpy())
+    np.testing.assert_allclose(np.nansum(prop.X, axis=1), 1.0)
+    # activity centred across donors, and following the planted truth
+    x = dview[:, f"{CM}|complement_alternative"].X.ravel()
+    assert abs(np.nanmean(x)) < 1e-8
+    mdd = (dview.obs["condition"] == "MDD").to_numpy()
+    assert x[mdd].mean() > x[~mdd].mean()
+    rep = dview.uns["donor_view"]
+    assert set(rep) == {"params", "missing", "genes_used"}
+
+
+def test_donor_view_min_cells_nan_and_report(cohort):
+    a, _ = cohort
+    with pytest.warns(UserWarning, match="fewer than 20 cells"):
+        dv = im.tl.donor_view(a, sample_key="donor", groupby="cell_type_true", min_cells=20)
+    miss = dv.uns["donor_view"]["missing"]
+    assert len(miss) > 0 and set(miss.columns) == {"donor", "cell_type", "n_cells"}
+    d, ct = miss.iloc[0]["donor"], miss.iloc[0]["cell_type"]
+    assert np.isnan(dv[d, f"{ct}|complement_classical"].X[0, 0])
+    assert np.isfinite(dv[d, f"{ct}|proportion"].X[0, 0])  # proportions always given
+
+
+def test_donor_view_custom_sets_and_errors(cohort):
+    a, _ = cohort
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dv = im.tl.donor_view(a, sample_key="donor", groupby="cell_type_true", gene_sets={"mine": ["C3", "CFD"]})
+    assert f"{CM}|mine" in dv.var_names
+    with pytest.raises(KeyError, match="not found in adata.obs"):
+        im.tl.donor_view(a, sample_key="nope", groupby="cell_type_true")
+
+
+# ------------------------------------------------------------------ join_proteomics
+def test_join_and_h5mu_roundtrip(mdata, tmp_path):
+    import mudata as md
+
+    assert set(mdata.mod) == {"rna", "prot"}
+    assert mdata["rna"].obs_names.equals(mdata["prot"].obs_names.sort_values()) or \
+        set(mdata["rna"].obs_names) == set(mdata["prot"].obs_names)
+    for c in ("condition", "sex", "age"):
+        assert c in mdata.obs.columns
+    assert mdata.uns["join"]["n_common"] == 16
+    with md.set_options(pull_on_update=False):
+        mdata.write(tmp_path / "m.h5mu")
+    back = md.read_h5mu(tmp_path / "m.h5mu")
+    assert set(back.mod) == {"rna", "prot"}
+    np.testing.assert_allclose(back["prot"].X, mdata["prot"].X)
+    np.testing.assert_allclose(back["rna"].X, mdata["rna"].X, equal_nan=True)
+    pd.testing.assert_index_equal(back.obs_names, mdata.obs_names)
+    assert back.obs["condition"].astype(str).tolist() == mdata.obs["condition"].astype(str).tolist()
+    assert int(back.uns["join"]["n_common"]) == 16
+
+
+def test_join_one_side_and_errors(dview, cohort):
+    _, p = cohort
+    with pytest.warns(UserWarning, match=r"only in the cell data \['D01'\]"):
+        m = im.tl.join_proteomics(dview, p[p.obs_names != "D01"].copy())
+    assert list(m.uns["join"]["rna_only"]) == ["D01"]
+    # several visits per donor
+    visits = ad.concat([p, p], index_unique="_v")
+    visits.obs["donor"] = list(p.obs_names) * 2
+    visits.obs["Time"] = ["baseline"] * p.n_obs + ["week6"] * p.n_obs
+    with pytest.raises(ValueError, match=r"Several plasma samples per donor.*Time.*aggregate"):
+        im.tl.join_proteomics(dview, visits, prot_sample_key="donor")
+    base = visits[visits.obs["Time"] == "baseline"].copy()
+    m2 = im.tl.join_proteomics(dview, base, prot_sample_key="donor")
+    assert m2["prot"].obs["sample_id"].str.endswith("_v0").all() or m2["prot"].obs["sample_id"].str.contains("_v").all()
+    # no donor in common: shows IDs of both sides and the column that would work
+    other = p.copy()
+    other.obs["donor"] = other.obs_names
+    other.obs_names = [f"plasma{i}" for i in range(other.n_obs)]
+    with pytest.raises(ValueError, match=r"No donor in common.*'D01'.*'plasma0'.*prot_sample_key='donor'"):
+        im.tl.join_proteomics(dview, other)
+    with pytest.raises(KeyError, match="prot_sample_key 'nope'"):
+        im.tl.join_proteomics(dview, p, prot_sample_key="nope")
+
+
+# ------------------------------------------------------------------ cross_modal_associations
+def test_associations_match_scipy_with_missing_values(mdata):
+    m = mdata.copy()
+    X = m["rna"].X.copy()
+    j = list(m["rna"].var_names).index(f"{CM}|complement_alternative")
+    X[[0, 3], j] = np.nan
+    m["rna"].X = X
+    res = im.tl.cross_modal_associations(m, rna_features=[f"{CM}|complement_alternative", f"{CM}|proportion"])
+    assert list(res.columns) == ["rna_feature", "protein", "estimate", "pvalue", "padj", "n"]
+    assert len(res) == 2 * m["prot"].n_vars
+    row = res[(res.rna_feature == f"{CM}|complement_alternative") & (res.protein == "C5")].iloc[0]
+    x = m["rna"][:, f"{CM}|complement_alternative"].X.ravel()
+    y = m["prot"][m["rna"].obs_names, "C5"].X.ravel()
+    ok = ~np.isnan(x)
+    ref = stats.spearmanr(x[ok], y[ok])
+    assert row["n"] == 14
+    assert row["estimate"] == pytest.approx(ref.statistic, abs=1e-12)
+    assert row["pvalue"] == pytest.approx(ref.pvalue, rel=1e-6)
+    from statsmodels.stats.multitest import multipletests
+
+    np.testing.assert_allclose(res["padj"], multipletests(res["pvalue"], method="fdr_bh")[1])
+
+
+def test_partial_correlation_matches_residualisation(mdata):
+    res = im.tl.cross_modal_associations(mdata, method="pearson", covariates=("age", "sex"),
+                                         rna_features=f"{CM}|proportion", proteins=["GDF15", "C5"])
+    donors = mdata["rna"].obs_names
+    x = mdata["rna"][donors, f"{CM}|proportion"].X.ravel()
+    y = mdata["prot"][donors, "GDF15"].X.ravel()
+    Z = np.column_stack([np.ones(len(donors)), mdata.obs.loc[donors, "age"].astype(float),
+                         (mdata.obs.loc[donors, "sex"].astype(str) == "M").astype(float)])
+    rx = x - Z @ np.linalg.lstsq(Z, x, rcond=None)[0]
+    ry = y - Z @ np.linalg.lstsq(Z, y, rcond=None)[0]
+    r = np.corrcoef(rx, ry)[0, 1]
+    df = len(donors) - 2 - 2
+    p = 2 * stats.t.sf(abs(r) * np.sqrt(df / (1 - r**2)), df)
+    row = res[res.protein == "GDF15"].iloc[0]
+    assert row["estimate"] == pytest.approx(r, abs=1e-10)
+    assert row["pvalue"] == pytest.approx(p, rel=1e-8)
+    with pytest.raises(KeyError, match="'nope' not found"):
+        im.tl.cross_modal_associations(mdata, covariates=["nope"])
+    with pytest.raises(KeyError, match="RNA feature 'xx' not found"):
+        im.tl.cross_modal_associations(mdata, rna_features=["xx"])
+    with pytest.raises(ValueError, match="method must be"):
+        im.tl.cross_modal_associations(mdata, method="kendall")
+
+
+def test_too_few_donors_give_nan(mdata):
+    m = mdata.copy()
+    X = m["rna"].X.copy()
+    j = list(m["rna"].var_names).index(f"{CM}|proportion")
+    X[3:, j] = np.nan
+    m["rna"].X = X
+    res = im.tl.cross_modal_associations(m, rna_features=f"{CM}|proportion")
+    assert res["estimate"].isna().all() and (res["n"] == 3).all()
+
+
+# ------------------------------------------------------------------ biomarker_panel
+def test_biomarker_panel_planted(mdata):
+    r = im.tl.biomarker_panel(mdata, condition_key="condition", features=["DCLK3", "CALY"], n_repeats=5)
+    assert r.auc > 0.85 and r.auc_ci[0] <= r.auc <= r.auc_ci[1]
+    assert set(r.features.index) <= {"prot:DCLK3", "prot:CALY"}
+    assert (r.features["mean_coefficient"] > 0).all()  # higher in MDD
+    assert list(r.predictions.columns) == ["condition", "label", "probability", "probability_sd"]
+    assert len(r.predictions) == 16 and r.oof.shape == (16, 5)
+    assert r.params["case"] == "MDD" and r.params["reference"] == "control"
+    mdd = r.predictions["label"] == 1
+    assert r.predictions.loc[mdd, "probability"].mean() > r.predictions.loc[~mdd, "probability"].mean()
+    again = im.tl.biomarker_panel(mdata, condition_key="condition", features=["DCLK3", "CALY"], n_repeats=5)
+    assert again.auc == r.auc  # same seed, same result
+    both = im.tl.biomarker_panel(mdata, condition_key="condition", features={"prot": ["DCLK3"], "rna": None},
+                                 n_repeats=2)
+    assert both.params["modalities"] == ["prot", "rna"]
+
+
+def test_biomarker_panel_no_leakage_on_noise():
+    # 16 donors, 300 pure-noise features: selecting features on all donors before CV would give AUC near 1
+    rng = np.random.default_rng(1)
+    import mudata as md
+
+    obs = pd.DataFrame({"condition": pd.Categorical(["control", "MDD"] * 8)}, index=[f"D{i}" for i in range(16)])
+    prot = ad.AnnData(rng.normal(size=(16, 300)), obs=obs, var=pd.DataFrame(index=[f"P{i}" for i in range(300)]))
+    m = md.MuData({"prot": prot})
+    m.obs["condition"] = obs["condition"]
+    aucs = [im.tl.biomarker_panel(m, condition_key="condition", n_repeats=4, random_state=s).auc for s in range(3)]
+    assert np.mean(aucs) < 0.75
+
+
+def test_biomarker_panel_errors(mdata):
+    with pytest.raises(KeyError, match="'nope' not found"):
+        im.tl.biomarker_panel(mdata, condition_key="nope")
+    with pytest.raises(KeyError, match="Feature 'XYZ' not found"):
+        im.tl.biomarker_panel(mdata, condition_key="condition", features=["XYZ"])
+    with pytest.raises(ValueError, match="fewer than n_splits"):
+        im.tl.biomarker_panel(mdata, condition_key="condition", n_splits=10)
+    m = mdata.copy()
+    m.obs["three"] = (["a", "b", "c"] * 10)[: m.n_obs]
+    with pytest.raises(ValueError, match="exactly two conditions"):
+        im.tl.biomarker_panel(m, condition_key="three", features="prot")
+
+
+def test_mofa_optional(mdata):
+    pytest.importorskip("mofapy2")
+    r = im.tl.biomarker_panel(mdata, condition_key="condition", n_repeats=2, mofa=True)
+    assert r.params["mofa"]
+
+
+# ------------------------------------------------------------------ acceptance (simulated truth)
+@pytest.mark.slow
+def test_acceptance_association_and_fdr():
+    related = {"C5", "DCLK3", "CALY", "GDF15", "CDCP1", "CXCL9", "LEP"}
+    for seed in (0, 1):
+        m = _mdata(seed=seed, n_donors=40, cells=150)
+        res = im.tl.cross_modal_associations(m)
+        c5 = res[(res.protein == "C5") & res.rna_feature.str.startswith(f"{CM}|complement")]
+        best = c5.loc[c5["padj"].idxmin()]
+        assert best["padj"] < 0.05 and best["estimate"] > 0
+        unrelated = res[~res.protein.isin(related)].dropna(subset=["pvalue"])
+        assert (unrelated["padj"] < 0.05).mean() <= 0.05
+        assert 0.01 <= (unrelated["pvalue"] < 0.05).mean() <= 0.09
+
+
+@pytest.mark.slow
+def test_acceptance_null_auc_near_half():
+    aucs = []
+    for seed in range(4):
+        m = _mdata(seed=seed, null=True, cells=40)
+        aucs.append(im.tl.biomarker_panel(m, condition_key="condition", features="prot", n_repeats=5,
+                                          random_state=seed).auc)
+    assert 0.3 < np.mean(aucs) < 0.7
