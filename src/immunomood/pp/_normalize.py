@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from anndata import AnnData
 from scipy import sparse
@@ -12,17 +13,23 @@ from .._utils import check_adata, check_not_view, count_matrix_problem
 from ._qc import _check_unique_var_names
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _csr_log_norm_data(data, indptr, target_sum):  # pragma: no cover - compiled
+    n = indptr.size - 1
+    out = np.empty(data.size, dtype=np.float32)
+    for i in numba.prange(n):
+        start, end = indptr[i], indptr[i + 1]
+        t = 0.0
+        for k in range(start, end):
+            t += data[k]
+        scale = np.float32(target_sum / t) if t > 0 else np.float32(0.0)
+        for k in range(start, end):
+            out[k] = np.log1p(np.float32(data[k]) * scale)
+    return out
+
+
 def _csr_normalize_log1p(X: sparse.csr_matrix, target_sum: float) -> sparse.csr_matrix:
-    data = X.data
-    totals = np.add.reduceat(data.astype(np.float64), X.indptr[:-1]) if data.size else np.zeros(X.shape[0])
-    # reduceat returns data[indptr[i]] for empty rows: fix those
-    nnz = np.diff(X.indptr)
-    totals = np.where(nnz > 0, totals, 0.0)
-    with np.errstate(divide="ignore"):
-        scale = np.where(totals > 0, target_sum / totals, 0.0).astype(np.float32)
-    new = np.repeat(scale, nnz)
-    new *= data
-    np.log1p(new, out=new)
+    new = _csr_log_norm_data(X.data, X.indptr, float(target_sum))
     return sparse.csr_matrix((new, X.indices.copy(), X.indptr.copy()), shape=X.shape)
 
 
@@ -85,10 +92,11 @@ def normalize(
     X = adata.X
     if sparse.issparse(X):
         Xc = X if X.format == "csr" else sparse.csr_matrix(X)
-        counts = X.copy()
+        # the original matrix object becomes the counts layer (never modified); X gets new arrays
+        counts = X
         new = _csr_normalize_log1p(Xc, float(target_sum))
     else:
-        counts = np.array(X, copy=True)
+        counts = X  # the original array becomes the counts layer (never modified)
         Xf = np.asarray(X, dtype=np.float32)
         totals = Xf.sum(1, dtype=np.float64)
         with np.errstate(divide="ignore"):
