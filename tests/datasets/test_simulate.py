@@ -280,3 +280,14 @@ def test_sampler_matches_negative_binomial():
 def test_errors(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         im.datasets.simulate_cohort(**kwargs)
+
+
+def test_csr_buffer_grows_and_matches_vstack():
+    rng = np.random.default_rng(0)
+    parts = [sparse.random(30, 12, density=0.3, format="csr", random_state=i, dtype=np.float32) for i in range(4)]
+    buf = S._CSRBuffer(12, 5, np.float32)  # far too small: forces growth
+    for p in parts:
+        buf.append(p, reserve=int(rng.integers(0, 10)))
+    out = buf.to_csr()
+    expected = sparse.vstack(parts, format="csr")
+    assert out.shape == expected.shape and (out != expected).nnz == 0

@@ -31,6 +31,7 @@ __all__ = ["simulate_cohort"]
 
 SIMULATOR_VERSION = "1.0.0"
 _DENSE_THRESHOLD = 1.0  # expected count above which a gene is drawn densely (speed only)
+_MAX_BLOCK_CELLS = 2048  # cells of one type drawn at once (bounds the working memory)
 CONDITIONS = ("control", "MDD")
 COMPLEMENT_CELL_TYPE = "Classical monocyte"
 
@@ -564,18 +565,21 @@ def simulate_cohort(
                 logq[planted_idx] += log_effect * cond[d] + latent[d]
             q = np.exp(logq) * (profiles[t] > 0)
             lib = lib_mean[t] * np.exp(lib_offset[d] + lib_sd_t[t] * rng.standard_normal(n))
-            blocks.append(
-                _sample_block(rng, lib, q, inv_phi, dense_threshold=_DENSE_THRESHOLD, max_dense=chunk_size, dtype=np.float32)
-            )
+            for s0 in range(0, n, _MAX_BLOCK_CELLS):  # bounded working memory whatever the donor size
+                blocks.append(
+                    _sample_block(
+                        rng, lib[s0 : s0 + _MAX_BLOCK_CELLS], q, inv_phi,
+                        dense_threshold=_DENSE_THRESHOLD, max_dense=chunk_size, dtype=np.float32,
+                    )
+                )
             codes.append(np.full(n, t, dtype=np.int16))
         m = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, n_g), dtype=np.float32)
         del blocks
         code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int16)
         perm = rng.permutation(m.shape[0])  # cells of a donor in random order, as in a real library
-        m = m[perm]
-        m.sort_indices()
         remaining = est * (n_donors - d - 1) / n_donors
-        buf.append(m, reserve=int(remaining * 1.03))
+        for s0 in range(0, perm.size, _MAX_BLOCK_CELLS):  # permuted rows appended piecewise: no donor-size copy
+            buf.append(m[perm[s0 : s0 + _MAX_BLOCK_CELLS]], reserve=int(remaining * 1.03) + m.nnz)
         type_codes.append(code[perm])
         del m
         donor_rngs[d] = None
