@@ -701,8 +701,13 @@ def biomarker_panel(
             import muon as mu
         except ImportError as e:
             raise ImportError("mofa=True needs mofapy2: pip install mofapy2 (or immunomood[mofa]).") from e
+        import os
+        import tempfile
+
         m2 = mdata[X.index].copy()
-        mu.tl.mofa(m2, n_factors=5, seed=seed, verbose=False, outfile=None, use_obs="intersection")
+        with tempfile.TemporaryDirectory() as tmp:
+            mu.tl.mofa(m2, n_factors=5, seed=seed, verbose=False, use_var=None, use_obs="intersection",
+                       scale_views=True, outfile=os.path.join(tmp, "mofa.hdf5"))
         fac = pd.DataFrame(m2.obsm["X_mofa"], index=m2.obs_names.astype(str),
                            columns=[f"mofa:Factor{i + 1}" for i in range(m2.obsm["X_mofa"].shape[1])])
         X = pd.concat([X, fac.reindex(X.index)], axis=1)
