@@ -331,7 +331,7 @@ def simulate_cohort(
 
     - composition ``pi_d ~ Dirichlet(composition_concentration * w_cond)``, ``w`` being the reference
       composition (pbmc3k) with, in MDD, every monocyte type multiplied by ``composition_shift`` and every T and
-      B type divided by it (renormalised); cell types per cell ~ Multinomial(``n_cells_per_donor``, ``pi_d``);
+      B type by the common factor that keeps the total at 1; cell types ~ Multinomial(``n_cells_per_donor``, ``pi_d``);
     - library size of a cell ``L = depth * exp(m_t + o_d + s_t * z)``, ``m_t, s_t`` the log-library mean and
       sd of type ``t`` in the reference, ``o_d ~ N(0, library_sd)`` a donor offset;
     - mean ``mu = L * p_tg * exp(e_dtg) * b_kg * c_dtg`` with ``p_tg`` the reference profile, ``e_dtg ~ N(0,
@@ -357,9 +357,10 @@ def simulate_cohort(
     complement_effect
         Fold change (> 0) of the complement-pathway genes in classical monocytes of MDD donors; 1 switches it off.
     composition_shift
-        Fold change (> 0) of the monocyte share in MDD (T and B shares divided by it, then renormalised);
-        1 switches it off. The default 1.5 is a clear but not extreme shift (classical monocytes about
-        17% -> 25% of PBMC), in the direction reported for depression.
+        Fold change (> 0) of the expected monocyte share (all monocyte types) in MDD; the T and B types are
+        scaled down together to make room (NK, DC, platelet shares unchanged); 1 switches it off. The default
+        1.5 (monocytes 24% -> 36% of PBMC, T + B cells 68% -> 56%) is clear but not extreme, in the direction
+        reported for depression (innate cells up, T and B cells down).
     plasma_association
         Slope of plasma C5 (log2 units) on the donor's standardised monocyte complement activity; 0 switches it off.
     null
@@ -505,10 +506,17 @@ def simulate_cohort(
     base = ref["composition"].astype(np.float64)
     is_mono = np.array([lineage_of[t] == "Monocyte" for t in cell_types])
     is_tb = np.array([lineage_of[t] in ("T cell", "B cell") for t in cell_types])
+    mono_share, tb_share = base[is_mono].sum(), base[is_tb].sum()
+    max_shift = (mono_share + tb_share) / mono_share
+    if composition_shift >= max_shift:
+        raise ValueError(
+            f"`composition_shift` must be below {max_shift:.2f} (the monocyte share, {mono_share:.1%} in the "
+            f"reference, times the shift must leave room for T and B cells), got {composition_shift}."
+        )
     w_mdd = base.copy()
-    w_mdd[is_mono] *= composition_shift
-    w_mdd[is_tb] /= composition_shift
-    w_mdd /= w_mdd.sum()
+    if composition_shift != 1.0:
+        w_mdd[is_mono] *= composition_shift
+        w_mdd[is_tb] *= (mono_share + tb_share - composition_shift * mono_share) / tb_share
     expected = {"control": base, "MDD": w_mdd}
 
     # --- gene-wise batch factors
