@@ -11,6 +11,7 @@ from ._pathways import score_pathways
 from ._pseudobulk import pseudobulk
 from ._differential import differential_activity, differential_expression
 from ._composition import composition
-from ._proteomics import donor_view, join_proteomics, cross_modal_associations, biomarker_panel
+from ._proteomics import BiomarkerResult  # noqa: F401  (result type of biomarker_panel; a class, not in __all__)
+from ._proteomics import biomarker_panel, cross_modal_associations, donor_view, join_proteomics
 
 __all__ = ["annotate", "biomarker_panel", "composition", "cross_modal_associations", "differential_activity", "differential_expression", "donor_view", "embed", "gene_sets", "integrate", "integration_metrics", "join_proteomics", "pseudobulk", "score_pathways"]
