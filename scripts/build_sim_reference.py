@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -60,13 +61,13 @@ CRTAM GZMB CX3CR1 SLC4A10 TRAV1-2 ZBTB16 NCR3 TRDC TRGC1 TRGC2 TRDV2 TRGV9 MKI67
 S100A12 VCAN FCN1 FCGR3A MS4A7 CDKN1C LST1 C1QA HLA-DRA HLA-DRB1 HLA-DPA1 HLA-DPB1 CD74 CLEC9A XCR1 CADM1 CD1C
 FCER1A CLEC10A LILRA4 IL3RA PLD4 CSF3R FCGR3B CXCR2 CXCR1 FPR1 MNDA KLRD1 KLRF1 PRF1 NCAM1 XCL1 KLRC1 SPINK2 MS4A1
 CD79A CD79B IGHD IGHM TCL1A CD27 MZB1 JCHAIN XBP1 PPBP PF4 GP9 HBB HBA1 HBA2 FCER2 CD3E CD3D CD19
-""".split()
+""".split()  # noqa: SIM905
 COMPLEMENT = """
 C1QA C1QB C1QC C1R C1S C2 C4A C4B MBL2 FCN1 FCN2 FCN3 COLEC10 COLEC11 MASP1 MASP2 C3 CFB CFD CFP C5 C6 C7 C8A C8B
 C8G C9 C3AR1 C5AR1 C5AR2 CR1 CR2 ITGAM ITGB2 ITGAX VSIG4 C1QBP CD93 CD46 CD55 CD59 CFH CFHR1 CFHR2 CFHR3 CFHR4
 CFHR5 CFI C4BPA C4BPB SERPING1 CLU VTN CPN1 CPN2 CPB2
-""".split()
-KYNURENINE = "IDO1 IDO2 TDO2 AFMID KMO KYNU HAAO ACMSD QPRT KYAT1 AADAT KYAT3 SLC7A5 SLC3A2 SLC36A4".split()
+""".split()  # noqa: SIM905
+KYNURENINE = "IDO1 IDO2 TDO2 AFMID KMO KYNU HAAO ACMSD QPRT KYAT1 AADAT KYAT3 SLC7A5 SLC3A2 SLC36A4".split()  # noqa: SIM905
 INTERFERON_SETS = (
     "MSigDB_v7.4_HALLMARK_INTERFERON_ALPHA_RESPONSE",
     "MSigDB_v7.4_HALLMARK_INTERFERON_GAMMA_RESPONSE",
@@ -199,7 +200,7 @@ def estimate_dispersion(counts: sparse.csr_matrix, lib: np.ndarray, types: np.nd
     logm = np.log10(np.maximum(mean_count, 1e-6))
     edges = np.quantile(logm[good], np.linspace(0, 1, 11))
     centres, meds = [], []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = good & (logm >= lo) & (logm <= hi)
         if sel.sum() >= 10:
             centres.append(np.median(logm[sel]))
@@ -264,11 +265,11 @@ def build(data_dir: Path, out_dir: Path) -> dict:
         "name": "immunomood simulator reference (pbmc3k)",
         "script": "scripts/build_sim_reference.py",
         "script_version": SCRIPT_VERSION,
-        "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "inputs": [{"path": str(p.relative_to(root)), "sha256": sha256(p), "size": p.stat().st_size} for p in inputs],
         "source": "10x Genomics PBMC 3k (CC BY 4.0); Seurat pbmc3k tutorial labels (via CRAN ProFAST, GPL-3)",
         "n_cells_labelled": int(adata.n_obs),
-        "n_genes": int(len(genes)),
+        "n_genes": len(genes),
         "gene_rule": f"detected in >= {MIN_CELLS_DETECTED} labelled cells, or a marker / complement / "
         "kynurenine / interferon (Hallmark IFN-alpha, IFN-gamma) gene",
         "profile": f"mean over cells of counts/library (kept genes), shrunk to the global profile by "

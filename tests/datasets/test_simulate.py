@@ -71,7 +71,7 @@ def test_reference_resource():
 
 
 def test_structure(cohort):
-    adata, plasma = cohort
+    adata, _ = cohort
     assert adata.n_obs == 16 * 400
     assert sparse.isspmatrix_csr(adata.X) or isinstance(adata.X, sparse.csr_array)
     assert adata.var_names.is_unique and adata.obs_names.is_unique
