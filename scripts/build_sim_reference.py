@@ -278,6 +278,7 @@ def build(data_dir: Path, out_dir: Path) -> dict:
         "shrinkage to a binned mean trend; trend only for genes with < 200 total counts; clipped to [0.01, 20]",
         "library": "per fine type mean and sd of log(total counts over kept genes)",
         "cell_types": {t: {"lineage": LINEAGE[t], "n_cells": int(n), "rule": rules[t]} for t, n in zip(order, n_cells, strict=True)},
+        "cell_types_not_kept": {t: rules[t] for t in LINEAGE if t not in order},
         "complement_genes_present": [g for g in COMPLEMENT if g in set(genes)],
     }
     with open(out_dir / "sim_reference.json", "w") as fh:
