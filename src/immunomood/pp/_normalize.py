@@ -14,7 +14,7 @@ from ._qc import _check_unique_var_names
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _csr_log_norm_data(data, indptr, target_sum):  # pragma: no cover - compiled
+def _csr_scale_data(data, indptr, target_sum):  # pragma: no cover - compiled
     n = indptr.size - 1
     out = np.empty(data.size, dtype=np.float32)
     for i in numba.prange(n):
@@ -24,12 +24,13 @@ def _csr_log_norm_data(data, indptr, target_sum):  # pragma: no cover - compiled
             t += data[k]
         scale = np.float32(target_sum / t) if t > 0 else np.float32(0.0)
         for k in range(start, end):
-            out[k] = np.log1p(np.float32(data[k]) * scale)
+            out[k] = np.float32(data[k]) * scale
     return out
 
 
 def _csr_normalize_log1p(X: sparse.csr_matrix, target_sum: float) -> sparse.csr_matrix:
-    new = _csr_log_norm_data(X.data, X.indptr, float(target_sum))
+    new = _csr_scale_data(X.data, X.indptr, float(target_sum))
+    np.log1p(new, out=new)  # numpy's vectorised float32 log1p
     return sparse.csr_matrix((new, X.indices.copy(), X.indptr.copy()), shape=X.shape)
 
 
