@@ -232,7 +232,7 @@ def stage_qc(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     if q["doublets"]:
         pp.detect_doublets(adata, sample_key=sk, random_state=cfg["output"]["random_state"])
         remove = ("qc_outlier", "predicted_doublet")
-    pp.filter_cells(adata, remove=remove, min_cells_per_sample=q["min_cells_per_sample"])
+    pp.filter_cells(adata, remove=remove, min_cells_per_sample=q["min_cells_per_sample"], sample_key=sk)
     pp.normalize(adata)
     pp.highly_variable_genes(adata, n_top_genes=q["n_top_genes"], batch_key=inp["batch_key"])
     report = adata.uns["qc"]["report"]
