@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 
 def is_dask(X: Any) -> bool:
@@ -21,8 +22,15 @@ def is_dask(X: Any) -> bool:
     return isinstance(X, da.Array)
 
 
+def uses_dask(adata: Any, layer: str | None = None) -> bool:
+    """Whether the matrix a function would read (``X`` or ``layers[layer]``) is a Dask array (never raises)."""
+    if layer is None:
+        return is_dask(adata.X)
+    return layer in adata.layers and is_dask(adata.layers[layer])
+
+
 def require_row_chunks(X: Any, *, func: str) -> None:
-    if len(X.chunks[1]) != 1:
+    if X.ndim != 2 or len(X.chunks[1]) != 1:
         raise ValueError(
             f"`{func}` processes Dask arrays in blocks of whole cells, but X is chunked along genes too "
             f"({len(X.chunks[1])} gene chunks). Rechunk first: `adata.X = adata.X.rechunk((10_000, -1))`."
@@ -33,11 +41,55 @@ def row_offsets(X: Any) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(X.chunks[0])])
 
 
-def map_row_blocks(func: Callable[..., Any], X: Any, *args: Any, **kwargs: Any) -> list[Any]:
-    """``[func(block, *args, **kwargs) for block in row blocks of X]``, computed by Dask (in parallel)."""
+def map_row_blocks(func: Callable[..., Any], X: Any, *args: Any, row_args: Any = None, **kwargs: Any) -> list[Any]:
+    """``[func(block, *args, **kwargs) for block in row blocks of X]``, computed by Dask (in parallel).
+
+    ``row_args``: optional per-cell arrays (length ``n_obs``, or a tuple of them); the slice of each that
+    matches a block is passed right after the block.
+    """
     import dask
 
     require_row_chunks(X, func=getattr(func, "__name__", "function"))
     blocks = X.to_delayed().ravel()
-    tasks = [dask.delayed(func)(b, *args, **kwargs) for b in blocks]
+    off = row_offsets(X)
+    if row_args is not None and not isinstance(row_args, tuple):
+        row_args = (row_args,)
+    tasks = []
+    for i, b in enumerate(blocks):
+        extra = () if row_args is None else tuple(np.asarray(r)[off[i] : off[i + 1]] for r in row_args)
+        tasks.append(dask.delayed(func, pure=True)(b, *extra, *args, **kwargs))
     return list(dask.compute(*tasks))
+
+
+def sample_blocks(X: Any, n_blocks: int = 3) -> list[Any]:
+    """Up to ``n_blocks`` row blocks of ``X`` (first, middle, last), computed; a cheap look at the data."""
+    import dask
+
+    nb = X.numblocks[0]
+    idx = sorted({int(i) for i in np.linspace(0, nb - 1, min(max(n_blocks, 1), nb)).round()})
+    blocks = dask.compute(*[X.blocks[i] for i in idx])
+    return [b if sparse.issparse(b) else np.asarray(b) for b in blocks]
+
+
+def count_problem_sampled(X: Any, n_blocks: int = 3) -> str | None:
+    """:func:`immunomood._utils.count_matrix_problem` on a sample of row blocks of a Dask array."""
+    from ._utils import count_matrix_problem
+
+    for b in sample_blocks(X, n_blocks):
+        problem = count_matrix_problem(b)
+        if problem is not None:
+            return problem
+    return None
+
+
+def block_value_problem(block: Any) -> str | None:
+    """Negative or non-finite values in one (computed) block, else ``None`` (a full, cheap check)."""
+    data = block.data if sparse.issparse(block) else np.asarray(block).ravel()
+    if data.size == 0:
+        return None
+    if not np.isfinite(data).all():
+        return "it contains NaN or infinite values"
+    mn = data.min()
+    if mn < 0:
+        return f"it contains negative values (min {mn:.3g})"
+    return None

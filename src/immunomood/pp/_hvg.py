@@ -2,13 +2,151 @@
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
+from .._dask import count_problem_sampled, is_dask, map_row_blocks, require_row_chunks
 from .._docs import doc_adata, doc_inplace, doc_params
 from .._settings import logger
 from .._utils import check_adata, check_not_view, check_obs_key, count_matrix_problem
 from ._qc import _check_unique_var_names
+
+
+# ----------------------------------------------------------------------------------------------
+# seurat_v3 on a Dask array of row blocks: the two passes of scanpy's implementation, chunked
+# ----------------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True)
+def _csr_batch_sums(data, indices, indptr, codes, n_batches, n_cols):  # pragma: no cover - compiled
+    """Per-batch column sums and sums of squares (squares in the data's dtype, as scanpy does)."""
+    s = np.zeros((n_batches, n_cols), dtype=np.float64)
+    q = np.zeros((n_batches, n_cols), dtype=np.float64)
+    for r in range(indptr.size - 1):
+        b = codes[r]
+        for j in range(indptr[r], indptr[r + 1]):
+            v = data[j]
+            s[b, indices[j]] += v
+            q[b, indices[j]] += v * v
+    return s, q
+
+
+@numba.njit(cache=True, nogil=True)
+def _csr_batch_clipped_sums(data, indices, indptr, codes, clip_val):  # pragma: no cover - compiled
+    """Per-batch column sums and sums of squares of ``min(x, clip_val[batch, gene])`` (scanpy's pass 2)."""
+    n_batches, n_cols = clip_val.shape
+    s = np.zeros((n_batches, n_cols), dtype=np.float64)
+    q = np.zeros((n_batches, n_cols), dtype=np.float64)
+    for r in range(indptr.size - 1):
+        b = codes[r]
+        for j in range(indptr[r], indptr[r + 1]):
+            idx = indices[j]
+            e = min(np.float64(data[j]), clip_val[b, idx])
+            q[b, idx] += e**2
+            s[b, idx] += e
+    return s, q
+
+
+def _as_csr(block):
+    if sparse.issparse(block):
+        return block if block.format == "csr" else sparse.csr_matrix(block)
+    return sparse.csr_matrix(np.asarray(block))
+
+
+def _block_batch_sums(block, codes, n_batches: int):
+    B = _as_csr(block)
+    return _csr_batch_sums(B.data, B.indices, B.indptr, codes.astype(np.int64), n_batches, B.shape[1])
+
+
+def _block_batch_clipped(block, codes, clip_val):
+    B = _as_csr(block)
+    return _csr_batch_clipped_sums(B.data, B.indices, B.indptr, codes.astype(np.int64), clip_val)
+
+
+def _mean_var(s: np.ndarray, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """scanpy's ``_get_mean_var`` from column sums and sums of squares (unbiased variance)."""
+    mean = s / n
+    var = q / n - (s / n) ** 2
+    if n != 1:
+        var *= n / (n - 1)
+    return mean, var
+
+
+def _seurat_v3_dask(
+    adata: AnnData, X, *, n_top_genes: int, batch_key: str | None, span: float = 0.3
+) -> pd.DataFrame:
+    """scanpy's ``_highly_variable_genes_seurat_v3`` (flavor ``"seurat_v3"``) on a Dask array, in two passes.
+
+    Pass 1: per-batch gene sums and sums of squares (-> means, variances); the loess fit of log10(variance) on
+    log10(mean) per batch is done in memory exactly as scanpy does. Pass 2: per-batch sums of the clipped counts
+    (-> standardised variances). Ranking, median rank over batches and the number of batches in which a gene is
+    highly variable follow scanpy line by line.
+    """
+    from skmisc.loess import loess
+
+    require_row_chunks(X, func="highly_variable_genes")
+    df = pd.DataFrame(index=adata.var_names)
+    if batch_key is None:
+        batch_info = pd.Categorical(np.zeros(adata.shape[0], dtype=int))
+    else:
+        batch_info = adata.obs[batch_key].to_numpy()
+    levels, codes = np.unique(batch_info, return_inverse=True)
+    codes = np.asarray(codes, dtype=np.int64).ravel()
+    n_b = len(levels)
+    n_per = np.bincount(codes, minlength=n_b)
+
+    parts = map_row_blocks(_block_batch_sums, X, n_b, row_args=codes)
+    S = np.sum([p[0] for p in parts], axis=0)
+    Q = np.sum([p[1] for p in parts], axis=0)
+    df["means"], df["variances"] = _mean_var(S.sum(0), Q.sum(0), adata.n_obs)
+
+    means, reg_stds, clip_vals = [], [], []
+    for b in range(n_b):
+        mean, var = _mean_var(S[b], Q[b], int(n_per[b]))
+        not_const = var > 0
+        estimat_var = np.zeros(X.shape[1], dtype=np.float64)
+        y = np.log10(var[not_const])
+        x = np.log10(mean[not_const])
+        model = loess(x, y, span=span, degree=2)
+        model.fit()
+        estimat_var[not_const] = model.outputs.fitted_values
+        reg_std = np.sqrt(10**estimat_var)
+        vmax = np.sqrt(int(n_per[b]))
+        means.append(mean)
+        reg_stds.append(reg_std)
+        clip_vals.append(reg_std * vmax + mean)
+    clip_val = np.vstack(clip_vals)
+
+    parts = map_row_blocks(_block_batch_clipped, X, clip_val, row_args=codes)
+    CS = np.sum([p[0] for p in parts], axis=0)
+    CQ = np.sum([p[1] for p in parts], axis=0)
+    norm_gene_vars = []
+    for b in range(n_b):
+        n_obs, mean, reg_std = int(n_per[b]), means[b], reg_stds[b]
+        norm_gene_var = (1 / ((n_obs - 1) * np.square(reg_std))) * (
+            (n_obs * np.square(mean)) + CQ[b] - 2 * CS[b] * mean
+        )
+        norm_gene_vars.append(norm_gene_var.reshape(1, -1))
+
+    # from here on: scanpy's ranking, verbatim
+    norm_gene_vars = np.concatenate(norm_gene_vars, axis=0)
+    ranked_norm_gene_vars = np.argsort(np.argsort(-norm_gene_vars, axis=1), axis=1)
+    ranked_norm_gene_vars = ranked_norm_gene_vars.astype(np.float32)
+    num_batches_high_var = np.sum((ranked_norm_gene_vars < n_top_genes).astype(int), axis=0)
+    ranked_norm_gene_vars[ranked_norm_gene_vars >= n_top_genes] = np.nan
+    ma_ranked = np.ma.masked_invalid(ranked_norm_gene_vars)
+    median_ranked = np.ma.median(ma_ranked, axis=0).filled(np.nan)
+
+    df["gene_name"] = df.index
+    df["highly_variable_nbatches"] = num_batches_high_var
+    df["highly_variable_rank"] = median_ranked
+    df["variances_norm"] = np.mean(norm_gene_vars, axis=0)
+    sort_cols = ["highly_variable_rank", "highly_variable_nbatches"]
+    sorted_index = df[sort_cols].sort_values(sort_cols, ascending=[True, False], na_position="last").index
+    df["highly_variable"] = False
+    df.loc[sorted_index[: int(n_top_genes)], "highly_variable"] = True
+    return df
 
 
 @doc_params(adata=doc_adata, inplace=doc_inplace)
@@ -43,9 +181,14 @@ def highly_variable_genes(
     ``highly_variable_rank``, ``means``, ``variances``, ``variances_norm`` (and ``highly_variable_nbatches``
     with ``batch_key``) and ``adata.uns["hvg"]`` (``{{"flavor": "seurat_v3"}}``), as scanpy does.
     With ``inplace=False``, that DataFrame; ``adata`` is left untouched.
-    """
-    import scanpy as sc
 
+    Notes
+    -----
+    When ``layers[counts_layer]`` is a Dask array (e.g. after :func:`immunomood.io.read_lazy` and
+    :func:`immunomood.pp.normalize`), scanpy's algorithm runs chunked in two passes over the row blocks (per-batch
+    gene means and variances, then the clipped standardised variances), with the loess fit in memory; the
+    result equals scanpy's in-memory result.
+    """
     check_adata(adata)
     if inplace:
         check_not_view(adata, func="highly_variable_genes")
@@ -57,7 +200,11 @@ def highly_variable_genes(
         )
     check_obs_key(adata, batch_key, what="batch_key column")
     _check_unique_var_names(adata)
-    problem = count_matrix_problem(adata.layers[counts_layer])
+    C = adata.layers[counts_layer]
+    lazy = is_dask(C)
+    if lazy:
+        require_row_chunks(C, func="highly_variable_genes")
+    problem = count_problem_sampled(C) if lazy else count_matrix_problem(C)
     if problem is not None:
         raise ValueError(
             f"seurat_v3 needs raw counts, but adata.layers[{counts_layer!r}] {problem.replace('it ', '', 1)}. "
@@ -70,11 +217,29 @@ def highly_variable_genes(
         import skmisc  # noqa: F401
     except ImportError as e:  # pragma: no cover
         raise ImportError("seurat_v3 needs scikit-misc: `pip install scikit-misc`.") from e
-    res = sc.pp.highly_variable_genes(
-        adata, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, layer=counts_layer,
-        inplace=inplace, subset=False,
-    )
-    if inplace:
-        logger.info("highly_variable_genes: %d genes selected", int(adata.var["highly_variable"].sum()))
-        return None
-    return res
+    if not lazy:
+        import scanpy as sc
+
+        res = sc.pp.highly_variable_genes(
+            adata, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, layer=counts_layer,
+            inplace=inplace, subset=False,
+        )
+        if inplace:
+            logger.info("highly_variable_genes: %d genes selected", int(adata.var["highly_variable"].sum()))
+            return None
+        return res
+    df = _seurat_v3_dask(adata, C, n_top_genes=n_top_genes, batch_key=batch_key)
+    if not inplace:
+        if batch_key is None:
+            df = df.drop(["highly_variable_nbatches"], axis=1)
+        return df
+    adata.uns["hvg"] = {"flavor": "seurat_v3"}
+    adata.var["highly_variable"] = df["highly_variable"].to_numpy()
+    adata.var["highly_variable_rank"] = df["highly_variable_rank"].to_numpy()
+    adata.var["means"] = df["means"].to_numpy()
+    adata.var["variances"] = df["variances"].to_numpy()
+    adata.var["variances_norm"] = df["variances_norm"].to_numpy().astype("float64", copy=False)
+    if batch_key is not None:
+        adata.var["highly_variable_nbatches"] = df["highly_variable_nbatches"].to_numpy()
+    logger.info("highly_variable_genes: %d genes selected (out of core)", int(adata.var["highly_variable"].sum()))
+    return None

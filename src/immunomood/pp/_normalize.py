@@ -7,6 +7,7 @@ import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
+from .._dask import count_problem_sampled, is_dask, require_row_chunks
 from .._docs import doc_adata, doc_copy, doc_params
 from .._settings import logger
 from .._utils import check_adata, check_not_view, count_matrix_problem
@@ -32,6 +33,38 @@ def _csr_normalize_log1p(X: sparse.csr_matrix, target_sum: float) -> sparse.csr_
     new = _csr_scale_data(X.data, X.indptr, float(target_sum))
     np.log1p(new, out=new)  # numpy's vectorised float32 log1p
     return sparse.csr_matrix((new, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+
+
+def _dense_normalize_log1p(X, target_sum: float) -> np.ndarray:
+    Xf = np.asarray(X, dtype=np.float32)
+    totals = Xf.sum(1, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        scale = np.where(totals > 0, target_sum / totals, 0.0).astype(np.float32)
+    new = Xf * scale[:, None]
+    np.log1p(new, out=new)
+    return new
+
+
+def _normalize_block(block, target_sum: float):
+    """One row block of a Dask array: the same arithmetic as the in-memory path, row by row."""
+    if sparse.issparse(block):
+        Xc = block if block.format == "csr" else sparse.csr_matrix(block)
+        return _csr_normalize_log1p(Xc, target_sum)
+    return _dense_normalize_log1p(block, target_sum)
+
+
+def _normalize_lazy(X, target_sum: float):
+    """A lazy Dask array of log1p-normalised row blocks (nothing is computed here)."""
+    meta = X._meta
+    if sparse.issparse(meta):
+        meta = sparse.csr_matrix((0, 0), dtype=np.float32)
+    else:
+        meta = np.empty((0, 0), dtype=np.float32)
+    return X.map_blocks(_normalize_block, float(target_sum), dtype=np.float32, meta=meta)
+
+
+def _count_problem(X) -> str | None:
+    return count_problem_sampled(X) if is_dask(X) else count_matrix_problem(X)
 
 
 @doc_params(adata=doc_adata, copy=doc_copy)
@@ -63,6 +96,13 @@ def normalize(
     Writes ``layers[counts_layer]`` (raw counts), ``X`` (float32 log-normalised values), ``uns["log1p"]``
     (``{{"base": None}}``, as scanpy records it so that downstream scanpy functions know ``X`` is logged) and
     ``uns["normalize"]["params"]`` (``target_sum``, ``counts_layer``). Cells with no counts stay all zero.
+
+    Notes
+    -----
+    With a Dask ``X`` (e.g. from :func:`immunomood.io.read_lazy`) nothing is computed: ``X`` becomes a lazy Dask
+    array of log-normalised row blocks (the same values as in memory) and ``layers[counts_layer]`` the lazy counts.
+    The counts check runs on a sample of blocks (first, middle, last) before that. ``X`` must be chunked in whole
+    cells (one chunk along genes).
     """
     check_adata(adata)
     if not copy:
@@ -72,10 +112,12 @@ def normalize(
     if not (np.isfinite(target_sum) and target_sum > 0):
         raise ValueError(f"`target_sum` must be a positive number, got {target_sum!r}.")
     _check_unique_var_names(adata)
-    problem = count_matrix_problem(adata.X)
+    if is_dask(adata.X):
+        require_row_chunks(adata.X, func="normalize")
+    problem = _count_problem(adata.X)
     if problem is not None:
         layers = list(adata.layers.keys())
-        if counts_layer in adata.layers and count_matrix_problem(adata.layers[counts_layer]) is None:
+        if counts_layer in adata.layers and _count_problem(adata.layers[counts_layer]) is None:
             raise ValueError(
                 f"`normalize` needs raw counts in adata.X, but adata.X {problem.replace('it ', '', 1)}: it looks "
                 f"already normalised, and adata.layers[{counts_layer!r}] holds counts. Nothing to do if X is what "
@@ -91,19 +133,17 @@ def normalize(
     if copy:
         adata = adata.copy()
     X = adata.X
-    if sparse.issparse(X):
+    if is_dask(X):
+        counts = X  # the original lazy array becomes the counts layer
+        new = _normalize_lazy(X, target_sum)
+    elif sparse.issparse(X):
         Xc = X if X.format == "csr" else sparse.csr_matrix(X)
         # the original matrix object becomes the counts layer (never modified); X gets new arrays
         counts = X
         new = _csr_normalize_log1p(Xc, float(target_sum))
     else:
         counts = X  # the original array becomes the counts layer (never modified)
-        Xf = np.asarray(X, dtype=np.float32)
-        totals = Xf.sum(1, dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            scale = np.where(totals > 0, target_sum / totals, 0.0).astype(np.float32)
-        new = Xf * scale[:, None]
-        np.log1p(new, out=new)
+        new = _dense_normalize_log1p(X, target_sum)
     adata.layers[counts_layer] = counts
     adata.X = new
     adata.uns["log1p"] = {"base": None}

@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .._dask import block_value_problem, count_problem_sampled, is_dask, map_row_blocks, require_row_chunks
 from .._docs import doc_adata, doc_copy, doc_inplace, doc_layer, doc_params, doc_sample_key
 from .._settings import logger
 from .._utils import (
@@ -181,6 +182,39 @@ def _n_empty_genes(X) -> int:
     return int((~np.asarray(X != 0).any(0)).sum())
 
 
+def _genes_seen(X) -> np.ndarray:
+    if sparse.issparse(X):
+        if X.format != "csr":
+            X = sparse.csr_matrix(X)
+        return _csr_genes_seen(X.data, X.indices, X.shape[1])
+    return np.asarray(X != 0).any(0)
+
+
+def _block_qc(block, cat: np.ndarray):
+    """QC row metrics, genes seen and a value problem for one row block of a Dask array."""
+    if not sparse.issparse(block):
+        block = np.asarray(block)
+    return (*_row_metrics(block, cat), _genes_seen(block), block_value_problem(block))
+
+
+def _dask_row_metrics(X, cat: np.ndarray, where: str):
+    """``_row_metrics`` and the number of empty genes of a Dask array, one pass over its row blocks."""
+    require_row_chunks(X, func="qc_metrics")
+    parts = map_row_blocks(_block_qc, X, cat)
+    for p in parts:
+        if p[5] is not None:
+            raise ValueError(
+                f"`qc_metrics` needs counts (non-negative, finite), but {where} {p[5].replace('it ', '', 1)}. "
+                "Pass the layer that holds the raw counts with `layer=`."
+            )
+    total = np.concatenate([p[0] for p in parts])
+    ngenes = np.concatenate([p[1] for p in parts])
+    top = np.concatenate([p[2] for p in parts])
+    cats = np.concatenate([p[3] for p in parts]) if parts else np.zeros((0, 3))
+    seen = np.logical_or.reduce([p[4] for p in parts])
+    return total, ngenes, top, cats, int((~seen).sum())
+
+
 def _get_qc(adata: AnnData) -> dict:
     qc = adata.uns.get("qc")
     if not isinstance(qc, dict):
@@ -246,7 +280,17 @@ def qc_metrics(
     _check_unique_var_names(adata)
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    _check_no_negative(X, where, "qc_metrics")
+    lazy = is_dask(X)
+    if lazy:  # a sample of blocks now (fail fast); every block is checked during the pass below
+        require_row_chunks(X, func="qc_metrics")
+        problem = count_problem_sampled(X)
+        if problem is not None and ("negative" in problem or "NaN" in problem):
+            raise ValueError(
+                f"`qc_metrics` needs counts (non-negative, finite), but {where} {problem.replace('it ', '', 1)}. "
+                "Pass the layer that holds the raw counts with `layer=`."
+            )
+    else:
+        _check_no_negative(X, where, "qc_metrics")
 
     symbols = _gene_symbols(adata, gene_symbols)
     flags = gene_flags(symbols)
@@ -256,7 +300,11 @@ def qc_metrics(
     cat[flags["ribo"].to_numpy()] = 2
     cat[flags["hb"].to_numpy()] = 3
 
-    total, ngenes, top, cats = _row_metrics(X, cat)
+    if lazy:
+        total, ngenes, top, cats, n_empty_genes = _dask_row_metrics(X, cat, where)
+    else:
+        total, ngenes, top, cats = _row_metrics(X, cat)
+        n_empty_genes = _n_empty_genes(X)
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = 100.0 * cats / total[:, None]
         pct_top = 100.0 * top / total
@@ -286,7 +334,6 @@ def qc_metrics(
         index=adata.obs_names,
     )
     n_empty_cells = int(empty.sum())
-    n_empty_genes = _n_empty_genes(X)
     if n_empty_cells or n_empty_genes:
         warn(
             f"{n_empty_cells} cells and {n_empty_genes} genes have no counts at all. They are kept; "

@@ -1,0 +1,272 @@
+"""Dask (out-of-core) paths of :func:`immunomood.tl.score_pathways` and :func:`immunomood.tl.pseudobulk`.
+
+Both functions dispatch here when the matrix they read is a Dask array (e.g. from :func:`immunomood.io.read_lazy`).
+Each row block of cells is processed by the same in-memory kernel and the small per-block results are combined,
+so the results equal the in-memory ones. ``dask.compute`` runs on the ``dask.distributed`` client when the user
+started one, else on Dask's threaded scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._dask import is_dask, map_row_blocks, require_row_chunks, sample_blocks, uses_dask
+from .._settings import logger
+from .._utils import (
+    check_adata,
+    check_not_view,
+    check_obs_key,
+    count_matrix_problem,
+    gene_symbols as _gene_symbols,
+    get_matrix,
+    identifier_kind,
+    match_genes,
+    sample_level_columns,
+    warn,
+)
+from ._gene_sets import resolve_gene_sets
+
+__all__ = ["aggregate_dask", "pseudobulk_dask", "score_pathways_dask", "uses_dask"]
+
+
+# ----------------------------------------------------------------------------------------------
+# score_pathways
+# ----------------------------------------------------------------------------------------------
+def _block_set_sums(block, union: np.ndarray, found: dict[str, np.ndarray], is_counts: bool):
+    """One row block: ("fast", per-set sums, expressed flags) or ("sub", the log-normalised union columns)."""
+    from ._pathways import _fast_csr_sums, _log_normalised_columns
+
+    if not sparse.issparse(block):
+        block = np.asarray(block)
+    fast = _fast_csr_sums(block, union, found, is_counts)
+    if fast is not None:
+        return ("fast", *fast)
+    return ("sub", _log_normalised_columns(block, union, is_counts=is_counts))
+
+
+def score_pathways_dask(
+    adata: AnnData,
+    gene_sets: str | Mapping[str, Sequence[str]] = "complement",
+    *,
+    layer: str | None = None,
+    gene_symbols: str | None = None,
+    key_added: str = "pathway_scores",
+    inplace: bool = True,
+) -> pd.DataFrame | None:
+    """:func:`immunomood.tl.score_pathways` for a Dask matrix: one pass over the row blocks, same result.
+
+    Each block of cells goes through the in-memory kernel (per-cell sums over every set's genes, and which set
+    genes are expressed); the per-cell sums are small (cells x sets) and are centred once all blocks are done.
+    Whether the matrix holds raw counts is decided from a sample of blocks (first, middle, last).
+    """
+    from ._pathways import MIN_GENES_WARN, _looks_like_counts, set_weight_matrix
+
+    check_adata(adata)
+    if inplace:
+        check_not_view(adata, func="score_pathways")
+    sets = resolve_gene_sets(gene_sets)
+    X = get_matrix(adata, layer)
+    require_row_chunks(X, func="score_pathways")
+    symbols = _gene_symbols(adata, gene_symbols)
+
+    found: dict[str, np.ndarray] = {}
+    missing: dict[str, list[str]] = {}
+    for name, genes in sets.items():
+        idx, miss = match_genes(symbols, genes)
+        found[name], missing[name] = idx, list(miss)
+    union = np.unique(np.concatenate([v for v in found.values()] + [np.array([], int)])).astype(int)
+    if union.size == 0:
+        raise ValueError(
+            f"None of the genes of the gene sets {list(sets)} was found in adata ({adata.n_vars} genes, "
+            f"{identifier_kind(adata)}, e.g. {list(adata.var_names[:3])}). If var_names are Ensembl IDs, pass the "
+            "column of adata.var that holds gene symbols with `gene_symbols=`."
+        )
+    is_counts = all(_looks_like_counts(b) for b in sample_blocks(X))
+    if is_counts:
+        logger.info("score_pathways: the matrix holds raw counts; log-normalising the set genes internally")
+    parts = map_row_blocks(_block_set_sums, X, union, found, is_counts)
+    fast = all(p[0] == "fast" for p in parts)
+    if fast:
+        sums = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, len(found)))
+        expressed_mask = np.logical_or.reduce([p[2] for p in parts])
+    else:
+        subs = [p[1] if p[0] == "sub" else None for p in parts]
+        if any(s is None for s in subs):  # mixed block types (unusual): redo the fast blocks column-wise
+            raise TypeError("score_pathways: the Dask array mixes sparse and dense blocks; make them one type.")
+        sub = sparse.vstack(subs, format="csr") if sparse.issparse(subs[0]) else np.vstack(subs)
+        nnz = np.asarray((sub != 0).sum(axis=0)).ravel()
+        expressed_mask = nnz > 0
+    expressed = set(union[expressed_mask].tolist())
+    col_of_gene = {int(g): j for j, g in enumerate(union)}
+    used: dict[str, np.ndarray] = {}
+    for name, idx in found.items():
+        keep = np.array([i for i in idx if i in expressed], dtype=int)
+        not_expr = [str(symbols[i]) for i in idx if i not in expressed]
+        missing[name] = missing[name] + not_expr
+        used[name] = keep
+        if len(keep) < MIN_GENES_WARN:
+            warn(
+                f"Gene set {name!r}: only {len(keep)} of {len(sets[name])} genes found and expressed "
+                f"(found: {[str(symbols[i]) for i in keep]}); its score is "
+                + ("undefined (NaN)." if len(keep) == 0 else "unreliable."),
+                stacklevel=4,
+            )
+    if not fast:
+        W = set_weight_matrix(col_of_gene, used, len(union))
+        S = np.asarray(sub @ W)
+    else:
+        n_used = np.array([max(len(v), 1) for v in used.values()], dtype=float)
+        S = sums / n_used
+    S -= S.mean(axis=0, keepdims=True)
+    for k, name in enumerate(used):
+        if len(used[name]) == 0:
+            S[:, k] = np.nan
+    df = pd.DataFrame(S, index=adata.obs_names.copy(), columns=list(used))
+    genes_used = {k: [str(symbols[i]) for i in v] for k, v in used.items()}
+    info = {
+        "params": {
+            "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
+            "layer": "X" if layer is None else layer,
+            "input": "raw counts (log1p CP10k computed internally)" if is_counts else "log-normalised",
+            "definition": "mean over the set's expressed genes of log-normalised expression minus the gene's mean "
+            "over all cells",
+        },
+        "genes_used": genes_used,
+        "genes_missing": {k: [str(g) for g in v] for k, v in missing.items()},
+    }
+    if not inplace:
+        df.attrs.update(info)
+        return df
+    adata.obsm[key_added] = df
+    adata.uns[key_added] = info
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# pseudobulk
+# ----------------------------------------------------------------------------------------------
+def _block_aggregate(block, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
+    """Indicator-matrix product of one row block (the in-memory ``aggregate``, on the block's cells)."""
+    keep = codes >= 0
+    G = sparse.csr_matrix(
+        (np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))), shape=(n_groups, block.shape[0])
+    )
+    out = G @ block
+    return sparse.csr_matrix(out, dtype=np.float64) if sparse.issparse(out) else sparse.csr_matrix(
+        np.asarray(out, dtype=np.float64)
+    )
+
+
+def aggregate_dask(X, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
+    """Rows of a Dask ``X`` summed by integer ``codes`` (codes < 0 ignored): the sum of per-block products."""
+    require_row_chunks(X, func="pseudobulk")
+    parts = map_row_blocks(_block_aggregate, X, n_groups, row_args=np.asarray(codes, dtype=np.int64))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return sparse.csr_matrix(out, dtype=np.float64)
+
+
+def _resolve_counts_dask(adata: AnnData, layer: str | None, *, func: str):
+    """``resolve_counts`` of :mod:`immunomood.tl._pseudobulk`, with the counts check on a sample of blocks."""
+
+    def problem_of(M):
+        if is_dask(M):
+            for b in sample_blocks(M):
+                p = count_matrix_problem(b)
+                if p is not None:
+                    return p
+            return None
+        return count_matrix_problem(M)
+
+    if layer is not None and layer not in adata.layers:
+        x_problem = problem_of(adata.X)
+        if x_problem is None:
+            raise KeyError(
+                f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}). "
+                "adata.X holds raw counts: pass `layer=None` to aggregate adata.X."
+            )
+        raise KeyError(
+            f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}), and "
+            f"adata.X is not raw counts ({x_problem}). Pass `layer=` naming the layer that holds raw counts "
+            "(e.g. after `im.pp.normalize`, counts are in layers['counts'])."
+        )
+    X = get_matrix(adata, layer)
+    problem = problem_of(X)
+    if problem is not None:
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise ValueError(
+            f"`{func}` sums raw counts, but {where} is not raw counts: {problem}. Pass `layer=` naming the layer "
+            f"that holds raw counts (layers present: {list(adata.layers.keys())})."
+        )
+    return X, layer
+
+
+def pseudobulk_dask(
+    adata: AnnData,
+    *,
+    sample_key: str,
+    groupby: str,
+    layer: str | None = "counts",
+    min_cells: int = 10,
+) -> AnnData:
+    """:func:`immunomood.tl.pseudobulk` for a Dask count matrix: the sum of per-block indicator products.
+
+    Every row block of cells is multiplied by its slice of the (sample x group) indicator matrix and the small
+    products are added up; only the pseudobulk matrix (combinations x genes) is held in memory.
+    """
+    from ._pseudobulk import SEP, combos
+
+    check_adata(adata)
+    check_obs_key(adata, sample_key, what="sample_key column")
+    check_obs_key(adata, groupby, what="groupby column")
+    if sample_key == groupby:
+        raise ValueError(f"`sample_key` and `groupby` are the same column ({sample_key!r}); pass two columns.")
+    if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
+        raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
+    X, layer = _resolve_counts_dask(adata, layer, func="pseudobulk")
+    grid, code = combos(adata.obs, sample_key, groupby)
+    keep = grid["n_cells"].to_numpy() >= min_cells
+    dropped = grid.loc[~keep].reset_index(drop=True)
+    kept_idx = np.flatnonzero(keep)
+    remap = -np.ones(len(grid), dtype=np.int64)
+    remap[kept_idx] = np.arange(len(kept_idx))
+    M = aggregate_dask(X, remap[code], len(kept_idx)) if is_dask(X) else None
+    if M is None:  # pragma: no cover - dispatch only sends Dask input here
+        from ._pseudobulk import aggregate
+
+        M = aggregate(X, remap[code], len(kept_idx))
+    obs = grid.loc[keep].copy()
+    meta_cols = [c for c in sample_level_columns(adata.obs, sample_key) if c not in (groupby, "n_cells")]
+    if meta_cols:
+        meta = adata.obs.groupby(sample_key, observed=True, sort=False)[meta_cols].first()
+        for c in meta_cols:
+            vals = meta[c].reindex(obs[sample_key].to_numpy()).to_numpy()
+            if isinstance(adata.obs[c].dtype, pd.CategoricalDtype):
+                vals = pd.Categorical(vals, categories=adata.obs[c].cat.categories)
+            obs[c] = vals
+    for c in (sample_key, groupby):
+        cats = adata.obs[c].cat.categories if isinstance(adata.obs[c].dtype, pd.CategoricalDtype) else None
+        present = set(obs[c])
+        obs[c] = pd.Categorical(
+            obs[c].to_numpy(),
+            categories=[x for x in (cats if cats is not None else pd.unique(obs[c])) if x in present],
+        )
+    obs.index = obs.index.astype(str)
+    out = AnnData(M, obs=obs, var=adata.var.copy())
+    out.uns["dropped"] = dropped
+    out.uns["pseudobulk"] = {"sample_key": sample_key, "groupby": groupby, "layer": "X" if layer is None else layer,
+                             "min_cells": int(min_cells)}
+    if len(dropped):
+        shown = ", ".join(f"{a}{SEP}{b} ({n})" for a, b, n in dropped.head(10).itertuples(index=False))
+        warn(
+            f"pseudobulk: {len(dropped)} sample x group combinations have fewer than {min_cells} cells and were "
+            f"dropped (listed in uns['dropped']): {shown}{' ...' if len(dropped) > 10 else ''}",
+            stacklevel=4,
+        )
+    return out
