@@ -58,6 +58,10 @@ def _execute(path: Path, tmp_path: Path, data_dir: Path | None) -> nbformat.Note
     except nbclient.exceptions.CellExecutionError as err:  # shows the failing cell and traceback
         pytest.fail(f"{path.name} failed:\n{err}")
     print(f"{path.name}: executed in {time.perf_counter() - t0:.1f} s")
+    out = os.environ.get("IMMUNOMOOD_TUTORIALS_OUT")  # keep the executed notebooks for inspection
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, Path(out) / path.name)
     return nb
 
 
