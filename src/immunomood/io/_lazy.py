@@ -33,7 +33,51 @@ def read_lazy(path: str | os.PathLike, *, chunk_size: int = 10_000, layers: bool
     Returns
     -------
     AnnData with Dask-backed ``X`` (and layers); ``obs``, ``var``, ``obsm``, ``uns`` are read into memory.
-    The HDF5 file stays open for as long as the object is used.
+    The HDF5 file stays open for as long as the object is used. ``uns["_immunomood_lazy"]`` records the path
+    and ``chunk_size``.
+
+    Notes
+    -----
+    What each function does with the Dask matrix:
+
+    - :func:`~immunomood.pp.qc_metrics`: one pass over the blocks; per-cell metrics land in ``obs`` (in memory),
+      :func:`~immunomood.pp.flag_outliers` then only reads ``obs``.
+    - :func:`~immunomood.pp.normalize`: lazy; ``X`` becomes a Dask array of log1p-normalised blocks and
+      ``layers["counts"]`` the lazy counts. Nothing is computed except a counts check on 3 sampled blocks.
+    - :func:`~immunomood.pp.highly_variable_genes`: scanpy's seurat_v3 (batch-aware) in two passes over the
+      counts blocks; the loess fit runs in memory on per-gene statistics.
+    - :func:`~immunomood.tl.score_pathways`: one pass; per-cell scores land in ``obsm``.
+    - :func:`~immunomood.tl.pseudobulk`: one pass; the per-block sample x group sums are added up.
+
+    Memory is a few blocks at a time (one per Dask worker thread) plus the per-cell results. Each function
+    reads the file again, so keep the file on a fast local disk. Matrices must be chunked in whole cells
+    (one chunk along genes); CSC files must be rewritten as CSR once. Anything else (e.g. ``adata.X[:, genes]``)
+    can be computed explicitly with ``.compute()`` on a subset that fits in memory.
+
+    Examples
+    --------
+    Threaded scheduler (default: as many threads as cores)::
+
+        import immunomood as im
+
+        adata = im.io.read_lazy("atlas.h5ad", chunk_size=20_000)
+        im.pp.qc_metrics(adata, sample_key="donor")
+        im.pp.flag_outliers(adata, sample_key="donor")
+        im.pp.normalize(adata)  # lazy
+        im.pp.highly_variable_genes(adata, n_top_genes=2000, batch_key="batch")
+        im.tl.score_pathways(adata, "complement")
+        pb = im.tl.pseudobulk(adata, sample_key="donor", groupby="cell_type", layer="counts")
+
+    On a ``dask.distributed`` cluster (local or remote), start a client first; every step above then runs on it::
+
+        from dask.distributed import Client, LocalCluster
+
+        client = Client(LocalCluster(n_workers=4, threads_per_worker=2, memory_limit="4GiB"))
+        # ... the same calls ...
+
+    To keep memory low on the threaded scheduler, limit the threads:
+    ``dask.config.set(scheduler="threads", num_workers=2)``. Filtering cells (``filter_cells``) subsets the
+    lazy matrix; write the result with ``adata.write_h5ad`` or compute a subset to continue in memory.
     """
     import anndata as ad
     from anndata.experimental import read_elem_lazy
