@@ -348,8 +348,13 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
     assoc = tl.cross_modal_associations(mdata, method=pr["association_method"], covariates=tuple(
         c for c in inp["covariates"] if c in mdata.obs.columns))
-    panel = tl.biomarker_panel(mdata, condition_key=inp["condition_key"], n_repeats=pr["biomarker_repeats"],
-                               random_state=rs)
+    n_min = int(mdata.obs[inp["condition_key"]].value_counts().min())
+    n_splits = min(5, n_min)
+    if n_splits < 5:
+        logger.warning("biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
+                       "cross-validation instead of 5", n_min, n_splits)
+    panel = tl.biomarker_panel(mdata, condition_key=inp["condition_key"], n_splits=n_splits,
+                               n_repeats=pr["biomarker_repeats"], random_state=rs)
     preds = panel.predictions.reset_index() if isinstance(panel.predictions, pd.DataFrame) else pd.DataFrame(
         panel.predictions)
     tables = {
