@@ -348,7 +348,9 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
     assoc = tl.cross_modal_associations(mdata, method=pr["association_method"], covariates=tuple(
         c for c in inp["covariates"] if c in mdata.obs.columns))
-    n_min = int(mdata.obs[inp["condition_key"]].value_counts().min())
+    from .tl._proteomics import _obs_frame
+
+    n_min = int(_obs_frame(mdata, inp["condition_key"]).value_counts().min())
     n_splits = min(5, n_min)
     if n_splits < 5:
         logger.warning("biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
