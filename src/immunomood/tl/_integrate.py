@@ -1,7 +1,669 @@
-"""Placeholder: being implemented (see the issue tracker)."""
+"""Batch integration with scvi-tools' SCVI: one call, data-size-aware defaults, a device-resident fast path."""
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
 
-def integrate(*args, **kwargs):
-    raise NotImplementedError("tl.integrate is not implemented yet")
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._docs import doc_adata, doc_params, doc_random_state
+from .._settings import logger
+from .._utils import (
+    check_adata,
+    check_counts,
+    check_layer,
+    check_not_view,
+    check_obs_key,
+    get_matrix,
+    resolve_random_state,
+    warn,
+)
+
+#: above this many cells, ``fast=None`` selects the device-resident training loop
+FAST_PATH_MIN_CELLS = 50_000
+#: dense device copy of the training matrix when it takes at most this many bytes (else sparse CSR on device)
+_DENSE_MAX_BYTES_CPU = 2 * 1024**3
+_DENSE_FRACTION_GPU = 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# defaults chosen from the data size
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """Training schedule chosen by :func:`default_training` (see there for the rule)."""
+
+    max_epochs: int
+    batch_size: int
+    lr: float
+    n_epochs_kl_warmup: int
+    early_stopping_patience: int
+    check_val_every_n_epoch: int
+
+
+def default_training(n_cells: int, *, max_epochs: int | None = None, batch_size: int | None = None) -> TrainingDefaults:
+    """Epochs, batch size, learning rate and KL warm-up for ``n_cells`` cells.
+
+    The rule (documented in :func:`integrate`):
+
+    - batch size: 128 below 20,000 cells, 256 up to 100,000, 1,024 above;
+    - learning rate: scvi-tools' 1e-3 scaled with the square root of the batch size relative to 128
+      (the usual rule for Adam), capped at 4e-3;
+    - maximum epochs: enough for about 5,000 gradient steps, ``ceil(5000 * batch_size / n_cells)``, clipped
+      to [20, 150] (scvi-tools: 400 epochs below 20,000 cells, ``400 * 20000 / n_cells`` above);
+    - KL warm-up over the first third of the epochs (scvi-tools: 400 epochs, i.e. never completed when
+      training is shorter);
+    - early stopping on the validation ELBO (10 % of cells) with a patience of
+      ``max(8, max_epochs // 10)`` epochs, active once the warm-up is over.
+    """
+    n = int(n_cells)
+    if batch_size is None:
+        batch_size = 128 if n < 20_000 else (256 if n <= 100_000 else 1024)
+    batch_size = int(batch_size)
+    lr = float(min(4e-3, 1e-3 * math.sqrt(batch_size / 128)))
+    if max_epochs is None:
+        max_epochs = int(np.clip(math.ceil(5000 * batch_size / max(n, 1)), 20, 150))
+    max_epochs = int(max_epochs)
+    warm = max(1, max_epochs // 3)
+    patience = max(8, max_epochs // 10)
+    return TrainingDefaults(max_epochs, batch_size, lr, warm, patience, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# devices -> Lightning
+# ----------------------------------------------------------------------------------------------
+def _lightning_device_kwargs(accelerator: str, devices: int | str | Sequence[int]) -> dict[str, Any]:
+    """Resolve ``accelerator``/``devices`` as Lightning does and add a DDP strategy for several devices.
+
+    CPU always trains in one process (several CPU processes are not faster for SCVI): ``devices`` other
+    than ``"auto"``/1 on CPU are reset to 1 with a warning. Several GPUs get
+    ``strategy="ddp_find_unused_parameters_true"`` (what scvi-tools documents for multi-GPU SCVI).
+    """
+    from scvi.model._utils import parse_device_args
+
+    acc, devs, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
+    out: dict[str, Any] = {"accelerator": acc, "devices": devs, "device": device}
+    if acc == "cpu":
+        if devices not in ("auto", 1, "1", [0]):
+            warn(
+                f"devices={devices!r} on CPU: training runs in a single process (several CPU processes are not "
+                "faster for SCVI). Use accelerator='gpu' with devices=N for multi-GPU DDP.",
+                stacklevel=4,
+            )
+        out["devices"] = 1
+        return out
+    if isinstance(devs, list):
+        n_dev = len(devs)
+    elif isinstance(devs, str):
+        n_dev = len([d for d in devs.split(",") if d.strip()]) if "," in devs else (
+            -1 if devs.strip() == "-1" else int(devs))
+    else:
+        n_dev = int(devs)
+    if n_dev == -1:
+        import torch
+
+        n_dev = torch.cuda.device_count() if acc in ("gpu", "cuda") else 1
+    out["n_devices"] = n_dev
+    if n_dev > 1:
+        out["strategy"] = "ddp_find_unused_parameters_true"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# validation and the private training copy
+# ----------------------------------------------------------------------------------------------
+def _validate(adata, batch_key, layer, categorical_covariates, continuous_covariates, key_added) -> None:
+    check_adata(adata, min_obs=4, min_vars=2)
+    if batch_key is None or batch_key not in adata.obs.columns:
+        raise KeyError(
+            f"batch_key={batch_key!r} not found in adata.obs. Available columns: "
+            f"{list(map(str, adata.obs.columns))}. Pass the column that holds the batch (run, site) of each cell."
+        )
+    check_obs_key(adata, batch_key, what="batch column")
+    counts = adata.obs[batch_key].astype(str).value_counts()
+    small = counts[counts < 2]
+    if len(small):
+        raise ValueError(
+            f"Batch(es) {list(small.index)} of adata.obs[{batch_key!r}] have fewer than 2 cells "
+            f"({dict(small)}). Remove those cells or merge the batch with another one before integrating."
+        )
+    for c in categorical_covariates:
+        if c not in adata.obs.columns:
+            raise KeyError(f"Categorical covariate {c!r} not found in adata.obs. Available: {list(adata.obs.columns)}.")
+        if adata.obs[c].isna().any():
+            raise ValueError(
+                f"Categorical covariate {c!r} has {int(adata.obs[c].isna().sum())} NaN values. "
+                "Fill them (e.g. with 'unknown') or remove those cells first."
+            )
+    for c in continuous_covariates:
+        if c not in adata.obs.columns:
+            raise KeyError(f"Continuous covariate {c!r} not found in adata.obs. Available: {list(adata.obs.columns)}.")
+        s = adata.obs[c]
+        if not pd.api.types.is_numeric_dtype(s):
+            raise TypeError(f"Continuous covariate {c!r} must be numeric, got dtype {s.dtype}.")
+        if s.isna().any() or not np.all(np.isfinite(s.to_numpy(dtype=float))):
+            n_bad = int((~np.isfinite(s.to_numpy(dtype=float))).sum())
+            raise ValueError(
+                f"Continuous covariate {c!r} has {n_bad} NaN/infinite values. Impute them or remove those cells first."
+            )
+    if layer is not None:
+        check_layer(adata, layer)
+    check_counts(adata, layer, func="integrate")
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+
+
+def _training_copy(adata, *, batch_key, layer, categorical_covariates, continuous_covariates) -> tuple[AnnData, int]:
+    """A private AnnData with only what SCVI needs: HVG counts (same layer name) and the covariate columns."""
+    if "highly_variable" in adata.var.columns:
+        hv = adata.var["highly_variable"].to_numpy(dtype=bool)
+        if hv.sum() < 2:
+            raise ValueError(
+                f"adata.var['highly_variable'] flags {int(hv.sum())} genes; need at least 2. "
+                "Recompute highly variable genes or drop the column to train on all genes."
+            )
+    else:
+        hv = np.ones(adata.n_vars, dtype=bool)
+        logger.info("integrate: no adata.var['highly_variable']; training on all %d genes", adata.n_vars)
+    X = get_matrix(adata, layer)
+    X = X[:, hv] if hv.sum() < adata.n_vars else X
+    X = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    if sparse.issparse(X):
+        X = X.copy()
+    cols = list(dict.fromkeys([batch_key, *categorical_covariates, *continuous_covariates]))
+    obs = adata.obs[cols].copy()
+    obs[batch_key] = obs[batch_key].astype(str).astype("category")
+    for c in categorical_covariates:
+        obs[c] = obs[c].astype(str).astype("category")
+    var = pd.DataFrame(index=adata.var_names[hv].copy())
+    if layer is None:
+        priv = AnnData(X=X, obs=obs, var=var)
+    else:
+        priv = AnnData(obs=obs, var=var, layers={layer: X})
+    return priv, int(hv.sum())
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("immunomood", "scvi-tools", "torch", "lightning", "anndata", "scanpy", "numpy"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    import scvi
+    import torch
+
+    # numpy, random, torch (CPU and CUDA) and Lightning. CPU kernels of the ops SCVI uses are deterministic
+    # already; torch.use_deterministic_algorithms is NOT switched on: it is process-global state, and on CPU
+    # it makes SCVI training ~7x slower (it fills every new tensor's memory) without changing the result.
+    scvi.settings.seed = seed
+    torch.manual_seed(seed)
+
+
+class _torch_threads:
+    """Use ``im.settings.n_jobs`` torch CPU threads while training (``-1``: leave torch's default), then restore."""
+
+    def __init__(self, n_jobs: int):
+        self.n = int(n_jobs)
+
+    def __enter__(self):
+        import torch
+
+        self.old = torch.get_num_threads()
+        if self.n > 0:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.old)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# the fast path: data resident on the device, a compact loop over the SCVI module
+# ----------------------------------------------------------------------------------------------
+class _DeviceMatrix:
+    """The training matrix on the device: one dense tensor, or CSR arrays with an on-device row gather."""
+
+    def __init__(self, X, device, *, dense: bool | None = None):
+        import torch
+
+        n, g = X.shape
+        nbytes = 4 * n * g
+        if dense is None:
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                dense = nbytes <= _DENSE_FRACTION_GPU * free
+            else:
+                dense = nbytes <= _DENSE_MAX_BYTES_CPU
+        self.dense = bool(dense)
+        self.shape = (n, g)
+        self.device = device
+        if self.dense:
+            if sparse.issparse(X):
+                # build the dense tensor in row chunks to bound host memory
+                self.X = torch.empty((n, g), dtype=torch.float32, device=device)
+                step = max(1, int(2**28 // max(g, 1) // 4))
+                for s in range(0, n, step):
+                    self.X[s:s + step] = torch.from_numpy(X[s:s + step].toarray()).to(device)
+            else:
+                self.X = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32, device=device)
+        else:
+            X = sparse.csr_matrix(X)
+            self.indptr = torch.as_tensor(X.indptr.astype(np.int64), device=device)
+            self.indices = torch.as_tensor(X.indices.astype(np.int64), device=device)
+            self.data = torch.as_tensor(X.data.astype(np.float32), device=device)
+
+    def rows(self, idx):
+        import torch
+
+        if self.dense:
+            return self.X.index_select(0, idx)
+        starts = self.indptr.index_select(0, idx)
+        lens = self.indptr.index_select(0, idx + 1) - starts
+        b = idx.shape[0]
+        out = torch.zeros((b, self.shape[1]), dtype=torch.float32, device=self.device)
+        total = int(lens.sum())
+        if total == 0:
+            return out
+        row_of = torch.repeat_interleave(torch.arange(b, device=self.device), lens, output_size=total)
+        offs = torch.cumsum(lens, 0) - lens
+        pos = torch.arange(total, device=self.device) - offs.index_select(0, row_of) + starts.index_select(0, row_of)
+        out[row_of, self.indices.index_select(0, pos)] = self.data.index_select(0, pos)
+        return out
+
+
+def _registry_tensors(model, device) -> tuple[_DeviceMatrix | None, dict]:
+    """Every registered field except X as a device tensor with scvi-tools' loader dtypes."""
+    import torch
+    from scvi import REGISTRY_KEYS
+    from scvi.data._utils import registry_key_to_default_dtype
+
+    mgr = model.adata_manager
+    out = {}
+    for key in mgr.data_registry:
+        if key == REGISTRY_KEYS.X_KEY:
+            continue
+        val = mgr.get_from_registry(key)
+        if isinstance(val, pd.DataFrame):
+            val = val.to_numpy()
+        val = np.asarray(val)
+        dtype = registry_key_to_default_dtype(key)
+        out[key] = torch.as_tensor(val.astype(dtype), device=device)
+    return out
+
+
+def _split(n: int, rng: np.random.Generator, train_size: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation split as scvi-tools' DataSplitter (``ceil(0.9 n)`` training cells)."""
+    n_train = int(math.ceil(train_size * n))
+    perm = rng.permutation(n)
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+def _fast_train(model, *, sched: TrainingDefaults, device, random_state: int, early_stopping: bool = True,
+                dense: bool | None = None) -> dict[str, Any]:
+    """Train ``model.module`` with mini-batches gathered on the device from a device-resident matrix.
+
+    Same objective, optimiser (Adam, ``eps=0.01``, ``weight_decay=1e-6``), KL warm-up and validation ELBO
+    as scvi-tools' ``TrainingPlan``; no DataLoader, no collate, no host-to-device copy per step.
+    """
+    import torch
+    from scvi import REGISTRY_KEYS
+
+    module = model.module
+    module.to(device)
+    Xdev = _DeviceMatrix(model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), device, dense=dense)
+    other = _registry_tensors(model, device)
+    n = Xdev.shape[0]
+    rng = np.random.default_rng(random_state)
+    train_idx, val_idx = _split(n, rng)
+    train_t = torch.as_tensor(train_idx, device=device)
+    val_t = torch.as_tensor(val_idx, device=device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(random_state))
+
+    params = filter(lambda p: p.requires_grad, module.parameters())
+    opt = torch.optim.Adam(params, lr=sched.lr, eps=0.01, weight_decay=1e-6)
+    bs = sched.batch_size
+    n_train = len(train_idx)
+    n_full, rem = divmod(n_train, bs)
+    # as scvi-tools: keep the last partial batch unless it is tiny (batch norm needs > 1 cell)
+    bounds = [(i * bs, (i + 1) * bs) for i in range(n_full)]
+    if rem >= 3 or n_full == 0:
+        bounds.append((n_full * bs, n_train))
+
+    def batch(idx):
+        t = {k: v.index_select(0, idx) for k, v in other.items()}
+        t[REGISTRY_KEYS.X_KEY] = Xdev.rows(idx)
+        return t
+
+    history: dict[str, list[float]] = {"elbo_train": [], "elbo_validation": [], "kl_weight": []}
+    best, wait, epochs_run, stopped = math.inf, 0, 0, False
+    for epoch in range(sched.max_epochs):
+        kl_weight = min(1.0, epoch / sched.n_epochs_kl_warmup) if sched.n_epochs_kl_warmup else 1.0
+        module.train()
+        perm = train_t.index_select(0, torch.randperm(n_train, generator=gen, device=device))
+        elbo_sum = torch.zeros((), device=device)
+        for s, e in bounds:
+            _, _, losses = module(batch(perm[s:e]), loss_kwargs={"kl_weight": kl_weight})
+            opt.zero_grad(set_to_none=True)
+            losses.loss.backward()
+            opt.step()
+            elbo_sum += (losses.reconstruction_loss_sum + losses.kl_local_sum).detach()
+        epochs_run = epoch + 1
+        history["elbo_train"].append(float(elbo_sum) / n_train)
+        history["kl_weight"].append(float(kl_weight))
+        if len(val_idx) and (epoch + 1) % sched.check_val_every_n_epoch == 0:
+            module.eval()
+            v = torch.zeros((), device=device)
+            with torch.no_grad():
+                for s in range(0, len(val_idx), 8192):
+                    _, _, losses = module(batch(val_t[s:s + 8192]), loss_kwargs={"kl_weight": 1.0})
+                    v += losses.reconstruction_loss_sum + losses.kl_local_sum
+            val = float(v) / len(val_idx)
+            history["elbo_validation"].append(val)
+            if early_stopping and epoch + 1 > sched.n_epochs_kl_warmup:
+                if val < best:
+                    best, wait = val, 0
+                else:
+                    wait += 1
+                    if wait >= sched.early_stopping_patience:
+                        stopped = True
+                        break
+            elif val < best:
+                best = val
+    module.eval()
+    model.is_trained_ = True
+    model.train_indices, model.validation_indices, model.test_indices = train_idx, val_idx, np.array([], dtype=int)
+    model.history_ = {k: pd.DataFrame({k: v}) for k, v in history.items()}
+    model._immunomood_device_data = (Xdev, other)
+    return {"epochs_run": epochs_run, "early_stopped": stopped, "history": history,
+            "dense_on_device": Xdev.dense}
+
+
+def _fast_latent(model, device, chunk: int = 16384) -> np.ndarray:
+    """Posterior means (``qz.loc``) computed on the device in large chunks from the resident data."""
+    import torch
+    from scvi import REGISTRY_KEYS
+
+    Xdev, other = model._immunomood_device_data
+    module = model.module
+    module.eval()
+    n = Xdev.shape[0]
+    out = []
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            idx = torch.arange(s, min(n, s + chunk), device=device)
+            t = {k: v.index_select(0, idx) for k, v in other.items()}
+            t[REGISTRY_KEYS.X_KEY] = Xdev.rows(idx)
+            inf = module.inference(**module._get_inference_input(t))
+            out.append(inf["qz"].loc.detach().cpu().numpy())
+    del model._immunomood_device_data
+    return np.concatenate(out, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# public function
+# ----------------------------------------------------------------------------------------------
+@doc_params(adata=doc_adata, random_state=doc_random_state)
+def integrate(
+    adata: AnnData,
+    *,
+    batch_key: str,
+    layer: str | None = "counts",
+    categorical_covariates: Sequence[str] = (),
+    continuous_covariates: Sequence[str] = (),
+    n_latent: int = 30,
+    n_layers: int = 2,
+    n_hidden: int = 128,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str | Sequence[int] = "auto",
+    random_state: int | None = 0,
+    key_added: str = "X_scVI",
+    model_dir: str | Path | None = None,
+    fast: bool | None = None,
+    early_stopping: bool = True,
+) -> None:
+    """Integrate batches with scvi-tools' SCVI and write the latent embedding.
+
+    SCVI is trained on the raw counts of the highly variable genes (``adata.var["highly_variable"]`` when
+    present, else all genes) of a private copy of ``adata``: scvi-tools' ``setup_anndata`` writes into the
+    object it gets, so ``adata`` itself only gains ``obsm[key_added]`` and ``uns["integration"]``.
+
+    **Training schedule from the data size** (instead of scvi-tools' 400 epochs on small data; see
+    :func:`immunomood.tl._integrate.default_training`): batch size 128 below 20k cells, 256 up to 100k,
+    1,024 above; learning rate ``1e-3 * sqrt(batch_size / 128)`` (capped at 4e-3); at most
+    ``clip(ceil(5000 * batch_size / n_cells), 20, 150)`` epochs (about 5,000 gradient steps); KL warm-up
+    over the first third of the epochs; early stopping on the validation ELBO of a 10 % split, with a
+    patience of ``max(8, max_epochs // 10)`` epochs after the warm-up. ``max_epochs``/``batch_size``
+    override the rule.
+
+    **Two training paths, same model.** The standard path is ``SCVI.train`` (Lightning, scvi-tools'
+    DataLoader). The fast path keeps the whole HVG count matrix on the device (a dense tensor when it
+    fits: 50 % of free GPU memory, 2 GB on CPU; otherwise CSR arrays with an on-device row gather), draws
+    each mini-batch by on-device random permutation indices (no per-step host-to-device copy, no Python
+    collate), and steps the SCVI module with its own loss, the same Adam settings, KL warm-up and
+    validation ELBO as scvi-tools' ``TrainingPlan``. Both give a normal :class:`scvi.model.SCVI`
+    (``get_latent_representation``, ``save``/``load`` work). ``fast=None`` picks the fast path above
+    50,000 cells on one device, ``True``/``False`` force it.
+
+    **Devices.** ``accelerator`` and ``devices`` are passed to Lightning as in scvi-tools
+    (``"auto"``: the GPU when one is visible, else the CPU, with no change to the call). ``devices=2``
+    (or a list of GPU ids, or ``-1``) on GPUs trains with DDP (``strategy="ddp_find_unused_parameters_true"``,
+    standard path; scvi-tools then disables early stopping; run from a script, not a notebook). On CPU
+    training always runs in one process. The fast path uses one device.
+
+    **Threads.** CPU training uses ``im.settings.n_jobs`` torch threads (default 1; ``-1``: torch's
+    default), restored afterwards.
+
+    **Reproducibility.** The same ``random_state`` on CPU gives the identical embedding (seeds numpy,
+    torch and Lightning through ``scvi.settings.seed``, deterministic torch algorithms, no DataLoader
+    workers; ``torch.use_deterministic_algorithms`` is left untouched). On GPU, cuDNN and atomic-add kernels make runs close but not bit-identical (differences in
+    the last digits that can grow over epochs; metrics agree closely).
+
+    Parameters
+    ----------
+    {adata}
+    batch_key
+        Column of ``adata.obs`` with the batch of each cell.
+    layer
+        Layer with raw counts; ``None``: ``adata.X`` holds the counts.
+    categorical_covariates
+        Further ``obs`` columns to condition on (e.g. donor, chemistry).
+    continuous_covariates
+        Numeric ``obs`` columns to condition on (e.g. percentage of mitochondrial counts).
+    n_latent, n_layers, n_hidden
+        SCVI architecture (latent dimensions, encoder/decoder layers, hidden units).
+    max_epochs, batch_size
+        Override the size-based schedule.
+    accelerator, devices
+        As in scvi-tools / Lightning (see above).
+    {random_state}
+    key_added
+        ``obsm`` key of the embedding.
+    model_dir
+        Save the trained model here (``SCVI.save``, without the AnnData). Reload with
+        ``scvi.model.SCVI.load(model_dir, adata=adata[:, adata.var["highly_variable"]].copy())``.
+    fast
+        Device-resident training loop: ``None`` automatic (above 50,000 cells on one device).
+    early_stopping
+        Stop on the validation ELBO (see above).
+
+    Returns
+    -------
+    ``None``; writes
+
+    - ``adata.obsm[key_added]``: cells x ``n_latent`` posterior means of SCVI's latent space;
+    - ``adata.uns["integration"]``: ``params`` (all arguments and the resolved schedule), ``epochs_run``,
+      ``early_stopped``, ``path`` (``"fast"``/``"standard"``), ``device``, ``accelerator``, ``n_devices``,
+      ``time_s``, ``n_genes``, ``history`` (per-epoch ``elbo_train``/``elbo_validation``), ``versions``
+      and ``model_dir`` when saved.
+    """
+    check_not_view(adata, func="integrate")
+    categorical_covariates = list(categorical_covariates)
+    continuous_covariates = list(continuous_covariates)
+    _validate(adata, batch_key, layer, categorical_covariates, continuous_covariates, key_added)
+    if fast not in (None, True, False):
+        raise TypeError(f"fast must be None, True or False, got {fast!r}.")
+    seed = resolve_random_state(random_state)
+    dev = _lightning_device_kwargs(accelerator, devices)
+    multi = dev.get("n_devices", 1) > 1
+    if fast and multi:
+        raise ValueError(
+            f"fast=True trains on one device, but devices={devices!r} asks for {dev['n_devices']}. "
+            "Use devices=1 with fast=True, or fast=False for multi-GPU DDP."
+        )
+    use_fast = (adata.n_obs > FAST_PATH_MIN_CELLS and not multi) if fast is None else bool(fast)
+
+    import scvi
+
+    from .._settings import settings
+
+    with _torch_threads(settings.n_jobs):
+        return _integrate_impl(
+            adata, scvi=scvi, batch_key=batch_key, layer=layer, categorical_covariates=categorical_covariates,
+            continuous_covariates=continuous_covariates, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden,
+            max_epochs=max_epochs, batch_size=batch_size, accelerator=accelerator, devices=devices, seed=seed,
+            key_added=key_added, model_dir=model_dir, fast=fast, use_fast=use_fast, dev=dev,
+            early_stopping=early_stopping,
+        )
+
+
+def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, continuous_covariates, n_latent,
+                    n_layers, n_hidden, max_epochs, batch_size, accelerator, devices, seed, key_added, model_dir,
+                    fast, use_fast, dev, early_stopping) -> None:
+    t0 = time.perf_counter()
+    priv, n_genes = _training_copy(
+        adata, batch_key=batch_key, layer=layer,
+        categorical_covariates=categorical_covariates, continuous_covariates=continuous_covariates,
+    )
+    sched = default_training(priv.n_obs, max_epochs=max_epochs, batch_size=batch_size)
+    _seed_everything(seed)
+    scvi.model.SCVI.setup_anndata(
+        priv, layer=layer, batch_key=batch_key,
+        categorical_covariate_keys=categorical_covariates or None,
+        continuous_covariate_keys=continuous_covariates or None,
+    )
+    model = scvi.model.SCVI(priv, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden)
+
+    if use_fast:
+        info = _fast_train(model, sched=sched, device=dev["device"], random_state=seed,
+                           early_stopping=early_stopping)
+        latent = _fast_latent(model, dev["device"])
+        history = info["history"]
+        epochs_run, early_stopped = info["epochs_run"], info["early_stopped"]
+    else:
+        trainer_kwargs: dict[str, Any] = {
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "early_stopping_patience": sched.early_stopping_patience,
+            "early_stopping_warmup_epochs": sched.n_epochs_kl_warmup,
+            "check_val_every_n_epoch": sched.check_val_every_n_epoch,
+        }
+        if "strategy" in dev:
+            trainer_kwargs["strategy"] = dev["strategy"]
+        model.train(
+            max_epochs=sched.max_epochs,
+            batch_size=sched.batch_size,
+            accelerator=dev["accelerator"],
+            devices=dev["devices"],
+            train_size=0.9,
+            early_stopping=early_stopping,
+            datasplitter_kwargs={"num_workers": 0},
+            plan_kwargs={"lr": sched.lr, "n_epochs_kl_warmup": sched.n_epochs_kl_warmup},
+            **trainer_kwargs,
+        )
+        latent = model.get_latent_representation()
+        hist = model.history
+        history = {k: [float(x) for x in hist[k].iloc[:, 0].to_numpy()]
+                   for k in ("elbo_train", "elbo_validation") if k in hist}
+        epochs_run = len(history.get("elbo_train", []))
+        early_stopped = bool(epochs_run < sched.max_epochs)
+    elapsed = time.perf_counter() - t0
+
+    saved = ""
+    if model_dir is not None:
+        model.save(str(model_dir), overwrite=True, save_anndata=False)
+        saved = str(model_dir)
+
+    adata.obsm[key_added] = np.asarray(latent, dtype=np.float32)
+    params = {
+        "batch_key": batch_key,
+        "layer": "X" if layer is None else layer,
+        "categorical_covariates": categorical_covariates,
+        "continuous_covariates": continuous_covariates,
+        "n_latent": int(n_latent), "n_layers": int(n_layers), "n_hidden": int(n_hidden),
+        "max_epochs": sched.max_epochs, "batch_size": sched.batch_size, "lr": sched.lr,
+        "n_epochs_kl_warmup": sched.n_epochs_kl_warmup,
+        "early_stopping": bool(early_stopping), "early_stopping_patience": sched.early_stopping_patience,
+        "accelerator": str(accelerator), "devices": str(devices), "random_state": seed,
+        "key_added": key_added, "fast": "auto" if fast is None else bool(fast),
+    }
+    adata.uns["integration"] = {
+        "params": params,
+        "method": "scvi-tools SCVI",
+        "path": "fast" if use_fast else "standard",
+        "epochs_run": int(epochs_run),
+        "early_stopped": bool(early_stopped),
+        "device": str(dev["device"]),
+        "accelerator": str(dev["accelerator"]),
+        "n_devices": int(dev.get("n_devices", 1)),
+        "time_s": float(elapsed),
+        "n_cells": int(priv.n_obs),
+        "n_genes": int(n_genes),
+        "history": {k: np.asarray(v, dtype=float) for k, v in history.items()},
+        "versions": _versions(),
+        "model_dir": saved,
+    }
+    logger.info(
+        "integrate: %s path, %d/%d epochs on %s in %.1f s", "fast" if use_fast else "standard",
+        epochs_run, sched.max_epochs, dev["device"], elapsed,
+    )
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic data with known truth (tests, benchmarks, until the cohort simulator is used)
+# ----------------------------------------------------------------------------------------------
+def _toy_batches(n_cells: int = 600, n_genes: int = 200, n_types: int = 4, n_batches: int = 2, *,
+                 batch_effect: float = 1.0, random_state: int = 0) -> AnnData:
+    """Negative-binomial counts of ``n_types`` cell types with gene-wise log-normal batch effects.
+
+    ``obs``: ``batch``, ``cell_type``; raw counts in ``X`` and ``layers["counts"]``.
+    """
+    rng = np.random.default_rng(random_state)
+    base = rng.gamma(0.6, 1.0, size=n_genes)
+    profiles = np.stack([base * rng.lognormal(0, 1.0, n_genes) for _ in range(n_types)])
+    profiles /= profiles.sum(1, keepdims=True)
+    beff = rng.lognormal(0, batch_effect, size=(n_batches, n_genes))
+    ct = rng.integers(0, n_types, n_cells)
+    b = rng.integers(0, n_batches, n_cells)
+    lib = rng.lognormal(np.log(1500), 0.3, n_cells) * (1 + 0.3 * b)
+    mu = profiles[ct] * beff[b]
+    mu = mu / mu.sum(1, keepdims=True) * lib[:, None]
+    theta = 5.0
+    X = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float32)
+    obs = pd.DataFrame({"batch": pd.Categorical([f"b{i}" for i in b]),
+                        "cell_type": pd.Categorical([f"type{i}" for i in ct])},
+                       index=[f"c{i}" for i in range(n_cells)])
+    ad = AnnData(X=sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
+    ad.layers["counts"] = ad.X.copy()
+    return ad
