@@ -14,19 +14,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-SIZES = {"100k": 100_000, "1m": 1_000_000, "20k": 20_000}
+SIZES = {"20k": 20_000, "100k": 100_000, "300k": 300_000, "1m": 1_000_000}
 CACHE = Path(os.environ.get("IMMUNOMOOD_BENCH_DIR", Path(tempfile.gettempdir()) / "immunomood_bench"))
 
 
+def _pad_genes(X, n_extra: int, seed: int):
+    """``n_extra`` lowly expressed genes (independent Poisson counts, rates fixed across chunks) appended to X."""
+    import numpy as np
+    from scipy import sparse
+
+    lam = np.random.default_rng(7).gamma(0.3, 0.05, size=n_extra)  # mean 0.015 counts per cell and gene
+    rng = np.random.default_rng(seed)
+    per_cell = rng.poisson(lam.sum(), size=X.shape[0])  # Poisson splitting: exact per-gene Poisson counts
+    rows = np.repeat(np.arange(X.shape[0]), per_cell)
+    cols = rng.choice(n_extra, size=rows.size, p=lam / lam.sum())
+    E = sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, cols)), shape=(X.shape[0], n_extra))
+    E.sum_duplicates()
+    return sparse.hstack([X, E], format="csr", dtype=np.float32)
+
+
 def make_h5ad(n_cells: int, n_genes: int = 20_000, path: Path | None = None) -> Path:
-    """Write a simulated cohort of ``n_cells`` cells to disk in chunks (never the whole matrix in memory)."""
+    """Write a simulated cohort of ``n_cells`` cells to disk in chunks (never the whole matrix in memory).
+
+    The simulator's reference has 13,701 genes; up to ``n_genes`` are padded with lowly expressed genes
+    (``PAD00000``...; about 90 extra non-zeros per cell) so the matrix has the width of a real atlas.
+    """
     import anndata as ad
     import h5py
     import pandas as pd
@@ -34,7 +52,7 @@ def make_h5ad(n_cells: int, n_genes: int = 20_000, path: Path | None = None) -> 
 
     import immunomood as im
 
-    path = path or CACHE / f"sim_{n_cells}_{n_genes}.h5ad"
+    path = path or CACHE / f"sim_{n_cells}_{n_genes}g.h5ad"
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +68,10 @@ def make_h5ad(n_cells: int, n_genes: int = 20_000, path: Path | None = None) -> 
         a.obs["batch"] = [f"b{i % 4}_{b}" for b in a.obs["batch"].astype(str)]
         a.obs_names = [f"c{i:02d}_{n}" for n in a.obs_names]
         a.X = a.X.astype("float32")
+        if n_genes > a.n_vars:
+            extra = n_genes - a.n_vars
+            names = a.var_names.append(pd.Index([f"PAD{j:05d}" for j in range(extra)]))
+            a = ad.AnnData(_pad_genes(a.X, extra, seed=5000 + i), obs=a.obs, var=pd.DataFrame(index=names))
         obs_parts.append(a.obs[["donor", "condition", "batch", "cell_type_true"]].astype(str))
         if i == 0:
             ad.AnnData(X=a.X, var=a.var[[]]).write_h5ad(tmp)
@@ -128,7 +150,7 @@ print(json.dumps({"seconds": t, "peak_gb": resource.getrusage(resource.RUSAGE_SE
 
 
 def _run(code: str, path: Path, timeout: int = 3600) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         killed = r.returncode in (-9, 137)
         return {"seconds": None, "peak_gb": None,

@@ -31,7 +31,7 @@ SUITES = {
     "quick": {
         "bench_qc": "100k",  # SIZES 10k / 100k / 1m
         "bench_pathways": "100k",  # tiny / 100k / 1m
-        "bench_integrate": "pbmc3k",  # integration helper's module (absent: reported as SKIPPED)
+        "bench_integrate": "small",  # tiny / small = 3k (pbmc3k-sized, 10 donors x 300) / medium 20k
         "bench_annotate": "small",  # small = 3k (pbmc3k-sized) / medium 20k / large 100k
         "bench_simulate": "medium",  # tiny 2k / small 10k / medium 100k / large 1m
         "bench_ooc": "100k",  # 20k / 100k / 1m cells x 20k genes on disk
@@ -41,7 +41,7 @@ SUITES = {
         "bench_pathways": "1m",
         "bench_annotate": "large",
         "bench_simulate": "large",
-        "bench_integrate": "1m",
+        "bench_integrate": "medium",  # CPU; the 1M-cell scVI run is the GPU benchmark below
         "bench_ooc": "1m",
         "bench_scvi_gpu": "1m",
     },

@@ -235,13 +235,16 @@ def test_distributed_cluster(h5ad_path):
     im.pp.normalize(mem)
     _quiet(im.pp.highly_variable_genes, mem, n_top_genes=500, batch_key="batch")
     ref = _quiet(im.tl.pseudobulk, mem, sample_key="donor", groupby="cell_type_true")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        with distributed.get_task_stream(client) as ts:
-            _quiet(im.pp.qc_metrics, lazy, sample_key="donor")
-            im.pp.normalize(lazy)
-            im.pp.highly_variable_genes(lazy, n_top_genes=500, batch_key="batch")
-            got = _quiet(pseudobulk_dask, lazy, sample_key="donor", groupby="cell_type_true")
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                 dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+        distributed.get_task_stream(client) as ts,
+    ):
+        _quiet(im.pp.qc_metrics, lazy, sample_key="donor")
+        im.pp.normalize(lazy)
+        im.pp.highly_variable_genes(lazy, n_top_genes=500, batch_key="batch")
+        got = _quiet(pseudobulk_dask, lazy, sample_key="donor", groupby="cell_type_true")
     assert len(ts.data) >= 4 * 2  # the blocks of 4 passes ran on the cluster's workers
     pd.testing.assert_frame_equal(lazy.obs, mem.obs, check_exact=True)
     pd.testing.assert_frame_equal(lazy.var, mem.var, check_exact=False, rtol=1e-9)

@@ -61,13 +61,18 @@ def map_row_blocks(func: Callable[..., Any], X: Any, *args: Any, row_args: Any =
     return list(dask.compute(*tasks))
 
 
-def sample_blocks(X: Any, n_blocks: int = 3) -> list[Any]:
-    """Up to ``n_blocks`` row blocks of ``X`` (first, middle, last), computed; a cheap look at the data."""
+def sample_blocks(X: Any, n_blocks: int = 3, rows: int = 2_000) -> list[Any]:
+    """The first ``rows`` cells of up to ``n_blocks`` row blocks of ``X`` (first, middle, last), computed.
+
+    A cheap look at the data (e.g. "does it hold counts?") that reads a few thousand cells, not the matrix.
+    """
     import dask
 
     nb = X.numblocks[0]
+    off = row_offsets(X)
     idx = sorted({int(i) for i in np.linspace(0, nb - 1, min(max(n_blocks, 1), nb)).round()})
-    blocks = dask.compute(*[X.blocks[i] for i in idx])
+    parts = [X[int(off[i]) : int(min(off[i] + rows, off[i + 1]))] for i in idx]
+    blocks = dask.compute(*parts)
     return [b if sparse.issparse(b) else np.asarray(b) for b in blocks]
 
 

@@ -112,7 +112,7 @@ def read_lazy(path: str | os.PathLike, *, chunk_size: int = 10_000, layers: bool
     X = _lazy(store["X"])
     kwargs = {}
     if layers and "layers" in store:
-        kwargs["layers"] = {k: _lazy(store["layers"][k]) for k in store["layers"].keys()}
+        kwargs["layers"] = {k: _lazy(store["layers"][k]) for k in store["layers"]}
     for key in ("obsm", "varm", "uns"):
         if key in store:
             kwargs[key] = read_elem(store[key])
