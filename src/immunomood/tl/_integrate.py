@@ -514,7 +514,7 @@ def integrate(
     - ``adata.obsm[key_added]``: cells x ``n_latent`` posterior means of SCVI's latent space;
     - ``adata.uns["integration"]``: ``params`` (all arguments and the resolved schedule), ``epochs_run``,
       ``early_stopped``, ``path`` (``"fast"``/``"standard"``), ``device``, ``accelerator``, ``n_devices``,
-      ``time_s``, ``n_genes``, ``history`` (per-epoch ``elbo_train``/``elbo_validation``), ``versions``
+      ``time_s`` (whole call), ``train_s`` (training loop), ``n_genes``, ``history`` (per-epoch ``elbo_train``/``elbo_validation``), ``versions``
       and ``model_dir`` when saved.
     """
     check_not_view(adata, func="integrate")
@@ -564,9 +564,11 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
     )
     model = scvi.model.SCVI(priv, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden)
 
+    t_train = time.perf_counter()
     if use_fast:
         info = _fast_train(model, sched=sched, device=dev["device"], random_state=seed,
                            early_stopping=early_stopping)
+        train_s = time.perf_counter() - t_train
         latent = _fast_latent(model, dev["device"])
         history = info["history"]
         epochs_run, early_stopped = info["epochs_run"], info["early_stopped"]
@@ -591,6 +593,7 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
             plan_kwargs={"lr": sched.lr, "n_epochs_kl_warmup": sched.n_epochs_kl_warmup},
             **trainer_kwargs,
         )
+        train_s = time.perf_counter() - t_train
         latent = model.get_latent_representation()
         hist = model.history
         history = {k: [float(x) for x in hist[k].iloc[:, 0].to_numpy()]
@@ -627,6 +630,7 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
         "accelerator": str(dev["accelerator"]),
         "n_devices": int(dev.get("n_devices", 1)),
         "time_s": float(elapsed),
+        "train_s": float(train_s),
         "n_cells": int(priv.n_obs),
         "n_genes": int(n_genes),
         "history": {k: np.asarray(v, dtype=float) for k, v in history.items()},
