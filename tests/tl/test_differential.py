@@ -166,3 +166,44 @@ def test_differential_expression_pydeseq2(planted):
     assert mono.loc[[g for g in SETS["setA"][:5] if g in mono.index], "log2fc"].mean() > 0.3
     with pytest.raises(ValueError, match="single level"):
         im.tl.differential_expression(a[a.obs.condition == "case"].copy(), **KW)
+
+
+def test_low_count_set_members_kept_and_down_weighted():
+    """Set members too sparse for the edgeR-like filter still enter the set test, with small precision weights;
+    the effect is the weighted mean of per-gene OLS log2 fold changes (checked with numpy lstsq)."""
+    from immunomood.tl._differential import (
+        design_matrix,
+        filter_by_expr,
+        filter_set_members,
+        log_cpm,
+        norm_factors,
+        set_scores,
+    )
+
+    rng = np.random.default_rng(7)
+    n, g = 12, 400
+    mean = rng.gamma(0.7, 40.0, size=g) + 0.2
+    mean[:3] = [1.2, 1.5, 2.0]  # low-count members of the set
+    mean[3:6] = [200.0, 400.0, 800.0]  # well expressed members
+    counts = rng.poisson(mean * rng.lognormal(0, 0.1, size=(n, g))).astype(float)
+    tab = pd.DataFrame({"condition": ["a"] * 6 + ["b"] * 6}, index=[f"s{i}" for i in range(n)])
+    D, _ = design_matrix(tab, "condition", "b", ())
+    strict = filter_by_expr(counts, 6)
+    lenient = filter_set_members(counts[:, :6])
+    assert not strict[:3].any() and lenient.all()
+    np.testing.assert_array_equal(filter_set_members(np.array([[0, 1, 9.0], [0, 0, 0], [1, 2, 0]])),
+                                  [False, True, False])  # >= 1 count per sample on average and non-zero in >= half
+    members = {"set": np.arange(6)}
+    S = set_scores(counts, D, members, min_n=6)
+    kept = S["kept"]
+    assert set(kept[S["cols"]["set"]]) == set(range(6))
+    w = pd.Series(S["weights"]["set"], index=kept[S["cols"]["set"]])
+    assert w.sum() == pytest.approx(1.0) and w.loc[[0, 1, 2]].max() < w.loc[[3, 4, 5]].min()
+    S0 = set_scores(counts, D, members, min_n=6, lenient=False)
+    assert set(S0["kept"][S0["cols"]["set"]]) == {3, 4, 5}
+    # coefficient of the score = weighted mean of per-gene coefficients (independent per-gene fits)
+    keep = filter_by_expr(counts, 6)
+    Y = log_cpm(counts, counts.sum(1) * norm_factors(counts[:, keep]))
+    b = np.linalg.lstsq(D, Y[:, w.index.to_numpy()], rcond=None)[0][1]
+    coef = np.linalg.lstsq(D, S["scores"]["set"], rcond=None)[0][1]
+    assert coef == pytest.approx(float(b @ w.to_numpy()), rel=1e-8)

@@ -88,3 +88,21 @@ def test_warns_few_genes_and_errors_when_none(counts_adata):
 def test_refuses_view_inplace(counts_adata):
     with pytest.raises(ValueError, match="view"):
         im.tl.score_pathways(counts_adata[:10], SETS)
+
+
+def test_overlapping_sets_lowercase_genes_and_empty_cells(counts_adata):
+    """The one-pass kernel: a gene in several sets, case-insensitive names, cells with no counts at all."""
+    a = counts_adata.copy()
+    X = a.X.toarray()
+    X[:5] = 0  # empty cells: score = minus the centring term, no division by zero
+    a.X = sparse.csr_matrix(X)
+    sets = {"s1": ["c1qa", "C1QB", "C3"], "s2": ["C3", "CFD", "FCN1"], "s3": ["C3"]}
+    got = im.tl.score_pathways(a, sets, inplace=False)
+    L = np.log1p(np.divide(X, X.sum(1, keepdims=True), out=np.zeros_like(X, dtype=float),
+                           where=X.sum(1, keepdims=True) > 0) * 1e4)
+    names = list(a.var_names)
+    for k, genes in sets.items():
+        idx = [names.index(g.upper()) for g in genes]
+        ref = (L[:, idx] - L[:, idx].mean(0)).mean(1)
+        np.testing.assert_allclose(got[k].to_numpy(), ref, atol=1e-6)
+    assert got.attrs["genes_used"]["s1"] == ["C1QA", "C1QB", "C3"]

@@ -274,6 +274,10 @@ def set_scores(counts: np.ndarray, D: np.ndarray, members: Mapping[str, np.ndarr
     of p < 0.05 was 0.047 / 0.050 (300 / 1000 cells per donor) for ``"trend"``, 0.053 / 0.060 for
     ``"precision"``, 0.050 / 0.054 for ``"sd"``, with the same power at 1.1x within simulation error.
     The score is in log2 units, so the condition coefficient of ``score ~ D`` is the weighted mean log2 fold change.
+
+    Returns a dict with ``kept`` (gene positions kept), and per set name: ``scores`` (per sample), ``cols`` (positions
+    in ``kept`` of the set's genes), ``weights`` (summing to 1), ``lfc`` (unweighted mean coefficient); plus ``Y``
+    (logCPM of the kept genes), ``B`` (coefficients), ``post``, ``s0`` (posterior and prior variances), ``d0``.
     """
     keep = filter_by_expr(counts, min_n)
     lib = counts.sum(axis=1)
@@ -284,7 +288,7 @@ def set_scores(counts: np.ndarray, D: np.ndarray, members: Mapping[str, np.ndarr
         extra[union] = filter_set_members(counts[:, union])
         keep = keep | extra
     kept = np.flatnonzero(keep)
-    out = dict(kept=kept, scores={}, lfc={}, cols={}, d0=np.nan)
+    out = dict(kept=kept, scores={}, lfc={}, cols={}, weights={}, d0=np.nan)
     if kept.size == 0:
         return out
     Y = log_cpm(counts[:, kept], eff)
@@ -309,6 +313,7 @@ def set_scores(counts: np.ndarray, D: np.ndarray, members: Mapping[str, np.ndarr
         out["scores"][k] = Yc[:, cols] @ w
         out["lfc"][k] = float(B[1, cols].mean())
         out["cols"][k] = cols
+        out["weights"][k] = w
     out.update(Y=Y, post=post, s0=s0, d0=d0, B=B)
     return out
 
