@@ -32,6 +32,7 @@ from .._utils import (
     check_not_view,
     check_obs_key,
     count_matrix_problem,
+    find_symbol_column,
     gene_symbols,
     get_matrix,
     identifier_kind,
@@ -61,8 +62,22 @@ _W_CELL, _W_KNN, _W_CLUSTER = 0.25, 0.35, 0.40
 _TAU_LINEAGE = 0.1
 _TAU_SUBSET = 0.1
 _MIN_LINEAGE_SCORE = 0.1
+_MIN_MARKERS_LINEAGE = 3  # a lineage needs >= 3 of its markers in the data to reach a full score
 _N_NEIGHBORS = 15
 _RESOLUTION = 2.0
+# T-cell subsets (decided per T-cell sub-cluster)
+_SUB_RESOLUTION = 1.0
+_CD8_RESOLUTION = 0.5
+_AXIS_STEPS = 1
+_AXIS_SPLIT = "midpoint"
+_AXIS_BY_COMPARTMENT = False
+_SUB_N_PCS = 20
+_W_CELL_T, _W_KNN_T = 0.15, 0.25  # the rest (0.6) is the sub-cluster mean
+_TAU_AXIS = 0.1  # naive/memory probability: logistic in units of the sub-cluster spread of the axis
+_CLUSTER_ODDS = 300.0  # a pure sub-cluster's CD4/CD8 call is held at these prior odds
+_MIN_RARE_SCORE = 0.3
+_SUBCLUSTER_ALL = True
+_T_RARE = ("Treg", "MAIT", "gamma-delta T", "Proliferating T")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,6 +119,20 @@ def _resolve_markers(markers: str | Mapping[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # expression
 # ----------------------------------------------------------------------------------------------
+def _marker_symbols(adata: AnnData) -> pd.Index:
+    """Gene symbols to match markers against: ``var_names`` or the symbol column (Ensembl IDs); when the
+    ``var_names`` are symbols made unique with suffixes (``HLA-DRA_ENSG...``) and a symbol column exists, the
+    column is used so that those genes are found too."""
+    symbols = gene_symbols(adata)
+    if identifier_kind(adata) == "gene symbols":
+        col = find_symbol_column(adata)
+        if col is not None:
+            vals = adata.var[col].astype(str)
+            ok = vals.notna().to_numpy() & (vals.str.len() > 0).to_numpy() & (vals != "nan").to_numpy()
+            symbols = pd.Index(np.where(ok, vals.to_numpy(), np.asarray(symbols)))
+    return symbols
+
+
 def _log_normalised(X) -> tuple[Any, bool]:
     """Return a log1p-CP10k version of ``X`` (a new object when counts; ``X`` itself when already log)."""
     problem = count_matrix_problem(X)
@@ -164,10 +193,15 @@ def _scale(E: np.ndarray, codes: np.ndarray, mask: np.ndarray | None = None, flo
     return np.clip((E - lo) / rng, *_Z_CLIP).astype(np.float32)
 
 
-def _set_scores(Z: np.ndarray, col: dict[str, int], sets: list[dict]) -> tuple[np.ndarray, dict[str, list[str]]]:
+def _set_scores(
+    Z: np.ndarray, col: dict[str, int], sets: list[dict], min_markers: int = 1
+) -> tuple[np.ndarray, dict[str, list[str]]]:
     """Per-cell scores (cells x sets) and the genes used per set; NaN where no positive marker was found.
 
-    score = mean of positive markers - 0.5 x mean of the above-background part of negative markers.
+    score = sum of positive markers / max(n found, ``min_markers``) - 0.5 x mean of the above-background part
+    of negative markers. ``min_markers`` makes the evidence scale with how many markers of a set the data has:
+    a set with a single marker in the data (HBB alone in a 1,000-gene panel, where ambient haemoglobin reads
+    are common) cannot reach the score of a set whose several markers agree.
     """
     out = np.full((Z.shape[0], len(sets)), np.nan, dtype=np.float32)
     used: dict[str, list[str]] = {}
@@ -177,7 +211,7 @@ def _set_scores(Z: np.ndarray, col: dict[str, int], sets: list[dict]) -> tuple[n
         used[s["label"]] = pos
         if not pos:
             continue
-        score = Z[:, [col[g.upper()] for g in pos]].mean(axis=1)
+        score = Z[:, [col[g.upper()] for g in pos]].sum(axis=1) / max(len(pos), min_markers)
         if neg:
             score = score - _NEG_WEIGHT * np.clip(Z[:, [col[g.upper()] for g in neg]], 0, None).mean(axis=1)
         out[:, j] = score
@@ -267,9 +301,9 @@ def _smooth_gene(Z: np.ndarray, W: sparse.csr_matrix, codes: np.ndarray, n_clust
     return 0.4 * Z + 0.3 * (W @ Z) + 0.3 * _cluster_mean(Z, codes, n_clusters)
 
 
-def _smooth_scores(Z, col, sets, W, codes, n_clusters) -> tuple[np.ndarray, dict[str, list[str]]]:
+def _smooth_scores(Z, col, sets, W, codes, n_clusters, min_markers=1) -> tuple[np.ndarray, dict[str, list[str]]]:
     """Smoothed set scores with their gates applied."""
-    S, used = _set_scores(Z, col, sets)
+    S, used = _set_scores(Z, col, sets, min_markers=min_markers)
     out = _smooth(S, W, codes, n_clusters)
     if any(s.get(k) is not None for s in sets for k in ("require", "all_of", "exclude")):
         out = _apply_gates(out, _smooth_gene(Z, W, codes, n_clusters), col, sets)
@@ -289,6 +323,224 @@ def _agreement(labels: np.ndarray, codes: np.ndarray) -> np.ndarray:
     df = pd.DataFrame({"c": codes, "l": labels})
     frac = df.groupby(["c", "l"]).size() / df.groupby("c").size()
     return frac.reindex(pd.MultiIndex.from_arrays([codes, labels])).to_numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# T-cell subsets: decided per T-cell sub-cluster, cells depart on strong evidence
+# ----------------------------------------------------------------------------------------------
+def _subcluster(
+    adata: AnnData,
+    Xlog,
+    rows: np.ndarray,
+    *,
+    use_rep: str | None,
+    groupby: str | None,
+    random_state: int,
+    resolutions: tuple[float, ...] = (_SUB_RESOLUTION,),
+) -> tuple[sparse.csr_matrix, list[np.ndarray]]:
+    """kNN graph (row-normalised, self included) and Leiden sub-clusters of the cells ``rows`` on their own.
+
+    The cells' own highly variable genes (unit variance, sparse, implicitly centred PCA) or ``use_rep``
+    restricted to them; with ``groupby`` the user's clusters restricted to them.
+    """
+    import scanpy as sc
+
+    n = len(rows)
+    priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(n).astype(str)))
+    if use_rep is not None:
+        priv.obsm["X_rep"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)[rows]
+    else:
+        Xs = Xlog[rows]
+        Xs = sparse.csr_matrix(Xs, dtype=np.float32) if sparse.issparse(Xs) else sparse.csr_matrix(np.asarray(Xs, np.float32))
+        tmp = AnnData(X=Xs, obs=priv.obs.copy())
+        if tmp.n_vars > 3000:
+            sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
+            tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
+        Xh = tmp.X
+        mean = np.asarray(Xh.mean(axis=0)).ravel()
+        var = np.asarray(Xh.multiply(Xh).mean(axis=0)).ravel() - mean**2
+        sd = np.sqrt(np.maximum(var, 0))
+        keep = sd > 0
+        Xh = (Xh[:, keep] @ sparse.diags((1.0 / sd[keep]).astype(np.float32))).tocsr()
+        tmp = AnnData(X=Xh, obs=priv.obs.copy())
+        n_comps = int(max(2, min(_SUB_N_PCS, tmp.n_obs - 2, tmp.n_vars - 2)))
+        sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
+        priv.obsm["X_rep"] = tmp.obsm["X_pca"]
+        del tmp, Xh
+    k = int(min(_N_NEIGHBORS, n - 1))
+    sc.pp.neighbors(priv, n_neighbors=k, use_rep="X_rep", random_state=random_state)
+    W = priv.obsp["connectivities"].tocsr() + sparse.eye(n, format="csr")
+    W = (sparse.diags(1.0 / np.asarray(W.sum(axis=1)).ravel()) @ W).tocsr()
+    out = []
+    for r in resolutions:
+        if groupby is not None:
+            sub = adata.obs[groupby].astype(str).to_numpy()[rows]
+        else:
+            sc.tl.leiden(
+                priv, resolution=r, random_state=random_state, flavor="igraph", n_iterations=2,
+                directed=False, key_added="sub",
+            )
+            sub = priv.obs["sub"].astype(str).to_numpy()
+        out.append(pd.Categorical(sub).codes.astype(int))
+    return W, out
+
+
+def _group_means(A: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_cl = int(codes.max()) + 1
+    M = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_cl, len(codes)))
+    sizes = np.asarray(M.sum(axis=1)).ravel()
+    return np.asarray(M @ A) / np.maximum(sizes, 1)[:, None], sizes
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    o = np.argsort(x)
+    cw = np.cumsum(w[o]) / np.sum(w)
+    return float(x[o][np.searchsorted(cw, q)])
+
+
+def _cd8_posterior(D: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """P(CD8 | cell) from CD8A/CD8B detection (cells x genes, bool) with a per-sub-cluster prior.
+
+    Per sub-cluster k the detection rate d_kg is a mixture pi_k p8_g + (1 - pi_k) p4_g of the rates in CD8 cells
+    (p8: the highest sub-cluster rate) and in CD4 cells (p4: ambient/background rate, lower quartile over
+    cells), so pi_k = (d_kg - p4_g) / (p8_g - p4_g) (averaged over informative genes, weighted by p8 - p4) is
+    the sub-cluster's CD8 fraction. The cluster
+    decides (CD8 when pi_k >= 0.5); a cell's own reads enter through the likelihood ratio of its detection
+    pattern, and the prior is the cluster decision held with odds ``_CLUSTER_ODDS`` (a population property:
+    a cell leaves its cluster's call only on strong evidence). Returns (posterior, pi per cell).
+    """
+    d, sizes = _group_means(D.astype(np.float64), codes)
+    big = sizes >= 10
+    if big.sum() < 2:
+        big = sizes > 0
+    p8 = np.clip(d[big].max(axis=0), 0.05, 0.95)
+    # background rate in CD4 cells: the lower quartile over cells of their sub-cluster's rate (CD4 T cells are
+    # the majority of blood T cells), robust to one small sub-cluster with unusually low detection
+    p4 = np.array([_weighted_quantile(d[big, j], sizes[big], 0.25) for j in range(D.shape[1])])
+    p4 = np.clip(p4, 0.005, 0.5)
+    informative = p8 > p4 + 0.15  # a gene whose detection clearly differs between sub-clusters
+    if not informative.any():
+        return np.zeros(len(codes)), np.zeros(len(codes))
+    w = p8[informative] - p4[informative]
+    frac = np.clip((d[:, informative] - p4[informative]) / w, 0, 1)
+    pi = (frac * w).sum(axis=1) / w.sum()
+    Di, p8i, p4i = D[:, informative], p8[informative], p4[informative]
+    llr = (Di * np.log(p8i / p4i) + (1 - Di) * np.log((1 - p8i) / (1 - p4i))).sum(axis=1)
+    # prior: the cluster's call (pi >= 0.5) held at odds _CLUSTER_ODDS
+    pic = pi[codes]
+    log_odds_prior = np.where(pic >= 0.5, 1.0, -1.0) * np.log(_CLUSTER_ODDS)
+    post = 1 / (1 + np.exp(-(log_odds_prior + llr)))
+    return post, pic
+
+
+def _otsu(x: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold (maximal between-group variance) of a 1-d score."""
+    if len(x) < 2 or np.ptp(x) == 0:
+        return 0.0
+    h, e = np.histogram(x, bins=bins)
+    c = 0.5 * (e[1:] + e[:-1])
+    w0 = np.cumsum(h)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(h * c) / np.maximum(w0, 1)
+    m1 = (np.sum(h * c) - np.cumsum(h * c)) / np.maximum(w1, 1)
+    return float(c[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def _memory_axis(
+    E: np.ndarray,
+    col: dict[str, int],
+    axes: dict,
+    W: sparse.csr_matrix,
+    codes: np.ndarray,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
+    """P(memory) per cell from the naive and memory axis genes, scaled between the sub-cluster means of the
+    cells in ``mask`` (one compartment, CD4 or CD8: effector CD8 cells would otherwise set the memory end for
+    CD4 cells) and smoothed over the kNN graph and the sub-cluster; also returns the smoothed (naive, memory)
+    scores and the genes used."""
+    n_cl = int(codes.max()) + 1
+    Z = _scale(E, codes, mask=mask, floor=_FLOOR_SUBSET)
+    axis_sets = [dict(label="naive", positive=axes["naive"]), dict(label="memory", positive=axes["memory"])]
+    Sa, used = _set_scores(Z, col, axis_sets)
+    Sa = np.nan_to_num(Sa)  # an axis without genes scores 0
+    D = Sa
+    for _ in range(_AXIS_STEPS):  # diffusion over the kNN graph
+        D = W @ D
+    Sa = _W_CELL_T * Sa + _W_KNN_T * D + (1 - _W_CELL_T - _W_KNN_T) * _cluster_mean(Sa, codes, n_cl)
+    diff = Sa[:, 1] - Sa[:, 0]  # > 0: memory
+    if _AXIS_SPLIT == "otsu":
+        diff = diff - _otsu(diff if mask is None else diff[mask])
+    cm, sizes = _group_means(diff[:, None], codes if mask is None else np.where(mask, codes, n_cl))
+    cm, sizes = cm[:n_cl], sizes[:n_cl]
+    spread = float(np.ptp(cm[sizes >= 5])) if (sizes >= 5).sum() >= 2 else 1.0
+    p_mem = 1 / (1 + np.exp(-diff / max(_TAU_AXIS * spread, 1e-3)))
+    return p_mem, Sa, used
+
+
+def _t_subsets(
+    E: np.ndarray,
+    col: dict[str, int],
+    res: dict,
+    W: sparse.csr_matrix,
+    codes: np.ndarray,
+    coarse_codes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
+    """Fine labels and their probability for T cells (rows of ``E``), decided per sub-cluster (``codes``).
+
+    1. Axis scores from genes scaled between the lowest and highest sub-cluster mean: naive (CCR7, SELL, LEF1,
+       TCF7 ...) vs memory/effector (S100A4, ANXA1, VIM, LGALS1, AHNAK, GZMK ...); smoothed mostly by the
+       sub-cluster mean, a little by the kNN neighbourhood and the cell itself.
+    2. CD4 vs CD8: Bayesian CD8A/CD8B detection model with the sub-cluster as prior (:func:`_cd8_posterior`),
+       on coarser sub-clusters (``coarse_codes``): CD4 vs CD8 is the major split of T cells, naive vs memory a
+       finer one.
+    3. Rare subsets (Treg, MAIT, gamma-delta, proliferating) win over the naive/memory call when their gated,
+       smoothed score beats both axis scores.
+    """
+    axes = res["t_cell_axes"]
+    n = E.shape[0]
+    n_cl = int(codes.max()) + 1
+    Z = _scale(E, codes, floor=_FLOOR_SUBSET)
+
+    def smooth(S):
+        S0 = np.nan_to_num(S)
+        return _W_CELL_T * S0 + _W_KNN_T * (W @ S0) + (1 - _W_CELL_T - _W_KNN_T) * _cluster_mean(S0, codes, n_cl)
+
+    p_mem, Sa, used = _memory_axis(E, col, axes, W, codes)
+    cd8_genes = [col[g.upper()] for g in axes["cd8"] if g.upper() in col]
+    if cd8_genes:
+        p_cd8, _ = _cd8_posterior(E[:, cd8_genes] > 0, coarse_codes)
+    else:
+        p_cd8 = np.zeros(n)
+    is8 = p_cd8 >= 0.5
+    for grp in (~is8, is8):  # naive vs memory within each compartment
+        if grp.sum() >= MIN_CELLS and _AXIS_BY_COMPARTMENT:
+            pm, Sg, _ = _memory_axis(E, col, axes, W, codes, mask=grp)
+            p_mem[grp], Sa[grp] = pm[grp], Sg[grp]
+    mem = p_mem >= 0.5
+    fine = np.where(is8, np.where(mem, "CD8 memory T", "CD8 naive T"), np.where(mem, "CD4 memory T", "CD4 naive T"))
+    fine = fine.astype(object)
+    prob = np.where(is8, p_cd8, 1 - p_cd8) * np.where(mem, p_mem, 1 - p_mem)
+
+    # rare subsets
+    rare = [s for s in res["subsets"] if s["lineage"] == "T cell" and s["label"] in _T_RARE]
+    rare = [s for s in rare if any(g.upper() in col for g in s["positive"])]
+    if rare:
+        S, u = _set_scores(Z, col, rare)
+        used.update(u)
+        Ss = smooth(S)
+        Ss[:, np.all(np.isnan(S), axis=0)] = -np.inf
+        Ss = _apply_gates(Ss, 0.4 * Z + 0.3 * (W @ Z) + 0.3 * _cluster_mean(Z, codes, n_cl), col, rare)
+        best = np.argmax(Ss, axis=1)
+        top = Ss[np.arange(n), best]
+        conv = np.maximum(Sa[:, 0], Sa[:, 1])
+        win = (top > conv) & (top >= _MIN_RARE_SCORE)
+        labels = np.array([s["label"] for s in rare])[best]
+        # Treg is a CD4 population: not for cells called CD8
+        win &= ~((labels == "Treg") & is8)
+        fine[win] = labels[win]
+        margin = top - conv
+        prob[win] = 1 / (1 + np.exp(-margin[win] / _TAU_SUBSET))
+    return fine, np.clip(prob, 0, 1), used
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +621,7 @@ def annotate(
     rs = resolve_random_state(random_state)
 
     # --- genes -----------------------------------------------------------------------------------
-    symbols = gene_symbols(adata)
+    symbols = _marker_symbols(adata)
     all_genes: list[str] = []
     for part in ("lineages", "subsets", "polarization"):
         for s in res.get(part, []):
@@ -397,7 +649,6 @@ def annotate(
 
     # --- graph / clusters ------------------------------------------------------------------------
     W, clusters = _graph_and_clusters(adata, Xlog, use_rep=use_rep, groupby=groupby, random_state=rs)
-    del Xlog
     cl_cat = pd.Categorical(clusters)
     codes = cl_cat.codes.astype(int)
     n_cl = len(cl_cat.categories)
@@ -406,7 +657,7 @@ def annotate(
     lin_sets = res["lineages"]
     lin_labels = np.array([s["label"] for s in lin_sets])
     Z = _scale(E, codes, floor=_FLOOR_LINEAGE)
-    S1s, used_lin = _smooth_scores(Z, col, lin_sets, W, codes, n_cl)
+    S1s, used_lin = _smooth_scores(Z, col, lin_sets, W, codes, n_cl, min_markers=_MIN_MARKERS_LINEAGE)
     P1 = _softmax(S1s, _TAU_LINEAGE)
     best1 = np.argmax(S1s, axis=1)
     lineage = lin_labels[best1]
@@ -419,23 +670,50 @@ def annotate(
     used_sub = _set_scores(Z[:1], col, sub_sets)[1]
     fine = np.array(["Unassigned"] * adata.n_obs, dtype=object)
     p2 = np.ones(adata.n_obs)
+    sub_agree: list[tuple[np.ndarray, np.ndarray]] = []  # agreement within lineage sub-clusters
+    n_sub = 0
     for lin in np.unique(lineage):
         cells = np.flatnonzero(lineage == lin)
+        if lin == "T cell" and "t_cell_axes" in res and len(cells) >= MIN_CELLS:
+            Wt, (sub_codes, coarse_codes) = _subcluster(
+                adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs,
+                resolutions=(_SUB_RESOLUTION, _CD8_RESOLUTION),
+            )
+            ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes)
+            fine[cells] = ft
+            p2[cells] = pt
+            sub_agree.append((cells, _agreement(ft.astype(str), sub_codes)))
+            n_sub = int(sub_codes.max()) + 1
+            used_sub.update({"T naive axis": used_t.get("naive", []), "T memory axis": used_t.get("memory", [])})
+            continue
         js = [j for j, s in enumerate(sub_sets) if s["lineage"] == lin and used_sub[s["label"]]]
         if not js:
             default = {"NK cell": "NK", "Neutrophil": "Neutrophil", "Platelet": "Platelet", "Erythrocyte": "Erythrocyte"}
             fine[cells] = default.get(lin, "Unassigned")
             continue
-        Zl = _scale(E, codes, mask=lineage == lin, floor=_FLOOR_SUBSET)
-        S2s, _ = _smooth_scores(Zl, col, [sub_sets[j] for j in js], W, codes, n_cl)
-        if np.all(np.isinf(S2s)):
+        sets_l = [sub_sets[j] for j in js]
+        if len(js) >= 2 and len(cells) >= MIN_CELLS and _SUBCLUSTER_ALL:
+            # subsets are population properties: score them on the lineage's own sub-clusters
+            Wl, (cl,) = _subcluster(adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs)
+            Zl = _scale(E[cells], cl, floor=_FLOOR_SUBSET)
+            sub, _ = _smooth_scores(Zl, col, sets_l, Wl, cl, int(cl.max()) + 1)
+        else:
+            cl = None
+            Zl = _scale(E, codes, mask=lineage == lin, floor=_FLOOR_SUBSET)
+            sub = _smooth_scores(Zl, col, sets_l, W, codes, n_cl)[0][cells]
+        if np.all(np.isinf(sub)):
             continue
-        sub = S2s[cells]
         P2 = _softmax(sub, _TAU_SUBSET)
         b = np.argmax(sub, axis=1)
-        fine[cells] = np.array([sub_sets[j]["label"] for j in js])[b]
+        fine[cells] = np.array([s["label"] for s in sets_l])[b]
         p2[cells] = P2[np.arange(len(cells)), b]
-    conf2 = p2 * np.sqrt(_agreement(fine.astype(str), codes))
+        if cl is not None:
+            sub_agree.append((cells, _agreement(fine[cells].astype(str), cl)))
+    del Xlog
+    agree = _agreement(fine.astype(str), codes)
+    for rows_, ag in sub_agree:
+        agree[rows_] = ag
+    conf2 = p2 * np.sqrt(agree)
     confidence = np.clip(conf1 * conf2, 0.0, 1.0)
     lineage = lineage.astype(object)
     lineage[unassigned] = "Unassigned"
@@ -479,6 +757,7 @@ def annotate(
         "markers_used": {k: list(v) for k, v in {**used_sub}.items()},
         "lineage_markers_used": {k: list(v) for k, v in used_lin.items()},
         "n_clusters": int(n_cl),
+        "n_t_subclusters": int(n_sub),
         "cluster_label_counts": counts,
     }
     logger.info(
