@@ -53,8 +53,17 @@ def test_errors():
 
 @pytest.mark.slow
 def test_simulator_planted_shift_found():
-    adata, _ = im.datasets.simulate_cohort(n_donors=16, n_cells_per_donor=300, random_state=0)
-    res = im.tl.composition(adata, sample_key="donor", condition_key="condition", groupby="lineage_true")
-    r = res.set_index("group")
-    assert r.loc["Monocyte", "effect"] > 0 and r.loc["Monocyte", "pvalue"] < 0.05
-    assert r.loc["T cell", "effect"] < 0 and r.loc["B cell", "effect"] < 0
+    """Monocytes 1.5x in MDD (T and B scaled down): right direction in every seed, found (p < 0.05) in most.
+
+    With the simulator's default donor variation (Dirichlet concentration 50) and 8 vs 8 donors the power for the
+    monocyte shift is about 0.7-0.8 (benchmarks/bench_differential.py), so one seed is not a fair test.
+    """
+    found = 0
+    for seed in range(4):
+        adata, _ = im.datasets.simulate_cohort(n_donors=16, n_cells_per_donor=200, random_state=seed)
+        res = im.tl.composition(adata, sample_key="donor", condition_key="condition", groupby="lineage_true")
+        r = res.set_index("group")
+        assert r.loc["Monocyte", "effect"] > 0
+        assert r.loc["T cell", "effect"] < 0 and r.loc["B cell", "effect"] < 0
+        found += r.loc["Monocyte", "pvalue"] < 0.05
+    assert found >= 3
