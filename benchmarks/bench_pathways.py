@@ -54,7 +54,6 @@ def run(size: str = "100k") -> list[dict]:
     ones_c = np.ones(counts.shape[1], dtype=counts.dtype)
     t_pass_c = _best(lambda: counts @ ones_c)
     t_ours_c = _best(lambda: im.tl.score_pathways(raw, sets, inplace=False))
-    del raw
     present = set(adata.var_names)
 
     def scanpy_path():

@@ -8,7 +8,7 @@ import pytest
 import immunomood as im
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _synth import SETS, synth_cohort  # noqa: E402
+from _synth import SETS, synth_cohort
 
 KW = dict(condition_key="condition", sample_key="donor", groupby="cell_type")
 COLS = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case", "n_reference",

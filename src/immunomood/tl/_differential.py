@@ -17,7 +17,8 @@ from scipy import special, stats
 
 from .._docs import doc_adata, doc_gene_sets, doc_params, doc_sample_key
 from .._settings import logger
-from .._utils import check_adata, check_not_view, check_obs_key, gene_symbols as _gene_symbols, match_genes, warn
+from .._utils import check_adata, check_not_view, check_obs_key, match_genes, warn
+from .._utils import gene_symbols as _gene_symbols
 from ._gene_sets import resolve_gene_sets
 from ._pseudobulk import aggregate, combos, resolve_counts
 
@@ -104,7 +105,6 @@ def design_matrix(tab: pd.DataFrame, condition_key: str, case, covariates: Seque
 def _check_rank(tab: pd.DataFrame, condition_key: str, case, covariates: Sequence[str], where: str = "") -> str | None:
     """None when the design has full column rank, else a message naming the offending covariate."""
     D, _ = design_matrix(tab, condition_key, case, ())
-    rank = np.linalg.matrix_rank(D)
     used: list[str] = []
     for c in covariates:
         D1, _ = design_matrix(tab, condition_key, case, used + [c])
@@ -122,7 +122,6 @@ def _check_rank(tab: pd.DataFrame, condition_key: str, case, covariates: Sequenc
             return (f"Covariate {c!r} makes the design rank-deficient{where}: {why}. The condition effect cannot be "
                     f"separated from it; drop {c!r} from `covariates` or collect samples that break the confounding.")
         used.append(c)
-        rank = r1
     if D.shape[0] <= np.linalg.matrix_rank(design_matrix(tab, condition_key, case, covariates)[0]):
         return (f"Too few samples{where} ({D.shape[0]}) for the design (intercept, condition and covariates "
                 f"{list(covariates)}): no residual degrees of freedom. Use fewer covariates.")

@@ -15,11 +15,13 @@ from .._utils import (
     check_adata,
     check_not_view,
     count_matrix_problem,
-    gene_symbols as _gene_symbols,
     get_matrix,
     identifier_kind,
     match_genes,
     warn,
+)
+from .._utils import (
+    gene_symbols as _gene_symbols,
 )
 from ._gene_sets import resolve_gene_sets
 
