@@ -220,7 +220,8 @@ def _squeeze_var_prior(s2: np.ndarray, df: float, amean: np.ndarray | None = Non
     if amean is not None and n >= 20:
         from statsmodels.nonparametric.smoothers_lowess import lowess
 
-        emean = lowess(e, amean, frac=0.5, it=0, return_sorted=False)
+        rng_a = float(np.ptp(amean)) if n else 0.0  # delta: interpolate between fits 1% of the range apart (speed)
+        emean = lowess(e, amean, frac=0.5, it=0, delta=0.01 * rng_a, return_sorted=False)
     else:
         emean = np.full(n, e.mean())
     evar = np.sum((e - emean) ** 2) / max(n - 1, 1) - special.polygamma(1, df / 2)
