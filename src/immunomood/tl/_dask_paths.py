@@ -22,12 +22,14 @@ from .._utils import (
     check_not_view,
     check_obs_key,
     count_matrix_problem,
-    gene_symbols as _gene_symbols,
     get_matrix,
     identifier_kind,
     match_genes,
     sample_level_columns,
     warn,
+)
+from .._utils import (
+    gene_symbols as _gene_symbols,
 )
 from ._gene_sets import resolve_gene_sets
 
