@@ -182,12 +182,76 @@ def test_pbmc3k_against_seurat(pbmc3k_annotated):
     lineage_acc = (o["cell_lineage"].astype(str).to_numpy() == s.map(SEURAT_LIN).to_numpy()).mean()
     assert lineage_acc >= 0.95
     assert 1 - assigned.mean() <= 0.05
-    # measured 0.79: Seurat's "Naive CD4 T" cluster holds CD8A+CD8B+ naive CD8 cells and the naive/memory CD4
-    # boundary is a clustering choice; see the issue note. Guard against regressions.
-    assert ok[assigned].mean() >= 0.75
+    # Issue target 0.90 is NOT reached: measured 0.893 (2,634 assigned cells). The remaining errors are the
+    # naive/memory CD4 boundary (~160 cells; even the best threshold of the best per-cell score agrees with
+    # Seurat's clusters on ~86% of CD4 T cells) and low-UMI cells Seurat put in "Naive CD4 T" that cluster with
+    # CD8 effector cells (~70). Guard the measured level.
+    assert ok[assigned].mean() >= 0.885
     hi = assigned & (o["cell_type_confidence"].to_numpy() >= 0.8)
-    assert ok[hi].mean() > ok[assigned & ~hi].mean()
-    assert ok[hi].mean() >= 0.9
+    assert ok[hi].mean() > ok[assigned & ~hi].mean() + 0.1  # measured 0.94 vs 0.79
+    assert ok[hi].mean() >= 0.92
+    # CD4 vs CD8 is decided per T sub-cluster: Seurat's CD8 T cells are called CD8 (or MAIT / gamma-delta)
+    cd8 = (s == "CD8 T").to_numpy() & assigned
+    assert np.isin(fine[cd8], list(SEURAT_OK["CD8 T"])).mean() >= 0.85
+
+
+def test_kang2018_few_genes_ensembl(data_dir):
+    """1,267 genes, Ensembl IDs with a SYMBOL column, control + IFN-beta stimulated cells."""
+    path = data_dir / "kang2018" / "kang2018_2donors_ctrl_stim.h5ad"
+    if not path.exists():
+        pytest.skip("kang2018 not available")
+    a = ad.read_h5ad(path)
+    a.var_names = a.var["ENSEMBL"].astype(str).to_numpy()
+    im.tl.annotate(a)
+    lin_true = a.obs["cluster_id"].astype(str).map(
+        {"CD14+ Monocytes": "Monocyte", "FCGR3A+ Monocytes": "Monocyte", "CD4 T cells": "T cell",
+         "CD8 T cells": "T cell", "B cells": "B cell"}
+    )
+    lin = a.obs["cell_lineage"].astype(str)
+    assigned = lin != "Unassigned"
+    assert 1 - assigned.mean() <= 0.06  # measured 0.043 (was 0.19 before the marker-count rule)
+    # NK cells are not a label of this reference (they sit in its "CD8 T cells"), so NK calls there are fine
+    agree = (lin == lin_true) | ((lin == "NK cell") & (a.obs["cluster_id"] == "CD8 T cells"))
+    assert agree[assigned].mean() >= 0.97
+    for t in ("FCGR3A+ Monocytes", "CD14+ Monocytes", "B cells"):
+        m = (a.obs["cluster_id"] == t).to_numpy()
+        assert (lin[m] == "Unassigned").mean() <= 0.06, t
+
+
+def test_set_scores_scale_with_markers_present():
+    """A lineage with one marker in the data cannot reach the score of a set whose three markers agree."""
+    from immunomood.tl._annotate import _set_scores
+
+    Z = np.ones((4, 4), dtype=np.float32)
+    col = {"A": 0, "B": 1, "C": 2, "HBB": 3}
+    sets = [{"label": "x", "positive": ["A", "B", "C"]}, {"label": "ery", "positive": ["HBB", "HBA1", "HBA2"]}]
+    S, used = _set_scores(Z, col, sets, min_markers=3)
+    assert np.allclose(S[:, 0], 1.0) and np.allclose(S[:, 1], 1 / 3)
+    assert used["ery"] == ["HBB"]
+
+
+def test_cd8_posterior_mixture_model():
+    """Per-cluster CD8 fraction recovered from detection rates; cells follow their cluster unless ambiguous."""
+    from immunomood.tl._annotate import _cd8_posterior
+
+    rng = np.random.default_rng(0)
+    fracs = [0.0, 0.0, 0.1, 1.0, 0.9]  # CD4 clusters, CD4 cluster with a few CD8, CD8 clusters
+    p8, p4 = np.array([0.6, 0.5]), np.array([0.05, 0.08])
+    codes, is8, D = [], [], []
+    for k, f in enumerate(fracs):
+        n = 400
+        t = rng.random(n) < f
+        rate = np.where(t[:, None], p8, p4)
+        D.append(rng.random((n, 2)) < rate)
+        codes += [k] * n
+        is8.append(t)
+    D, codes, is8 = np.vstack(D), np.array(codes), np.concatenate(is8)
+    post, pi = _cd8_posterior(D, codes)
+    for k, f in enumerate(fracs):
+        assert abs(pi[codes == k][0] - f) < 0.12, (k, pi[codes == k][0], f)
+    call = post >= 0.5
+    assert (call == (pd.Series(fracs)[codes].to_numpy() >= 0.5)).mean() >= 0.99  # the cluster decides
+    assert ((post > 0) & (post < 1)).all()
 
 
 def test_pbmc3k_synthetic_neutrophils(pbmc3k_annotated):

@@ -8,8 +8,16 @@ Outline
 3. Smoothing: each cell's scores are combined with its kNN-neighbourhood mean and its cluster mean
    (Leiden on ``use_rep`` or on a private PCA of highly variable genes; or ``groupby``). Dropout-prone
    genes (CD4, FOXP3, SLC4A10 ...) are thereby read from the cell's context.
-4. Level 1: softmax over lineage scores -> lineage and its probability; level 2: softmax over the subsets
-   of that lineage. Confidence = probability x cluster agreement, lineage x subset.
+4. Level 1: softmax over lineage scores -> lineage and its probability (a lineage needs >= 3 of its markers
+   in the data for a full score, so that one ambient gene such as HBB in a small panel cannot win).
+5. Level 2, per lineage, on the lineage's own sub-clusters (its cells re-clustered on their own HVGs, or on
+   ``use_rep``): subsets are population properties. T cells: CD4 vs CD8 from a CD8A/CD8B detection mixture
+   model per coarse sub-cluster (the cluster decides, a cell departs only on strong evidence); naive vs
+   memory from naive (CCR7, SELL, LEF1, TCF7 ...) and memory (S100A4, ANXA1, VIM, LGALS1, AHNAK, IL32 ...)
+   axes smoothed over sub-clusters, cells re-ranked with the data's own expanded signature; Treg, MAIT,
+   gamma-delta and proliferating T where their markers are clearly up. Other lineages: softmax over the
+   subset scores smoothed over their sub-clusters.
+   Confidence = probability x sqrt(agreement within the (sub-)cluster), lineage x subset.
 """
 
 from __future__ import annotations
@@ -69,14 +77,14 @@ _RESOLUTION = 2.0
 _SUB_RESOLUTION = 1.0
 _CD8_RESOLUTION = 0.5
 _AXIS_STEPS = 1
-_AXIS_SPLIT = "midpoint"
-_AXIS_BY_COMPARTMENT = False
+_REFINE_GENES = 50  # expanded naive/memory signature: genes per side
+_REFINE_STEPS = 3
+_MIN_REFINE = 100
 _SUB_N_PCS = 20
 _W_CELL_T, _W_KNN_T = 0.15, 0.25  # the rest (0.6) is the sub-cluster mean
 _TAU_AXIS = 0.1  # naive/memory probability: logistic in units of the sub-cluster spread of the axis
 _CLUSTER_ODDS = 300.0  # a pure sub-cluster's CD4/CD8 call is held at these prior odds
-_MIN_RARE_SCORE = 0.3
-_SUBCLUSTER_ALL = True
+_MIN_RARE_SCORE = 0.25  # a rare T subset: its markers at least halfway from background to the expressing population
 _T_RARE = ("Treg", "MAIT", "gamma-delta T", "Proliferating T")
 
 
@@ -347,26 +355,25 @@ def _subcluster(
 
     n = len(rows)
     priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(n).astype(str)))
+    Xs = Xlog[rows]
+    Xs = sparse.csr_matrix(Xs, dtype=np.float32) if sparse.issparse(Xs) else sparse.csr_matrix(np.asarray(Xs, np.float32))
+    tmp = AnnData(X=Xs, obs=priv.obs.copy())
+    if tmp.n_vars > 3000:
+        sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
+        tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
+    Xh = tmp.X.tocsr()  # log expression of the cells' highly variable genes
+    del tmp, Xs
     if use_rep is not None:
         priv.obsm["X_rep"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)[rows]
     else:
-        Xs = Xlog[rows]
-        Xs = sparse.csr_matrix(Xs, dtype=np.float32) if sparse.issparse(Xs) else sparse.csr_matrix(np.asarray(Xs, np.float32))
-        tmp = AnnData(X=Xs, obs=priv.obs.copy())
-        if tmp.n_vars > 3000:
-            sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
-            tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
-        Xh = tmp.X
-        mean = np.asarray(Xh.mean(axis=0)).ravel()
-        var = np.asarray(Xh.multiply(Xh).mean(axis=0)).ravel() - mean**2
-        sd = np.sqrt(np.maximum(var, 0))
+        sd = _col_sd(Xh)
         keep = sd > 0
-        Xh = (Xh[:, keep] @ sparse.diags((1.0 / sd[keep]).astype(np.float32))).tocsr()
-        tmp = AnnData(X=Xh, obs=priv.obs.copy())
+        Xu = (Xh[:, keep] @ sparse.diags((1.0 / sd[keep]).astype(np.float32))).tocsr()
+        tmp = AnnData(X=Xu, obs=priv.obs.copy())
         n_comps = int(max(2, min(_SUB_N_PCS, tmp.n_obs - 2, tmp.n_vars - 2)))
         sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
         priv.obsm["X_rep"] = tmp.obsm["X_pca"]
-        del tmp, Xh
+        del tmp, Xu
     k = int(min(_N_NEIGHBORS, n - 1))
     sc.pp.neighbors(priv, n_neighbors=k, use_rep="X_rep", random_state=random_state)
     W = priv.obsp["connectivities"].tocsr() + sparse.eye(n, format="csr")
@@ -382,7 +389,46 @@ def _subcluster(
             )
             sub = priv.obs["sub"].astype(str).to_numpy()
         out.append(pd.Categorical(sub).codes.astype(int))
-    return W, out
+    return W, out, Xh
+
+
+def _col_sd(X: sparse.csr_matrix) -> np.ndarray:
+    mean = np.asarray(X.mean(axis=0)).ravel()
+    return np.sqrt(np.maximum(np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean**2, 0))
+
+
+def _refine_axis(
+    Xh: sparse.csr_matrix, score: np.ndarray, W: sparse.csr_matrix, rows: np.ndarray, frac_high: float
+) -> np.ndarray:
+    """Re-rank cells along a marker axis with the transcriptome's own program for it.
+
+    The ``_REFINE_GENES`` highly variable genes most correlated (over the cells ``rows``) with the smoothed
+    marker score on each side form an expanded signature (naive T cells: CCR7, SELL with ribosomal and
+    quiescence genes; memory: S100A4, ANXA1 with IL32, B2M ...), scored as the mean z-score difference and
+    diffused over the kNN graph. The markers decide how many cells are on the high side (``frac_high``);
+    the expanded signature decides which ones. Returns a centred score (> 0: high side) for all cells.
+    """
+    X = Xh[rows]
+    sd = _col_sd(X)
+    ok = sd > 0
+    d = score[rows] - score[rows].mean()
+    sdd = d.std()
+    if ok.sum() < 2 * _REFINE_GENES or sdd == 0 or not 0 < frac_high < 1:
+        return score - np.quantile(score[rows], 1 - frac_high) if 0 < frac_high < 1 else score
+    mean = np.asarray(X.mean(axis=0)).ravel()
+    r = np.full(X.shape[1], 0.0)
+    r[ok] = (np.asarray(X.T @ d).ravel()[ok] / len(rows)) / (sd[ok] * sdd)
+    pos = np.argsort(-r)[:_REFINE_GENES]
+    neg = np.argsort(r)[:_REFINE_GENES]
+
+    def zmean(idx: np.ndarray) -> np.ndarray:
+        idx = idx[ok[idx]]
+        return ((np.asarray(Xh[:, idx].todense()) - mean[idx]) / sd[idx]).mean(axis=1)
+
+    s = zmean(pos) - zmean(neg)
+    for _ in range(_REFINE_STEPS):
+        s = W @ s
+    return s - np.quantile(s[rows], 1 - frac_high)
 
 
 def _group_means(A: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -433,19 +479,6 @@ def _cd8_posterior(D: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.nda
     return post, pic
 
 
-def _otsu(x: np.ndarray, bins: int = 64) -> float:
-    """Otsu's threshold (maximal between-group variance) of a 1-d score."""
-    if len(x) < 2 or np.ptp(x) == 0:
-        return 0.0
-    h, e = np.histogram(x, bins=bins)
-    c = 0.5 * (e[1:] + e[:-1])
-    w0 = np.cumsum(h)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(h * c) / np.maximum(w0, 1)
-    m1 = (np.sum(h * c) - np.cumsum(h * c)) / np.maximum(w1, 1)
-    return float(c[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
-
-
 def _memory_axis(
     E: np.ndarray,
     col: dict[str, int],
@@ -460,7 +493,7 @@ def _memory_axis(
     scores and the genes used."""
     n_cl = int(codes.max()) + 1
     Z = _scale(E, codes, mask=mask, floor=_FLOOR_SUBSET)
-    axis_sets = [dict(label="naive", positive=axes["naive"]), dict(label="memory", positive=axes["memory"])]
+    axis_sets = [{"label": "naive", "positive": axes["naive"]}, {"label": "memory", "positive": axes["memory"]}]
     Sa, used = _set_scores(Z, col, axis_sets)
     Sa = np.nan_to_num(Sa)  # an axis without genes scores 0
     D = Sa
@@ -468,8 +501,6 @@ def _memory_axis(
         D = W @ D
     Sa = _W_CELL_T * Sa + _W_KNN_T * D + (1 - _W_CELL_T - _W_KNN_T) * _cluster_mean(Sa, codes, n_cl)
     diff = Sa[:, 1] - Sa[:, 0]  # > 0: memory
-    if _AXIS_SPLIT == "otsu":
-        diff = diff - _otsu(diff if mask is None else diff[mask])
     cm, sizes = _group_means(diff[:, None], codes if mask is None else np.where(mask, codes, n_cl))
     cm, sizes = cm[:n_cl], sizes[:n_cl]
     spread = float(np.ptp(cm[sizes >= 5])) if (sizes >= 5).sum() >= 2 else 1.0
@@ -484,6 +515,7 @@ def _t_subsets(
     W: sparse.csr_matrix,
     codes: np.ndarray,
     coarse_codes: np.ndarray,
+    Xh: sparse.csr_matrix | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
     """Fine labels and their probability for T cells (rows of ``E``), decided per sub-cluster (``codes``).
 
@@ -493,8 +525,8 @@ def _t_subsets(
     2. CD4 vs CD8: Bayesian CD8A/CD8B detection model with the sub-cluster as prior (:func:`_cd8_posterior`),
        on coarser sub-clusters (``coarse_codes``): CD4 vs CD8 is the major split of T cells, naive vs memory a
        finer one.
-    3. Rare subsets (Treg, MAIT, gamma-delta, proliferating) win over the naive/memory call when their gated,
-       smoothed score beats both axis scores.
+    3. Rare subsets (Treg, MAIT, gamma-delta, proliferating) replace the naive/memory call where their gated,
+       smoothed score is at least halfway from background to the expressing sub-cluster (``_MIN_RARE_SCORE``).
     """
     axes = res["t_cell_axes"]
     n = E.shape[0]
@@ -505,17 +537,22 @@ def _t_subsets(
         S0 = np.nan_to_num(S)
         return _W_CELL_T * S0 + _W_KNN_T * (W @ S0) + (1 - _W_CELL_T - _W_KNN_T) * _cluster_mean(S0, codes, n_cl)
 
-    p_mem, Sa, used = _memory_axis(E, col, axes, W, codes)
+    p_mem, _, used = _memory_axis(E, col, axes, W, codes)
     cd8_genes = [col[g.upper()] for g in axes["cd8"] if g.upper() in col]
     if cd8_genes:
         p_cd8, _ = _cd8_posterior(E[:, cd8_genes] > 0, coarse_codes)
     else:
         p_cd8 = np.zeros(n)
     is8 = p_cd8 >= 0.5
-    for grp in (~is8, is8):  # naive vs memory within each compartment
-        if grp.sum() >= MIN_CELLS and _AXIS_BY_COMPARTMENT:
-            pm, Sg, _ = _memory_axis(E, col, axes, W, codes, mask=grp)
-            p_mem[grp], Sa[grp] = pm[grp], Sg[grp]
+    if Xh is not None and _REFINE_GENES > 0:
+        for grp in (~is8, is8):
+            rows = np.flatnonzero(grp)
+            if len(rows) >= _MIN_REFINE:
+                diff = np.log(p_mem + 1e-9) - np.log(1 - p_mem + 1e-9)
+                frac = float((p_mem[rows] >= 0.5).mean())
+                s_ref = _refine_axis(Xh, diff, W, rows, frac)[rows]
+                scale = max(_TAU_AXIS * float(np.ptp(s_ref)), 1e-3)
+                p_mem[rows] = 1 / (1 + np.exp(-s_ref / scale))
     mem = p_mem >= 0.5
     fine = np.where(is8, np.where(mem, "CD8 memory T", "CD8 naive T"), np.where(mem, "CD4 memory T", "CD4 naive T"))
     fine = fine.astype(object)
@@ -532,14 +569,12 @@ def _t_subsets(
         Ss = _apply_gates(Ss, 0.4 * Z + 0.3 * (W @ Z) + 0.3 * _cluster_mean(Z, codes, n_cl), col, rare)
         best = np.argmax(Ss, axis=1)
         top = Ss[np.arange(n), best]
-        conv = np.maximum(Sa[:, 0], Sa[:, 1])
-        win = (top > conv) & (top >= _MIN_RARE_SCORE)
+        win = top >= _MIN_RARE_SCORE
         labels = np.array([s["label"] for s in rare])[best]
         # Treg is a CD4 population: not for cells called CD8
         win &= ~((labels == "Treg") & is8)
         fine[win] = labels[win]
-        margin = top - conv
-        prob[win] = 1 / (1 + np.exp(-margin[win] / _TAU_SUBSET))
+        prob[win] = 1 / (1 + np.exp(-(top[win] - _MIN_RARE_SCORE) / _TAU_SUBSET))
     return fine, np.clip(prob, 0, 1), used
 
 
@@ -564,7 +599,9 @@ def annotate(
     keys below) or on log-normalised data (detected), with gene symbols as ``var_names`` or Ensembl IDs plus a
     ``var`` column of symbols (found automatically). Each cell's marker scores are combined with the mean of its
     k nearest neighbours and of its cluster, because single-cell calls from a few dropout-prone genes (CD4,
-    FOXP3, SLC4A10) are noisy; the context decides e.g. CD4 vs CD8 T cells (CD8A/CD8B presence).
+    FOXP3, SLC4A10) are noisy. Subsets are decided on each lineage's own sub-clusters: CD4 vs CD8 T cells from
+    the CD8A/CD8B detection rate of the T-cell sub-cluster (a Bayesian mixture model; a cell leaves its
+    sub-cluster's call only on strong evidence of its own), naive vs memory from naive and memory marker axes.
 
     Parameters
     ----------
@@ -675,11 +712,12 @@ def annotate(
     for lin in np.unique(lineage):
         cells = np.flatnonzero(lineage == lin)
         if lin == "T cell" and "t_cell_axes" in res and len(cells) >= MIN_CELLS:
-            Wt, (sub_codes, coarse_codes) = _subcluster(
+            Wt, (sub_codes, coarse_codes), Xh_t = _subcluster(
                 adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs,
                 resolutions=(_SUB_RESOLUTION, _CD8_RESOLUTION),
             )
-            ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes)
+            ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes, Xh_t)
+            del Xh_t
             fine[cells] = ft
             p2[cells] = pt
             sub_agree.append((cells, _agreement(ft.astype(str), sub_codes)))
@@ -692,9 +730,9 @@ def annotate(
             fine[cells] = default.get(lin, "Unassigned")
             continue
         sets_l = [sub_sets[j] for j in js]
-        if len(js) >= 2 and len(cells) >= MIN_CELLS and _SUBCLUSTER_ALL:
+        if len(js) >= 2 and len(cells) >= MIN_CELLS:
             # subsets are population properties: score them on the lineage's own sub-clusters
-            Wl, (cl,) = _subcluster(adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs)
+            Wl, (cl,), _ = _subcluster(adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs)
             Zl = _scale(E[cells], cl, floor=_FLOOR_SUBSET)
             sub, _ = _smooth_scores(Zl, col, sets_l, Wl, cl, int(cl.max()) + 1)
         else:
