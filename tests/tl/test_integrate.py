@@ -50,7 +50,7 @@ def test_writes_exactly_embedding_and_uns(toy):
 def test_default_schedule_rule():
     small, big = I.default_training(3_000), I.default_training(1_000_000)
     assert (small.batch_size, big.batch_size) == (128, 1024)
-    assert small.max_epochs == 150 < 400  # scvi-tools: 400 epochs below 20k cells
+    assert small.max_epochs == 100 < 400  # scvi-tools: 400 epochs below 20k cells
     assert big.max_epochs == 20 and big.lr == pytest.approx(1e-3 * np.sqrt(8))
     assert I.default_training(30_000).batch_size == 256
     assert I.default_training(5_000, max_epochs=7, batch_size=64).max_epochs == 7

@@ -58,7 +58,7 @@ def default_training(n_cells: int, *, max_epochs: int | None = None, batch_size:
     - learning rate: scvi-tools' 1e-3 scaled with the square root of the batch size relative to 128
       (the usual rule for Adam), capped at 4e-3;
     - maximum epochs: enough for about 5,000 gradient steps, ``ceil(5000 * batch_size / n_cells)``, clipped
-      to [20, 150] (scvi-tools: 400 epochs below 20,000 cells, ``400 * 20000 / n_cells`` above);
+      to [20, 100] (scvi-tools: 400 epochs below 20,000 cells, ``400 * 20000 / n_cells`` above);
     - KL warm-up over the first third of the epochs (scvi-tools: 400 epochs, i.e. never completed when
       training is shorter);
     - early stopping on the validation ELBO (10 % of cells) with a patience of
@@ -70,7 +70,7 @@ def default_training(n_cells: int, *, max_epochs: int | None = None, batch_size:
     batch_size = int(batch_size)
     lr = float(min(4e-3, 1e-3 * math.sqrt(batch_size / 128)))
     if max_epochs is None:
-        max_epochs = int(np.clip(math.ceil(5000 * batch_size / max(n, 1)), 20, 150))
+        max_epochs = int(np.clip(math.ceil(5000 * batch_size / max(n, 1)), 20, 100))
     max_epochs = int(max_epochs)
     warm = max(1, max_epochs // 3)
     patience = max(8, max_epochs // 10)
@@ -451,7 +451,7 @@ def integrate(
     **Training schedule from the data size** (instead of scvi-tools' 400 epochs on small data; see
     :func:`immunomood.tl._integrate.default_training`): batch size 128 below 20k cells, 256 up to 100k,
     1,024 above; learning rate ``1e-3 * sqrt(batch_size / 128)`` (capped at 4e-3); at most
-    ``clip(ceil(5000 * batch_size / n_cells), 20, 150)`` epochs (about 5,000 gradient steps); KL warm-up
+    ``clip(ceil(5000 * batch_size / n_cells), 20, 100)`` epochs (about 5,000 gradient steps); KL warm-up
     over the first third of the epochs; early stopping on the validation ELBO of a 10 % split, with a
     patience of ``max(8, max_epochs // 10)`` epochs after the warm-up. ``max_epochs``/``batch_size``
     override the rule.
