@@ -71,7 +71,7 @@ try:  # one fused pass over a CSR matrix (numba is a scanpy dependency)
         of set genes (``colmap >= 0``; a branch per stored value would mispredict), then work on those few hits.
         """
         n = indptr.shape[0] - 1
-        n_chunks = 64
+        n_chunks = expressed.shape[0]  # one row of flags per chunk: no cache line shared between threads
         step = (n + n_chunks - 1) // n_chunks
         for ch in numba.prange(n_chunks):
             hits = np.empty(max_row + 1, dtype=np.int64)
@@ -94,7 +94,7 @@ try:  # one fused pass over a CSR matrix (numba is a scanpy dependency)
                         c = colmap[indices[j]]
                         if is_counts:
                             v = np.log1p(v * scale)
-                        expressed[c] = True
+                        expressed[ch, c] = True
                         for q in range(member_ptr[c], member_ptr[c + 1]):
                             out[r, member_set[q]] += v
         return out
@@ -119,11 +119,11 @@ def _fast_csr_sums(X, union: np.ndarray, found: dict[str, np.ndarray], is_counts
     member_ptr[1:] = np.cumsum([len(v) for v in lists])
     member_set = np.array([q for v in lists for q in v], dtype=np.int64)
     out = np.zeros((X.shape[0], len(found)))
-    expressed = np.zeros(len(union), dtype=np.bool_)
+    expressed = np.zeros((64, len(union)), dtype=np.bool_)
     max_row = int(np.diff(X.indptr).max())
     _csr_set_sums(X.indptr, X.indices, X.data, colmap, member_ptr, member_set, bool(is_counts), 1e4, out, expressed,
                   max_row)
-    return out, expressed
+    return out, expressed.any(axis=0)
 
 
 def _match_sets(symbols, sets: Mapping[str, Sequence[str]]):
