@@ -210,6 +210,12 @@ def score_pathways(
     untouched.
     """
     check_adata(adata)
+    from ._dask_paths import score_pathways_dask, uses_dask
+
+    if uses_dask(adata, layer):
+        return score_pathways_dask(
+            adata, gene_sets, layer=layer, gene_symbols=gene_symbols, key_added=key_added, inplace=inplace
+        )
     if inplace:
         check_not_view(adata, func="score_pathways")
     sets = resolve_gene_sets(gene_sets)

@@ -119,6 +119,10 @@ def pseudobulk(
     - ``uns["pseudobulk"]``: the parameters.
     """
     check_adata(adata)
+    from ._dask_paths import pseudobulk_dask, uses_dask
+
+    if uses_dask(adata, layer):
+        return pseudobulk_dask(adata, sample_key=sample_key, groupby=groupby, layer=layer, min_cells=min_cells)
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
     if sample_key == groupby:
