@@ -79,6 +79,9 @@ def test_simulated_truth_and_keys(sim):
     assert {"params", "markers", "markers_used", "cluster_label_counts", "n_clusters"} <= set(u)
     assert u["cluster_label_counts"].to_numpy().sum() == a.n_obs
     assert u["params"]["input"].startswith("raw counts")
+    # conventional T labels are decided by CD8A/CD8B and the naive / memory axes: those are the genes reported
+    assert u["markers_used"]["CD8 memory T"][:2] == ["CD8A", "CD8B"]
+    assert "CCR7" in u["markers_used"]["CD4 naive T"] and u["n_t_subclusters"] >= 1
     pol = a.obsm["cd4_polarization"]
     assert list(pol.columns) == ["Th1", "Th2", "Th17", "Tfh"]
     cd4 = a.obs["cell_type"].isin(["CD4 naive T", "CD4 memory T", "Treg"]).to_numpy()

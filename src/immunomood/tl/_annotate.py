@@ -744,7 +744,12 @@ def annotate(
             p2[cells] = pt
             sub_agree.append((cells, _agreement(ft.astype(str), sub_codes)))
             n_sub = int(sub_codes.max()) + 1
-            used_sub.update({"T naive axis": used_t.get("naive", []), "T memory axis": used_t.get("memory", [])})
+            # the genes that decided the conventional T labels: CD8 genes and the naive / memory axis
+            cd8_used = [g for g in res["t_cell_axes"]["cd8"] if g.upper() in col]
+            nv, mm = used_t.get("naive", []), used_t.get("memory", [])
+            used_sub.update({
+                "CD4 naive T": nv, "CD4 memory T": mm, "CD8 naive T": cd8_used + nv, "CD8 memory T": cd8_used + mm,
+            })
             continue
         js = [j for j, s in enumerate(sub_sets) if s["lineage"] == lin and used_sub[s["label"]]]
         if not js:
