@@ -311,7 +311,7 @@ def set_scores(counts: np.ndarray, D: np.ndarray, members: Mapping[str, np.ndarr
             continue
         w = w_all[cols] / w_all[cols].sum()
         out["scores"][k] = Yc[:, cols] @ w
-        out["lfc"][k] = float(B[1, cols].mean())
+        out["lfc"][k] = float(B[1, cols].mean()) if B.shape[0] > 1 else np.nan
         out["cols"][k] = cols
         out["weights"][k] = w
     out.update(Y=Y, post=post, s0=s0, d0=d0, B=B)

@@ -37,47 +37,6 @@ SEP = "|"
 # ----------------------------------------------------------------------------------------------
 # donor_view
 # ----------------------------------------------------------------------------------------------
-def _celltype_logcpm(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised pseudobulk log2 CPM of one cell type, with the same steps as ``differential_activity``.
-
-    Genes filtered as edgeR's ``filterByExpr`` (expressed in at least half of the donors), median-of-ratios
-    normalisation factors, voom-style log2 CPM (prior 0.5), and a moderated (empirical Bayes) per-gene sd
-    across donors. Reuses the helpers of :mod:`immunomood.tl._differential` so that a donor's activity here
-    equals the donor-level score tested there (with an intercept-only design). Returns (logCPM of the kept
-    genes, positions of the kept genes, moderated sd).
-    """
-    from ._differential import filter_by_expr, log_cpm, norm_factors, ols, squeeze_var
-
-    n = counts.shape[0]
-    keep = filter_by_expr(counts, max(2, n // 2))
-    kept = np.flatnonzero(keep)
-    lib = counts.sum(axis=1).astype(float)
-    eff = lib * norm_factors(counts[:, keep] if keep.sum() >= 10 else counts)
-    Y = log_cpm(counts[:, kept], eff)
-    if kept.size == 0:
-        return Y, kept, np.zeros(0)
-    _, s2, _, df = ols(np.ones((n, 1)), Y)
-    post, _ = squeeze_var(s2, df, Y.mean(axis=0))
-    return Y, kept, np.sqrt(post)
-
-
-def _donor_set_scores(Y: np.ndarray, kept: np.ndarray, sd: np.ndarray, genes_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Donor-level activity of one gene set in one cell type.
-
-    Mean over the set's (expressed) genes of the pseudobulk log2 CPM, each gene centred across donors and
-    divided by its moderated sd (0 = the average donor; the score of ``differential_activity``).
-    Returns (score per donor, positions of the genes used).
-    """
-    pos = pd.Index(kept).get_indexer(genes_idx)
-    cols = pos[pos >= 0]
-    if cols.size == 0:
-        return np.full(Y.shape[0], np.nan), genes_idx[:0]
-    Yc = Y[:, cols] - Y[:, cols].mean(axis=0, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = Yc / np.where(sd[cols] > 0, sd[cols], np.nan)
-    return np.nanmean(z, axis=1), kept[cols]
-
-
 @doc_params(adata=doc_adata, sample_key=doc_sample_key, gene_sets=doc_gene_sets)
 def donor_view(
     adata: AnnData,
@@ -91,9 +50,10 @@ def donor_view(
     """One row per donor: gene-set activity per cell type (from pseudobulk) and cell-type proportions.
 
     For each cell type, counts are summed per donor (:func:`immunomood.tl.pseudobulk`); genes expressed in
-    at least half of the donors are kept (edgeR ``filterByExpr`` rule), turned into log2 CPM (median-of-ratios
-    normalisation, prior 0.5), centred across donors and divided by their moderated sd; a set's activity is
-    the mean over its genes: the donor-level score that :func:`immunomood.tl.differential_activity` tests. The proportion of a cell type is its number
+    by the edgeR-like expression filter (set members by a lenient count filter), turned into log2 CPM
+    (normalisation factors, prior 0.5) and centred across donors; a set's activity is the precision-weighted mean
+    over its genes (voom-like trend weights), in log2 units: the donor-level score that
+    :func:`immunomood.tl.differential_activity` tests (its ``set_scores``, here with an intercept-only design). The proportion of a cell type is its number
     of cells over the donor's total (all cells, whatever ``min_cells``).
 
     Parameters
@@ -152,20 +112,24 @@ def donor_view(
     pb_donor = pb.obs[sample_key].astype(str).to_numpy()
     pb_ct = pb.obs[groupby].astype(str).to_numpy()
     donor_str = [str(d) for d in donors]
+    from ._differential import set_scores
+
+    matched = {sname: match_genes(symbols, genes) for sname, genes in sets.items()}
     for ct in cell_types:
         rows = np.flatnonzero(pb_ct == str(ct))
         counts = C_all[rows]
         where = pd.Index(donor_str).get_indexer(pb_donor[rows])
+        S = None
         if len(rows) >= 2:
-            Y, kept, sd = _celltype_logcpm(counts)
-        for sname, genes in sets.items():
-            idx, missing = match_genes(symbols, genes)
+            # the same donor-level score that differential_activity tests, with an intercept-only design
+            S = set_scores(counts, np.ones((len(rows), 1)), {k: v[0] for k, v in matched.items()},
+                           min_n=max(2, len(rows) // 2))
+        for sname, (idx, missing) in matched.items():
             vals = np.full(len(donors), np.nan)
-            if len(rows) >= 2:
-                score, used = _donor_set_scores(Y, kept, sd, idx)
-                vals[where] = score
-            else:
-                used = idx[:0]
+            used = idx[:0]
+            if S is not None and sname in S["scores"]:
+                vals[where] = S["scores"][sname]
+                used = S["kept"][S["cols"][sname]]
             name = f"{ct}{SEP}{sname}"
             feats[name] = vals
             var_rows.append({"cell_type": str(ct), "feature": sname, "kind": "gene_set", "n_genes": int(used.size)})
@@ -194,7 +158,7 @@ def donor_view(
         "params": {"sample_key": sample_key, "groupby": groupby, "min_cells": int(min_cells),
                    "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
                    "layer": "X" if layer is None else layer,
-                   "score": "mean over expressed set genes of pseudobulk log2 CPM, centred across donors, / moderated sd"},
+                   "score": "precision-weighted mean over expressed set genes of pseudobulk log2 CPM, centred across donors (log2 units)"},
         "missing": missing,
         "genes_used": pd.DataFrame(used_rows),
     }
