@@ -51,7 +51,8 @@ def test_default_schedule_rule():
     small, big = I.default_training(3_000), I.default_training(1_000_000)
     assert (small.batch_size, big.batch_size) == (128, 1024)
     assert small.max_epochs == 100 < 400  # scvi-tools: 400 epochs below 20k cells
-    assert big.max_epochs == 20 and big.lr == pytest.approx(1e-3 * np.sqrt(8))
+    assert big.max_epochs == 20 and big.lr == pytest.approx(4e-3)  # 3e-3 * sqrt(8), capped at 4e-3
+    assert small.lr == pytest.approx(3e-3)
     assert I.default_training(30_000).batch_size == 256
     assert I.default_training(5_000, max_epochs=7, batch_size=64).max_epochs == 7
 
