@@ -298,11 +298,11 @@ def test_csr_buffer_grows_and_matches_vstack():
 
 
 def test_reference_rebuilds_from_real_data(data_dir, tmp_path):
-    """The committed reference is exactly what scripts/build_sim_reference.py derives from the real pbmc3k."""
+    """The committed reference is exactly what src/immunomood/resources/build/build_sim_reference.py derives from the real pbmc3k."""
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "build_sim_reference.py"
+    script = Path(__file__).resolve().parents[2] / "src" / "immunomood" / "resources" / "build" / "build_sim_reference.py"
     if not script.exists():
         pytest.skip("build script not available (installed package without the repository)")
     spec = importlib.util.spec_from_file_location("build_sim_reference", script)

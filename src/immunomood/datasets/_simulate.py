@@ -1,7 +1,7 @@
 """Cohort simulator: a depression (MDD) vs control PBMC cohort with known, switchable planted effects.
 
 Expression profiles, dispersions, library sizes and the base composition come from a compact reference
-built from the real pbmc3k data (``scripts/build_sim_reference.py`` -> ``resources/sim_reference.npz``).
+built from the real pbmc3k data (``src/immunomood/resources/build/build_sim_reference.py`` -> ``resources/sim_reference.npz``).
 Counts are generated donor by donor and cell-type block by block, in chunks of cells, straight into sparse
 form: genes whose expected count is large are drawn densely (gamma-Poisson) over the chunk only, the long
 tail of lowly expressed genes through the exact compound Poisson-logarithmic representation of the negative

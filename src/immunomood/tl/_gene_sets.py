@@ -53,7 +53,7 @@ def gene_sets(name: str) -> dict[str, list[str]]:
     Returns
     -------
     A dict ``set name -> list of human gene symbols``. The source database, version and identifiers of every set
-    are in ``immunomood/resources/gene_sets/manifest.json`` (built by ``scripts/build_gene_sets.py``).
+    are in ``immunomood/resources/gene_sets/manifest.json`` (built by ``src/immunomood/resources/build/build_gene_sets.py``).
 
     Examples
     --------

@@ -6,7 +6,7 @@ version and identifiers of every set) into ``src/immunomood/resources/gene_sets/
 
 Usage::
 
-    python scripts/build_gene_sets.py [--reference PATH_TO/database_genesets.json]
+    python src/immunomood/resources/build/build_gene_sets.py [--reference PATH_TO/database_genesets.json]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[4]  # repository root (src/immunomood/resources/build/)
 OUT = ROOT / "src" / "immunomood" / "resources" / "gene_sets"
 DEFAULT_REF = ROOT.parent / "shared" / "reference" / "database_genesets.json"
 RESOURCE_VERSION = "1.0.0"
@@ -125,7 +125,7 @@ def write(collections: dict, out: Path = OUT, reference: Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "resource_version": RESOURCE_VERSION,
-        "built_by": "scripts/build_gene_sets.py",
+        "built_by": "src/immunomood/resources/build/build_gene_sets.py",
         "input": "shared/reference/database_genesets.json (MSigDB Hallmark v7.4, KEGG via MSigDB v7.2, Reactome GMT)",
         "excluded_on_purpose": {
             "complement_convertases": "Reactome R-HSA-174577 'Activation of C3 and C5' (C2 C3 C4A C4B C5 CFB) is not "

@@ -12,7 +12,7 @@ Output (committed, derived, < 2 MB):
 
 Usage::
 
-    python scripts/build_sim_reference.py [--data-dir /path/to/shared/data] [--out-dir src/immunomood/resources]
+    python src/immunomood/resources/build/build_sim_reference.py [--data-dir /path/to/shared/data] [--out-dir src/immunomood/resources]
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def build(data_dir: Path, out_dir: Path) -> dict:
     root = data_dir
     prov = {
         "name": "immunomood simulator reference (pbmc3k)",
-        "script": "scripts/build_sim_reference.py",
+        "script": "src/immunomood/resources/build/build_sim_reference.py",
         "script_version": SCRIPT_VERSION,
         "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "inputs": [{"path": str(p.relative_to(root)), "sha256": sha256(p), "size": p.stat().st_size} for p in inputs],
@@ -287,7 +287,7 @@ def build(data_dir: Path, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[4]  # repository root (src/immunomood/resources/build/)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("IMMUNOMOOD_DATA_DIR", str(here.parent / "shared" / "data")))
     parser.add_argument("--out-dir", default=str(here / "src" / "immunomood" / "resources"))
