@@ -6,8 +6,8 @@ that the committed files carry no outputs.
 
 Usage::
 
-    python scripts/make_tutorials.py            # write tutorials/*.ipynb and docs/tutorials/ symlinks
-    python scripts/make_tutorials.py --check    # exit 1 if the committed notebooks differ from this script
+    python tutorials/make_tutorials.py            # write tutorials/*.ipynb and docs/tutorials/ symlinks
+    python tutorials/make_tutorials.py --check    # exit 1 if the committed notebooks differ from this script
 """
 
 from __future__ import annotations
@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
     if args.check:
         if stale:
-            print(f"out of date (run python scripts/make_tutorials.py): {stale}", file=sys.stderr)
+            print(f"out of date (run python tutorials/make_tutorials.py): {stale}", file=sys.stderr)
             return 1
         return 0
     link_docs()
