@@ -185,13 +185,12 @@ def test_pbmc3k_against_seurat(pbmc3k_annotated):
     lineage_acc = (o["cell_lineage"].astype(str).to_numpy() == s.map(SEURAT_LIN).to_numpy()).mean()
     assert lineage_acc >= 0.95
     assert 1 - assigned.mean() <= 0.05
-    # Issue target 0.90 is NOT reached: measured 0.893 (2,634 assigned cells). The remaining errors are the
-    # naive/memory CD4 boundary (~160 cells; even the best threshold of the best per-cell score agrees with
-    # Seurat's clusters on ~86% of CD4 T cells) and low-UMI cells Seurat put in "Naive CD4 T" that cluster with
-    # CD8 effector cells (~70). Guard the measured level.
-    assert ok[assigned].mean() >= 0.885
+    # Issue targets reached: measured 0.900 on 2,631 assigned cells (lineage 0.989, Unassigned 0.3%). The margin
+    # is thin: the remaining errors are the naive/memory CD4 continuum (~150 cells) and low-UMI cells Seurat put
+    # in "Naive CD4 T" that express CCL5/NKG7/GZMK and cluster with CD8 effector cells (~70).
+    assert ok[assigned].mean() >= 0.90
     hi = assigned & (o["cell_type_confidence"].to_numpy() >= 0.8)
-    assert ok[hi].mean() > ok[assigned & ~hi].mean() + 0.1  # measured 0.94 vs 0.79
+    assert ok[hi].mean() > ok[assigned & ~hi].mean() + 0.1  # measured 0.96 vs 0.78
     assert ok[hi].mean() >= 0.92
     # CD4 vs CD8 is decided per T sub-cluster: Seurat's CD8 T cells are called CD8 (or MAIT / gamma-delta)
     cd8 = (s == "CD8 T").to_numpy() & assigned
@@ -280,3 +279,36 @@ def test_pbmc3k_synthetic_neutrophils(pbmc3k_annotated):
     is_neu = b.obs_names.str.startswith("neu")
     assert (b.obs["cell_lineage"][is_neu] == "Neutrophil").mean() >= 0.9
     assert (b.obs["cell_lineage"][~is_neu] == "Neutrophil").mean() < 0.01
+
+
+_HASH_SCRIPT = """
+import sys, hashlib
+sys.path.insert(0, {tests!r})
+import numpy as np
+import immunomood as im
+from test_annotate import _simulate
+a = _simulate(n_per_type=40, seed=3)
+im.tl.annotate(a)
+h = hashlib.sha1()
+h.update("|".join(a.obs["cell_type"].astype(str)).encode())
+h.update("|".join(a.obs["cell_lineage"].astype(str)).encode())
+h.update(np.round(a.obs["cell_type_confidence"].to_numpy(), 12).tobytes())
+print("RESULT", h.hexdigest())
+"""
+
+
+def test_independent_of_python_hash_seed():
+    """Labels and confidences do not depend on the iteration order of sets/dicts (PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _HASH_SCRIPT.format(tests=str(Path(__file__).parent))
+    out = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out.append([line for line in r.stdout.splitlines() if line.startswith("RESULT")][-1])
+    assert out[0] == out[1]

@@ -5,7 +5,8 @@ Outline
 1. Expression of the marker genes (log1p CP10k; raw counts are normalised on a private copy).
 2. Per-cell marker-set scores: mean z-score of positive markers minus the above-average part of
    negative markers; optional gates (``require``: at least one key gene, ``all_of``: every key gene).
-3. Smoothing: each cell's scores are combined with its kNN-neighbourhood mean and its cluster mean
+3. Smoothing: each cell's scores are combined with its kNN-neighbourhood mean (k = 30: a population-level
+   neighbourhood, as reference labels are cluster-level decisions) and its cluster mean
    (Leiden on ``use_rep`` or on a private PCA of highly variable genes; or ``groupby``). Dropout-prone
    genes (CD4, FOXP3, SLC4A10 ...) are thereby read from the cell's context.
 4. Level 1: softmax over lineage scores -> lineage and its probability (a lineage needs >= 3 of its markers
@@ -71,7 +72,8 @@ _TAU_LINEAGE = 0.1
 _TAU_SUBSET = 0.1
 _MIN_LINEAGE_SCORE = 0.1
 _MIN_MARKERS_LINEAGE = 3  # a lineage needs >= 3 of its markers in the data to reach a full score
-_N_NEIGHBORS = 15
+_N_NEIGHBORS = 30  # population-level neighbourhood for smoothing (references call types per cluster)
+_N_NEIGHBORS_SUB = 15  # within a lineage (its own sub-clusters)
 _RESOLUTION = 2.0
 # T-cell subsets (decided per T-cell sub-cluster)
 _SUB_RESOLUTION = 1.0
@@ -396,7 +398,7 @@ def _subcluster(
         sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
         priv.obsm["X_rep"] = tmp.obsm["X_pca"]
         del tmp, Xu
-    k = int(min(_N_NEIGHBORS, n - 1))
+    k = int(min(_N_NEIGHBORS_SUB, n - 1))
     _neighbors(priv, k, random_state)
     W = priv.obsp["connectivities"].tocsr() + sparse.eye(n, format="csr")
     W = (sparse.diags(1.0 / np.asarray(W.sum(axis=1)).ravel()) @ W).tocsr()
@@ -817,6 +819,7 @@ def annotate(
             "input": "raw counts (log1p CP10k internally)" if was_counts else "log-normalised",
             "leiden_resolution": float(_RESOLUTION),
             "n_neighbors": int(_N_NEIGHBORS),
+            "n_neighbors_subclusters": int(_N_NEIGHBORS_SUB),
         },
         "markers": {"name": str(res["name"]), "version": str(res["version"])},
         "markers_used": {k: list(v) for k, v in {**used_sub}.items()},
