@@ -35,8 +35,9 @@ napoleon_use_param = True
 napoleon_custom_sections = [("Writes", "returns_style")]
 nb_execution_mode = "off"  # tutorials are executed by the test suite (tests/test_tutorials.py)
 myst_enable_extensions = ["colon_fence", "dollarmath"]
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "generated/*.md"]
+# .rst first: autosummary writes its generated API pages with the first suffix (they are reST)
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 nitpicky = False
 intersphinx_mapping = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from textwrap import dedent
 
 
@@ -39,7 +40,8 @@ def doc_params(**kwds: str):
 
     def dec(obj):
         if obj.__doc__:
-            obj.__doc__ = dedent(obj.__doc__).format_map(kwds)
+            # cleandoc (not dedent): the summary line right after the quotes has no indentation
+            obj.__doc__ = inspect.cleandoc(obj.__doc__).format_map(kwds)
         return obj
 
     return dec
