@@ -124,29 +124,10 @@ def score_pathways_dask(
     else:
         n_used = np.array([max(len(v), 1) for v in used.values()], dtype=float)
         S = sums / n_used
-    S -= S.mean(axis=0, keepdims=True)
-    for k, name in enumerate(used):
-        if len(used[name]) == 0:
-            S[:, k] = np.nan
-    df = pd.DataFrame(S, index=adata.obs_names.copy(), columns=list(used))
-    genes_used = {k: [str(symbols[i]) for i in v] for k, v in used.items()}
-    info = {
-        "params": {
-            "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
-            "layer": "X" if layer is None else layer,
-            "input": "raw counts (log1p CP10k computed internally)" if is_counts else "log-normalised",
-            "definition": "mean over the set's expressed genes of log-normalised expression minus the gene's mean "
-            "over all cells",
-        },
-        "genes_used": genes_used,
-        "genes_missing": {k: [str(g) for g in v] for k, v in missing.items()},
-    }
-    if not inplace:
-        df.attrs.update(info)
-        return df
-    adata.obsm[key_added] = df
-    adata.uns[key_added] = info
-    return None
+    from ._pathways import _finish
+
+    return _finish(adata, S, used, symbols, missing, gene_sets=gene_sets, layer=layer, is_counts=is_counts,
+                   key_added=key_added, inplace=inplace)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,39 +155,22 @@ def aggregate_dask(X, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
     return sparse.csr_matrix(out, dtype=np.float64)
 
 
+def _problem_of_sampled(M):
+    """``count_matrix_problem``, on a sample of blocks for Dask arrays (no full pass over the data)."""
+    if is_dask(M):
+        for b in sample_blocks(M):
+            p = count_matrix_problem(b)
+            if p is not None:
+                return p
+        return None
+    return count_matrix_problem(M)
+
+
 def _resolve_counts_dask(adata: AnnData, layer: str | None, *, func: str):
     """``resolve_counts`` of :mod:`immunomood.tl._pseudobulk`, with the counts check on a sample of blocks."""
+    from ._pseudobulk import resolve_counts
 
-    def problem_of(M):
-        if is_dask(M):
-            for b in sample_blocks(M):
-                p = count_matrix_problem(b)
-                if p is not None:
-                    return p
-            return None
-        return count_matrix_problem(M)
-
-    if layer is not None and layer not in adata.layers:
-        x_problem = problem_of(adata.X)
-        if x_problem is None:
-            raise KeyError(
-                f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}). "
-                "adata.X holds raw counts: pass `layer=None` to aggregate adata.X."
-            )
-        raise KeyError(
-            f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}), and "
-            f"adata.X is not raw counts ({x_problem}). Pass `layer=` naming the layer that holds raw counts "
-            "(e.g. after `im.pp.normalize`, counts are in layers['counts'])."
-        )
-    X = get_matrix(adata, layer)
-    problem = problem_of(X)
-    if problem is not None:
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        raise ValueError(
-            f"`{func}` sums raw counts, but {where} is not raw counts: {problem}. Pass `layer=` naming the layer "
-            f"that holds raw counts (layers present: {list(adata.layers.keys())})."
-        )
-    return X, layer
+    return resolve_counts(adata, layer, func=func, problem_of=_problem_of_sampled)
 
 
 def pseudobulk_dask(

@@ -262,6 +262,12 @@ def score_pathways(
     else:  # unexpressed genes added 0 to the sums: divide by the number of expressed genes
         n_used = np.array([max(len(v), 1) for v in used.values()], dtype=float)
         S = sums / n_used
+    return _finish(adata, S, used, symbols, missing, gene_sets=gene_sets, layer=layer, is_counts=is_counts,
+                   key_added=key_added, inplace=inplace)
+
+
+def _finish(adata, S, used, symbols, missing, *, gene_sets, layer, is_counts, key_added, inplace):
+    """Centre the per-cell set means, assemble the DataFrame and the ``uns`` record, write or return them."""
     S -= S.mean(axis=0, keepdims=True)  # = X W - 1 (mean(X) W): centring without densifying X
     for k, name in enumerate(used):
         if len(used[name]) == 0:

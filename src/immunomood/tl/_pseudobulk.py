@@ -22,15 +22,18 @@ __all__ = ["pseudobulk"]
 SEP = "|"
 
 
-def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool = False):
+def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool = False,
+                   problem_of=count_matrix_problem):
     """The raw-count matrix to aggregate, with errors that name the fix.
 
     ``layer=None`` uses ``adata.X``. With ``auto=True`` a ``"counts"`` layer is used when present, else ``X``.
+    ``problem_of`` describes why a matrix is not raw counts (``None`` if it is); the Dask path passes a check
+    on a sample of blocks.
     """
     if auto and layer is None:
         layer = "counts" if "counts" in adata.layers else None
     if layer is not None and layer not in adata.layers:
-        x_problem = count_matrix_problem(adata.X)
+        x_problem = problem_of(adata.X)
         if x_problem is None:
             raise KeyError(
                 f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}). "
@@ -42,7 +45,7 @@ def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool =
             "(e.g. after `im.pp.normalize`, counts are in layers['counts'])."
         )
     X = get_matrix(adata, layer)
-    problem = count_matrix_problem(X)
+    problem = problem_of(X)
     if problem is not None:
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         raise ValueError(
