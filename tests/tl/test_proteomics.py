@@ -267,3 +267,21 @@ def test_acceptance_null_auc_near_half():
         aucs.append(im.tl.biomarker_panel(m, condition_key="condition", features="prot", n_repeats=5,
                                           random_state=seed).auc)
     assert 0.3 < np.mean(aucs) < 0.7
+
+
+def test_spearman_pvalue_floor_with_few_donors():
+    """A perfect rank correlation over 6 donors has exact two-sided p = 2/6! (not the t approximation's ~0)."""
+    import anndata as ad
+    import mudata as md
+
+    donors = [f"d{i}" for i in range(6)]
+    x = np.arange(6, dtype=float)
+    rna = ad.AnnData(np.c_[x, np.r_[3, 1, 4, 1, 5, 9.0]], obs=pd.DataFrame(index=donors))
+    rna.var_names = ["Mono|set", "Mono|other"]
+    prot = ad.AnnData(np.c_[-x * 2.0, np.r_[2, 7, 1, 8, 2, 8.0]], obs=pd.DataFrame(index=donors))
+    prot.var_names = ["C5", "X"]
+    mdata = md.MuData({"rna": rna, "prot": prot})
+    res = im.tl.cross_modal_associations(mdata, method="spearman").set_index(["rna_feature", "protein"])
+    assert res.loc[("Mono|set", "C5"), "estimate"] == pytest.approx(-1.0)
+    assert res.loc[("Mono|set", "C5"), "pvalue"] == pytest.approx(2 / 720)
+    assert res["pvalue"].min() >= 2 / 720 * (1 - 1e-9)
