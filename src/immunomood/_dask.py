@@ -30,6 +30,8 @@ def uses_dask(adata: Any, layer: str | None = None) -> bool:
 
 
 def require_row_chunks(X: Any, *, func: str) -> None:
+    if not is_dask(X):  # an in-memory matrix is a single block of whole cells
+        return
     if X.ndim != 2 or len(X.chunks[1]) != 1:
         raise ValueError(
             f"`{func}` processes Dask arrays in blocks of whole cells, but X is chunked along genes too "
@@ -47,6 +49,10 @@ def map_row_blocks(func: Callable[..., Any], X: Any, *args: Any, row_args: Any =
     ``row_args``: optional per-cell arrays (length ``n_obs``, or a tuple of them); the slice of each that
     matches a block is passed right after the block.
     """
+    if not is_dask(X):  # an in-memory matrix is one block: the same kernels serve both paths
+        extra = () if row_args is None else tuple(np.asarray(r) for r in (
+            row_args if isinstance(row_args, tuple) else (row_args,)))
+        return [func(X, *extra, *args, **kwargs)]
     import dask
 
     require_row_chunks(X, func=getattr(func, "__name__", "function"))
