@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._settings import logger
+from ._olink import _h5_safe
 
 __all__ = ["read_somascan"]
 
@@ -150,21 +151,6 @@ def _parse_adat(path: Path) -> dict:
     return dict(header=header, col_names=col_names, col_types=col_types, row_names=row_names, row_types=row_types,
                 col_meta=col_meta, meta=meta, X=X)
 
-
-
-def _h5_safe(df: pd.DataFrame) -> pd.DataFrame:
-    """Text columns with missing values become categorical (h5ad cannot store None inside string arrays)."""
-    for c in df.columns:
-        s = df[c]
-        if s.dtype == object:
-            if s.isna().all():
-                df[c] = np.full(len(s), np.nan)
-            elif s.isna().any():
-                df[c] = pd.Categorical(s.astype(object).where(s.notna(), None).map(
-                    lambda v: v if v is None else str(v)))
-            else:
-                df[c] = s.astype(str)
-    return df
 
 
 def read_somascan(path: str | os.PathLike):

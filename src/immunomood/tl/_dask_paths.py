@@ -20,12 +20,10 @@ from .._settings import logger
 from .._utils import (
     check_adata,
     check_not_view,
-    check_obs_key,
     count_matrix_problem,
     get_matrix,
     identifier_kind,
     match_genes,
-    sample_level_columns,
     warn,
 )
 from .._utils import (
@@ -186,53 +184,6 @@ def pseudobulk_dask(
     Every row block of cells is multiplied by its slice of the (sample x group) indicator matrix and the small
     products are added up; only the pseudobulk matrix (combinations x genes) is held in memory.
     """
-    from ._pseudobulk import SEP, combos
+    from ._pseudobulk import pseudobulk
 
-    check_adata(adata)
-    check_obs_key(adata, sample_key, what="sample_key column")
-    check_obs_key(adata, groupby, what="groupby column")
-    if sample_key == groupby:
-        raise ValueError(f"`sample_key` and `groupby` are the same column ({sample_key!r}); pass two columns.")
-    if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
-        raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
-    X, layer = _resolve_counts_dask(adata, layer, func="pseudobulk")
-    grid, code = combos(adata.obs, sample_key, groupby)
-    keep = grid["n_cells"].to_numpy() >= min_cells
-    dropped = grid.loc[~keep].reset_index(drop=True)
-    kept_idx = np.flatnonzero(keep)
-    remap = -np.ones(len(grid), dtype=np.int64)
-    remap[kept_idx] = np.arange(len(kept_idx))
-    M = aggregate_dask(X, remap[code], len(kept_idx)) if is_dask(X) else None
-    if M is None:  # pragma: no cover - dispatch only sends Dask input here
-        from ._pseudobulk import aggregate
-
-        M = aggregate(X, remap[code], len(kept_idx))
-    obs = grid.loc[keep].copy()
-    meta_cols = [c for c in sample_level_columns(adata.obs, sample_key) if c not in (groupby, "n_cells")]
-    if meta_cols:
-        meta = adata.obs.groupby(sample_key, observed=True, sort=False)[meta_cols].first()
-        for c in meta_cols:
-            vals = meta[c].reindex(obs[sample_key].to_numpy()).to_numpy()
-            if isinstance(adata.obs[c].dtype, pd.CategoricalDtype):
-                vals = pd.Categorical(vals, categories=adata.obs[c].cat.categories)
-            obs[c] = vals
-    for c in (sample_key, groupby):
-        cats = adata.obs[c].cat.categories if isinstance(adata.obs[c].dtype, pd.CategoricalDtype) else None
-        present = set(obs[c])
-        obs[c] = pd.Categorical(
-            obs[c].to_numpy(),
-            categories=[x for x in (cats if cats is not None else pd.unique(obs[c])) if x in present],
-        )
-    obs.index = obs.index.astype(str)
-    out = AnnData(M, obs=obs, var=adata.var.copy())
-    out.uns["dropped"] = dropped
-    out.uns["pseudobulk"] = {"sample_key": sample_key, "groupby": groupby, "layer": "X" if layer is None else layer,
-                             "min_cells": int(min_cells)}
-    if len(dropped):
-        shown = ", ".join(f"{a}{SEP}{b} ({n})" for a, b, n in dropped.head(10).itertuples(index=False))
-        warn(
-            f"pseudobulk: {len(dropped)} sample x group combinations have fewer than {min_cells} cells and were "
-            f"dropped (listed in uns['dropped']): {shown}{' ...' if len(dropped) > 10 else ''}",
-            stacklevel=4,
-        )
-    return out
+    return pseudobulk(adata, sample_key=sample_key, groupby=groupby, layer=layer, min_cells=min_cells)

@@ -122,24 +122,30 @@ def pseudobulk(
     - ``uns["pseudobulk"]``: the parameters.
     """
     check_adata(adata)
-    from ._dask_paths import pseudobulk_dask, uses_dask
+    from .._dask import uses_dask
 
-    if uses_dask(adata, layer):
-        return pseudobulk_dask(adata, sample_key=sample_key, groupby=groupby, layer=layer, min_cells=min_cells)
+    lazy = uses_dask(adata, layer)  # Dask input: the same steps, counts checked on sampled blocks, summed per block
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
     if sample_key == groupby:
         raise ValueError(f"`sample_key` and `groupby` are the same column ({sample_key!r}); pass two columns.")
     if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
         raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
-    X, layer = resolve_counts(adata, layer, func="pseudobulk")
+    if lazy:
+        from ._dask_paths import _problem_of_sampled, aggregate_dask
+
+        X, layer = resolve_counts(adata, layer, func="pseudobulk", problem_of=_problem_of_sampled)
+        agg = aggregate_dask
+    else:
+        X, layer = resolve_counts(adata, layer, func="pseudobulk")
+        agg = aggregate
     grid, code = combos(adata.obs, sample_key, groupby)
     keep = grid["n_cells"].to_numpy() >= min_cells
     dropped = grid.loc[~keep].reset_index(drop=True)
     kept_idx = np.flatnonzero(keep)
     remap = -np.ones(len(grid), dtype=np.int64)
     remap[kept_idx] = np.arange(len(kept_idx))
-    M = aggregate(X, remap[code], len(kept_idx))
+    M = agg(X, remap[code], len(kept_idx))
     obs = grid.loc[keep].copy()
     meta_cols = [c for c in sample_level_columns(adata.obs, sample_key) if c not in (groupby, "n_cells")]
     if meta_cols:
