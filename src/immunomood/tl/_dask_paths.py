@@ -22,14 +22,7 @@ from .._utils import (
     check_not_view,
     count_matrix_problem,
     get_matrix,
-    identifier_kind,
-    match_genes,
-    warn,
 )
-from .._utils import (
-    gene_symbols as _gene_symbols,
-)
-from ._gene_sets import resolve_gene_sets
 
 __all__ = ["aggregate_dask", "pseudobulk_dask", "score_pathways_dask", "uses_dask"]
 
@@ -64,28 +57,14 @@ def score_pathways_dask(
     genes are expressed); the per-cell sums are small (cells x sets) and are centred once all blocks are done.
     Whether the matrix holds raw counts is decided from a sample of blocks (first, middle, last).
     """
-    from ._pathways import MIN_GENES_WARN, _looks_like_counts, set_weight_matrix
+    from ._pathways import _looks_like_counts, _prepare_sets, _set_means, _used_genes
 
     check_adata(adata)
     if inplace:
         check_not_view(adata, func="score_pathways")
-    sets = resolve_gene_sets(gene_sets)
     X = get_matrix(adata, layer)
     require_row_chunks(X, func="score_pathways")
-    symbols = _gene_symbols(adata, gene_symbols)
-
-    found: dict[str, np.ndarray] = {}
-    missing: dict[str, list[str]] = {}
-    for name, genes in sets.items():
-        idx, miss = match_genes(symbols, genes)
-        found[name], missing[name] = idx, list(miss)
-    union = np.unique(np.concatenate([v for v in found.values()] + [np.array([], int)])).astype(int)
-    if union.size == 0:
-        raise ValueError(
-            f"None of the genes of the gene sets {list(sets)} was found in adata ({adata.n_vars} genes, "
-            f"{identifier_kind(adata)}, e.g. {list(adata.var_names[:3])}). If var_names are Ensembl IDs, pass the "
-            "column of adata.var that holds gene symbols with `gene_symbols=`."
-        )
+    sets, symbols, found, missing, union = _prepare_sets(adata, gene_sets, gene_symbols)
     is_counts = all(_looks_like_counts(b) for b in sample_blocks(X))
     if is_counts:
         logger.info("score_pathways: the matrix holds raw counts; log-normalising the set genes internally")
@@ -101,27 +80,8 @@ def score_pathways_dask(
         sub = sparse.vstack(subs, format="csr") if sparse.issparse(subs[0]) else np.vstack(subs)
         nnz = np.asarray((sub != 0).sum(axis=0)).ravel()
         expressed_mask = nnz > 0
-    expressed = set(union[expressed_mask].tolist())
-    col_of_gene = {int(g): j for j, g in enumerate(union)}
-    used: dict[str, np.ndarray] = {}
-    for name, idx in found.items():
-        keep = np.array([i for i in idx if i in expressed], dtype=int)
-        not_expr = [str(symbols[i]) for i in idx if i not in expressed]
-        missing[name] = missing[name] + not_expr
-        used[name] = keep
-        if len(keep) < MIN_GENES_WARN:
-            warn(
-                f"Gene set {name!r}: only {len(keep)} of {len(sets[name])} genes found and expressed "
-                f"(found: {[str(symbols[i]) for i in keep]}); its score is "
-                + ("undefined (NaN)." if len(keep) == 0 else "unreliable."),
-                stacklevel=4,
-            )
-    if not fast:
-        W = set_weight_matrix(col_of_gene, used, len(union))
-        S = np.asarray(sub @ W)
-    else:
-        n_used = np.array([max(len(v), 1) for v in used.values()], dtype=float)
-        S = sums / n_used
+    used = _used_genes(found, missing, union, expressed_mask, symbols, sets, stacklevel=5)
+    S = _set_means(used, union, sums=sums if fast else None, sub=None if fast else sub)
     from ._pathways import _finish
 
     return _finish(adata, S, used, symbols, missing, gene_sets=gene_sets, layer=layer, is_counts=is_counts,

@@ -218,18 +218,8 @@ def score_pathways(
         )
     if inplace:
         check_not_view(adata, func="score_pathways")
-    sets = resolve_gene_sets(gene_sets)
     X = get_matrix(adata, layer)
-    symbols = _gene_symbols(adata, gene_symbols)
-
-    found, missing = _match_sets(symbols, sets)
-    union = np.unique(np.concatenate([v for v in found.values()] + [np.array([], int)])).astype(int)
-    if union.size == 0:
-        raise ValueError(
-            f"None of the genes of the gene sets {list(sets)} was found in adata ({adata.n_vars} genes, "
-            f"{identifier_kind(adata)}, e.g. {list(adata.var_names[:3])}). If var_names are Ensembl IDs, pass the "
-            "column of adata.var that holds gene symbols with `gene_symbols=`."
-        )
+    sets, symbols, found, missing, union = _prepare_sets(adata, gene_sets, gene_symbols)
     is_counts = _looks_like_counts(X)
     if is_counts:
         logger.info("score_pathways: the matrix holds raw counts; log-normalising the set genes internally")
@@ -240,31 +230,54 @@ def score_pathways(
         expressed_mask = nnz > 0
     else:
         sums, expressed_mask = fast
-    # genes never expressed carry no information: report them as missing (not expressed)
+    used = _used_genes(found, missing, union, expressed_mask, symbols, sets, stacklevel=4)
+    S = _set_means(used, union, sums=None if fast is None else sums, sub=sub if fast is None else None)
+    return _finish(adata, S, used, symbols, missing, gene_sets=gene_sets, layer=layer, is_counts=is_counts,
+                   key_added=key_added, inplace=inplace)
+
+
+
+def _prepare_sets(adata, gene_sets, gene_symbols):
+    """Resolve the gene sets and match them to ``adata``: (sets, symbols, found, missing, union of found genes)."""
+    sets = resolve_gene_sets(gene_sets)
+    symbols = _gene_symbols(adata, gene_symbols)
+    found, missing = _match_sets(symbols, sets)
+    union = np.unique(np.concatenate([v for v in found.values()] + [np.array([], int)])).astype(int)
+    if union.size == 0:
+        raise ValueError(
+            f"None of the genes of the gene sets {list(sets)} was found in adata ({adata.n_vars} genes, "
+            f"{identifier_kind(adata)}, e.g. {list(adata.var_names[:3])}). If var_names are Ensembl IDs, pass the "
+            "column of adata.var that holds gene symbols with `gene_symbols=`."
+        )
+    return sets, symbols, found, missing, union
+
+
+def _used_genes(found, missing, union, expressed_mask, symbols, sets, *, stacklevel):
+    """Genes of each set that are expressed; never-expressed genes go to ``missing`` (they carry no information)."""
     expressed = set(union[expressed_mask].tolist())
-    col_of_gene = {int(g): j for j, g in enumerate(union)}
     used: dict[str, np.ndarray] = {}
     for name, idx in found.items():
         keep = np.array([i for i in idx if i in expressed], dtype=int)
-        not_expr = [str(symbols[i]) for i in idx if i not in expressed]
-        missing[name] = missing[name] + not_expr
+        missing[name] = missing[name] + [str(symbols[i]) for i in idx if i not in expressed]
         used[name] = keep
         if len(keep) < MIN_GENES_WARN:
             warn(
                 f"Gene set {name!r}: only {len(keep)} of {len(sets[name])} genes found and expressed "
                 f"(found: {[str(symbols[i]) for i in keep]}); its score is "
                 + ("undefined (NaN)." if len(keep) == 0 else "unreliable."),
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-    if fast is None:
-        W = set_weight_matrix(col_of_gene, used, len(union))
-        S = np.asarray(sub @ W)
-    else:  # unexpressed genes added 0 to the sums: divide by the number of expressed genes
-        n_used = np.array([max(len(v), 1) for v in used.values()], dtype=float)
-        S = sums / n_used
-    return _finish(adata, S, used, symbols, missing, gene_sets=gene_sets, layer=layer, is_counts=is_counts,
-                   key_added=key_added, inplace=inplace)
+    return used
 
+
+def _set_means(used, union, *, sums=None, sub=None):
+    """Per-cell mean over each set's expressed genes, from the fused kernel's sums or the set-gene columns."""
+    if sums is None:
+        col_of_gene = {int(g): j for j, g in enumerate(union)}
+        return np.asarray(sub @ set_weight_matrix(col_of_gene, used, len(union)))
+    # unexpressed genes added 0 to the sums: divide by the number of expressed genes
+    n_used = np.array([max(len(v), 1) for v in used.values()], dtype=float)
+    return sums / n_used
 
 def _finish(adata, S, used, symbols, missing, *, gene_sets, layer, is_counts, key_added, inplace):
     """Centre the per-cell set means, assemble the DataFrame and the ``uns`` record, write or return them."""
