@@ -67,3 +67,16 @@ def test_simulator_planted_shift_found():
         assert r.loc["T cell", "effect"] < 0 and r.loc["B cell", "effect"] < 0
         found += r.loc["Monocyte", "pvalue"] < 0.05
     assert found >= 3
+
+
+def test_complete_separation_corrected_and_flagged():
+    """A type present only in MDD donors: finite effect with the right sign and a small p (not the Wald p ~ 1 of
+    an infinite logit estimate), a note and a warning."""
+    a = _cohort(1)
+    drop = (a.obs["condition"] == "control").to_numpy() & (a.obs["ct"] == "t3").to_numpy()
+    b = a[~drop].copy()
+    with pytest.warns(UserWarning, match="complete separation"):
+        res = im.tl.composition(b, **KW).set_index("group")
+    row = res.loc["t3"]
+    assert np.isfinite(row["effect"]) and row["effect"] > 2 and row["pvalue"] < 1e-3
+    assert "Haldane" in row["note"] and (res.drop(index="t3")["note"] == "").all()

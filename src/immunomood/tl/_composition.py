@@ -62,7 +62,9 @@ def composition(
     -------
     DataFrame with one row per cell type: ``group``, ``effect`` (log2 odds ratio of the proportion, case vs
     reference), ``ci_low``, ``ci_high``, ``statistic``, ``pvalue``, ``padj`` (Benjamini-Hochberg), ``prop_case``,
-    ``prop_reference`` (mean donor proportions), ``n_case``, ``n_reference``, ``method``. Nothing is written into
+    ``prop_reference`` (mean donor proportions), ``n_case``, ``n_reference``, ``method`` and ``note`` (why a
+    row was handled specially: a type absent from every sample of one condition is complete separation, where the
+    logit estimate is infinite; it gets a Haldane-Anscombe correction and a warning). Nothing is written into
     ``adata``.
     """
     import statsmodels.api as sm
@@ -78,14 +80,23 @@ def composition(
     is_case = tab[condition_key].to_numpy() == case
     props = counts.to_numpy(dtype=float) / total[:, None]
     df = D.shape[0] - D.shape[1]
-    rows = []
+    rows, corrected = [], []
     for j, g in enumerate(counts.columns):
         y = counts.iloc[:, j].to_numpy(dtype=float)
+        tot = total
+        note = ""
+        # separation: no cell of the type in every sample of an arm (or in every sample of the other cells):
+        # the logit MLE is infinite and the Wald test says p ~ 1. Haldane-Anscombe correction instead: half a cell
+        # of the type and half a cell of the rest added to every sample, which keeps the estimate finite.
+        if any((y[arm] == 0).all() or (y[arm] == total[arm]).all() for arm in (is_case, ~is_case)):
+            y, tot = y + 0.5, total + 1.0
+            note = "separation: 0.5 cell added to the type and to the rest in every sample (Haldane-Anscombe)"
+            corrected.append(str(g))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # proportions with var_weights = cells per sample (the two-column endog form mis-scales the Pearson X2)
-                res = sm.GLM(y / total, D, family=sm.families.Binomial(), var_weights=total).fit(scale="X2")
+                res = sm.GLM(y / tot, D, family=sm.families.Binomial(), var_weights=tot).fit(scale="X2")
             coef, se = float(res.params[1]), float(res.bse[1])
         except Exception:  # noqa: BLE001 - perfect separation etc. -> NaN row
             coef, se = np.nan, np.nan
@@ -96,7 +107,15 @@ def composition(
                          ci_high=(coef + q * se) / np.log(2), statistic=t, pvalue=p,
                          prop_case=float(props[is_case, j].mean()), prop_reference=float(props[~is_case, j].mean()),
                          n_case=int(is_case.sum()), n_reference=int((~is_case).sum()),
-                         method="quasi-binomial GLM of donor cell counts (logit), t-test"))
+                         method="quasi-binomial GLM of donor cell counts (logit), t-test", note=note))
+    if corrected:
+        warnings.warn(
+            f"composition: {corrected} have no cells in every sample of one condition (complete separation); "
+            "their estimates use a Haldane-Anscombe correction (0.5 cell added per sample, see the `note` column). "
+            "Check that the cell type is not an artefact of one condition's processing.",
+            UserWarning,
+            stacklevel=2,
+        )
     res = pd.DataFrame(rows)
     res.insert(6, "padj", bh(res["pvalue"].to_numpy()))
     return res
