@@ -268,3 +268,16 @@ def test_issue_scenario_beats_donor_mean_t_test():
     null, raised = ((np.asarray(res[k]) < 0.05).mean(axis=0) for k in (1.0, 1.1))
     assert null[0] <= 0.15 and null[2] >= 0.2  # ours not inflated; the per-cell test is
     assert raised[0] >= 0.5 and raised[0] >= 3 * raised[1], (raised, null)
+
+
+def test_differential_expression_ensembl_ids_and_symbols(planted):
+    """Ensembl var_names with a symbol column: `genes` may be symbols or IDs; the output carries both."""
+    a = planted.copy()
+    a.var["symbol"] = a.var_names.astype(str)
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    res = im.tl.differential_expression(a, genes=["G0", "G1", f"ENSG{2:011d}"], n_anchor_genes=60, **KW)
+    mono = res[res.group == "Mono"]
+    assert list(mono["gene"]) == [f"ENSG{i:011d}" for i in range(3)]
+    assert list(mono["symbol"]) == ["G0", "G1", "G2"]
+    with pytest.raises(KeyError, match="NOTAGENE"):
+        im.tl.differential_expression(a, genes=["NOTAGENE"], **KW)

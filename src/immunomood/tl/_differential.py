@@ -561,6 +561,7 @@ def differential_expression(
     layer: str | None = None,
     n_cpus: int = 1,
     n_anchor_genes: int = 300,
+    gene_symbols: str | None = None,
 ) -> pd.DataFrame:
     """Pseudobulk DESeq2 (pydeseq2) per group, with the sample as the unit.
 
@@ -575,8 +576,9 @@ def differential_expression(
     covariates
         Sample-level columns added to the design (``~ covariates + condition``).
     genes
-        Restrict the output to these genes; the fit then uses them plus the ``n_anchor_genes`` most expressed genes
-        of the group (for size factors and the dispersion trend), which keeps it quick.
+        Restrict the output to these genes (``var_names`` or gene symbols); the fit then uses them plus the
+        ``n_anchor_genes`` most expressed genes of the group (for size factors and the dispersion trend), which
+        keeps it quick.
     min_cells
         Minimum cells of a sample in a group.
     reference
@@ -587,11 +589,14 @@ def differential_expression(
         Processes used by pydeseq2.
     n_anchor_genes
         With ``genes``, number of most expressed genes added to the fit.
+    gene_symbols
+        Column of ``adata.var`` with gene symbols (found automatically when ``var_names`` are Ensembl IDs).
 
     Returns
     -------
-    DataFrame with ``group``, ``gene``, ``log2fc`` (case vs reference), ``pvalue``, ``padj`` (DESeq2's, per group),
-    ``base_mean``. Groups with fewer than 2 samples per arm are skipped with a warning.
+    DataFrame with ``group``, ``gene`` (``var_names``), ``log2fc`` (case vs reference), ``pvalue``, ``padj``
+    (DESeq2's, per group), ``base_mean``, and ``symbol`` when the symbols differ from ``var_names`` (Ensembl IDs).
+    Groups with fewer than 2 samples per arm are skipped with a warning.
     """
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.ds import DeseqStats
@@ -600,11 +605,24 @@ def differential_expression(
     case, ref, tab = _validate(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
                                covariates=covariates, random_effect=None, reference=reference)
     X, layer = resolve_counts(adata, layer, func="differential_expression", auto=True)
+    symbols = _gene_symbols(adata, gene_symbols)
+    names = adata.var_names.astype(str)
     if genes is not None:
-        genes = list(genes)
-        miss = [g for g in genes if g not in adata.var_names]
+        genes, miss, resolved = list(dict.fromkeys(str(g) for g in genes)), [], []
+        in_names = set(names)
+        upper = pd.Series(np.asarray(names), index=pd.Index(symbols).str.upper())
+        upper = upper[~upper.index.duplicated(keep="first")]
+        for g in genes:
+            if g in in_names:
+                resolved.append(g)
+            elif g.upper() in upper.index:
+                resolved.append(str(upper[g.upper()]))
+            else:
+                miss.append(g)
         if miss:
-            raise KeyError(f"genes not in adata.var_names: {miss[:10]}{' ...' if len(miss) > 10 else ''}.")
+            raise KeyError(f"genes not in adata.var_names nor in the gene symbols: {miss[:10]}"
+                           f"{' ...' if len(miss) > 10 else ''}.")
+        genes = list(dict.fromkeys(resolved))
     grid, code = combos(adata.obs, sample_key, groupby)
     M = aggregate(X, code, len(grid))
     out, skipped = [], []
@@ -652,4 +670,7 @@ def differential_expression(
              f"rank-deficient design were not tested: {skipped}", stacklevel=3)
     if not out:
         return pd.DataFrame(columns=["group", "gene", "log2fc", "pvalue", "padj", "base_mean"])
-    return pd.concat(out, ignore_index=True)
+    res = pd.concat(out, ignore_index=True)
+    if not symbols.equals(pd.Index(names)):
+        res["symbol"] = pd.Series(np.asarray(symbols), index=names).reindex(res["gene"]).to_numpy()
+    return res

@@ -77,23 +77,32 @@ try:  # one fused pass over a CSR matrix (numba is a scanpy dependency)
             hits = np.empty(max_row + 1, dtype=np.int64)
             for r in range(ch * step, min(n, (ch + 1) * step)):
                 a, b = indptr[r], indptr[r + 1]
-                scale = 1.0
-                if is_counts:
-                    lib = 0.0
+                nh = 0
+                lib = 0.0
+                if is_counts:  # library size and compaction in the same sweep over the row
                     for j in range(a, b):
                         lib += data[j]
-                    scale = target_sum / lib if lib > 0 else 0.0
-                nh = 0
-                for j in range(a, b):
-                    hits[nh] = j
-                    nh += colmap[indices[j]] >= 0
+                        hits[nh] = j
+                        nh += colmap[indices[j]] >= 0
+                else:
+                    for j in range(a, b):
+                        hits[nh] = j
+                        nh += colmap[indices[j]] >= 0
+                scale = target_sum / lib if lib > 0 else 0.0
+                log1 = np.log1p(scale)  # counts of 1 and 2 are most stored values: one log1p per row each
+                log2 = np.log1p(2.0 * scale)
                 for h in range(nh):
                     j = hits[h]
                     v = data[j]
                     if v != 0:
                         c = colmap[indices[j]]
                         if is_counts:
-                            v = np.log1p(v * scale)
+                            if v == 1.0:
+                                v = log1
+                            elif v == 2.0:
+                                v = log2
+                            else:
+                                v = np.log1p(v * scale)
                         expressed[ch, c] = True
                         for q in range(member_ptr[c], member_ptr[c + 1]):
                             out[r, member_set[q]] += v
