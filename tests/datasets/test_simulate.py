@@ -198,7 +198,9 @@ def test_composition_shift(cohort, null_cohort):
     adata = cohort[0]
     exp = adata.uns["simulation"]["composition_expected"]
     mono = [t for t, lin in adata.uns["simulation"]["lineages"].items() if lin == "Monocyte"]
-    assert np.isclose(sum(exp["MDD"][t] for t in mono), 1.5 * sum(exp["control"][t] for t in mono))
+    shift = adata.uns["simulation"]["params"]["composition_shift"]
+    assert shift == 1.8  # the default (simulator 1.1.0)
+    assert np.isclose(sum(exp["MDD"][t] for t in mono), shift * sum(exp["control"][t] for t in mono))
     assert np.isclose(sum(exp["MDD"].values()), 1.0)
     for t in ("NK", "cDC", "Platelet"):
         assert np.isclose(exp["MDD"][t], exp["control"][t])
