@@ -34,6 +34,7 @@ _DENSE_THRESHOLD = 1.0  # expected count above which a gene is drawn densely (sp
 _MAX_BLOCK_CELLS = 2048  # cells of one type drawn at once (bounds the working memory)
 CONDITIONS = ("control", "MDD")
 COMPLEMENT_CELL_TYPE = "Classical monocyte"
+PLANTED_MIN_MEAN = 0.03  # counts per classical monocyte at the reference depth for a complement gene to be planted
 
 # complement pathway by arm (GENESETS_AND_MARKERS.md; immunoglobulin segments left out on purpose)
 COMPLEMENT_ARMS: dict[str, list[str]] = {
@@ -336,8 +337,11 @@ def simulate_cohort(
       sd of type ``t`` in the reference, ``o_d ~ N(0, library_sd)`` a donor offset;
     - mean ``mu = L * p_tg * exp(e_dtg) * b_kg * c_dtg`` with ``p_tg`` the reference profile, ``e_dtg ~ N(0,
       donor_sd)`` donor biological variation, ``log b_kg ~ N(0, batch_effect)`` the gene-wise effect of the
-      donor's batch ``k``; ``c_dtg = complement_effect**[MDD] * exp(a_d)`` for complement genes in classical
-      monocytes, ``a_d ~ N(0, complement_sd)`` the donor's latent complement activity (1 otherwise);
+      donor's batch ``k``; ``c_dtg = complement_effect**[MDD] * exp(a_d)`` for the complement genes that
+      classical monocytes express (>= 0.03 counts per cell at the reference depth: 14 genes of the lectin,
+      alternative, receptor and regulator arms; C1Q, C2 and the terminal components are not expressed there and
+      are left alone, listed in ``effects["complement_genes_not_planted"]``), ``a_d ~ N(0, complement_sd)`` the
+      donor's latent complement activity (1 otherwise);
     - counts ~ NB(mean ``mu``, gene-wise dispersion from the reference).
 
     Plasma (log2 NPX-like): each protein has a base level and donor noise; ``C5 = base + plasma_association *
@@ -457,7 +461,13 @@ def simulate_cohort(
     lineage_of = dict(zip(cell_types, lineages, strict=True))
     profiles = ref["profiles"]
     ref_set = set(genes_all)
-    planted_all = [g for g in complement_genes() if g in ref_set]
+    # planted: the complement genes that classical monocytes express (>= PLANTED_MIN_MEAN counts per cell at the
+    # reference depth); a fold change of a gene the cell type does not express (C1Q, C2, terminal components) is
+    # neither biology nor measurable, and would make arms look "planted" that carry no signal
+    t_comp_ref = cell_types.index(COMPLEMENT_CELL_TYPE)
+    mono_mean = pd.Series(profiles[t_comp_ref] * np.exp(float(ref["lib_logmean"][t_comp_ref])), index=genes_all)
+    planted_all = [g for g in complement_genes() if g in ref_set and mono_mean[g] >= PLANTED_MIN_MEAN]
+    not_planted = [g for g in complement_genes() if g in ref_set and mono_mean[g] < PLANTED_MIN_MEAN]
 
     if n_genes is not None:
         n_genes = _check_int("n_genes", n_genes, minimum=len(planted_all) + 1)
@@ -479,6 +489,7 @@ def simulate_cohort(
     n_g = genes.size
     kept_set = set(genes)
     planted = [g for g in planted_all if g in kept_set]
+    planted_set = set(planted)
     planted_idx = pd.Index(genes).get_indexer(planted)
     t_comp = cell_types.index(COMPLEMENT_CELL_TYPE)
 
@@ -640,7 +651,9 @@ def simulate_cohort(
         "complement_log_effect": log_effect,
         "complement_cell_type": COMPLEMENT_CELL_TYPE,
         "complement_genes": planted,
-        "complement_arms": {k: [g for g in v if g in kept_set] for k, v in COMPLEMENT_ARMS.items()},
+        "complement_arms": {k: [g for g in v if g in planted_set] for k, v in COMPLEMENT_ARMS.items()},
+        "complement_genes_not_planted": [g for g in not_planted if g in kept_set],
+        "complement_planted_min_mean": PLANTED_MIN_MEAN,
         "composition_shift": composition_shift,
         "composition_log_shift": math.log(composition_shift),
         "composition_up": [t for t, m_ in zip(cell_types, is_mono, strict=True) if m_],
