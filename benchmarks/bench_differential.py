@@ -22,41 +22,45 @@ simulator noise, ``batch`` as a covariate):
 Run ``python benchmarks/bench_differential.py [quick|full]`` (quick: 3 seeds, 300 cells; full: 10 seeds, 300 and
 1000 cells per donor); prints tables and ``RESULT`` lines.
 
-Last full run (simulator 1.1.0, 10 seeds per cell, 2-core machine, 2026-11-21):
+Last full run (simulator 1.1.0 with planted genes restricted to the 14 expressed in classical monocytes, 10 seeds
+per cell, 2-core machine, 2026-11-21):
 
-    task scenario (issue_scenario): 8 simulated donors, one batch, 2,000 cells/donor; 20 classical-monocyte genes
-    drawn at random among those with >= 0.1 counts per cell (median 0.2) raised 10% in 4 donors; 70 splits x 5
-    cohorts, share of p < 0.05
-                                  null      raised 1.1x
-      ours                        0.063     0.549
-      limma fry (equivalent)      0.069     0.543
-      donor-mean t-test           0.051     0.103
-      per-cell Mann-Whitney       0.497     0.594   (uncalibrated)
-    (1,000 cells/donor, 12 cohorts: ours 0.048 / 0.717, fry 0.057 / 0.737, donor-mean t 0.050 / 0.096, per-cell
-    MWU 0.364 / 0.479. Ours matches fry at equal or lower false-positive rate; what limits both here is the low
-    counts of such genes at pbmc3k depth: per-gene donor sd ~0.25 log2 at ~300 monocytes per donor. Raising the
-    20 most expressed monocyte genes instead, every test finds it every time.)
+    task scenario (issue_scenario): 8 simulated donors, one batch, 1,000 cells/donor (~170 classical monocytes);
+    20 classical-monocyte genes drawn at random among those with >= 0.3 (>= 0.1) counts per cell, median 0.57
+    (0.27), raised 10% in 4 donors; 70 splits x 5 cohorts, share of p < 0.05
+                                  genes >= 0.3            genes >= 0.1
+                                  null    raised 1.1x     null    raised 1.1x
+      ours                        0.051   0.903           0.051   0.740
+      limma fry (equivalent)      0.063   0.931           0.051   0.731
+      donor-mean t-test           0.057   0.151           0.040   0.097
+      per-cell Mann-Whitney       0.383   0.577           0.349   0.497   (uncalibrated)
+    Ours matches fry (the other weightings of set_scores: "precision" 0.80 / null 0.067 and fry 0.745 / 0.062 vs
+    ours 0.717 / 0.052 on 6 cohorts of the >= 0.1 scenario; ours is kept as the best calibrated). The donor-mean
+    t-test finds the change about one time in six, as the task reports for real donors. What limits every test in
+    the >= 0.1 scenario is the low counts of such genes at pbmc3k depth (per-gene donor sd ~0.25 log2).
 
     calibration, share of p < 0.05 (tests)      300 cells/donor     1000 cells/donor
-      ours (differential_activity)              0.043 (691)         0.058 (988)
-      per-cell Mann-Whitney                     0.123 (913)         0.202 (1199)
-      donor-mean t-test                         0.052 (886)         0.048 (1153)
-      composition                               0.029 (140)         0.014 (140)
+      ours (differential_activity)              0.042 (691)         0.055 (988)
+      per-cell Mann-Whitney                     0.120 (913)         0.202 (1199)
+      donor-mean t-test                         0.055 (880)         0.052 (1149)
+      composition                               0.036 (140)         0.014 (140)
 
-    power, Classical monocyte, 1.5x: padj<0.05 ours [p<0.05 ours/donor-t/MWU/oracle]
-      300 cells: lectin, alternative, receptors, union 1.0 [1.0 ...]; regulators 0.3 [0.8/0.9/1.0/0.8];
-                 classical 0.0 [0.0/0.1/0.2/0.2] (1.4 genes kept); other cell types flagged 0.012 of 342
-      1000 cells: lectin, alternative, receptors, union 1.0; regulators 0.9 [1.0 all]; classical 0.1
-                  [0.6/0.6/1.0/0.6]; other cell types flagged 0.004 of 508
-      terminal: no planted gene expressed in classical monocytes (NaN rows or < 1 gene)
+    power, Classical monocyte, 1.5x: padj<0.05 ours [p<0.05 ours/donor-t/MWU/oracle]; arms carrying planted genes:
+    lectin (FCN1), alternative (CFD, CFP), receptors (8 genes), regulators (CD46, CD55, CR1, SERPING1)
+      300 cells: lectin 0.9, alternative 1.0, receptors 1.0, union 1.0; regulators 0.3 [0.8/0.8/0.9/0.5];
+                 other cell types flagged 0.003 of 331
+      1000 cells: lectin, alternative, receptors, union 1.0; regulators 0.8 [0.9/1.0/1.0/0.8];
+                  other cell types flagged 0.010 of 507
+      classical and terminal carry no planted gene (C1Q, C2, C5-C9 are not expressed by blood monocytes): their
+      rows are null tests (ours 0.0 at padj and p).
     power 1.1x, p<0.05, union of the arms       ours / donor-mean t / per-cell MWU (uncalibrated) / oracle
-      300 cells:  0.4 / 0.4 / 0.8 / 0.5      (~50 classical monocytes per donor: sampling noise dominates)
-      1000 cells: 0.9 / 0.4 / 1.0 / 0.9      receptors 0.8 / 0.1 / 0.7 / 0.7
-      2000 cells: 0.9 / 0.3 / 1.0 / 0.9      receptors 0.8 / 0.2 / 1.0 / 0.7
+      300 cells:  0.4 / 0.2 / 0.8 / 0.4      (~50 classical monocytes per donor: sampling noise dominates)
+      1000 cells: 0.8 / 0.4 / 1.0 / 0.8      (20 seeds: 0.8)     receptors 0.6 / 0.1 / 0.9 / 0.7
+      2000 cells: 1.0 / 0.2 / 1.0 / 0.9      (20 seeds: 0.95)    receptors 0.8 / 0.3 / 0.9 / 0.9
       single-gene arms (lectin: FCN1) stay <= 0.4: one gene's donor variation (sd 0.1) hides a 10% change.
     composition (padj<0.05, lineage level, composition_shift 1.8): monocyte up 1.0, T down 1.0, B down 0.3
       (B: direction right in 0.9; with the 1.0.0 default shift 1.5: 0.7 / 0.5 / 0.2)
-    timing: differential_activity 0.15 s vs sc.get.aggregate 0.06 s (16,000 cells, ratio 2.5)
+    timing: differential_activity 0.15 s vs sc.get.aggregate 0.06 s (16,000 cells, ratio 2.5, quiet machine)
 """
 
 from __future__ import annotations
