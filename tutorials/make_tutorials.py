@@ -253,7 +253,8 @@ NB2 = [
 Blood single-cell studies of major depressive disorder (MDD) compare **donors**: patients against controls.
 This tutorial runs the full analysis on a cohort made by the package's simulator, where we know the truth:
 
-- complement-pathway genes are raised 1.5-fold in the **classical monocytes** of MDD donors;
+- the complement-pathway genes that classical monocytes express are raised 1.5-fold in the **classical
+  monocytes** of MDD donors (C1Q, C2 and the terminal components are not expressed there and stay unchanged);
 - MDD donors have **more monocytes and fewer T and B cells**;
 - two sequencing batches add gene-wise batch effects.
 
