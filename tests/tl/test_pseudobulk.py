@@ -40,10 +40,12 @@ def test_dropped_listed_and_warned(cells):
 
 def test_layer_errors(cells):
     del cells.layers["counts"]
-    with pytest.raises(KeyError, match="pass `layer=None`"):
-        im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type")
+    # no counts layer, raw counts in X: X is aggregated (recorded), the same as layer=None
+    pb_default = im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", min_cells=1)
+    assert pb_default.uns["pseudobulk"]["layer"] == "X"
     pb = im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", layer=None, min_cells=1)
     assert pb.n_obs == 6
+    np.testing.assert_array_equal(pb_default.X.toarray(), pb.X.toarray())
     cells.X = np.log1p(cells.X.toarray())
     with pytest.raises(KeyError, match="not raw counts"):
         im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type")

@@ -8,6 +8,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._docs import doc_adata, doc_params, doc_sample_key
+from .._settings import logger
 from .._utils import (
     check_adata,
     check_obs_key,
@@ -22,7 +23,10 @@ __all__ = ["pseudobulk"]
 SEP = "|"
 
 
-def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool = False,
+_DEFAULT_MISSING = object()  # pseudobulk's default layer "counts" is absent
+
+
+def resolve_counts(adata: AnnData, layer, *, func: str, auto: bool = False,
                    problem_of=count_matrix_problem):
     """The raw-count matrix to aggregate, with errors that name the fix.
 
@@ -32,6 +36,13 @@ def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool =
     """
     if auto and layer is None:
         layer = "counts" if "counts" in adata.layers else None
+    if layer is _DEFAULT_MISSING:  # default layer "counts" absent: X when X holds raw counts, else the error below
+        x_problem = problem_of(adata.X)
+        if x_problem is None:
+            logger.info("%s: no layers['counts']; adata.X holds raw counts and is aggregated", func)
+            layer = None
+        else:
+            layer = "counts"
     if layer is not None and layer not in adata.layers:
         x_problem = problem_of(adata.X)
         if x_problem is None:
@@ -105,8 +116,9 @@ def pseudobulk(
     groupby
         Column of ``adata.obs`` with the groups to aggregate within (e.g. the cell type).
     layer
-        Layer holding raw counts (default ``"counts"``, where :func:`immunomood.pp.normalize` keeps them). Pass
-        ``None`` to aggregate ``adata.X`` when it holds raw counts.
+        Layer holding raw counts (default ``"counts"``, where :func:`immunomood.pp.normalize` keeps them; when
+        there is no such layer and ``adata.X`` holds raw counts, ``adata.X`` is used, as recorded in
+        ``uns["pseudobulk"]["layer"]``). Pass ``None`` to aggregate ``adata.X``.
     min_cells
         Sample x group combinations with fewer cells are dropped, and listed in ``uns["dropped"]``.
 
@@ -124,7 +136,9 @@ def pseudobulk(
     check_adata(adata)
     from .._dask import uses_dask
 
-    lazy = uses_dask(adata, layer)  # Dask input: the same steps, counts checked on sampled blocks, summed per block
+    if layer == "counts" and "counts" not in adata.layers:
+        layer = _DEFAULT_MISSING  # the default layer is absent: adata.X, if it holds raw counts
+    lazy = uses_dask(adata, None if layer is _DEFAULT_MISSING else layer)  # Dask input: the same steps, counts checked on sampled blocks, summed per block
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
     if sample_key == groupby:
