@@ -282,3 +282,30 @@ def test_differential_expression_ensembl_ids_and_symbols(planted):
     assert list(mono["symbol"]) == ["G0", "G1", "G2"]
     with pytest.raises(KeyError, match="NOTAGENE"):
         im.tl.differential_expression(a, genes=["NOTAGENE"], **KW)
+
+
+def test_between_within_df():
+    from immunomood.tl._differential import between_within_df
+
+    donors = np.repeat(np.arange(8), 2)  # 8 donors x 2 samples
+    between = np.column_stack([np.ones(16), (donors >= 4).astype(float)])  # condition per donor
+    assert between_within_df(between, donors) == 8 - 2
+    paired = np.column_stack([np.ones(16), np.tile([0.0, 1.0], 8)])  # both conditions in every donor
+    assert between_within_df(paired, donors) == 16 - 8 - 1
+
+
+@pytest.mark.slow
+def test_random_effect_pooled_samples_calibrated():
+    """Two samples per donor (cells split at random), condition per donor, random_effect='donor': the donor-level
+    df keeps the test calibrated (with n_samples - p df it called 0.079 of 240 null tests)."""
+    ps = []
+    for seed in range(30):
+        a = synth_cohort(n_donors=8, seed=500 + seed, cells=(120, 80))
+        rng = np.random.default_rng(seed)
+        a.obs["sample"] = (a.obs["donor"].astype(str) + "_v" + rng.integers(0, 2, a.n_obs).astype(str)).astype(
+            "category")
+        r = im.tl.differential_activity(a, condition_key="condition", sample_key="sample", groupby="cell_type",
+                                        gene_sets=SETS, random_effect="donor")
+        assert (r["df"] == 6).all()
+        ps += list(r["pvalue"])
+    assert 0.01 <= (np.asarray(ps) < 0.05).mean() <= 0.08

@@ -382,8 +382,26 @@ def _fit_set(score: np.ndarray, D: np.ndarray, groups: np.ndarray | None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = sm.MixedLM(score, D, groups=groups).fit(reml=True)
-    df = D.shape[0] - D.shape[1]
-    return float(res.fe_params[1]), float(res.bse_fe[1]), df
+    return float(res.fe_params[1]), float(res.bse_fe[1]), between_within_df(D, groups)
+
+
+def between_within_df(D: np.ndarray, groups: np.ndarray, col: int = 1) -> int:
+    """Residual df of column ``col`` of ``D`` in a random-intercept model ("between-within" / containment rule).
+
+    A condition constant within every group (donor-level: repeated visits or pooled samples of one donor) is
+    tested between groups: ``df = n_groups - rank of the between-group columns``. One that varies within groups
+    (paired: both conditions in a donor) is tested within groups: ``df = n_samples - n_groups - rank of the
+    within-group columns``. Using ``n_samples - p`` instead would count repeated samples of a donor as
+    independent evidence for a donor-level effect.
+    """
+    codes = pd.factorize(pd.Series(groups))[0]
+    n_groups = int(codes.max()) + 1
+    const = np.array([all(np.ptp(D[codes == g, j]) == 0 for g in range(n_groups)) for j in range(D.shape[1])])
+    if const[col]:
+        rank = np.linalg.matrix_rank(D[:, const]) if const.any() else 0
+        return max(n_groups - rank, 1)
+    rank = np.linalg.matrix_rank(D[:, ~const])
+    return max(D.shape[0] - n_groups - rank, 1)
 
 
 def bh(p: np.ndarray) -> np.ndarray:
@@ -459,7 +477,11 @@ def differential_activity(
     covariates
         Sample-level columns of ``adata.obs`` to adjust for (numeric or categorical).
     random_effect
-        Column of ``adata.obs`` grouping samples of one donor (repeated visits, pooled samples, pairs).
+        Column of ``adata.obs`` grouping samples of one donor (repeated visits, pooled samples, pairs). The set
+        score is then fitted by a linear mixed model with a random intercept per group (statsmodels ``MixedLM``,
+        REML) and the condition is t-tested with "between-within" degrees of freedom: groups minus between-group
+        parameters for a donor-level condition, samples minus groups minus within-group parameters for a paired
+        one (``df`` column).
     min_cells
         Minimum number of cells of a sample in a group for that sample to enter the group's test.
     layer
