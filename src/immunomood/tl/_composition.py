@@ -25,6 +25,37 @@ def cell_counts(adata: AnnData, sample_key: str, groupby: str) -> pd.DataFrame:
 
 
 @doc_params(adata=doc_adata, sample_key=doc_sample_key)
+def _intra_sample_correlation(counts: np.ndarray, total: np.ndarray, D: np.ndarray) -> float:
+    """Pooled Dirichlet-multinomial intra-sample correlation ``rho`` (moment estimate over all cell types).
+
+    Under the Dirichlet-multinomial model every type has ``Var(y) = n p (1 - p) (1 + (n - 1) rho)`` with one
+    ``rho = 1 / (concentration + 1)``. Per type, binomial GLM fits give squared Pearson residuals ``r2 ~ 1 + (n - 1)
+    rho``; ``rho`` is the least-squares slope of ``r2 - 1`` on ``n - 1`` over all types and samples, clipped to [0,
+    1). With equal sample sizes the weights are equal whatever ``rho``; with unequal ones, large samples no longer
+    dominate (weights ``n`` alone called 0.10-0.13 of null tests at p < 0.05 with 200-5,000 cells per sample).
+    """
+    import statsmodels.api as sm
+
+    num = den = 0.0
+    for j in range(counts.shape[1]):
+        y = counts[:, j]
+        if (y == 0).all() or (y == total).all():
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = sm.GLM(y / total, D, family=sm.families.Binomial(), var_weights=total).fit()
+        except Exception:  # noqa: BLE001 - a type that cannot be fitted adds nothing to the pooled estimate
+            continue
+        mu = np.clip(fit.fittedvalues, 1e-9, 1 - 1e-9)
+        r2 = (y / total - mu) ** 2 / (mu * (1 - mu) / total)
+        num += float(((r2 - 1.0) * (total - 1.0)).sum())
+        den += float(((total - 1.0) ** 2).sum())
+    if den <= 0:
+        return 0.0
+    return float(np.clip(num / den, 0.0, 0.999))
+
+
 def composition(
     adata: AnnData,
     *,
@@ -38,10 +69,12 @@ def composition(
 
     Method: for each cell type, a quasi-binomial GLM of the donor's cell counts (cells of the type out of the
     donor's cells) on ``condition + covariates`` (logit link, dispersion estimated from the Pearson statistic,
-    t-tests with residual df = samples - parameters). Why: donor proportions are overdispersed
-    (Dirichlet-multinomial); the quasi-binomial variance ``phi * n * p * (1 - p)`` is exactly the
-    Dirichlet-multinomial variance when donors contribute similar numbers of cells, so donor-to-donor variation is
-    counted, donors with more cells weigh more, and zero counts need no pseudocount (unlike log-ratio transforms).
+    t-tests with residual df = samples - parameters), with Dirichlet-multinomial weights ``n / (1 + (n - 1)
+    rho)``, ``rho`` the intra-sample correlation estimated once from all types (moments). Why: donor proportions
+    are overdispersed (Dirichlet-multinomial, variance ``n p (1 - p) (1 + (n - 1) rho)``), so donor-to-donor
+    variation is counted, a donor with many cells weighs more than one with few but not in proportion to its
+    cells (which made the test anti-conservative when donors' cell numbers differ), and zero counts need no
+    pseudocount (unlike log-ratio transforms).
     Each type's proportion is tested against all other cells, so an increase of one type and decreases of others are
     reported on their own scale (this is a test of proportions; log-ratio methods test relative abundances).
 
@@ -80,6 +113,7 @@ def composition(
     is_case = tab[condition_key].to_numpy() == case
     props = counts.to_numpy(dtype=float) / total[:, None]
     df = D.shape[0] - D.shape[1]
+    rho = _intra_sample_correlation(counts.to_numpy(dtype=float), total, D)
     rows, corrected = [], []
     for j, g in enumerate(counts.columns):
         y = counts.iloc[:, j].to_numpy(dtype=float)
@@ -96,7 +130,9 @@ def composition(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # proportions with var_weights = cells per sample (the two-column endog form mis-scales the Pearson X2)
-                res = sm.GLM(y / tot, D, family=sm.families.Binomial(), var_weights=tot).fit(scale="X2")
+                # Dirichlet-multinomial variance n p (1 - p) (1 + (n - 1) rho): weights n / (1 + (n - 1) rho)
+                res = sm.GLM(y / tot, D, family=sm.families.Binomial(),
+                             var_weights=tot / (1.0 + (tot - 1.0) * rho)).fit(scale="X2")
             coef, se = float(res.params[1]), float(res.bse[1])
         except Exception:  # noqa: BLE001 - perfect separation etc. -> NaN row
             coef, se = np.nan, np.nan
@@ -107,7 +143,7 @@ def composition(
                          ci_high=(coef + q * se) / np.log(2), statistic=t, pvalue=p,
                          prop_case=float(props[is_case, j].mean()), prop_reference=float(props[~is_case, j].mean()),
                          n_case=int(is_case.sum()), n_reference=int((~is_case).sum()),
-                         method="quasi-binomial GLM of donor cell counts (logit), t-test", note=note))
+                         method="quasi-binomial GLM of donor cell counts (logit, Dirichlet-multinomial weights), t-test", note=note))
     if corrected:
         warnings.warn(
             f"composition: {corrected} have no cells in every sample of one condition (complete separation); "
