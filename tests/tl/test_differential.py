@@ -309,3 +309,27 @@ def test_random_effect_pooled_samples_calibrated():
         assert (r["df"] == 6).all()
         ps += list(r["pvalue"])
     assert 0.01 <= (np.asarray(ps) < 0.05).mean() <= 0.08
+
+
+def test_design_errors_found_by_review(planted):
+    """groupby reused as condition/sample, random effect equal to the condition or with one level per sample, an
+    arm whose samples all come from one donor, a numeric covariate stored as text: clear errors up front."""
+    a = planted.copy()
+    with pytest.raises(ValueError, match="groupby 'condition'"):
+        im.tl.differential_activity(a, gene_sets=SETS, condition_key="condition", sample_key="donor",
+                                    groupby="condition")
+    with pytest.raises(ValueError, match="random_effect 'condition' is also the condition"):
+        im.tl.differential_activity(a, gene_sets=SETS, random_effect="condition", **KW)
+    with pytest.raises(ValueError, match="one level per sample"):
+        im.tl.differential_activity(a, gene_sets=SETS, random_effect="donor", **KW)
+    b = planted.copy()
+    rng = np.random.default_rng(0)
+    b.obs["sample"] = (b.obs["donor"].astype(str) + "_v" + rng.integers(0, 2, b.n_obs).astype(str)).astype("category")
+    b.obs["subject"] = b.obs["donor"].astype(str)
+    b.obs.loc[(b.obs["condition"] == "control").to_numpy(), "subject"] = "one_donor"
+    with pytest.raises(ValueError, match="at least 2 donors per arm"):
+        im.tl.differential_activity(b, gene_sets=SETS, condition_key="condition", sample_key="sample",
+                                    groupby="cell_type", random_effect="subject")
+    a.obs["age_text"] = a.obs["age"].astype(str) + a.obs["donor"].astype(str).str[1:]  # one level per donor
+    with pytest.raises(ValueError, match="convert it"):
+        im.tl.differential_activity(a, gene_sets=SETS, covariates=["age_text"], **KW)

@@ -113,8 +113,14 @@ def _check_rank(tab: pd.DataFrame, condition_key: str, case, covariates: Sequenc
             Dc, _ = design_matrix(tab, condition_key, case, [c])
             alone = np.linalg.matrix_rank(Dc) < Dc.shape[1]
             n_levels = tab[c].nunique()
+            categorical = pd.api.types.is_bool_dtype(tab[c]) or not pd.api.types.is_numeric_dtype(tab[c])
             if n_levels <= 1:
                 why = "it is constant across samples"
+            elif categorical and n_levels + 1 >= len(tab):
+                numeric = pd.to_numeric(tab[c].astype(str), errors="coerce").notna().all()
+                why = (f"it is categorical with {n_levels} levels for {len(tab)} samples, which leaves no degrees of "
+                       "freedom" + (f"; its values look numeric: convert it, e.g. "
+                                    f"`adata.obs[{c!r}] = adata.obs[{c!r}].astype(float)`" if numeric else ""))
             elif alone:
                 why = f"it is confounded with the condition {condition_key!r} (perfectly collinear with it)"
             else:
@@ -138,6 +144,16 @@ def _validate(adata, *, condition_key, sample_key, groupby, covariates, random_e
         raise ValueError(f"The condition column {condition_key!r} cannot also be a covariate.")
     if sample_key in covariates or sample_key == condition_key:
         raise ValueError(f"sample_key {sample_key!r} cannot be the condition or a covariate: it is the unit.")
+    if groupby in (condition_key, sample_key, random_effect) or groupby in covariates:
+        raise ValueError(
+            f"groupby {groupby!r} is also the condition, sample, random-effect or a covariate column; groupby names "
+            "the cell types (groups) tested separately, e.g. groupby='cell_type'."
+        )
+    if random_effect is not None and (random_effect == condition_key or random_effect in covariates):
+        raise ValueError(
+            f"random_effect {random_effect!r} is also the condition or a covariate; it names the donor whose "
+            "samples (visits, pools, paired conditions) share a random intercept."
+        )
     obs = adata.obs
     case, ref = _condition_levels(obs, condition_key, reference)
     cols = [condition_key, *covariates] + ([random_effect] if random_effect is not None else [])
@@ -152,8 +168,27 @@ def _validate(adata, *, condition_key, sample_key, groupby, covariates, random_e
     msg = _check_rank(tab, condition_key, case, covariates)
     if msg:
         raise ValueError(msg)
-    if random_effect is not None and tab[random_effect].nunique() < 2:
-        raise ValueError(f"random_effect {random_effect!r} has a single level; a random intercept needs >= 2.")
+    if random_effect is not None:
+        n_re = tab[random_effect].nunique()
+        if n_re < 2:
+            raise ValueError(f"random_effect {random_effect!r} has a single level; a random intercept needs >= 2.")
+        if n_re == len(tab):
+            raise ValueError(
+                f"random_effect {random_effect!r} has one level per sample ({n_re} levels, {len(tab)} samples of "
+                f"{sample_key!r}): there is nothing to group and the random intercept cannot be separated from the "
+                "residual. Leave random_effect=None, or set sample_key to the finer sample (visit, pool) column."
+            )
+        per_re = tab.groupby(random_effect, observed=True)[condition_key].nunique()
+        if (per_re == 1).all():  # donor-level condition: the donors are the unit of the comparison
+            arm_levels = tab.groupby(condition_key, observed=True)[random_effect].nunique()
+            for lv in (ref, case):
+                if arm_levels.get(lv, 0) < 2:
+                    raise ValueError(
+                        f"Condition {lv!r} has {arm_levels.get(lv, 0)} level(s) of random_effect {random_effect!r} "
+                        f"(its {int((tab[condition_key] == lv).sum())} samples come from one donor); at least 2 "
+                        "donors per arm are needed: repeated samples of one donor do not measure donor-to-donor "
+                        "variation."
+                    )
     return case, ref, tab
 
 
@@ -535,8 +570,12 @@ def differential_activity(
             except Exception as err:  # noqa: BLE001 - a failed mixed model fit becomes a NaN row with its reason
                 rows.append(base | dict(gene_set=k, reason=f"model fit failed: {err}", n_genes=G["n_genes"][k]))
                 continue
-            t = coef / se if se > 0 else np.nan
-            p = 2 * stats.t.sf(abs(t), df) if np.isfinite(t) else np.nan
+            if not (np.isfinite(coef) and np.isfinite(se) and se > 0):
+                rows.append(base | dict(gene_set=k, n_genes=G["n_genes"][k],
+                                        reason=f"standard error not estimable (coef {coef}, se {se})"))
+                continue
+            t = coef / se
+            p = 2 * stats.t.sf(abs(t), df)
             eff, ese = coef, se  # the score is a weighted mean of centred logCPM: coef = weighted mean log2FC
             q = stats.t.ppf(0.975, df)
             rows.append(base | dict(gene_set=k, effect=eff, ci_low=eff - q * ese, ci_high=eff + q * ese,
