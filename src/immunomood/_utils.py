@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,12 +185,25 @@ def gene_symbols(adata: Any, gene_symbols: str | None = None) -> pd.Index:
     return pd.Index(adata.var_names.astype(str))
 
 
+def symbols_for_sets(adata: Any, symbol_column: str | None, sets: Mapping[str, Sequence[str]]) -> pd.Index:
+    """The gene names to match ``sets`` against: the symbols (:func:`gene_symbols`), or ``var_names`` when the sets
+    are written in the identifiers of ``var_names`` (e.g. a dict of Ensembl IDs for Ensembl ``var_names``)."""
+    symbols = gene_symbols(adata, symbol_column)
+    names = pd.Index(adata.var_names.astype(str))
+    if symbol_column is not None or symbols.equals(names):
+        return symbols
+    wanted = {str(g).upper() for genes in sets.values() for g in genes}
+    n_symbols = len(wanted & set(symbols.str.upper()))
+    n_names = len(wanted & set(names.str.upper()))
+    return names if n_names > n_symbols else symbols
+
+
 def identifier_kind(adata: Any) -> str:
     return "Ensembl IDs" if looks_like_ensembl(adata.var_names) else "gene symbols"
 
 
 def match_genes(symbols: pd.Index, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Positions of ``genes`` among ``symbols`` (case-insensitive; R-style ``.1`` suffixes ignored).
+    """Positions of ``genes`` among ``symbols`` (case-insensitive, exact otherwise).
 
     Returns (indices found, genes missing). The first occurrence wins when a symbol repeats.
     """

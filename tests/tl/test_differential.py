@@ -333,3 +333,16 @@ def test_design_errors_found_by_review(planted):
     a.obs["age_text"] = a.obs["age"].astype(str) + a.obs["donor"].astype(str).str[1:]  # one level per donor
     with pytest.raises(ValueError, match="convert it"):
         im.tl.differential_activity(a, gene_sets=SETS, covariates=["age_text"], **KW)
+
+
+def test_gene_set_of_ensembl_ids_matches_ensembl_var_names(planted):
+    """A dict of Ensembl IDs on Ensembl var_names (with a symbol column) matches the IDs."""
+    a = planted.copy()
+    a.var["symbol"] = a.var_names.astype(str)
+    ids = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    a.var_names = ids
+    by_id = im.tl.differential_activity(a, gene_sets={"setA": ids[:20]}, **KW)
+    by_symbol = im.tl.differential_activity(a, gene_sets={"setA": SETS["setA"]}, **KW)
+    pd.testing.assert_series_equal(by_id["pvalue"], by_symbol["pvalue"])
+    sc = im.tl.score_pathways(a, {"setA": ids[:20]}, inplace=False)
+    assert np.isfinite(sc["setA"]).all()

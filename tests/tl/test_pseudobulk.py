@@ -53,3 +53,11 @@ def test_layer_errors(cells):
         im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", layer=None)
     with pytest.raises(KeyError, match="Available"):
         im.tl.pseudobulk(cells, sample_key="nope", groupby="cell_type", layer=None)
+
+
+def test_integer_sample_ids_with_drops_write_to_h5ad(cells, tmp_path):
+    cells.obs["sid"] = cells.obs["sample"].map({"s1": 1, "s2": 2, "s3": 3}).astype(int)
+    with pytest.warns(UserWarning, match="fewer than"):
+        pb = im.tl.pseudobulk(cells, sample_key="sid", groupby="cell_type", min_cells=10_000)
+    assert len(pb.uns["dropped"]) == 6 and pb.n_obs == 0
+    pb.write_h5ad(tmp_path / "pb.h5ad")

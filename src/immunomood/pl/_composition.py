@@ -9,7 +9,7 @@ from anndata import AnnData
 __all__ = ["composition"]
 
 
-def composition(adata: AnnData, *, sample_key: str, condition_key: str, groupby: str, ax=None):
+def composition(adata: AnnData, *, sample_key: str, condition_key: str, groupby: str, reference=None, ax=None):
     """Per cell type, each donor's (sample's) proportion, by condition.
 
     Parameters
@@ -22,6 +22,8 @@ def composition(adata: AnnData, *, sample_key: str, condition_key: str, groupby:
         Column of ``adata.obs`` with the condition (constant within a sample).
     groupby
         Column of ``adata.obs`` with the cell types.
+    reference
+        Reference condition, drawn first (default: the first category), as in :func:`immunomood.tl.composition`.
     ax
         Axes to draw into; a new figure otherwise.
 
@@ -40,7 +42,7 @@ def composition(adata: AnnData, *, sample_key: str, condition_key: str, groupby:
     counts = cell_counts(adata, sample_key, groupby)
     props = counts.div(counts.sum(axis=1), axis=0)
     tab = _sample_table(adata.obs, sample_key, [condition_key])
-    case, ref = _condition_levels(adata.obs, condition_key, None)
+    case, ref = _condition_levels(adata.obs, condition_key, reference)
     cond = tab[condition_key].reindex(props.index).to_numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4, 0.9 * props.shape[1] + 1), 4))

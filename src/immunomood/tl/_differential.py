@@ -17,7 +17,7 @@ from scipy import special, stats
 
 from .._docs import doc_adata, doc_gene_sets, doc_params, doc_sample_key
 from .._settings import logger
-from .._utils import check_adata, check_not_view, check_obs_key, match_genes, warn
+from .._utils import check_adata, check_not_view, check_obs_key, match_genes, symbols_for_sets, warn
 from .._utils import gene_symbols as _gene_symbols
 from ._gene_sets import resolve_gene_sets
 from ._pseudobulk import aggregate, combos, resolve_counts
@@ -365,7 +365,7 @@ def _prepare(adata, *, condition_key, sample_key, groupby, gene_sets, reference,
     if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
         raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
     X, layer = resolve_counts(adata, layer, func="differential_activity", auto=True)
-    symbols = _gene_symbols(adata, gene_symbols)
+    symbols = symbols_for_sets(adata, gene_symbols, sets)
     members = {k: match_genes(symbols, v)[0] for k, v in sets.items()}
     if all(len(v) == 0 for v in members.values()):
         raise ValueError(
@@ -621,7 +621,7 @@ def differential_expression(
     reference: str | None = None,
     layer: str | None = None,
     n_cpus: int = 1,
-    n_anchor_genes: int = 300,
+    n_anchor_genes: int | None = None,
     gene_symbols: str | None = None,
 ) -> pd.DataFrame:
     """Pseudobulk DESeq2 (pydeseq2) per group, with the sample as the unit.
@@ -637,9 +637,9 @@ def differential_expression(
     covariates
         Sample-level columns added to the design (``~ covariates + condition``).
     genes
-        Restrict the output to these genes (``var_names`` or gene symbols); the fit then uses them plus the
-        ``n_anchor_genes`` most expressed genes of the group (for size factors and the dispersion trend), which
-        keeps it quick.
+        Restrict the output to these genes (``var_names`` or gene symbols). The fit still uses every expressed
+        gene (size factors, dispersion trend and independent filtering as in a full DESeq2 run), so p-values do
+        not depend on which genes are requested; ``padj`` is DESeq2's over all genes of the group.
     min_cells
         Minimum cells of a sample in a group.
     reference
@@ -649,7 +649,9 @@ def differential_expression(
     n_cpus
         Processes used by pydeseq2.
     n_anchor_genes
-        With ``genes``, number of most expressed genes added to the fit.
+        Quick approximation for large data: with ``genes``, fit only them plus this many most expressed genes of
+        the group. Size factors and the dispersion trend then come from those genes, so p-values differ from a
+        full fit (default ``None``: full fit).
     gene_symbols
         Column of ``adata.var`` with gene symbols (found automatically when ``var_names`` are Ensembl IDs).
 
@@ -698,7 +700,7 @@ def differential_expression(
         counts = pd.DataFrame(np.round(M[rows].toarray()).astype(np.int64), index=[str(s) for s in samples],
                               columns=adata.var_names.astype(str))
         counts = counts.loc[:, counts.sum(axis=0) > 0]
-        if genes is not None:  # fit the requested genes plus the most expressed ones (size factors, dispersion trend)
+        if genes is not None and n_anchor_genes is not None:  # approximation: requested + most expressed genes
             top = counts.sum(axis=0).sort_values(ascending=False).index[:n_anchor_genes]
             counts = counts.loc[:, [g for g in counts.columns if g in set(genes) or g in set(top)]]
         meta = pd.DataFrame(index=counts.index)

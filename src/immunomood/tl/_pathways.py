@@ -21,7 +21,7 @@ from .._utils import (
     warn,
 )
 from .._utils import (
-    gene_symbols as _gene_symbols,
+    symbols_for_sets,
 )
 from ._gene_sets import resolve_gene_sets
 
@@ -249,7 +249,7 @@ def score_pathways(
 def _prepare_sets(adata, gene_sets, gene_symbols):
     """Resolve the gene sets and match them to ``adata``: (sets, symbols, found, missing, union of found genes)."""
     sets = resolve_gene_sets(gene_sets)
-    symbols = _gene_symbols(adata, gene_symbols)
+    symbols = symbols_for_sets(adata, gene_symbols, sets)
     found, missing = _match_sets(symbols, sets)
     union = np.unique(np.concatenate([v for v in found.values()] + [np.array([], int)])).astype(int)
     if union.size == 0:

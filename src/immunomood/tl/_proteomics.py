@@ -22,7 +22,7 @@ from .._settings import logger
 from .._utils import (
     check_adata,
     check_obs_key,
-    gene_symbols,
+    symbols_for_sets,
     match_genes,
     resolve_random_state,
     sample_level_columns,
@@ -90,7 +90,7 @@ def donor_view(
     sets = resolve_gene_sets(gene_sets)
     if layer is None and "counts" in adata.layers:
         layer = "counts"
-    symbols = gene_symbols(adata)
+    symbols = symbols_for_sets(adata, None, sets)
 
     import warnings
 

@@ -156,6 +156,8 @@ def pseudobulk(
     grid, code = combos(adata.obs, sample_key, groupby)
     keep = grid["n_cells"].to_numpy() >= min_cells
     dropped = grid.loc[~keep].reset_index(drop=True)
+    for c in (sample_key, groupby):  # strings: an object column of ints cannot be written to h5ad
+        dropped[c] = dropped[c].astype(str)
     kept_idx = np.flatnonzero(keep)
     remap = -np.ones(len(grid), dtype=np.int64)
     remap[kept_idx] = np.arange(len(kept_idx))
