@@ -60,7 +60,7 @@ per cell, 2-core machine, 2026-11-21):
       single-gene arms (lectin: FCN1) stay <= 0.4: one gene's donor variation (sd 0.1) hides a 10% change.
     composition (padj<0.05, lineage level, composition_shift 1.8): monocyte up 1.0, T down 1.0, B down 0.3
       (B: direction right in 0.9; with the 1.0.0 default shift 1.5: 0.7 / 0.5 / 0.2)
-    timing: differential_activity 0.15 s vs sc.get.aggregate 0.06 s (16,000 cells, ratio 2.5, quiet machine)
+    timing (after a warm-up call): differential_activity 0.13 s vs sc.get.aggregate 0.06 s (16,000 cells, ratio 2.2)
 """
 
 from __future__ import annotations
@@ -321,6 +321,11 @@ def timing(n_cells_per_donor=1000):
     import immunomood as im
 
     adata, _ = im.datasets.simulate_cohort(n_donors=16, n_cells_per_donor=n_cells_per_donor, random_state=0)
+    kw = dict(condition_key="condition", sample_key="donor", groupby=GROUP, gene_sets="complement")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        im.tl.differential_activity(adata.copy(), **kw)  # warm-up: first-call imports (statsmodels) not timed
+        sc.get.aggregate(adata, by=["donor", GROUP], func="sum")
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
