@@ -128,16 +128,25 @@ def baselines(adata, sets, *, min_cells=10):
     return pd.DataFrame(rows)
 
 
-def _target_logcpm(adata, genes):
-    """Pseudobulk logCPM (as differential_activity normalises it) of ``genes`` in TARGET, design with batch."""
-    from immunomood.tl._differential import design_matrix, filter_by_expr, log_cpm, norm_factors
+def _target_pseudobulk(adata, covariates=()):
+    """TARGET pseudobulk counts (donors with >= 10 cells) and the design ``condition + covariates``."""
+    from immunomood.tl._differential import design_matrix
     from immunomood.tl._pseudobulk import aggregate, combos
 
     grid, code = combos(adata.obs, "donor", GROUP)
     rows = np.flatnonzero((grid[GROUP] == TARGET).to_numpy() & (grid["n_cells"] >= 10).to_numpy())
     C = aggregate(adata.X, code, len(grid))[rows].toarray()
-    tab = adata.obs.groupby("donor", observed=True)[["condition", "batch"]].first().loc[grid["donor"].to_numpy()[rows]]
-    D, _ = design_matrix(tab, "condition", "MDD", ["batch"])
+    cols = ["condition", *covariates]
+    tab = adata.obs.groupby("donor", observed=True)[cols].first().loc[grid["donor"].to_numpy()[rows]]
+    D, _ = design_matrix(tab, "condition", "MDD", list(covariates))
+    return C, tab, D
+
+
+def _target_logcpm(adata, genes):
+    """Pseudobulk logCPM (as differential_activity normalises it) of ``genes`` in TARGET, design with batch."""
+    from immunomood.tl._differential import filter_by_expr, log_cpm, norm_factors
+
+    C, _, D = _target_pseudobulk(adata, ["batch"])
     keep = filter_by_expr(C, 8)
     eff = C.sum(axis=1) * norm_factors(C[:, keep])
     idx = adata.var_names.get_indexer(genes)
@@ -244,14 +253,9 @@ def fry_p(adata, sets):
     residual columns of the QR-rotated data), compared with t on the residual df; that is the OLS t-test of the
     per-sample mean of logCPM / posterior sd, which is computed here through ``set_scores(weighting="sd")``
     (fry's robust variance estimate aside)."""
-    from immunomood.tl._differential import design_matrix, ols, set_scores
-    from immunomood.tl._pseudobulk import aggregate, combos
+    from immunomood.tl._differential import ols, set_scores
 
-    grid, code = combos(adata.obs, "donor", GROUP)
-    rows = np.flatnonzero((grid[GROUP] == TARGET).to_numpy() & (grid["n_cells"] >= 10).to_numpy())
-    C = aggregate(adata.X, code, len(grid))[rows].toarray()
-    tab = adata.obs.groupby("donor", observed=True)[["condition"]].first().loc[grid["donor"].to_numpy()[rows]]
-    D, _ = design_matrix(tab, "condition", "MDD", [])
+    C, tab, D = _target_pseudobulk(adata)
     (name, genes), = sets.items()
     members = {name: adata.var_names.get_indexer(genes)}
     S = set_scores(C, D, members, min_n=int(min((tab.condition == "MDD").sum(), (tab.condition != "MDD").sum())),

@@ -464,8 +464,8 @@ def simulate_cohort(
     # planted: the complement genes that classical monocytes express (>= PLANTED_MIN_MEAN counts per cell at the
     # reference depth); a fold change of a gene the cell type does not express (C1Q, C2, terminal components) is
     # neither biology nor measurable, and would make arms look "planted" that carry no signal
-    t_comp_ref = cell_types.index(COMPLEMENT_CELL_TYPE)
-    mono_mean = pd.Series(profiles[t_comp_ref] * np.exp(float(ref["lib_logmean"][t_comp_ref])), index=genes_all)
+    t_comp = cell_types.index(COMPLEMENT_CELL_TYPE)
+    mono_mean = pd.Series(profiles[t_comp] * np.exp(float(ref["lib_logmean"][t_comp])), index=genes_all)
     planted_all = [g for g in complement_genes() if g in ref_set and mono_mean[g] >= PLANTED_MIN_MEAN]
     not_planted = [g for g in complement_genes() if g in ref_set and mono_mean[g] < PLANTED_MIN_MEAN]
 
@@ -491,7 +491,6 @@ def simulate_cohort(
     planted = [g for g in planted_all if g in kept_set]
     planted_set = set(planted)
     planted_idx = pd.Index(genes).get_indexer(planted)
-    t_comp = cell_types.index(COMPLEMENT_CELL_TYPE)
 
     # --- random streams: independent of each other, so e.g. n_cells_per_donor leaves donor metadata unchanged
     root = np.random.SeedSequence(seed)

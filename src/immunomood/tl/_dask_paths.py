@@ -124,13 +124,6 @@ def _problem_of_sampled(M):
     return count_matrix_problem(M)
 
 
-def _resolve_counts_dask(adata: AnnData, layer: str | None, *, func: str):
-    """``resolve_counts`` of :mod:`immunomood.tl._pseudobulk`, with the counts check on a sample of blocks."""
-    from ._pseudobulk import resolve_counts
-
-    return resolve_counts(adata, layer, func=func, problem_of=_problem_of_sampled)
-
-
 def pseudobulk_dask(
     adata: AnnData,
     *,

@@ -23,28 +23,21 @@ __all__ = ["pseudobulk"]
 SEP = "|"
 
 
-_DEFAULT_MISSING = object()  # pseudobulk's default layer "counts" is absent
-
-
-def resolve_counts(adata: AnnData, layer, *, func: str, auto: bool = False,
-                   problem_of=count_matrix_problem):
+def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool = False,
+                   problem_of=count_matrix_problem, fallback_to_x: bool = False):
     """The raw-count matrix to aggregate, with errors that name the fix.
 
     ``layer=None`` uses ``adata.X``. With ``auto=True`` a ``"counts"`` layer is used when present, else ``X``.
     ``problem_of`` describes why a matrix is not raw counts (``None`` if it is); the Dask path passes a check
-    on a sample of blocks.
+    on a sample of blocks. ``fallback_to_x``: a missing ``layer`` falls back to ``X`` when ``X`` holds raw counts.
     """
     if auto and layer is None:
         layer = "counts" if "counts" in adata.layers else None
-    if layer is _DEFAULT_MISSING:  # default layer "counts" absent: X when X holds raw counts, else the error below
-        x_problem = problem_of(adata.X)
-        if x_problem is None:
-            logger.info("%s: no layers['counts']; adata.X holds raw counts and is aggregated", func)
-            layer = None
-        else:
-            layer = "counts"
     if layer is not None and layer not in adata.layers:
         x_problem = problem_of(adata.X)
+        if x_problem is None and fallback_to_x:  # a default layer that is absent: X holds raw counts, use it
+            logger.info("%s: no layers[%r]; adata.X holds raw counts and is aggregated", func, layer)
+            return get_matrix(adata, None), None
         if x_problem is None:
             raise KeyError(
                 f"`{func}`: layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())}). "
@@ -136,9 +129,8 @@ def pseudobulk(
     check_adata(adata)
     from .._dask import uses_dask
 
-    if layer == "counts" and "counts" not in adata.layers:
-        layer = _DEFAULT_MISSING  # the default layer is absent: adata.X, if it holds raw counts
-    lazy = uses_dask(adata, None if layer is _DEFAULT_MISSING else layer)  # Dask input: the same steps, counts checked on sampled blocks, summed per block
+    default_missing = layer == "counts" and "counts" not in adata.layers  # then X, if it holds raw counts
+    lazy = uses_dask(adata, None if default_missing else layer)  # Dask input: the same steps, counts checked on sampled blocks, summed per block
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
     if sample_key == groupby:
@@ -148,10 +140,11 @@ def pseudobulk(
     if lazy:
         from ._dask_paths import _problem_of_sampled, aggregate_dask
 
-        X, layer = resolve_counts(adata, layer, func="pseudobulk", problem_of=_problem_of_sampled)
+        X, layer = resolve_counts(adata, layer, func="pseudobulk", problem_of=_problem_of_sampled,
+                                  fallback_to_x=default_missing)
         agg = aggregate_dask
     else:
-        X, layer = resolve_counts(adata, layer, func="pseudobulk")
+        X, layer = resolve_counts(adata, layer, func="pseudobulk", fallback_to_x=default_missing)
         agg = aggregate
     grid, code = combos(adata.obs, sample_key, groupby)
     keep = grid["n_cells"].to_numpy() >= min_cells
