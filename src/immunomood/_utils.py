@@ -33,6 +33,23 @@ def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 
     warnings.warn(message, category, stacklevel=stacklevel)
 
 
+PROBLEMS_KEY = "immunomood_problems"
+
+
+def record_problem(adata: Any, message: str, *, warn_user: bool = True) -> None:
+    """Record a step that could not run (fully) in ``adata.uns["immunomood_problems"]`` and warn.
+
+    The report's summary lists every recorded problem at its top, so that nothing a step skipped
+    is only a log line. Repeated identical messages are stored once.
+    """
+    problems = list(adata.uns.get(PROBLEMS_KEY, []))
+    if message not in problems:
+        problems.append(message)
+    adata.uns[PROBLEMS_KEY] = problems
+    if warn_user:
+        warn(message, stacklevel=4)
+
+
 # ----------------------------------------------------------------------------------------------
 # AnnData checks
 # ----------------------------------------------------------------------------------------------
