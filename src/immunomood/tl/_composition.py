@@ -24,7 +24,6 @@ def cell_counts(adata: AnnData, sample_key: str, groupby: str) -> pd.DataFrame:
     return tab
 
 
-@doc_params(adata=doc_adata, sample_key=doc_sample_key)
 def _intra_sample_correlation(counts: np.ndarray, total: np.ndarray, D: np.ndarray) -> float:
     """Pooled Dirichlet-multinomial intra-sample correlation ``rho`` (moment estimate over all cell types).
 
@@ -56,6 +55,7 @@ def _intra_sample_correlation(counts: np.ndarray, total: np.ndarray, D: np.ndarr
     return float(np.clip(num / den, 0.0, 0.999))
 
 
+@doc_params(adata=doc_adata, sample_key=doc_sample_key)
 def composition(
     adata: AnnData,
     *,
