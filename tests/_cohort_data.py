@@ -1,0 +1,88 @@
+"""A real multi-sample cohort on disk, for reader and command-line tests.
+
+``write_combat_cohort`` writes the 6 real COMBAT donors (``combat/combat_covid_6donors.h5ad`` of the shared data)
+as one input per donor, in the formats a lab receives: 10x v3 folders (``matrix.mtx.gz``, ``features.tsv.gz``,
+``barcodes.tsv.gz``), 10x v2 folders (``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv``) and ``.h5ad`` files, plus a
+sample sheet ``samples.csv`` (columns ``donor``, ``condition``, ``path``; paths relative to the sheet).
+
+Import it from any test (``tests/`` is on ``sys.path`` through its conftest): ``from _cohort_data import
+write_combat_cohort``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import io as sio
+from scipy import sparse
+
+COMBAT = ("combat", "combat_covid_6donors.h5ad")
+#: format of each donor's input, in the order of the donors in the source file
+DEFAULT_FORMATS = ("v3", "v2", "h5ad", "v3", "v2", "h5ad")
+
+
+def _write_mtx(folder: Path, X: sparse.spmatrix, genes: list[str], barcodes: list[str], *, v3: bool) -> None:
+    folder.mkdir(parents=True)
+    mtx = folder / "matrix.mtx"
+    # 10x stores genes x cells, integer counts
+    sio.mmwrite(str(mtx), sparse.csr_matrix(X.T).astype(np.int64), field="integer")
+    gene_rows = [f"{g}\t{g}\tGene Expression" if v3 else f"{g}\t{g}" for g in genes]
+    if v3:
+        for name, lines in (("features.tsv.gz", gene_rows), ("barcodes.tsv.gz", barcodes)):
+            with gzip.open(folder / name, "wt") as fh:
+                fh.write("\n".join(lines) + "\n")
+        with open(mtx, "rb") as src, gzip.open(folder / "matrix.mtx.gz", "wb") as dst:
+            dst.write(src.read())
+        mtx.unlink()
+    else:
+        (folder / "genes.tsv").write_text("\n".join(gene_rows) + "\n")
+        (folder / "barcodes.tsv").write_text("\n".join(barcodes) + "\n")
+
+
+def write_combat_cohort(data_dir: Path, dest: Path, formats: tuple[str, ...] = DEFAULT_FORMATS,
+                        n_cells: int | None = None) -> tuple[Path, "object"]:
+    """Write the COMBAT donors under ``dest``; return (sample sheet path, the source AnnData it was written from).
+
+    ``formats`` gives, per donor, ``"v3"``, ``"v2"`` or ``"h5ad"``. ``n_cells`` keeps the first ``n_cells`` cells of
+    each donor (all by default). The gene symbols serve as both gene ID and name in the 10x files (the source has
+    no Ensembl IDs). Cell barcodes are the source's obs names without the ``"<donor>_"`` prefix, so that
+    ``read_cohort`` (``"<sample>_<barcode>"``) gives back the source's obs names.
+    """
+    import anndata as ad
+
+    src = ad.read_h5ad(Path(data_dir) / COMBAT[0] / COMBAT[1])
+    donors = list(dict.fromkeys(src.obs["donor"].astype(str)))
+    if len(formats) != len(donors):
+        raise ValueError(f"formats must give one format per donor ({len(donors)}), got {len(formats)}.")
+    keep = []
+    for d in donors:
+        idx = np.flatnonzero(src.obs["donor"].astype(str).to_numpy() == d)
+        keep.extend(idx[:n_cells] if n_cells else idx)
+    src = src[np.asarray(keep)].copy()
+    genes = src.var_names.astype(str).tolist()
+    rows = []
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for d, fmt in zip(donors, formats):
+        sub = src[src.obs["donor"].astype(str) == d]
+        barcodes = [n[len(d) + 1:] for n in sub.obs_names]
+        assert all(n.startswith(f"{d}_") for n in sub.obs_names)
+        if fmt in ("v2", "v3"):
+            rel = Path("samples") / f"{d}_{fmt}"
+            _write_mtx(dest / rel, sub.X, genes, barcodes, v3=fmt == "v3")
+        elif fmt == "h5ad":
+            rel = Path("samples") / f"{d}.h5ad"
+            a = ad.AnnData(sparse.csr_matrix(sub.X), obs=sub.obs[["donor", "condition"]].copy(),
+                           var=pd.DataFrame(index=genes))
+            a.obs_names = barcodes
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            a.write_h5ad(dest / rel)
+        else:
+            raise ValueError(f"unknown format {fmt!r}; expected 'v2', 'v3' or 'h5ad'.")
+        rows.append({"donor": d, "condition": str(sub.obs["condition"].iloc[0]), "path": str(rel)})
+    sheet = dest / "samples.csv"
+    pd.DataFrame(rows).to_csv(sheet, index=False)
+    return sheet, src
