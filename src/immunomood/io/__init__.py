@@ -7,6 +7,5 @@ from ._olink import read_olink
 from ._somascan import read_somascan
 from ._lazy import read_lazy
 from ._export import write_pseudobulk
-from ._export import write_pseudobulk
 
 __all__ = ["read_cohort", "read_lazy", "read_olink", "read_somascan", "write_pseudobulk"]
