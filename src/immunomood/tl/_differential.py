@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import special, stats
 
+from .._limma import voom_fry
 from .._docs import doc_adata, doc_gene_sets, doc_params, doc_sample_key
 from .._settings import logger
 from .._utils import check_adata, check_not_view, check_obs_key, match_genes, symbols_for_sets, warn
@@ -381,12 +383,15 @@ def _prepare(adata, *, condition_key, sample_key, groupby, gene_sets, reference,
 def _group_scores(P: dict, group, *, condition_key, sample_key, groupby, min_cells):
     """Donor-level set scores of one group, or a reason why there are none."""
     grid, tab, case, ref = P["grid"], P["tab"], P["case"], P["ref"]
-    rows = np.flatnonzero((grid[groupby].to_numpy() == group) & (grid["n_cells"].to_numpy() >= min_cells))
+    in_group = grid[groupby].to_numpy() == group
+    rows = np.flatnonzero(in_group & (grid["n_cells"].to_numpy() >= min_cells))
+    left_out = grid.loc[in_group & (grid["n_cells"].to_numpy() < min_cells), [sample_key, "n_cells"]]
     samples = grid[sample_key].to_numpy()[rows]
     st = tab.loc[samples]
     cond = st[condition_key].to_numpy()
     n_case, n_ref = int((cond == case).sum()), int((cond == ref).sum())
-    out = dict(n_case=n_case, n_reference=n_ref, samples=samples, tab=st)
+    out = dict(n_case=n_case, n_reference=n_ref, samples=samples, tab=st,
+               excluded=[f"{s!s} ({n} cells)" for s, n in zip(left_out[sample_key], left_out["n_cells"])])
     if min(n_case, n_ref) < 2:
         out["reason"] = (f"fewer than 2 samples with >= {min_cells} cells in an arm "
                          f"({n_ref} {ref!s}, {n_case} {case!s})")
@@ -402,7 +407,7 @@ def _group_scores(P: dict, group, *, condition_key, sample_key, groupby, min_cel
     scores, lfc = S["scores"], S["lfc"]
     for k, cols in S["cols"].items():
         out.setdefault("genes", {})[k] = [str(P["symbols"][kept[c]]) for c in cols]
-    out.update(D=D, names=names, scores=scores, lfc=lfc, d0=S["d0"],
+    out.update(D=D, names=names, scores=scores, lfc=lfc, d0=S["d0"], counts=counts,
                n_genes={k: len(v) for k, v in S["cols"].items()}, condition=cond)
     return out
 
@@ -451,6 +456,27 @@ def bh(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fry_rows(G: dict, P: dict, base: dict) -> list[dict]:
+    """Rows of one group by limma-voom + fry (:func:`immunomood._limma.voom_fry`) on its pseudobulk counts."""
+    try:
+        F = voom_fry(G["counts"], G["D"], P["members"], contrast=1)
+    except (ValueError, np.linalg.LinAlgError) as err:
+        return [base | dict(gene_set=k, reason=f"voom + fry failed: {err}", n_genes=0) for k in P["sets"]]
+    tab, coef, kidx = F["table"], F["coef"], F["kept_index"]
+    rows = []
+    for k in P["sets"]:
+        ng = int(tab.loc[k, "NGenes"])
+        if ng == 0:
+            rows.append(base | dict(gene_set=k, n_genes=0, reason="no gene of the set passes filterByExpr in this "
+                                    "group"))
+            continue
+        lfc = float(coef[kidx[k]].mean())
+        rows.append(base | dict(gene_set=k, effect=lfc, statistic=float(tab.loc[k, "statistic"]),
+                                pvalue=float(tab.loc[k, "PValue"]), pvalue_mixed=float(tab.loc[k, "PValue.Mixed"]),
+                                lfc_mean=lfc, n_genes=ng, df=int(tab.loc[k, "df"]), reason=""))
+    return rows
+
+
 @doc_params(adata=doc_adata, sample_key=doc_sample_key, gene_sets=doc_gene_sets)
 def differential_activity(
     adata: AnnData,
@@ -462,6 +488,7 @@ def differential_activity(
     reference: str | None = None,
     covariates: Sequence[str] = (),
     random_effect: str | None = None,
+    method: Literal["score", "fry"] = "score",
     min_cells: int = 10,
     layer: str | None = None,
     gene_symbols: str | None = None,
@@ -542,18 +569,38 @@ def differential_activity(
     """
     check_adata(adata)
     check_not_view(adata, func="differential_activity")
+    if method not in ("score", "fry"):
+        raise ValueError(f"method must be 'score' (the default set score) or 'fry' (limma-voom + fry), got {method!r}.")
+    if method == "fry" and random_effect is not None:
+        raise ValueError(
+            f"method='fry' has no random effect (random_effect={random_effect!r}); use method='score' with "
+            f"random_effect, or method='fry' with covariates=({random_effect!r},) for a fixed donor effect."
+        )
     P = _prepare(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby, gene_sets=gene_sets,
                  reference=reference, covariates=covariates, random_effect=random_effect, min_cells=min_cells,
                  layer=layer, gene_symbols=gene_symbols)
     case, ref = P["case"], P["ref"]
-    method = ("precision-weighted set score on pseudobulk logCPM; "
-              + (f"MixedLM random intercept ({random_effect})" if random_effect else "OLS t-test"))
-    rows, score_rows, skipped = [], [], []
+    if method == "fry":
+        method_name = "limma-voom + fry (filterByExpr, TMM, voom weights, posterior-sd standardisation)"
+    else:
+        method_name = ("precision-weighted set score on pseudobulk logCPM; "
+                       + (f"MixedLM random intercept ({random_effect})" if random_effect else "OLS t-test"))
+    rows, score_rows, skipped, excluded = [], [], [], []
     groups = list(pd.unique(P["grid"][groupby]))
     for group in groups:
         G = _group_scores(P, group, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
                           min_cells=min_cells)
-        base = dict(group=group, n_case=G["n_case"], n_reference=G["n_reference"], method=method)
+        base = dict(group=group, n_case=G["n_case"], n_reference=G["n_reference"], method=method_name,
+                    samples_excluded=", ".join(G["excluded"]))
+        if G["excluded"]:
+            excluded.append(f"{group!s}: {', '.join(G['excluded'])}")
+        if "reason" not in G and method == "fry":
+            rows += _fry_rows(G, P, base)
+            for k in P["sets"]:
+                if k in G["scores"]:
+                    score_rows += [(smp, group, k, c, float(v))
+                                   for smp, c, v in zip(G["samples"], G["condition"], G["scores"][k])]
+            continue
         if "reason" in G:
             skipped.append(f"{group!s} ({G['reason']})")
             for k in P["sets"]:
@@ -584,12 +631,18 @@ def differential_activity(
             for smp, c, v in zip(G["samples"], G["condition"], s):
                 score_rows.append((smp, group, k, c, float(v)))
     cols = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case",
-            "n_reference", "method", "lfc_mean", "n_genes", "df", "reason"]
+            "n_reference", "method", "lfc_mean", "n_genes", "df", "reason", "samples_excluded"]
+    if method == "fry":
+        cols.insert(cols.index("padj") + 1, "pvalue_mixed")
     res = pd.DataFrame(rows).reindex(columns=cols)
     res["padj"] = bh(res["pvalue"].to_numpy())
     res["group"] = res["group"].astype(str)
     res["n_genes"] = res["n_genes"].fillna(0).astype(int)
     res["reason"] = res["reason"].fillna("").astype(str)
+    res["samples_excluded"] = res["samples_excluded"].fillna("").astype(str)
+    if excluded:
+        warn(f"differential_activity: samples left out of a group (fewer than min_cells={min_cells} cells of it; "
+             f"column 'samples_excluded'): {'; '.join(excluded)}", stacklevel=3)
     if skipped:
         warn(f"differential_activity: groups not tested (rows with NaN and a reason): {'; '.join(skipped)}",
              stacklevel=3)
@@ -601,7 +654,7 @@ def differential_activity(
         "condition_key": condition_key, "sample_key": sample_key, "groupby": groupby, "case": str(case),
         "reference": str(ref), "covariates": list(P["covariates"]), "random_effect": random_effect or "",
         "min_cells": int(min_cells), "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
-        "layer": "X" if P["layer"] is None else P["layer"], "method": method,
+        "layer": "X" if P["layer"] is None else P["layer"], "method": method, "method_description": method_name,
     }
     logger.info("differential_activity: %d tests, %d with padj < 0.05", res["pvalue"].notna().sum(),
                 int((res["padj"] < 0.05).sum()))
