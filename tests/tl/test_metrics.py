@@ -128,7 +128,10 @@ def test_integration_metrics_dataframe_and_directions():
         assert df[c].between(0, 1).all()
     assert df.loc["X_scVI", "ilisi"] > df.loc["X_pca (unintegrated)", "ilisi"] + 0.3
     assert df.loc["X_scVI", "silhouette_batch"] > df.loc["X_pca (unintegrated)", "silhouette_batch"]
-    assert set(adata.obsm) == set(before) and all(np.array_equal(adata.obsm[k], before[k]) for k in before)
+    # only the documented UMAP of the unintegrated PCA is added; existing embeddings are untouched
+    assert set(adata.obsm) == set(before) | {"X_integration_metrics_umap_unintegrated"}
+    assert all(np.array_equal(adata.obsm[k], before[k]) for k in before)
+    assert adata.uns["integration_metrics"]["metrics"].equals(df)
     assert df["implementation"].iloc[0] in {"immunomood", "scib-metrics"}
 
 

@@ -9,21 +9,8 @@ import pandas as pd
 from anndata import AnnData
 
 from .._docs import doc_adata, doc_params
-from .._settings import logger
 from .._utils import check_adata, check_obs_key
-
-_UNINTEGRATED = "X_pca (unintegrated)"
-
-
-def _umap_of(adata: AnnData, rep: np.ndarray, random_state: int) -> np.ndarray:
-    """UMAP of a representation, computed on a throw-away AnnData (``adata`` is not touched)."""
-    import scanpy as sc
-
-    tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()))
-    tmp.obsm["rep"] = np.asarray(rep, dtype=np.float32)
-    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=int(min(15, adata.n_obs - 1)), random_state=random_state)
-    sc.tl.umap(tmp, random_state=random_state)
-    return np.asarray(tmp.obsm["X_umap"])
+from ._base import fmt
 
 
 def _palette(n: int) -> list:
@@ -51,43 +38,57 @@ def _scatter(ax, xy, values: pd.Series, title: str, legend: bool, size: float) -
                   markerscale=0.8)
 
 
+def _stored(adata: AnnData, key: str) -> tuple[pd.DataFrame, dict]:
+    st = adata.uns.get(key)
+    run = ("Run im.tl.integration_metrics(adata, batch_key=..., label_key=..., embedding=...) first: it stores the "
+           "metrics and the UMAP of the unintegrated PCA that this plot reads (the plot computes nothing).")
+    if not isinstance(st, dict) or "metrics" not in st or "params" not in st:
+        raise KeyError(f"No integration metrics found in adata.uns[{key!r}] (got {type(st).__name__}). {run}")
+    metrics = st["metrics"]
+    if not isinstance(metrics, pd.DataFrame):
+        raise TypeError(f"adata.uns[{key!r}]['metrics'] must be a DataFrame, got {type(metrics).__name__}. {run}")
+    return metrics, dict(st["params"])
+
+
 @doc_params(adata=doc_adata)
 def integration(
     adata: AnnData,
     *,
-    batch_key: str,
-    label_key: str,
-    embedding: str = "X_scVI",
+    key: str = "integration_metrics",
+    embedding: str | None = None,
+    batch_key: str | None = None,
+    label_key: str | None = None,
     metrics: pd.DataFrame | None = None,
     point_size: float | None = None,
-    random_state: int = 0,
     ax: Sequence | None = None,
 ):
     """UMAPs before (unintegrated PCA) and after integration, coloured by batch and by label, with metrics.
 
-    Panels: top row unintegrated PCA, bottom row ``embedding``; left column coloured by ``batch_key``, right
-    column by ``label_key``. Panel titles carry the batch-mixing (iLISI, batch ASW) and conservation
-    (cLISI, label ASW, graph connectivity) scores of :func:`immunomood.tl.integration_metrics`.
+    Panels: top row unintegrated PCA, bottom row ``embedding``; left column coloured by the batch, right column by
+    the label. Panel titles carry the batch-mixing (iLISI, batch ASW) and conservation (cLISI, label ASW, graph
+    connectivity) scores; a score that could not be computed (e.g. iLISI with a single batch) shows as ``n/a``.
 
-    The "after" UMAP is ``adata.obsm["X_umap"]`` when :func:`immunomood.tl.embed` computed it from
-    ``embedding``; otherwise, and for the "before" UMAP, a UMAP is computed on a throw-away copy (``adata`` is
-    never modified).
+    The plot only reads stored results and computes nothing:
+
+    - ``adata.uns[key]`` (metrics and parameters) and ``adata.obsm[adata.uns[key]["params"]["umap_unintegrated"]]``
+      (the "before" UMAP), both written by :func:`immunomood.tl.integration_metrics` (``key_added=key``);
+    - ``adata.obsm["X_umap"]`` (the "after" UMAP), written by :func:`immunomood.tl.embed` with
+      ``use_rep=embedding`` (checked against ``adata.uns["neighbors"]["params"]["use_rep"]``).
 
     Parameters
     ----------
     {adata}
-    batch_key
-        ``obs`` column with the batch.
-    label_key
-        ``obs`` column with the cell type.
+    key
+        ``key_added`` of :func:`immunomood.tl.integration_metrics`.
     embedding
-        ``obsm`` key of the integrated embedding.
+        ``obsm`` key of the integrated embedding to show (default: the first one scored).
+    batch_key, label_key
+        Default: those the metrics were computed with; when given, they must be the same.
     metrics
-        Output of :func:`immunomood.tl.integration_metrics` (computed here when ``None``).
+        A metrics table to use for the titles instead of the stored one (e.g. the DataFrame returned by
+        :func:`immunomood.tl.integration_metrics`).
     point_size
         Marker size (default from the number of cells).
-    random_state
-        Seed of the UMAPs computed here.
     ax
         Four Axes to draw into (before/batch, before/label, after/batch, after/label); a new figure when
         ``None``.
@@ -98,30 +99,50 @@ def integration(
     """
     import matplotlib.pyplot as plt
 
-    from ..tl._metrics import _unintegrated_pca, integration_metrics
-
     check_adata(adata, min_obs=3, min_vars=0)
+    stored, params = _stored(adata, key)
+    if metrics is None:
+        metrics = stored
+    elif not isinstance(metrics, pd.DataFrame):
+        raise TypeError(f"`metrics` must be the DataFrame of im.tl.integration_metrics or None, got "
+                        f"{type(metrics).__name__}.")
+    for name, given in (("batch_key", batch_key), ("label_key", label_key)):
+        used = params.get(name)
+        if given is not None and given != used:
+            raise ValueError(
+                f"{name}={given!r}, but the stored metrics (adata.uns[{key!r}]) were computed with {name}={used!r}. "
+                f"Rerun im.tl.integration_metrics(adata, {name}={given!r}, ...) or leave {name} unset."
+            )
+    batch_key, label_key = params.get("batch_key"), params.get("label_key")
     check_obs_key(adata, batch_key, what="batch column")
     check_obs_key(adata, label_key, what="label column")
-    if embedding not in adata.obsm:
-        raise KeyError(
-            f"Embedding {embedding!r} not found in adata.obsm. Available: {list(adata.obsm.keys())}. "
-            "Run im.tl.integrate first."
-        )
-    if metrics is None:
-        metrics = integration_metrics(adata, batch_key=batch_key, label_key=label_key, embedding=embedding)
-    for row in (_UNINTEGRATED, embedding):
-        if row not in metrics.index:
-            raise KeyError(f"`metrics` has no row {row!r}; rows: {list(metrics.index)}.")
+    scored = [e for e in list(params.get("embedding", [])) if e in metrics.index]
+    if embedding is None:
+        if not scored:
+            raise KeyError(f"The metrics in adata.uns[{key!r}] score no integrated embedding (rows: "
+                           f"{list(metrics.index)}). Run im.tl.integration_metrics(adata, embedding='X_scVI', ...).")
+        embedding = scored[0]
+    from ..tl._metrics import UNINTEGRATED
 
+    for row, fix in ((UNINTEGRATED, "unintegrated=True"), (embedding, f"embedding={embedding!r}")):
+        if row not in metrics.index:
+            raise KeyError(f"The metrics have no row {row!r} (rows: {list(metrics.index)}). "
+                           f"Run im.tl.integration_metrics(adata, {fix}, ...).")
+    before_key = params.get("umap_unintegrated") or ""
+    if not before_key or before_key not in adata.obsm:
+        raise KeyError(
+            f"The UMAP of the unintegrated representation ({before_key or 'not computed'}) is not in adata.obsm. "
+            f"Run im.tl.integration_metrics(adata, key_added={key!r}, umap=True, ...) (it stores it)."
+        )
     neigh = adata.uns.get("neighbors", {})
     use_rep = neigh.get("params", {}).get("use_rep") if isinstance(neigh, dict) else None
-    if "X_umap" in adata.obsm and use_rep == embedding:
-        after = np.asarray(adata.obsm["X_umap"])
-    else:
-        logger.info("pl.integration: computing a UMAP of %s on a copy", embedding)
-        after = _umap_of(adata, adata.obsm[embedding], random_state)
-    before = _umap_of(adata, _unintegrated_pca(adata), random_state)
+    if "X_umap" not in adata.obsm or use_rep != embedding:
+        found = ("no adata.obsm['X_umap']" if "X_umap" not in adata.obsm
+                 else f"adata.obsm['X_umap'] was computed on use_rep={use_rep!r}")
+        raise KeyError(f"The UMAP of {embedding!r} is needed ({found}). "
+                       f"Run im.tl.embed(adata, use_rep={embedding!r}) first.")
+    before = np.asarray(adata.obsm[before_key])
+    after = np.asarray(adata.obsm["X_umap"])
 
     if ax is None:
         fig, axes = plt.subplots(2, 2, figsize=(9, 7.5), constrained_layout=True)
@@ -136,12 +157,12 @@ def integration(
     def titles(row: str, name: str) -> tuple[str, str]:
         m = metrics.loc[row]
         return (
-            f"{name}: {batch_key}\niLISI {m['ilisi']:.2f} | batch ASW {m['silhouette_batch']:.2f}",
-            f"{name}: {label_key}\ncLISI {m['clisi']:.2f} | label ASW {m['silhouette_label']:.2f} | "
-            f"graph conn. {m['graph_connectivity']:.2f}",
+            f"{name}: {batch_key}\niLISI {fmt(m['ilisi'])} | batch ASW {fmt(m['silhouette_batch'])}",
+            f"{name}: {label_key}\ncLISI {fmt(m['clisi'])} | label ASW {fmt(m['silhouette_label'])} | "
+            f"graph conn. {fmt(m['graph_connectivity'])}",
         )
 
-    tb, tl_ = titles(_UNINTEGRATED, "unintegrated PCA")
+    tb, tl_ = titles(UNINTEGRATED, "unintegrated PCA")
     ta, tl2 = titles(embedding, embedding)
     _scatter(axes[0], before, adata.obs[batch_key], tb, False, size)
     _scatter(axes[1], before, adata.obs[label_key], tl_, True, size)

@@ -11,12 +11,19 @@ from scipy import sparse
 
 from .._docs import doc_adata, doc_params
 from .._settings import logger
-from .._utils import check_adata, check_obs_key
+from .._utils import check_adata, check_not_view, check_obs_key, check_str
 
 #: neighbours used by scib-metrics' Benchmarker: 90 for LISI, 15 for graph connectivity
 _K_LISI = 90
 _K_GRAPH = 15
 _METRIC_COLUMNS = ["ilisi", "silhouette_batch", "clisi", "silhouette_label", "graph_connectivity"]
+#: index of the unintegrated row of the metrics table
+UNINTEGRATED = "X_pca (unintegrated)"
+
+
+def umap_unintegrated_key(key_added: str) -> str:
+    """``obsm`` key of the UMAP of the unintegrated representation stored by :func:`integration_metrics`."""
+    return f"X_{key_added}_umap_unintegrated"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,6 +209,17 @@ def _unintegrated_pca(adata: AnnData, *, n_comps: int = 50, layer: str | None = 
     return np.asarray(tmp.obsm["X_pca"])
 
 
+def _umap_of(obs_names: pd.Index, rep: np.ndarray, *, n_neighbors: int, random_state: int) -> np.ndarray:
+    """UMAP (scanpy, seeded) of a representation, computed on a throw-away AnnData."""
+    import scanpy as sc
+
+    tmp = AnnData(obs=pd.DataFrame(index=obs_names.copy()))
+    tmp.obsm["rep"] = np.asarray(rep, dtype=np.float32)
+    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=int(min(n_neighbors, tmp.n_obs - 1)), random_state=random_state)
+    sc.tl.umap(tmp, random_state=random_state)
+    return np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
+
+
 @doc_params(adata=doc_adata)
 def integration_metrics(
     adata: AnnData,
@@ -212,6 +230,9 @@ def integration_metrics(
     unintegrated: bool = True,
     max_cells: int | None = 50_000,
     random_state: int = 0,
+    key_added: str = "integration_metrics",
+    umap: bool = True,
+    n_neighbors: int = 15,
 ) -> pd.DataFrame:
     """Batch mixing and biological conservation of an integrated embedding, next to the unintegrated PCA.
 
@@ -254,18 +275,41 @@ def integration_metrics(
         Above this many cells, score a random subset of this size (silhouettes are quadratic in the
         number of cells). ``None``: always all cells.
     random_state
-        Seed of that subsample.
+        Seed of that subsample and of the UMAP of the unintegrated representation.
+    key_added
+        Where the results are stored (see Returns), read by :func:`immunomood.pl.integration`.
+    umap
+        With ``unintegrated=True``, also compute (scanpy, seeded) and store the UMAP of the unintegrated
+        representation, the "before" panels of :func:`immunomood.pl.integration`. ``False`` skips it (the metrics
+        alone are cheaper).
+    n_neighbors
+        Neighbours of the kNN graph of that UMAP (as :func:`immunomood.tl.embed`).
 
     Returns
     -------
     DataFrame with one row per embedding (index: ``"X_pca (unintegrated)"`` first, then the ``obsm`` keys)
     and columns ``ilisi``, ``silhouette_batch``, ``clisi``, ``silhouette_label``, ``graph_connectivity``,
     ``batch_mean``, ``bio_mean``, ``n_cells``, ``implementation`` (``"scib-metrics"`` or ``"immunomood"``).
-    Nothing is written into ``adata``.
+    Also written into ``adata`` (what :func:`immunomood.pl.integration` reads; the plot computes nothing):
+
+    - ``uns[key_added]``: ``{{"metrics": <the DataFrame>, "params": {{...}}}}``, the params holding ``batch_key``,
+      ``label_key``, ``embedding`` (list), ``unintegrated``, ``max_cells``, ``random_state``, ``n_neighbors`` and
+      ``umap_unintegrated`` (the ``obsm`` key below, or ``""``);
+    - ``obsm[f"X_{{key_added}}_umap_unintegrated"]`` (``"X_integration_metrics_umap_unintegrated"`` by default):
+      the 2-D UMAP of the unintegrated representation (cells x 2), when ``unintegrated`` and ``umap``.
+
+    The UMAP of the integrated embedding is not computed here: it is ``obsm["X_umap"]`` written by
+    :func:`immunomood.tl.embed` with ``use_rep=embedding``.
     """
     check_adata(adata, min_vars=0)
     check_obs_key(adata, batch_key, what="batch column")
     check_obs_key(adata, label_key, what="label column")
+    check_not_view(adata, func="integration_metrics")
+    check_str("key_added", key_added, fix="Pass a non-empty name, e.g. key_added='integration_metrics'.")
+    if not isinstance(umap, bool):
+        raise TypeError(f"umap must be True or False, got {umap!r} ({type(umap).__name__}).")
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
     keys = [embedding] if isinstance(embedding, str) else list(embedding)
     for k in keys:
         if k not in adata.obsm:
@@ -278,7 +322,7 @@ def integration_metrics(
 
     reps: dict[str, np.ndarray] = {}
     if unintegrated:
-        reps["X_pca (unintegrated)"] = _unintegrated_pca(adata)
+        reps[UNINTEGRATED] = _unintegrated_pca(adata)
     for k in keys:
         X = adata.obsm[k]
         X = X.to_numpy() if isinstance(X, pd.DataFrame) else np.asarray(X)
@@ -304,4 +348,18 @@ def integration_metrics(
         rows[name] = m
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "embedding"
+
+    umap_key = ""
+    if unintegrated and umap:
+        umap_key = umap_unintegrated_key(key_added)
+        adata.obsm[umap_key] = _umap_of(adata.obs_names, reps[UNINTEGRATED], n_neighbors=int(n_neighbors),
+                                        random_state=int(random_state))
+    adata.uns[key_added] = {
+        "metrics": df.copy(),
+        "params": {
+            "batch_key": batch_key, "label_key": label_key, "embedding": list(keys), "unintegrated": bool(unintegrated),
+            "max_cells": -1 if max_cells is None else int(max_cells), "random_state": int(random_state),
+            "n_neighbors": int(n_neighbors), "umap_unintegrated": umap_key,
+        },
+    }
     return df
