@@ -1,3 +1,7 @@
+"""pl.differential_activity, pl.volcano and pl.composition: they read what tl stored or returned, name the tl call
+when it is missing, label what a reader needs (padj, p-values, top hits), and an image comparison of the volcano."""
+
+import os
 import sys
 from pathlib import Path
 
@@ -5,9 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import immunomood as im  # noqa: E402
+from immunomood.pl._base import fmt_p  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tl"))
 from _synth import SETS, synth_cohort  # noqa: E402
@@ -18,44 +26,122 @@ BASELINE = Path(__file__).parent / "baseline" / "volcano.png"
 
 @pytest.fixture(scope="module")
 def cohort():
+    """Seeded synthetic cohort (8 donors, setA planted in Mono) with the stored differential_activity results."""
     a = synth_cohort(n_donors=8, effect=1.6, seed=1)
     im.tl.differential_activity(a, gene_sets=SETS, **KW)
     return a
 
 
 def test_differential_activity_plot_reads_stored(cohort):
+    res = cohort.uns["differential_activity"]
     fig, ax = plt.subplots()
     out = im.pl.differential_activity(cohort, gene_set="setA", ax=ax)
     assert out is ax
     assert len(ax.collections) >= 4  # 2 groups x 2 conditions of donor points
+    rows = res[res["gene_set"] == "setA"]
+    texts = [t.get_text() for t in ax.texts]
+    assert sorted(texts) == sorted(f"padj {fmt_p(p)}" for p in rows["padj"])
+    assert ax.get_xlabel() == "cell_type" and "setA" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(rows["group"])
+    # one point per sample: all stored scores of the set are drawn
+    n_points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+    scores = cohort.uns["differential_activity_scores"]
+    assert n_points == int((scores["gene_set"] == "setA").sum())
     plt.close(fig)
 
 
-def test_differential_activity_plot_computes_when_absent():
-    a = synth_cohort(n_donors=6, seed=2)
-    ax = im.pl.differential_activity(a, gene_set="setB", gene_sets=SETS, **KW)
-    assert "differential_activity_scores" in a.uns
-    plt.close(ax.figure)
+def test_differential_activity_plot_computes_nothing(cohort):
     b = synth_cohort(n_donors=6, seed=2)
-    with pytest.raises(KeyError, match="Run im.tl.differential_activity first"):
-        im.pl.differential_activity(b, gene_set="setB")
+    uns = set(b.uns)
+    with pytest.raises(KeyError, match=r"Run im\.tl\.differential_activity"):
+        im.pl.differential_activity(b, gene_set="setB", **KW)
+    assert set(b.uns) == uns  # nothing was computed or written
+    with pytest.raises(ValueError, match="computed with groupby='cell_type'"):
+        im.pl.differential_activity(cohort, gene_set="setA", groupby="donor")
+    with pytest.raises(KeyError, match="Available"):
+        im.pl.differential_activity(cohort, gene_set="nope")
 
 
-def test_volcano_and_composition(cohort, tmp_path):
+def test_differential_activity_untested_group_says_so(cohort):
+    a = cohort.copy()
+    sc = a.uns["differential_activity_scores"]
+    a.uns["differential_activity_scores"] = sc[sc["group"] != "T"].copy()
+    res = a.uns["differential_activity"].copy()
+    res.loc[res["group"] == "T", ["padj", "pvalue"]] = np.nan
+    res.loc[res["group"] == "T", "reason"] = "3 samples (need 4)"
+    a.uns["differential_activity"] = res
+    ax = im.pl.differential_activity(a, gene_set="setA")
+    texts = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("not tested") and "need 4" in t for t in texts)
+    assert "T" in [t.get_text() for t in ax.get_xticklabels()]  # the group is shown, not dropped
+    plt.close(ax.figure)
+
+
+def test_volcano_names_top_hits(cohort):
+    res = cohort.uns["differential_activity"]
+    fig, ax = plt.subplots()
+    assert im.pl.volcano(res, ax=ax, n_labels=3) is ax
+    texts = [t.get_text() for t in ax.texts]
+    top = res.dropna(subset=["pvalue"]).sort_values("pvalue").head(3)
+    assert sorted(texts) == sorted(f"{g} | {s}" for g, s in zip(top["group"], top["gene_set"]))
+    assert ax.get_xlabel().startswith("effect") and ax.get_ylabel() == "-log10 p-value"
+    if (res["padj"] < 0.05).any():  # the FDR line sits at the largest p-value that passes
+        thr = -np.log10(res.loc[res["padj"] < 0.05, "pvalue"].max())
+        assert any(np.allclose(line.get_ydata(), thr) for line in ax.lines)
+    plt.close(fig)
+    ax = im.pl.volcano(res, label=False)
+    assert len(ax.texts) == 0
+    plt.close(ax.figure)
+    with pytest.raises(KeyError, match="pvalue"):
+        im.pl.volcano(res.drop(columns="pvalue"))
+    with pytest.raises(ValueError, match="n_labels"):
+        im.pl.volcano(res, n_labels=-1)
+
+
+def test_volcano_untested_rows_and_empty():
+    r = pd.DataFrame({"group": ["a", "b", "c"], "gene_set": ["s"] * 3, "effect": [1.0, np.nan, -0.5],
+                      "pvalue": [0.01, np.nan, 0.2], "padj": [0.02, np.nan, 0.2]})
+    ax = im.pl.volcano(r)
+    assert "1 rows not tested" in ax.get_title() and sum(len(c.get_offsets()) for c in ax.collections) == 2
+    plt.close(ax.figure)
+    ax = im.pl.volcano(r.assign(pvalue=np.nan))
+    assert any("no test with a p-value" in t.get_text() for t in ax.texts)  # not an empty panel
+    plt.close(ax.figure)
+
+
+def test_volcano_image(cohort, tmp_path):
     from matplotlib.testing.compare import compare_images
 
     res = cohort.uns["differential_activity"]
     fig, ax = plt.subplots(figsize=(4, 3))
-    assert im.pl.volcano(res, ax=ax, label=False) is ax
+    im.pl.volcano(res, ax=ax, label=False)
     out = tmp_path / "volcano.png"
     fig.savefig(out, dpi=40)
     plt.close(fig)
-    if not BASELINE.exists():  # first run generates the committed baseline
+    if not BASELINE.exists() or os.environ.get("IMMUNOMOOD_UPDATE_BASELINES"):
         BASELINE.parent.mkdir(exist_ok=True)
         BASELINE.write_bytes(out.read_bytes())
+        pytest.skip("baseline written")
     assert compare_images(str(BASELINE), str(out), tol=15) is None
-    with pytest.raises(KeyError, match="pvalue"):
-        im.pl.volcano(res.drop(columns="pvalue"))
+
+
+def test_composition_shows_p_values(cohort):
+    comp = im.tl.composition(cohort, sample_key="donor", condition_key="condition", groupby="cell_type")
+    fig, ax = plt.subplots()
+    out = im.pl.composition(cohort, sample_key="donor", condition_key="condition", groupby="cell_type",
+                            result=comp, ax=ax)
+    assert out is ax
+    texts = [t.get_text() for t in ax.texts]
+    assert sorted(texts) == sorted(f"p {fmt_p(p)}\npadj {fmt_p(q)}" for p, q in zip(comp["pvalue"], comp["padj"]))
+    assert ax.get_ylabel().startswith("proportion") and ax.get_xlabel() == "cell_type"
+    # one point per sample and cell type, and each sample's proportions sum to 1
+    n_points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+    assert n_points == cohort.obs["donor"].nunique() * cohort.obs["cell_type"].nunique()
+    plt.close(fig)
     ax = im.pl.composition(cohort, sample_key="donor", condition_key="condition", groupby="cell_type")
-    assert ax.get_ylabel().startswith("proportion")
+    assert "im.tl.composition" in ax.get_title() and len(ax.texts) == 0
     plt.close(ax.figure)
+    with pytest.raises(KeyError, match="lacks the columns"):
+        im.pl.composition(cohort, result=comp.drop(columns="padj"), **KW)
+    with pytest.raises(ValueError, match="none of which"):
+        im.pl.composition(cohort, result=comp.assign(group="x"), **KW)

@@ -6,46 +6,57 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._base import fmt_p, new_ax, not_measured
+
 __all__ = ["differential_activity", "volcano"]
 
+_LEVEL_COLORS = ("#4C72B0", "#DD8452")
 
-def _ax(ax, figsize=(6, 4)):
-    import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
+def _stored_activity(adata: AnnData, key: str) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    run = (f"Run im.tl.differential_activity(adata, condition_key=..., sample_key=..., groupby=..., "
+           f"key_added={key!r}) first: the plot reads the donor scores it stores and computes no test.")
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    scores = adata.uns.get(key + "_scores")
+    if not isinstance(scores, pd.DataFrame):
+        raise KeyError(f"No donor scores in adata.uns[{key + '_scores'!r}] (found {type(scores).__name__}). {run}")
+    missing = [c for c in ("sample", "group", "gene_set", "condition", "score") if c not in scores.columns]
+    if missing:
+        raise KeyError(f"adata.uns[{key + '_scores'!r}] lacks the columns {missing}. {run}")
+    res = adata.uns.get(key)
+    params = adata.uns.get(key + "_params", {})
+    return scores, res if isinstance(res, pd.DataFrame) else None, dict(params) if isinstance(params, dict) else {}
 
 
 def differential_activity(
     adata: AnnData,
     *,
     gene_set: str,
+    key: str = "differential_activity",
     groupby: str | None = None,
     condition_key: str | None = None,
     sample_key: str | None = None,
-    key: str = "differential_activity",
-    gene_sets=None,
     ax=None,
 ):
-    """Per cell type, one point per donor (sample) with its set score, by condition.
+    """Per cell type, one point per donor (sample) with its set score, by condition, with the test's padj.
 
-    Reads the donor scores stored by :func:`immunomood.tl.differential_activity` in
-    ``adata.uns[key + "_scores"]``; when they are absent (or were computed for other columns) and ``groupby``,
-    ``condition_key`` and ``sample_key`` are given, runs the test first (a pseudobulk computation, cheap).
+    Reads only what :func:`immunomood.tl.differential_activity` stored (``key_added=key``): the donor scores in
+    ``adata.uns[key + "_scores"]``, the result table in ``adata.uns[key]`` (its ``padj`` is written above each cell
+    type) and the parameters in ``adata.uns[key + "_params"]``. It computes no test: when they are missing it raises
+    an error naming the call to run. Cell types that were not tested (too few samples or genes) are shown as
+    "not tested" with the reason, rather than as an empty column.
 
     Parameters
     ----------
     adata
-        The cells (with stored results, or the columns to compute them).
+        The cells, with the stored results.
     gene_set
         Name of the set to show (e.g. ``"complement_classical"``).
-    groupby, condition_key, sample_key
-        Columns of ``adata.obs``; needed only when results are not stored.
     key
         ``key_added`` used with :func:`immunomood.tl.differential_activity`.
-    gene_sets
-        Gene sets to compute with when results are not stored (default: the collection holding ``gene_set``).
+    groupby, condition_key, sample_key
+        Optional checks: when given, they must be the columns the stored results were computed with.
     ax
         Axes to draw into; a new figure otherwise.
 
@@ -53,60 +64,71 @@ def differential_activity(
     -------
     The matplotlib Axes.
     """
-    from ..tl import differential_activity as _tl_da
-    from ..tl._gene_sets import gene_sets as _gs, known_gene_sets
-
-    params = adata.uns.get(key + "_params", {})
-    stored = key + "_scores" in adata.uns and all(
-        v is None or params.get(k) == v for k, v in
-        (("groupby", groupby), ("condition_key", condition_key), ("sample_key", sample_key)))
-    if not stored:
-        if None in (groupby, condition_key, sample_key):
-            raise KeyError(
-                f"No stored results under adata.uns[{key + '_scores'!r}]. Run im.tl.differential_activity first, or "
-                "pass groupby=, condition_key= and sample_key= to compute them."
+    scores, res, params = _stored_activity(adata, key)
+    for name, given in (("groupby", groupby), ("condition_key", condition_key), ("sample_key", sample_key)):
+        if given is not None and params.get(name) not in (None, given):
+            raise ValueError(
+                f"{name}={given!r}, but the results in adata.uns[{key!r}] were computed with "
+                f"{name}={params.get(name)!r}. Rerun im.tl.differential_activity(adata, {name}={given!r}, ...) "
+                f"(with another key_added to keep both) or leave {name} unset."
             )
-        if gene_sets is None:
-            gene_sets = next((n for n in known_gene_sets() if gene_set in _gs(n)), None)
-            if gene_sets is None:
-                raise KeyError(f"Gene set {gene_set!r} is in no packaged collection; pass gene_sets= (a dict).")
-        _tl_da(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby, gene_sets=gene_sets,
-               key_added=key)
-        params = adata.uns[key + "_params"]
-    scores = adata.uns[key + "_scores"]
-    res = adata.uns.get(key)
     s = scores[scores["gene_set"] == gene_set]
-    if s.empty:
-        raise KeyError(f"Gene set {gene_set!r} not in the stored results. Available: {sorted(scores['gene_set'].unique())}.")
-    groups = list(pd.unique(s["group"]))
-    levels = [params.get("reference"), params.get("case")]
-    colors = {levels[0]: "#4C72B0", levels[1]: "#DD8452"}
-    ax = _ax(ax, figsize=(max(4, 1.2 * len(groups) + 1), 4))
+    rows = res[res["gene_set"] == gene_set] if res is not None else None
+    if s.empty and (rows is None or rows.empty):
+        known = sorted(set(scores["gene_set"]) | (set(res["gene_set"]) if res is not None else set()))
+        raise KeyError(f"Gene set {gene_set!r} not in the stored results. Available: {known}.")
+    groups = list(pd.unique(rows["group"].astype(str))) if rows is not None and len(rows) else []
+    groups += [g for g in pd.unique(s["group"].astype(str)) if g not in groups]
+    levels = [lv for lv in (params.get("reference"), params.get("case")) if lv is not None]
+    levels += [lv for lv in sorted(pd.unique(s["condition"].astype(str))) if lv not in levels]
+    colors = {lv: _LEVEL_COLORS[i % 2] for i, lv in enumerate(levels)}
+    ax = new_ax(ax, figsize=(max(4, 1.2 * len(groups) + 1), 4))
     rng = np.random.default_rng(0)
+    width = 0.35
+    labelled: set = set()
     for i, g in enumerate(groups):
+        sg = s[s["group"].astype(str) == g]
+        row = rows[rows["group"].astype(str) == g] if rows is not None else None
+        if sg.empty:
+            reason = str(row["reason"].iloc[0]) if row is not None and len(row) and "reason" in row else ""
+            ax.text(i, 0.5, "not tested" + (f":\n{reason[:40]}" if reason else ""), transform=ax.get_xaxis_transform(),
+                    ha="center", va="center", fontsize=6, color="0.4", rotation=90)
+            continue
         for j, lv in enumerate(levels):
-            v = s.loc[(s["group"] == g) & (s["condition"] == str(lv)), "score"].to_numpy()
-            x = i + (j - 0.5) * 0.35 + rng.uniform(-0.06, 0.06, size=len(v))
-            ax.scatter(x, v, s=18, color=colors[lv], label=str(lv) if i == 0 else None, zorder=3)
+            v = sg.loc[sg["condition"].astype(str) == str(lv), "score"].to_numpy(dtype=float)
+            x0 = i + (j - 0.5) * width
+            ax.scatter(x0 + rng.uniform(-0.06, 0.06, size=len(v)), v, s=18, color=colors[lv], zorder=3,
+                       label=None if lv in labelled else str(lv))
+            labelled.add(lv)
             if len(v):
-                ax.hlines(np.mean(v), i + (j - 0.5) * 0.35 - 0.12, i + (j - 0.5) * 0.35 + 0.12, color="k", lw=1.5)
-        if res is not None:
-            row = res[(res["group"] == str(g)) & (res["gene_set"] == gene_set)]
-            if len(row) and np.isfinite(row["padj"].iloc[0]):
-                ax.text(i, ax.get_ylim()[1] if False else np.nanmax(s["score"]) * 1.05 + 0.05,
-                        f"padj={row['padj'].iloc[0]:.2g}", ha="center", va="bottom", fontsize=7)
+                ax.hlines(np.mean(v), x0 - 0.12, x0 + 0.12, color="k", lw=1.5, zorder=4)
+        if row is not None and len(row):
+            ax.text(i, 0.99, f"padj {fmt_p(row['padj'].iloc[0])}", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=7)
+    if len(s):
+        lo, hi = float(s["score"].min()), float(s["score"].max())
+        pad = 0.08 * (hi - lo if hi > lo else 1.0)
+        ax.set_ylim(lo - pad, hi + 3 * pad)  # headroom for the padj text
+    ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=45, ha="right")
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_ylabel(f"{gene_set} donor score")
-    ax.set_title(f"{gene_set}: one point per sample")
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel(params.get("groupby") or "cell type")
+    ax.set_ylabel(f"{gene_set} score (log2, one point per sample)")
+    cond = params.get("condition_key") or "condition"
+    ax.set_title(f"{gene_set}: {params.get('case', '')} vs {params.get('reference', '')} ({cond}), "
+                 "donor as the unit", fontsize=9)
+    ax.legend(frameon=False, fontsize=8, title=cond, title_fontsize=8)
     return ax
 
 
-def volcano(result: pd.DataFrame, *, alpha: float = 0.05, label: bool = True, ax=None):
+def volcano(result: pd.DataFrame, *, alpha: float = 0.05, n_labels: int = 10, label: bool = True, ax=None):
     """Volcano plot of a result table of :func:`immunomood.tl.differential_activity` (``effect``) or
-    :func:`immunomood.tl.differential_expression` (``log2fc``).
+    :func:`immunomood.tl.differential_expression` (``log2fc``), with the top hits named.
+
+    The ``n_labels`` tests with the smallest p-values are labelled (``cell type | gene set`` or ``gene``), whether
+    or not they pass ``alpha``; a dashed line marks the p-value at which the Benjamini-Hochberg ``padj`` crosses
+    ``alpha`` (none when no test passes). Rows without a p-value (not tested) are counted in the title.
 
     Parameters
     ----------
@@ -114,8 +136,10 @@ def volcano(result: pd.DataFrame, *, alpha: float = 0.05, label: bool = True, ax
         The DataFrame returned by the test.
     alpha
         Adjusted p-value threshold for highlighting.
+    n_labels
+        Label this many points (smallest p-values first).
     label
-        Annotate the significant points (group and gene set / gene).
+        ``False``: no labels at all.
     ax
         Axes to draw into.
 
@@ -128,20 +152,43 @@ def volcano(result: pd.DataFrame, *, alpha: float = 0.05, label: bool = True, ax
     x_col = "effect" if "effect" in result else "log2fc" if "log2fc" in result else None
     if x_col is None or "pvalue" not in result:
         raise KeyError(f"`result` needs columns 'effect' (or 'log2fc') and 'pvalue'; has {list(result.columns)}.")
-    r = result[np.isfinite(result["pvalue"].astype(float))]
-    ax = _ax(ax)
-    y = -np.log10(np.maximum(r["pvalue"].to_numpy(dtype=float), 1e-300))
-    sig = (r["padj"] < alpha).to_numpy() if "padj" in r else np.zeros(len(r), bool)
-    ax.scatter(r[x_col][~sig], y[~sig], s=12, color="grey", alpha=0.6, label=f"padj >= {alpha}")
-    ax.scatter(r[x_col][sig], y[sig], s=16, color="#C44E52", label=f"padj < {alpha}")
-    if label:
-        name = "gene_set" if "gene_set" in r else "gene" if "gene" in r else None
-        for (_, row), yy, s in zip(r.iterrows(), y, sig):
-            if s:
-                txt = f"{row['group']}|{row[name]}" if name and "group" in r else str(row.get(name, ""))
-                ax.annotate(txt, (row[x_col], yy), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("effect (log2 fold change)" if x_col == "effect" else "log2 fold change")
+    if isinstance(n_labels, bool) or not isinstance(n_labels, int | np.integer) or n_labels < 0:
+        raise ValueError(f"n_labels must be an integer >= 0, got {n_labels!r}.")
+    if not 0 < float(alpha) < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
+    p_all = pd.to_numeric(result["pvalue"], errors="coerce").to_numpy(dtype=float)
+    x_all = pd.to_numeric(result[x_col], errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(p_all) & np.isfinite(x_all)
+    r = result[ok]
+    n_untested = int((~ok).sum())
+    ax = new_ax(ax)
+    ax.set_xlabel("effect (log2 fold change, case vs reference)" if x_col == "effect" else "log2 fold change")
     ax.set_ylabel("-log10 p-value")
-    ax.legend(frameon=False, fontsize=8)
+    if r.empty:
+        not_measured(ax, f"no test with a p-value ({len(result)} rows, none tested)")
+        return ax
+    y = -np.log10(np.maximum(r["pvalue"].to_numpy(dtype=float), 1e-300))
+    x = r[x_col].to_numpy(dtype=float)
+    sig = (pd.to_numeric(r["padj"], errors="coerce") < alpha).to_numpy() if "padj" in r else np.zeros(len(r), bool)
+    ax.scatter(x[~sig], y[~sig], s=12, color="grey", alpha=0.6, label=f"padj >= {alpha:g}")
+    ax.scatter(x[sig], y[sig], s=16, color="#C44E52", label=f"padj < {alpha:g} ({int(sig.sum())})")
+    if sig.any():
+        thr = -np.log10(max(float(r["pvalue"].to_numpy(dtype=float)[sig].max()), 1e-300))
+        ax.axhline(thr, color="#C44E52", lw=0.8, ls="--", label=f"FDR {alpha:g}")
+    if label and n_labels:
+        name = "gene_set" if "gene_set" in r else "gene" if "gene" in r else None
+        top = np.argsort(-y, kind="stable")[:n_labels]
+        for rank, k in enumerate(top):
+            row = r.iloc[k]
+            txt = (f"{row['group']} | {row[name]}" if name and "group" in r else str(row[name]) if name
+                   else str(r.index[k]))
+            ax.annotate(txt, (x[k], y[k]), fontsize=6, xytext=(4, 4 - 8 * (rank % 2)), textcoords="offset points",
+                        ha="left" if x[k] <= np.median(x) else "right")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_ylim(0, max(float(y.max()) * 1.1, 1.0))
+    title = f"{len(r)} tests"
+    if n_untested:
+        title += f" ({n_untested} rows not tested)"
+    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=7, loc="upper left")
     return ax
