@@ -166,3 +166,123 @@ def test_no_logging_configured_at_import():
             "all(isinstance(h, logging.NullHandler) for h in logging.getLogger('immunomood').handlers))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["0", "True"], out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------------ docstring templates
+_LITERAL = re.compile(r"``.*?``", re.DOTALL)  # inline code such as ``obs[f"{key_added}_confidence"]`` is kept
+_PLACEHOLDER = re.compile(r"(?<!\{)\{[A-Za-z_]\w*\}(?!\})")
+
+
+def _unfilled(doc: str | None) -> list[str]:
+    return _PLACEHOLDER.findall(_LITERAL.sub("", doc or ""))
+
+
+def test_placeholder_regex():
+    assert _unfilled("Parameters\n----------\n{adata}\n{sample_key}\n") == ["{adata}", "{sample_key}"]
+    assert _unfilled('reads ``obs[f"{key}_confidence"]`` and ``{"a": 1}``; {{escaped}}') == []
+
+
+@pytest.mark.parametrize(("sub", "name"), _functions())
+def test_docstring_has_no_unfilled_placeholders(sub, name):
+    """``doc_params`` must sit on the public function itself: a literal ``{adata}`` would show in the docs."""
+    func = getattr(getattr(im, sub), name)
+    assert not _unfilled(func.__doc__), (
+        f"im.{sub}.{name}: unfilled {_unfilled(func.__doc__)} in its docstring; decorate it with "
+        "@doc_params(...) from immunomood._docs")
+
+
+# ------------------------------------------------------------------------------------------ settings
+def test_settings_n_jobs_checked():
+    old = im.settings.n_jobs
+    try:
+        for bad in (0, -2, 1.5, "4", True, None):
+            with pytest.raises(ValueError, match="n_jobs must be a positive integer or -1"):
+                im.settings.n_jobs = bad
+        im.settings.n_jobs = -1
+        assert im.settings.n_jobs == -1
+    finally:
+        im.settings.n_jobs = old
+
+
+def test_settings_progress(monkeypatch, capsys):
+    from immunomood._settings import progress
+
+    class _Tty:
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            pass
+
+        def flush(self):
+            pass
+
+    old = im.settings._progress
+    try:
+        im.settings.progress = None  # automatic: a terminal on stderr or not
+        monkeypatch.setattr("sys.stderr", _Tty())
+        assert im.settings.progress is True
+        monkeypatch.undo()
+        assert im.settings.progress is False  # pytest captures stderr: not a terminal
+        with pytest.raises(TypeError, match="True, False or None"):
+            im.settings.progress = "yes"
+        im.settings.progress = False
+        assert list(progress(range(5), desc="quiet")) == [0, 1, 2, 3, 4]
+        assert capsys.readouterr().err == ""
+        im.settings.progress = True
+        assert list(progress(range(5), desc="loud", leave=True)) == [0, 1, 2, 3, 4]
+        err = capsys.readouterr().err
+        assert "loud" in err and "5/5" in err
+        with progress(total=3, desc="manual", leave=True) as bar:  # a manual bar
+            bar.update(3)
+        assert "3/3" in capsys.readouterr().err
+        assert "progress=True" in repr(im.settings)
+    finally:
+        im.settings._progress = old
+
+
+def _thread_counts():
+    import numba
+    import torch
+    from threadpoolctl import threadpool_info
+
+    blas = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    return blas, numba.get_num_threads(), torch.get_num_threads()
+
+
+def test_settings_threads_limits_and_restores():
+    import numba
+    import numpy as np
+
+    before = _thread_counts()
+    old = im.settings.n_jobs
+    try:
+        im.settings.n_jobs = 1
+        with im.settings.threads() as n:
+            assert n == 1
+            assert _thread_counts() == ({1}, 1, 1)
+            a = np.random.default_rng(0).normal(size=(200, 200))
+            np.testing.assert_allclose(a @ np.linalg.inv(a), np.eye(200), atol=1e-8)  # BLAS still works
+        assert _thread_counts() == before
+        n_max = numba.config.NUMBA_NUM_THREADS
+        with im.settings.threads(-1) as n:  # all cores; numba capped at the threads it started with
+            import os
+
+            assert n == len(os.sched_getaffinity(0))
+            blas, n_numba, n_torch = _thread_counts()
+            assert n_numba == min(n, n_max) and n_torch == n
+        with im.settings.threads(1, backends=("blas",)):
+            assert _thread_counts()[1:] == before[1:]  # numba and torch untouched
+        assert _thread_counts() == before
+        with pytest.raises(ValueError, match="n_jobs must be a positive integer or -1"):
+            with im.settings.threads(0):
+                pass
+        with pytest.raises(ValueError, match="backends must be among"):
+            with im.settings.threads(1, backends=("gpu",)):
+                pass
+        with pytest.raises(RuntimeError, match="boom"):  # restored on error too
+            with im.settings.threads(1):
+                raise RuntimeError("boom")
+        assert _thread_counts() == before
+    finally:
+        im.settings.n_jobs = old

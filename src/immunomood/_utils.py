@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._settings import logger
+from ._settings import logger, mark_logged
 
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 _SYMBOL_COLUMN_CANDIDATES = (
@@ -28,9 +28,12 @@ _SYMBOL_COLUMN_CANDIDATES = (
 
 
 def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 3) -> None:
-    """Warn pointing at the user's line (two frames above the caller by default) and log it."""
+    """Warn pointing at the user's line (two frames above the caller by default) and log it.
+
+    The warning is marked as logged, so that the command line (``_settings.warnings_to_logger``) shows it once.
+    """
     logger.warning(message)
-    warnings.warn(message, category, stacklevel=stacklevel)
+    warnings.warn(mark_logged(category(message)), stacklevel=stacklevel)
 
 
 PROBLEMS_KEY = "immunomood_problems"

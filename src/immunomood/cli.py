@@ -1,8 +1,13 @@
-"""Command line: ``immunomood demo`` and ``immunomood run CONFIG.toml`` (thin: parses, calls the API)."""
+"""Command line: ``immunomood demo`` and ``immunomood run CONFIG.toml`` (thin: parses, calls the API).
+
+Imports nothing heavy at module level: ``immunomood --help`` and config errors answer in well under a second;
+scanpy, scvi-tools and torch are loaded only once a command runs (``tests/test_cli_help.py`` checks it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -21,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--n-donors", type=int, default=16, help="Donors in the simulated cohort (default 16).")
     d.add_argument("--cells-per-donor", type=int, default=300, help="Cells per donor (default 300).")
     d.add_argument("--resume", action="store_true", help="Skip stages whose checkpoint matches.")
+    _add_common(d)
     r = sub.add_parser(
         "run", help="Run the staged analysis configured in a TOML file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -31,8 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="TOML config file.")
     r.add_argument("--resume", action="store_true", help="Skip stages whose checkpoint matches the config.")
     r.add_argument("--from", dest="from_stage", choices=STAGES, help="Start at this stage (earlier checkpoints must match).")
+    _add_common(r)
     sub.add_parser("example-config", help="Print the example config.")
     return p
+
+
+def _n_jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1 and n != -1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or -1 (all cores), got {text!r}")
+    return n
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="Show progress bars (default: only when stderr is a terminal).")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="Never show progress bars.")
+    p.add_argument("--n-jobs", type=_n_jobs, default=None, metavar="N",
+                   help=("Threads for numerical work: sets im.settings.n_jobs and limits BLAS, numba and torch "
+                         "threads (-1: all cores; default: their own defaults)."))
 
 
 def _console_logging() -> None:
@@ -75,22 +102,22 @@ def demo(outdir: str | Path = "demo_output", *, n_donors: int = 16, cells_per_do
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "example-config":
+        print(EXAMPLE_CONFIG.read_text())
+        return 0
     _console_logging()
-    from ._settings import logger
+    from ._settings import logger, settings, warnings_to_logger
 
     t0 = time.perf_counter()
     try:
-        if args.command == "example-config":
-            print(EXAMPLE_CONFIG.read_text())
-            return 0
-        if args.command == "demo":
-            report = demo(args.outdir, n_donors=args.n_donors, cells_per_donor=args.cells_per_donor, resume=args.resume)
-        else:
-            from ._pipeline import run_pipeline
-
-            cfg = load_config(args.config)
-            run_pipeline(cfg, resume=args.resume, from_stage=args.from_stage)
-            report = cfg.outdir / "report"
+        if args.progress is not None:
+            settings.progress = args.progress
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(warnings_to_logger())  # each warning printed once, through the log (and the log file)
+            if args.n_jobs is not None:  # then BLAS, numba and torch use at most that many threads throughout
+                settings.n_jobs = args.n_jobs
+                stack.enter_context(settings.threads())
+            report = _run(args)
     except ConfigError as e:
         print(f"immunomood: error: {e}", file=sys.stderr)
         return 2
@@ -99,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logger.info("finished in %.0f s; report: %s (read summary.md first)", time.perf_counter() - t0, report)
     return 0
+
+
+def _run(args: argparse.Namespace) -> Path:
+    if args.command == "demo":
+        return demo(args.outdir, n_donors=args.n_donors, cells_per_donor=args.cells_per_donor, resume=args.resume)
+    from ._pipeline import run_pipeline
+
+    cfg = load_config(args.config)
+    run_pipeline(cfg, resume=args.resume, from_stage=args.from_stage)
+    return cfg.outdir / "report"
 
 
 if __name__ == "__main__":  # pragma: no cover
