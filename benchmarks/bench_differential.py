@@ -381,6 +381,248 @@ def run(size: str = "quick") -> list[dict]:
     return res
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# --real: the real-donor benchmark (issue 13) on ../shared/data
+# ----------------------------------------------------------------------------------------------------------------
+REAL_FILE = "onek1k/onek1k_40donors_4types.h5ad"
+REAL_GROUP = "cell_type"
+REAL_TARGET = "monoc"  # classical monocytes: where the power effects are planted
+SPLIT_SIZES = (4, 8, 20)
+EFFECTS = (1.05, 1.1, 1.25)
+METHODS = ("ours_score", "ours_fry", "R_voom_fry", "donor_mean_t", "per_cell_mwu")
+
+R_LOOP = r"""
+suppressPackageStartupMessages({library(limma); library(edgeR)})
+for (d in readLines(commandArgs(TRUE)[1])) {
+  counts <- as.matrix(read.csv(file.path(d, "counts.csv"), row.names = 1, check.names = FALSE))
+  design <- as.matrix(read.csv(file.path(d, "design.csv"), row.names = 1, check.names = FALSE))
+  sets <- read.csv(file.path(d, "sets.csv"), stringsAsFactors = FALSE)
+  index <- split(sets$gene, factor(sets$set, levels = unique(sets$set)))
+  y <- DGEList(counts); keep <- filterByExpr(y, design); y <- y[keep, , keep.lib.sizes = FALSE]
+  y <- calcNormFactors(y); v <- voom(y, design)
+  write.csv(fry(v, index = index, design = design, contrast = 2, sort = "none"), file.path(d, "fry.csv"))
+}
+"""
+
+
+def _real_data_dir():
+    import os
+    from pathlib import Path
+
+    d = Path(os.environ.get("IMMUNOMOOD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not (d / REAL_FILE).exists():
+        raise SystemExit(f"--real needs {REAL_FILE} under IMMUNOMOOD_DATA_DIR (looked in {d}).")
+    return d
+
+
+def real_sets(var_names) -> dict[str, list[str]]:
+    """Every packaged gene set, restricted to the genes measured (onek1k holds 1,000 genes)."""
+    import immunomood as im
+    from immunomood.tl._gene_sets import known_gene_sets
+
+    present = set(var_names)
+    out = {}
+    for n in known_gene_sets():
+        for k, v in im.tl.gene_sets(n).items():
+            g = [x for x in v if x in present]
+            if g:
+                out[k] = g
+    return out
+
+
+def _label(a, case, ctrl):
+    b = a[a.obs["donor"].isin(list(case) + list(ctrl)).to_numpy()].copy()
+    b.obs["condition"] = pd.Categorical(np.where(b.obs["donor"].isin(list(case)), "case", "ctrl"),
+                                        categories=["ctrl", "case"])
+    return b
+
+
+def _percell_tests(b, scores, sets, groups, min_cells=10):
+    """Per-cell Mann-Whitney and donor-mean t-test on per-cell score_pathways scores."""
+    obs = b.obs
+    rows = []
+    for g in groups:
+        m = (obs[REAL_GROUP] == g).to_numpy()
+        ncell = obs.loc[m, "donor"].astype(str).value_counts()
+        m &= obs["donor"].astype(str).map(ncell).fillna(0).to_numpy() >= min_cells
+        cond = obs.loc[m, "condition"].to_numpy()
+        donors = obs.loc[m, "donor"].astype(str).to_numpy()
+        dcond = pd.Series(cond, index=donors).groupby(level=0).first()
+        if (dcond == "case").sum() < 2 or (dcond == "ctrl").sum() < 2:
+            continue
+        for k in sets:
+            v = scores.loc[obs.index[m], k].to_numpy()
+            if not np.isfinite(v).all():
+                continue
+            rows.append(dict(group=str(g), gene_set=k, method="per_cell_mwu",
+                             p=stats.mannwhitneyu(v[cond == "case"], v[cond == "ctrl"]).pvalue))
+            dm = pd.Series(v).groupby(donors).mean()
+            dc = dcond.reindex(dm.index)
+            rows.append(dict(group=str(g), gene_set=k, method="donor_mean_t",
+                             p=stats.ttest_ind(dm[dc == "case"], dm[dc == "ctrl"]).pvalue))
+    return rows
+
+
+def _r_job(b, sets, group, jobdir, min_cells=10):
+    """Write the pseudobulk of ``group`` (samples in the package's order) for the R loop; return the folder."""
+    from immunomood.tl._pseudobulk import aggregate, combos
+
+    grid, code = combos(b.obs, "donor", REAL_GROUP)
+    rows = np.flatnonzero((grid[REAL_GROUP] == group).to_numpy() & (grid["n_cells"] >= min_cells).to_numpy())
+    C = np.asarray(aggregate(b.X, code, len(grid))[rows].todense())
+    donors = [str(d) for d in grid["donor"].to_numpy()[rows]]
+    dcond = b.obs.groupby("donor", observed=True)["condition"].first()
+    x = np.array([dcond[d] == "case" for d in grid["donor"].to_numpy()[rows]], dtype=float)
+    if min(x.sum(), (1 - x).sum()) < 2:
+        return None
+    jobdir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(np.round(C).astype(np.int64).T, index=b.var_names.astype(str), columns=donors).to_csv(
+        jobdir / "counts.csv")
+    pd.DataFrame({"Intercept": 1.0, "case": x}, index=donors).to_csv(jobdir / "design.csv")
+    pd.DataFrame([(k, g) for k, v in sets.items() for g in v], columns=["set", "gene"]).to_csv(
+        jobdir / "sets.csv", index=False)
+    return jobdir
+
+
+def _run_r(jobs, tmp):
+    """Run the R loop over the job folders; rows of R limma-voom + fry p-values (empty when R is absent)."""
+    import shutil
+    import subprocess
+
+    jobs = [j for j in jobs if j[0] is not None]
+    if not jobs or shutil.which("Rscript") is None:
+        return []
+    (tmp / "loop.R").write_text(R_LOOP)
+    (tmp / "jobs.txt").write_text("\n".join(str(j[0]) for j in jobs))
+    subprocess.run(["Rscript", str(tmp / "loop.R"), str(tmp / "jobs.txt")], check=True, capture_output=True)
+    rows = []
+    for jobdir, meta in jobs:
+        t = pd.read_csv(jobdir / "fry.csv", index_col=0)
+        for k, p in t["PValue"].items():
+            if np.isfinite(p):
+                rows.append(meta | dict(gene_set=k, method="R_voom_fry", p=float(p)))
+    return rows
+
+
+def _ours(b, sets, groups):
+    import immunomood as im
+
+    rows = []
+    for meth in ("score", "fry"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = im.tl.differential_activity(b, condition_key="condition", sample_key="donor", groupby=REAL_GROUP,
+                                            gene_sets=sets, method=meth)
+        r = r[r["group"].isin([str(g) for g in groups]) & r["pvalue"].notna()]
+        rows += [dict(group=g, gene_set=k, method=f"ours_{meth}", p=float(p))
+                 for g, k, p in zip(r["group"], r["gene_set"], r["pvalue"])]
+    return rows
+
+
+def real_null(a, sets, n_splits, tmp, seed=0, log=print):
+    """False-positive rate on random splits of real donors: every cell type x packaged set, n vs n donors."""
+    import immunomood as im
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = im.tl.score_pathways(a, sets, inplace=False)
+    donors = np.array(sorted(a.obs["donor"].astype(str).unique()))
+    groups = list(a.obs[REAL_GROUP].astype(str).unique())
+    rows, jobs = [], []
+    rng = np.random.default_rng(seed)
+    for n in SPLIT_SIZES:
+        for s in range(n_splits):
+            pick = rng.choice(donors, 2 * n, replace=False)
+            b = _label(a, pick[:n], pick[n:])
+            meta = dict(size=n, split=s)
+            rows += [meta | r for r in _ours(b, sets, groups)]
+            rows += [meta | r for r in _percell_tests(b, scores, sets, groups)]
+            for g in groups:
+                jobs.append((_r_job(b, sets, g, tmp / f"null_{n}_{s}_{g}"), meta | dict(group=g)))
+        log(f"  null {n} vs {n}: {n_splits} splits done")
+    rows += _run_r(jobs, tmp)
+    return pd.DataFrame(rows)
+
+
+def real_power(a, n_splits, tmp, seed=1, n_genes=20, min_mean=1.0, log=print):
+    """Power: ``n_genes`` classical-monocyte genes (drawn among those with >= ``min_mean`` counts per cell) raised
+    by each effect in the case donors' classical monocytes, by adding Poisson((effect - 1) x count) to each count;
+    the set of the raised genes is tested in classical monocytes. The same splits and genes serve every effect."""
+    import immunomood as im
+
+    m = a[(a.obs[REAL_GROUP] == REAL_TARGET).to_numpy()].copy()
+    mean = np.asarray(m.X.mean(axis=0)).ravel()
+    eligible = np.flatnonzero(mean >= min_mean)
+    donors = np.array(sorted(m.obs["donor"].astype(str).unique()))
+    rng = np.random.default_rng(seed)
+    X0 = sparse.csr_matrix(m.X).astype(np.float64)
+    rows, jobs = [], []
+    for n in SPLIT_SIZES:
+        for s in range(n_splits):
+            pick = rng.choice(donors, 2 * n, replace=False)
+            cols = np.sort(rng.choice(eligible, n_genes, replace=False))
+            sets = {"planted": list(m.var_names[cols])}
+            for fc in EFFECTS:
+                b = _label(m, pick[:n], pick[n:])
+                coo = sparse.csr_matrix(X0[m.obs["donor"].isin(list(pick)).to_numpy()]).tocoo()
+                hit = np.isin(coo.col, cols) & (b.obs["condition"].to_numpy()[coo.row] == "case")
+                data = coo.data.copy()
+                data[hit] += rng.poisson((fc - 1.0) * data[hit])
+                b.X = sparse.csr_matrix((data, (coo.row, coo.col)), shape=b.shape)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    scores = im.tl.score_pathways(b, sets, inplace=False)
+                meta = dict(size=n, split=s, effect=fc)
+                rows += [meta | r for r in _ours(b, sets, [REAL_TARGET])]
+                rows += [meta | r for r in _percell_tests(b, scores, sets, [REAL_TARGET])]
+                jobs.append((_r_job(b, sets, REAL_TARGET, tmp / f"pow_{n}_{s}_{fc}"), meta | dict(group=REAL_TARGET)))
+        log(f"  power {n} vs {n}: {n_splits} splits x {len(EFFECTS)} effects done")
+    rows += _run_r(jobs, tmp)
+    return pd.DataFrame(rows)
+
+
+def run_real(n_splits: int = 20, log=print) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    import anndata as ad
+
+    a = ad.read_h5ad(_real_data_dir() / REAL_FILE)
+    sets = real_sets(a.var_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        null = real_null(a, sets, n_splits, Path(tmp), log=log)
+        pw = real_power(a, n_splits, Path(tmp), log=log)
+        secs = time.perf_counter() - t0
+    fpr = null.groupby(["method", "size"])["p"].agg(share=lambda p: float((p < 0.05).mean()), n="size").unstack()
+    power_tab = pw.groupby(["method", "effect", "size"])["p"].agg(lambda p: float((p < 0.05).mean())).unstack(
+        ["effect", "size"])
+    both = null.pivot_table(index=["size", "split", "group", "gene_set"], columns="method", values="p")
+    agree = (both[["ours_fry", "R_voom_fry"]].dropna().pipe(lambda d: (d.ours_fry / d.R_voom_fry - 1).abs().max())
+             if "R_voom_fry" in both else np.nan)
+    return dict(fpr=fpr, power=power_tab, null=null, pw=pw, seconds=secs, n_splits=n_splits,
+                n_sets=len(sets), fry_vs_R_max_rel=agree)
+
+
+def main_real(n_splits: int = 20):
+    r = run_real(n_splits)
+    pd.set_option("display.width", 200)
+    print(f"\nReal donors: onek1k, 40 healthy donors, 4 cell types, {r['n_sets']} packaged gene sets present; "
+          f"{r['n_splits']} random splits per size (4v4, 8v8, 20v20); {r['seconds']:.0f} s")
+    print("\nfalse-positive rate (share p < 0.05 over null cell type x set tests; n = tests)")
+    print(r["fpr"].reindex([m for m in METHODS if m in r["fpr"].index]).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"\npower in classical monocytes, 20 planted genes (share of splits with p < 0.05), columns effect/size")
+    print(r["power"].reindex([m for m in METHODS if m in r["power"].index]).to_string(
+        float_format=lambda v: f"{v:.3f}"))
+    print(f"\nours_fry vs R limma fry, max relative difference of p over the null tests: {r['fry_vs_R_max_rel']:.2e}")
+    for m_, row in r["fpr"]["share"].iterrows():
+        for size, v in row.items():
+            print(f"RESULT real_fpr method={m_} size={size} share_p05={v:.4f} n={int(r['fpr']['n'].loc[m_, size])}")
+    for m_, row in r["power"].iterrows():
+        for (eff, size), v in row.items():
+            print(f"RESULT real_power method={m_} effect={eff} size={size} share_p05={v:.4f} splits={r['n_splits']}")
+
+
 def main(size="quick"):
     for r in run(size):
         if "ours_s" in r:
@@ -391,4 +633,8 @@ def main(size="quick"):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "quick")
+    if "--real" in sys.argv:
+        n = int(sys.argv[sys.argv.index("--splits") + 1]) if "--splits" in sys.argv else 20
+        main_real(n)
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "quick")
