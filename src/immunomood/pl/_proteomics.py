@@ -18,8 +18,7 @@ def cross_modal(
     max_rows: int = 30,
     max_cols: int = 30,
     alpha: float = 0.05,
-    method: str = "spearman",
-    covariates: Sequence[str] = (),
+    key: str = "cross_modal_associations",
     ax=None,
     cmap: str = "RdBu_r",
 ):
@@ -28,17 +27,16 @@ def cross_modal(
     Parameters
     ----------
     result
-        The DataFrame returned by :func:`immunomood.tl.cross_modal_associations`, or a MuData from
-        :func:`immunomood.tl.join_proteomics` (the associations are then computed with ``method``,
-        ``covariates``, ``rna_features`` and ``proteins``).
+        The DataFrame returned by :func:`immunomood.tl.cross_modal_associations`, or a MuData holding that table in
+        ``mdata.uns[key]``. Nothing is computed here: a MuData without the table raises an error naming the call.
     rna_features, proteins
         Restrict the rows / columns shown.
     max_rows, max_cols
         Show at most this many RNA features (rows) and proteins (columns): those with the smallest p-values.
     alpha
         Cells with ``padj < alpha`` are marked ``*`` (``**`` below ``alpha / 10``).
-    method, covariates
-        Passed to :func:`immunomood.tl.cross_modal_associations` when ``result`` is a MuData.
+    key
+        Key of the stored table when ``result`` is a MuData.
     ax
         Axes to draw on; a new figure when ``None``.
     cmap
@@ -51,25 +49,27 @@ def cross_modal(
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    if isinstance(result, pd.DataFrame):
-        res = result
-        missing = [c for c in ("rna_feature", "protein", "estimate", "padj") if c not in res.columns]
-        if missing:
-            raise ValueError(f"`result` lacks the columns {missing}; pass the DataFrame returned by "
-                             "im.tl.cross_modal_associations (or the MuData).")
-        if rna_features is not None:
-            sel = [rna_features] if isinstance(rna_features, str) else list(rna_features)
-            res = res[res["rna_feature"].isin(sel) | res["rna_feature"].str.split("|").str[0].isin(sel)]
-        if proteins is not None:
-            res = res[res["protein"].isin([proteins] if isinstance(proteins, str) else list(proteins))]
-    elif hasattr(result, "mod"):
-        from ..tl._proteomics import cross_modal_associations
-
-        res = cross_modal_associations(result, method=method, covariates=covariates,
-                                       rna_features=rna_features, proteins=proteins)
-    else:
+    if hasattr(result, "mod") and not isinstance(result, pd.DataFrame):
+        stored = result.uns.get(key)
+        if not isinstance(stored, pd.DataFrame):
+            raise KeyError(
+                f"No association table in mdata.uns[{key!r}] (found {type(stored).__name__}). Run "
+                "`res = im.tl.cross_modal_associations(mdata, ...)` and pass `res` (the plot computes no test)."
+            )
+        result = stored
+    if not isinstance(result, pd.DataFrame):
         raise TypeError(f"`result` must be a DataFrame from im.tl.cross_modal_associations or a MuData, got "
                         f"{type(result).__name__}.")
+    res = result
+    missing = [c for c in ("rna_feature", "protein", "estimate", "pvalue", "padj") if c not in res.columns]
+    if missing:
+        raise ValueError(f"`result` lacks the columns {missing}; pass the DataFrame returned by "
+                         "im.tl.cross_modal_associations.")
+    if rna_features is not None:
+        sel = [rna_features] if isinstance(rna_features, str) else list(rna_features)
+        res = res[res["rna_feature"].isin(sel) | res["rna_feature"].str.split("|").str[0].isin(sel)]
+    if proteins is not None:
+        res = res[res["protein"].isin([proteins] if isinstance(proteins, str) else list(proteins))]
     res = res.dropna(subset=["estimate"])
     if res.empty:
         raise ValueError("No association with an estimate to show (all NaN or nothing selected).")
@@ -78,6 +78,9 @@ def cross_modal(
     sub = res[res["rna_feature"].isin(best_r) & res["protein"].isin(best_p)]
     est = sub.pivot(index="rna_feature", columns="protein", values="estimate").reindex(index=best_r, columns=best_p)
     padj = sub.pivot(index="rna_feature", columns="protein", values="padj").reindex(index=best_r, columns=best_p)
+    # no all-NaN row or column (a feature whose estimates are all for proteins not shown)
+    keep_r, keep_p = est.notna().any(axis=1), est.notna().any(axis=0)
+    est, padj = est.loc[keep_r, keep_p], padj.loc[keep_r, keep_p]
     marks = np.where(padj.to_numpy() < alpha / 10, "**", np.where(padj.to_numpy() < alpha, "*", ""))
     if ax is None:
         w = min(2 + 0.35 * est.shape[1], 16)
@@ -88,7 +91,8 @@ def cross_modal(
                 linewidths=0.3, linecolor="white")
     ax.set_xlabel("protein")
     ax.set_ylabel("donor-level RNA feature")
-    ax.set_title(f"cross-modal association (* padj < {alpha:g})")
+    blank = "; blank: not estimable" if est.isna().to_numpy().any() else ""
+    ax.set_title(f"cross-modal association (* padj < {alpha:g}, ** < {alpha / 10:g}{blank})")
     return ax
 
 
