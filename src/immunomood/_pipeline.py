@@ -172,40 +172,42 @@ def validate_inputs(cfg: Config) -> None:
 # stages
 # ----------------------------------------------------------------------------------------------
 def _read_sample(path: Path):
-    import anndata as ad
-    import scanpy as sc
+    """One sample's counts (10x folder, 10x .h5 or .h5ad), read as :func:`immunomood.io.read_cohort` reads it."""
+    from .io._cohort import _read_one, _sample_kind
 
-    if path.is_dir():
-        return sc.read_10x_mtx(path)
-    if path.suffix == ".h5":
-        return sc.read_10x_h5(path)
-    if path.suffix == ".h5ad":
-        return ad.read_h5ad(path)
-    raise ConfigError(f"Unsupported sample file {path}: expected a 10x folder, a 10x .h5 or an .h5ad")
+    if _sample_kind(path) is None:
+        raise ConfigError(f"Unsupported sample file {path}: expected a 10x folder, a 10x .h5 or an .h5ad")
+    return _read_one(path, var_names="gene_symbols", layer=None)
+
+
+def _check_complete(obs: pd.DataFrame, columns: list[str], where: str) -> None:
+    """Refuse missing sample/condition/batch IDs (they would become a group called 'nan')."""
+    for c in columns:
+        na = obs[c].isna() | obs[c].astype(str).str.strip().isin(["", "nan", "NaN", "None"])
+        if na.any():
+            raise ConfigError(f"[input] {where}: column {c!r} is missing for {int(na.sum())} cells (e.g. "
+                              f"{obs.index[na][:3].tolist()}). Fill it in or remove those cells; a missing ID is "
+                              "never turned into a group called 'nan'.")
 
 
 def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     import anndata as ad
-    from tqdm.auto import tqdm
+
+    from . import io
+    from ._utils import record_problem
 
     inp = cfg["input"]
+    ids = [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else [])
     if inp["h5ad"] is not None:
         adata = ad.read_h5ad(cfg.resolve(inp["h5ad"]))
         if inp["counts_layer"]:
             adata.X = adata.layers[inp["counts_layer"]].copy()
+        _check_complete(adata.obs, ids, cfg.resolve(inp["h5ad"]).name)
     else:
-        sheet = pd.read_csv(cfg.resolve(inp["sample_sheet"]))
-        parts = []
-        for _, row in tqdm(list(sheet.iterrows()), desc="reading samples", disable=None):
-            a = _read_sample(cfg.resolve(str(row["path"])))
-            a.var_names_make_unique()
-            a.obs_names = [f"{row[inp['sample_key']]}_{b}" for b in a.obs_names]
-            for c in sheet.columns:
-                if c != "path":
-                    a.obs[c] = row[c]
-            parts.append(a)
-        adata = ad.concat(parts, join="inner", merge="same")
-    for c in [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else []):
+        # the same reader as the Python API: im.io.read_cohort (paths relative to the sheet's folder)
+        adata = io.read_cohort(cfg.resolve(inp["sample_sheet"]), sample_key=inp["sample_key"],
+                               required_columns=ids[1:] + list(inp["covariates"]), layer=inp["counts_layer"])
+    for c in ids:
         adata.obs[c] = adata.obs[c].astype(str).astype("category")
     if inp["reference"] is not None:
         cats = list(adata.obs[inp["condition_key"]].cat.categories)
@@ -214,6 +216,15 @@ def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
                               f"{inp['condition_key']!r}: {cats}")
         adata.obs[inp["condition_key"]] = adata.obs[inp["condition_key"]].cat.reorder_categories(
             [inp["reference"]] + [c for c in cats if c != inp["reference"]])
+    # which markers and gene sets the measured genes can resolve (the report's load section shows it)
+    io.gene_coverage(adata, markers=cfg["annotate"]["markers"], gene_sets=list(cfg["score"]["gene_sets"]),
+                     gene_symbols=inp["gene_symbols"])
+    cov = adata.uns["gene_coverage"]
+    bad = cov[~cov["resolvable"] & cov["kind"].isin(["lineage", "gene_set"])]
+    if len(bad):
+        record_problem(adata, f"load: the {adata.n_vars} measured genes cannot resolve "
+                              f"{', '.join(bad['kind'] + ' ' + bad['name'])} (too few of their genes; see "
+                              "uns['gene_coverage'])")
     logger.info("loaded %d cells x %d genes from %d samples", adata.n_obs, adata.n_vars,
                 adata.obs[inp["sample_key"]].nunique())
     ck.write("load", h, adata=adata)
@@ -424,7 +435,47 @@ def run_pipeline(cfg: Config, *, resume: bool = False, from_stage: str | None = 
             t0 = time.perf_counter()
             STAGE_FUNCS[stage](cfg, ck, h, state)
             logger.info("stage %s: done in %.1f s", stage, time.perf_counter() - t0)
+        _write_final_outputs(cfg, ck, state)
     finally:
         logger.removeHandler(fh)
         fh.close()
     return state
+
+
+ANNOTATED_H5AD = "immunomood_annotated.h5ad"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _config_toml(cfg: Config) -> str:
+    """The config as TOML: the user's file as written, or (config built in Python) the effective values."""
+    if cfg.path is not None and Path(cfg.path).is_file():
+        return Path(cfg.path).read_text()
+    lines = ["# immunomood run configuration (effective values; no config file was given)"]
+    for sec, values in cfg.data.items():
+        lines.append(f"\n[{sec}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _write_final_outputs(cfg: Config, ck: Checkpoints, state: dict) -> None:
+    """``<outdir>/immunomood_annotated.h5ad`` (the cells with every result), ``config.toml`` and ``versions.json``."""
+    from ._utils import atomic_write_h5ad
+
+    outdir = cfg.outdir
+    _atomic_write_text(outdir / "config.toml", _config_toml(cfg))
+    _atomic_write_text(outdir / "versions.json", json.dumps(versions(), indent=2) + "\n")
+    adata = state.get("adata")
+    if adata is None:  # every cell-level stage was skipped (resume): the latest checkpoint holds the result
+        adata = ck.read_adata(max(_ADATA_STAGES, key=STAGES.index))
+    atomic_write_h5ad(adata, outdir / ANNOTATED_H5AD)
+    logger.info("wrote %s (%d cells x %d genes), config.toml and versions.json", outdir / ANNOTATED_H5AD,
+                adata.n_obs, adata.n_vars)
