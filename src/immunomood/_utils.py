@@ -276,3 +276,129 @@ def atomic_write_h5ad(adata: Any, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter checks: "<param> must be <expected>, got <value>. <fix>", raised before any work
+# ----------------------------------------------------------------------------------------------
+def _show(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})" if not isinstance(value, (int, float)) or isinstance(value, bool) else text
+
+
+def _range_text(min: float | None, max: float | None, *, min_inclusive: bool = True,
+                max_inclusive: bool = True) -> str:
+    parts = []
+    if min is not None:
+        parts.append(f"{'>=' if min_inclusive else '>'} {min:g}")
+    if max is not None:
+        parts.append(f"{'<=' if max_inclusive else '<'} {max:g}")
+    return " and ".join(parts)
+
+
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    min: int | None = None,
+    max: int | None = None,
+    allow_none: bool = False,
+    allow: Sequence[int] = (),
+    fix: str = "",
+) -> int | None:
+    """An integer parameter: an ``int`` (or a float with an integral value, e.g. ``1e3``), within ``[min, max]``.
+
+    Refuses booleans, strings, NaN and non-integral floats (``500.5`` is never truncated). ``allow`` lists extra
+    accepted values outside the range (e.g. ``-1`` for "all cores"). Returns the value as a Python ``int``.
+    """
+    if value is None and allow_none:
+        return None
+    expected = "an integer" + (f" {_range_text(min, max)}" if (min is not None or max is not None) else "")
+    if allow:
+        expected += f" (or {', '.join(map(str, allow))})"
+    if allow_none:
+        expected += " or None"
+    tail = f" {fix}" if fix else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise TypeError(f"`{name}` must be {expected}, got {_show(value)}.{tail}")
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value) or float(value) != int(value):
+            raise ValueError(f"`{name}` must be {expected}, got {value!r} (not a whole number; it is never "
+                             f"truncated).{tail}")
+    ivalue = int(value)
+    if ivalue in allow:
+        return ivalue
+    if (min is not None and ivalue < min) or (max is not None and ivalue > max):
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}.{tail}")
+    return ivalue
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+    allow_none: bool = False,
+    fix: str = "",
+) -> float | None:
+    """A finite real number within the given bounds (strings, booleans, NaN and infinities refused)."""
+    if value is None and allow_none:
+        return None
+    rng = _range_text(min, max, min_inclusive=min_inclusive, max_inclusive=max_inclusive)
+    expected = "a finite number" + (f" {rng}" if rng else "") + (" or None" if allow_none else "")
+    tail = f" {fix}" if fix else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise TypeError(f"`{name}` must be {expected}, got {_show(value)}.{tail}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}.{tail}")
+    too_low = min is not None and (v < min if min_inclusive else v <= min)
+    too_high = max is not None and (v > max if max_inclusive else v >= max)
+    if too_low or too_high:
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}.{tail}")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any], *, fix: str = "") -> Any:
+    """One of ``choices`` (compared with ``==``; a string of another case gets a hint)."""
+    tail = f" {fix}" if fix else ""
+    try:
+        ok = value in choices
+    except TypeError:  # unhashable / incomparable
+        ok = False
+    if not ok:
+        hint = ""
+        if isinstance(value, str):
+            close = [c for c in choices if isinstance(c, str) and c.lower() == value.lower()]
+            if close:
+                hint = f" Did you mean {close[0]!r}?"
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {_show(value)}.{hint}{tail}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A boolean (``True``/``False``; numbers and strings such as ``"false"`` are refused)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {_show(value)}.")
+    return bool(value)
+
+
+def check_str(name: str, value: Any, *, allow_none: bool = False, fix: str = "") -> str | None:
+    """A non-empty string (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value:
+        expected = "a non-empty string" + (" or None" if allow_none else "")
+        raise TypeError(f"`{name}` must be {expected}, got {_show(value)}.{(' ' + fix) if fix else ''}")
+    return value
+
+
+def check_random_state(value: Any, name: str = "random_state") -> int | None:
+    """``None`` or a non-negative integer seed."""
+    return check_int(name, value, min=0, max=2**32 - 1, allow_none=True,
+                     fix="Pass an integer seed such as 0 (or None for im.settings.random_state).")

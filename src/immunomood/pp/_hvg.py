@@ -11,8 +11,14 @@ from scipy import sparse
 from .._dask import count_problem_sampled, is_dask, map_row_blocks, require_row_chunks
 from .._docs import doc_adata, doc_inplace, doc_params
 from .._settings import logger
-from .._utils import check_adata, check_not_view, check_obs_key, count_matrix_problem
+from .._utils import check_adata, check_bool, check_int, check_not_view, check_obs_key, check_str, count_matrix_problem
 from ._qc import _check_unique_var_names
+
+#: seurat_v3 fits a loess of log variance on log mean within each batch; skmisc's loess crashes the interpreter
+#: (double free, SIGSEGV) with 3 points or fewer and fails with a ValueError up to about 15 points. A batch needs
+#: at least this many cells and genes that vary within it; smaller batches are refused before loess is called.
+MIN_CELLS_PER_BATCH = 2
+MIN_VARIABLE_GENES_PER_BATCH = 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +109,7 @@ def _seurat_v3_dask(
     S = np.sum([p[0] for p in parts], axis=0)
     Q = np.sum([p[1] for p in parts], axis=0)
     df["means"], df["variances"] = _mean_var(S.sum(0), Q.sum(0), adata.n_obs)
+    _check_batches_for_loess(S, Q, n_per, levels, batch_key)
 
     means, reg_stds, clip_vals = [], [], []
     for b in range(n_b):
@@ -159,6 +166,33 @@ def _seurat_v3_dask(
     return df
 
 
+def _check_batches_for_loess(S: np.ndarray, Q: np.ndarray, n_per: np.ndarray, levels, batch_key: str | None) -> None:
+    """Refuse batches too small for seurat_v3's per-batch loess fit (skmisc would crash the interpreter)."""
+    bad = []
+    for b, level in enumerate(levels):
+        n = int(n_per[b])
+        n_var = int((_mean_var(S[b], Q[b], n)[1] > 0).sum()) if n > 1 else 0
+        if n < MIN_CELLS_PER_BATCH or n_var < MIN_VARIABLE_GENES_PER_BATCH:
+            bad.append(f"{level!r} ({n} cell{'s' if n != 1 else ''}, {n_var} genes that vary)")
+    if not bad:
+        return
+    where = f"adata.obs[{batch_key!r}]" if batch_key is not None else "the data (one batch)"
+    raise ValueError(
+        f"batch_key: batch(es) {', '.join(bad)} of {where} are too small for seurat_v3, which fits a loess of "
+        f"variance on mean within each batch (needs at least {MIN_CELLS_PER_BATCH} cells and "
+        f"{MIN_VARIABLE_GENES_PER_BATCH} genes that vary; smaller batches crash scikit-misc's loess). Merge small "
+        "batches into a larger one, remove those cells (e.g. `adata = adata[adata.obs[batch_key] != 'x'].copy()`), "
+        "or pass `batch_key=None`."
+    )
+
+
+def _batch_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, np.ndarray]:
+    if batch_key is None:
+        return np.array([0]), np.zeros(adata.n_obs, dtype=np.int64)
+    levels, codes = np.unique(adata.obs[batch_key].to_numpy(), return_inverse=True)
+    return levels, np.asarray(codes, dtype=np.int64).ravel()
+
+
 @doc_params(adata=doc_adata, inplace=doc_inplace)
 def highly_variable_genes(
     adata: AnnData,
@@ -200,8 +234,13 @@ def highly_variable_genes(
     result equals scanpy's in-memory result.
     """
     check_adata(adata)
+    inplace = check_bool("inplace", inplace)
     if inplace:
         check_not_view(adata, func="highly_variable_genes")
+    n_top_genes = check_int("n_top_genes", n_top_genes, min=1, max=adata.n_vars,
+                            fix=f"adata has {adata.n_vars} genes: choose how many to keep, e.g. 2000.")
+    check_str("counts_layer", counts_layer)
+    check_str("batch_key", batch_key, allow_none=True)
     if counts_layer not in adata.layers:
         raise KeyError(
             f"Layer {counts_layer!r} with raw counts not found in adata.layers (present: {list(adata.layers.keys())}). "
@@ -220,15 +259,16 @@ def highly_variable_genes(
             f"seurat_v3 needs raw counts, but adata.layers[{counts_layer!r}] {problem.replace('it ', '', 1)}. "
             "Pass the layer that holds raw counts with `counts_layer=`."
         )
-    n_top_genes = int(n_top_genes)
-    if not 0 < n_top_genes <= adata.n_vars:
-        raise ValueError(f"`n_top_genes` must be in [1, {adata.n_vars}] (number of genes), got {n_top_genes}.")
     try:
         import skmisc  # noqa: F401
     except ImportError as e:  # pragma: no cover
         raise ImportError("seurat_v3 needs scikit-misc: `pip install scikit-misc`.") from e
     if not lazy and not (sparse.issparse(C) and C.format == "csr"):
         import scanpy as sc
+
+        levels, codes = _batch_codes(adata, batch_key)  # refuse batches too small for loess before scanpy crashes
+        Sb, Qb = _block_batch_sums(C, codes, len(levels))
+        _check_batches_for_loess(Sb, Qb, np.bincount(codes, minlength=len(levels)), levels, batch_key)
 
         res = sc.pp.highly_variable_genes(
             adata, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, layer=counts_layer,

@@ -10,7 +10,7 @@ from scipy import sparse
 from .._dask import count_problem_sampled, is_dask, require_row_chunks
 from .._docs import doc_adata, doc_copy, doc_params
 from .._settings import logger
-from .._utils import check_adata, check_not_view, count_matrix_problem
+from .._utils import check_adata, check_bool, check_not_view, check_number, check_str, count_matrix_problem
 from ._qc import _check_unique_var_names
 
 
@@ -105,12 +105,12 @@ def normalize(
     cells (one chunk along genes).
     """
     check_adata(adata)
+    copy = check_bool("copy", copy)
+    check_str("counts_layer", counts_layer, fix="Name the layer that receives the raw counts, e.g. 'counts'.")
+    target_sum = check_number("target_sum", target_sum, min=0, min_inclusive=False,
+                              fix="It is the number of counts per cell after scaling, e.g. 1e4.")
     if not copy:
         check_not_view(adata, func="normalize")
-    if not isinstance(counts_layer, str) or not counts_layer:
-        raise TypeError(f"`counts_layer` must be a non-empty string, got {counts_layer!r}.")
-    if not (np.isfinite(target_sum) and target_sum > 0):
-        raise ValueError(f"`target_sum` must be a positive number, got {target_sum!r}.")
     _check_unique_var_names(adata)
     if is_dask(adata.X):
         require_row_chunks(adata.X, func="normalize")

@@ -16,7 +16,11 @@ from .._docs import doc_adata, doc_copy, doc_inplace, doc_layer, doc_params, doc
 from .._settings import logger
 from .._utils import (
     check_adata,
+    check_bool,
+    check_int,
     check_not_view,
+    check_number,
+    check_str,
     check_obs_key,
     count_matrix_problem,
     gene_symbols as _gene_symbols,
@@ -274,6 +278,10 @@ def qc_metrics(
     (e.g. ambient-corrected counts) are accepted.
     """
     check_adata(adata)
+    inplace = check_bool("inplace", inplace)
+    check_str("sample_key", sample_key, allow_none=True, fix="Pass the name of the obs column with the sample.")
+    check_str("layer", layer, allow_none=True)
+    check_str("gene_symbols", gene_symbols, allow_none=True)
     if inplace:
         check_not_view(adata, func="qc_metrics")
     check_obs_key(adata, sample_key, what="sample_key column")
@@ -439,6 +447,12 @@ def flag_outliers(
     value different from the median is an outlier; this is reported with a warning.
     """
     check_adata(adata)
+    inplace = check_bool("inplace", inplace)
+    check_str("sample_key", sample_key, allow_none=True, fix="Pass the name of the obs column with the sample.")
+    nmads = check_number("nmads", nmads, min=0, min_inclusive=False, fix="Typical values are 3 to 5.")
+    mt_nmads = check_number("mt_nmads", mt_nmads, min=0, min_inclusive=False, fix="Typical values are 3 to 5.")
+    max_pct_mt = check_number("max_pct_mt", max_pct_mt, min=0, max=100, allow_none=True,
+                              fix="It is a percentage of the cell's counts (e.g. 20), or None for no hard limit.")
     if inplace:
         check_not_view(adata, func="flag_outliers")
     check_obs_key(adata, sample_key, what="sample_key column")
@@ -448,11 +462,6 @@ def flag_outliers(
             f"QC metric columns {missing} not found in adata.obs: run im.pp.qc_metrics first "
             f"(`im.pp.qc_metrics(adata, sample_key=...)`). Available: {list(map(str, adata.obs.columns))}."
         )
-    for name, val in (("nmads", nmads), ("mt_nmads", mt_nmads)):
-        if not np.isfinite(val) or val <= 0:
-            raise ValueError(f"`{name}` must be a positive number, got {val!r}.")
-    if max_pct_mt is not None and not (0 <= max_pct_mt <= 100):
-        raise ValueError(f"`max_pct_mt` is a percentage in [0, 100], got {max_pct_mt!r}.")
 
     codes, samples = _sample_codes(adata, sample_key)
     n = adata.n_obs
@@ -571,13 +580,17 @@ def filter_cells(
     Warns naming every sample that lost more than half of its cells.
     """
     check_adata(adata)
+    copy = check_bool("copy", copy)
+    min_cells_per_sample = check_int("min_cells_per_sample", min_cells_per_sample, min=0,
+                                     fix="It is a number of cells, e.g. 10.")
+    check_str("sample_key", sample_key, allow_none=True)
     if not copy:
         check_not_view(adata, func="filter_cells")
     if isinstance(remove, str):
         remove = (remove,)
     remove = tuple(remove)
     if not remove:
-        raise ValueError("`remove` is empty: name at least one boolean obs column, e.g. ('qc_outlier',).")
+        raise ValueError("`remove` must name at least one boolean obs column, got (). Pass e.g. ('qc_outlier',).")
     missing = [c for c in remove if c not in adata.obs.columns]
     if missing:
         hints = {"qc_outlier": "im.pp.flag_outliers", "predicted_doublet": "im.pp.detect_doublets"}
@@ -588,8 +601,6 @@ def filter_cells(
         )
     if "qc_outlier" in remove and "qc_reason" not in adata.obs.columns:
         raise KeyError("adata.obs['qc_reason'] not found: run im.pp.flag_outliers first.")
-    if int(min_cells_per_sample) < 0:
-        raise ValueError(f"`min_cells_per_sample` must be >= 0, got {min_cells_per_sample!r}.")
     if sample_key is None:
         sample_key = _infer_sample_key(adata)
         if sample_key is not None and sample_key not in adata.obs.columns:

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._docs import doc_adata, doc_params, doc_sample_key
-from .._utils import check_adata
+from .._utils import check_adata, check_str
 from ._differential import _as_tuple, _validate, bh, design_matrix
 
 __all__ = ["composition"]
@@ -104,7 +104,12 @@ def composition(
     from scipy import stats
 
     check_adata(adata)
+    for name, val in (("sample_key", sample_key), ("condition_key", condition_key), ("groupby", groupby)):
+        check_str(name, val, fix="Name a column of adata.obs.")
+    check_str("reference", reference, allow_none=True, fix="Name the reference level of the condition, or None.")
     covariates = _as_tuple(covariates)
+    if not all(isinstance(c, str) for c in covariates):
+        raise TypeError(f"`covariates` must be a list of obs column names, got {covariates!r}.")
     case, ref, tab = _validate(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
                                covariates=covariates, random_effect=None, reference=reference)
     counts = cell_counts(adata, sample_key, groupby).reindex(tab.index).fillna(0)

@@ -6,7 +6,7 @@ from anndata import AnnData
 
 from .._docs import doc_adata, doc_params, doc_random_state
 from .._settings import logger
-from .._utils import check_adata, check_not_view, resolve_random_state
+from .._utils import check_adata, check_int, check_not_view, check_number, check_random_state, resolve_random_state
 
 
 @doc_params(adata=doc_adata, random_state=doc_random_state)
@@ -54,8 +54,10 @@ def embed(
             f"use_rep={use_rep!r} not found in adata.obsm. Available: {list(adata.obsm.keys())}. "
             "Run im.tl.integrate first (writes 'X_scVI') or sc.pp.pca (writes 'X_pca')."
         )
-    if resolution <= 0:
-        raise ValueError(f"resolution must be > 0, got {resolution!r}.")
+    resolution = check_number("resolution", resolution, min=0, min_inclusive=False,
+                              fix="Leiden's resolution: about 0.2-2, higher gives more clusters.")
+    n_neighbors = check_int("n_neighbors", n_neighbors, min=2, fix="Typical values are 10-30.")
+    check_random_state(random_state)
     seed = resolve_random_state(random_state)
     k = int(min(n_neighbors, adata.n_obs - 1))
     sc.pp.neighbors(adata, use_rep=use_rep, n_neighbors=k, random_state=seed)

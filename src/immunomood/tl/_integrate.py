@@ -18,7 +18,12 @@ from .._docs import doc_adata, doc_params, doc_random_state
 from .._settings import logger
 from .._utils import (
     check_adata,
+    check_bool,
+    check_choice,
     check_counts,
+    check_int,
+    check_random_state,
+    check_str,
     check_layer,
     check_not_view,
     check_obs_key,
@@ -124,6 +129,8 @@ def _lightning_device_kwargs(accelerator: str, devices: int | str | Sequence[int
 # ----------------------------------------------------------------------------------------------
 def _validate(adata, batch_key, layer, categorical_covariates, continuous_covariates, key_added) -> None:
     check_adata(adata, min_obs=4, min_vars=2)
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}. Pass e.g. 'X_scVI'.")
     if batch_key is None or batch_key not in adata.obs.columns:
         raise KeyError(
             f"batch_key={batch_key!r} not found in adata.obs. Available columns: "
@@ -161,6 +168,49 @@ def _validate(adata, batch_key, layer, categorical_covariates, continuous_covari
     check_counts(adata, layer, func="integrate")
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _check_devices(devices) -> None:
+    fix = "Pass 'auto', a number of devices (1, 2, ...; -1 for all GPUs) or a list of GPU ids such as [0, 1]."
+    if isinstance(devices, str):
+        d = devices.strip()
+        if d == "auto" or d == "-1":
+            return
+        parts = [x.strip() for x in d.split(",") if x.strip()]
+        if parts and all(x.isdigit() for x in parts) and (len(parts) > 1 or int(parts[0]) >= 1):
+            return
+        raise ValueError(f"`devices` must be 'auto', a positive count or a list of device ids, got {devices!r}. {fix}")
+    if isinstance(devices, (list, tuple)):
+        if devices and all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0 for x in devices):
+            return
+        raise ValueError(f"`devices` must be a non-empty list of device ids (integers >= 0), got {devices!r}. {fix}")
+    check_int("devices", devices, min=1, allow=(-1,), fix=fix)
+
+
+def _check_params(*, n_latent, n_layers, n_hidden, max_epochs, batch_size, accelerator, devices, random_state,
+                  fast, early_stopping, layer, model_dir) -> None:
+    """Every scalar parameter of :func:`integrate`, before any work (scvi-tools would fail deep inside, or train
+    a meaningless model: ``n_latent=0``, ``max_epochs=0``)."""
+    check_int("n_latent", n_latent, min=1, fix="The latent space needs at least 1 dimension (usually 10-30).")
+    check_int("n_layers", n_layers, min=1, fix="SCVI needs at least 1 hidden layer (usually 1-2).")
+    check_int("n_hidden", n_hidden, min=1, fix="Usually 128.")
+    check_int("max_epochs", max_epochs, min=1, allow_none=True,
+              fix="Pass None for the size-based default, or a number of epochs >= 1.")
+    check_int("batch_size", batch_size, min=2, allow_none=True,
+              fix="Pass None for the size-based default (128-1024); batch normalisation needs >= 2 cells.")
+    check_str("accelerator", accelerator)
+    check_choice("accelerator", accelerator, ACCELERATORS)
+    _check_devices(devices)
+    check_random_state(random_state)
+    if fast not in (None, True, False) or (fast is not None and not isinstance(fast, (bool, np.bool_))):
+        raise TypeError(f"`fast` must be None, True or False, got {fast!r}.")
+    check_bool("early_stopping", early_stopping)
+    check_str("layer", layer, allow_none=True, fix="Name the layer with raw counts, or None for adata.X.")
+    if model_dir is not None and not isinstance(model_dir, (str, Path)):
+        raise TypeError(f"`model_dir` must be a path or None, got {model_dir!r}.")
 
 
 def _training_copy(adata, *, batch_key, layer, categorical_covariates, continuous_covariates) -> tuple[AnnData, int]:
@@ -519,12 +569,19 @@ def integrate(
       ``time_s`` (whole call), ``train_s`` (training loop), ``n_genes``, ``history`` (per-epoch ``elbo_train``/``elbo_validation``), ``versions``
       and ``model_dir`` when saved.
     """
+    check_adata(adata, min_obs=4, min_vars=2)
+    _check_params(n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden, max_epochs=max_epochs,
+                  batch_size=batch_size, accelerator=accelerator, devices=devices, random_state=random_state,
+                  fast=fast, early_stopping=early_stopping, layer=layer, model_dir=model_dir)
     check_not_view(adata, func="integrate")
+    for name, cov in (("categorical_covariates", categorical_covariates),
+                      ("continuous_covariates", continuous_covariates)):
+        if isinstance(cov, str) or not all(isinstance(c, str) for c in cov):
+            raise TypeError(f"`{name}` must be a list of obs column names, got {cov!r}. "
+                            f"Pass e.g. {name}=[{cov!r}] for one column.")
     categorical_covariates = list(categorical_covariates)
     continuous_covariates = list(continuous_covariates)
     _validate(adata, batch_key, layer, categorical_covariates, continuous_covariates, key_added)
-    if fast not in (None, True, False):
-        raise TypeError(f"fast must be None, True or False, got {fast!r}.")
     seed = resolve_random_state(random_state)
     dev = _lightning_device_kwargs(accelerator, devices)
     multi = dev.get("n_devices", 1) > 1

@@ -13,7 +13,10 @@ from .._docs import doc_adata, doc_gene_sets, doc_inplace, doc_layer, doc_params
 from .._settings import logger
 from .._utils import (
     check_adata,
+    check_bool,
+    check_layer,
     check_not_view,
+    check_str,
     count_matrix_problem,
     get_matrix,
     identifier_kind,
@@ -219,6 +222,14 @@ def score_pathways(
     untouched.
     """
     check_adata(adata)
+    inplace = check_bool("inplace", inplace)
+    check_str("key_added", key_added, fix="Pass e.g. key_added='pathway_scores'.")
+    check_str("layer", layer, allow_none=True, fix="Name a layer, or None for adata.X.")
+    check_str("gene_symbols", gene_symbols, allow_none=True, fix="Name the adata.var column with gene symbols.")
+    check_layer(adata, layer)
+    if gene_symbols is not None and gene_symbols not in adata.var.columns:
+        raise KeyError(f"gene_symbols={gene_symbols!r} not found in adata.var columns. "
+                       f"Available: {list(map(str, adata.var.columns))}. Pass the column with gene symbols, or None.")
     from ._dask_paths import score_pathways_dask, uses_dask
 
     if uses_dask(adata, layer):

@@ -21,7 +21,13 @@ from .._docs import doc_adata, doc_gene_sets, doc_params, doc_random_state, doc_
 from .._settings import logger
 from .._utils import (
     check_adata,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
     check_obs_key,
+    check_random_state,
+    check_str,
     symbols_for_sets,
     match_genes,
     resolve_random_state,
@@ -85,8 +91,15 @@ def donor_view(
     from ._pseudobulk import pseudobulk
 
     check_adata(adata)
+    check_str("sample_key", sample_key)
+    check_str("groupby", groupby)
+    check_str("layer", layer, allow_none=True)
+    min_cells = check_int("min_cells", min_cells, min=1, fix="It is a number of cells per donor x cell type, e.g. 10.")
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found in adata.layers. Available: {list(adata.layers.keys())}. "
+                       "Pass the layer with raw counts, or None for layers['counts'] (else X).")
     sets = resolve_gene_sets(gene_sets)
     if layer is None and "counts" in adata.layers:
         layer = "counts"
@@ -442,16 +455,26 @@ def cross_modal_associations(
     DataFrame with one row per pair: ``rna_feature``, ``protein``, ``estimate`` (correlation), ``pvalue``,
     ``padj`` (Benjamini-Hochberg over the table), ``n`` (donors used), sorted by ``pvalue``.
     """
-    if method not in ("spearman", "pearson"):
-        raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")
+    check_choice("method", method, ("spearman", "pearson"))
+    min_donors = check_int("min_donors", min_donors, min=3,
+                           fix="A correlation test needs at least 3 donors (6 or more to mean something).")
+    if not hasattr(mdata, "mod"):
+        raise TypeError(f"`mdata` must be a MuData with modalities 'rna' and 'prot', got {type(mdata).__name__}. "
+                        "Build it with im.tl.join_proteomics.")
     for mod in ("rna", "prot"):
         if mod not in mdata.mod:
             raise KeyError(f"mdata has no modality {mod!r} (modalities: {list(mdata.mod)}); build it with "
                            "im.tl.join_proteomics.")
     if isinstance(covariates, str):
         covariates = [covariates]
+    if not all(isinstance(c, str) for c in covariates):
+        raise TypeError(f"`covariates` must be a list of column names, got {covariates!r}.")
     rna, prot = mdata["rna"], mdata["prot"]
     donors = rna.obs_names.intersection(prot.obs_names)
+    if min_donors > len(donors):
+        raise ValueError(f"`min_donors` must be an integer <= {len(donors)}, got {min_donors}: only {len(donors)} "
+                         "donors have both modalities, so no association could be estimated. Lower min_donors "
+                         "(or add donors).")
     ia = _pick(pd.Index(rna.var_names), rna_features, "RNA feature")
     ib = _pick(pd.Index(prot.var_names), proteins, "Protein")
     A = _dense(rna[donors].X)[:, ia]
@@ -490,6 +513,14 @@ def cross_modal_associations(
             r, _, _ = _block_corr(A[np.ix_(rows, ca)], B[np.ix_(rows, cb)], Z, method)
             R[np.ix_(ca, cb)] = r
             DF[np.ix_(ca, cb)] = n - 2 - k
+    if np.isnan(R).all():
+        n_max = int(N.max()) if N.size else 0
+        raise ValueError(
+            f"No association is estimable: every RNA feature x protein pair has at most {n_max} donors with values "
+            f"in both (and in the covariates), below min_donors={min_donors} or too few for {Z_all.shape[1]} "
+            "covariate column(s). Lower min_donors, drop covariates, or select features measured in more donors "
+            "(rna_features=, proteins=)."
+        )
     P = _pvalues(R, DF)
     if method == "spearman":
         # the t approximation explodes as |rho| -> 1 with few donors (rho = -1 at n = 6 gave p ~ 1e-24); no rank
@@ -652,6 +683,19 @@ def biomarker_panel(
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    check_str("condition_key", condition_key)
+    n_splits = check_int("n_splits", n_splits, min=2, fix="Cross-validation needs at least 2 folds (usually 5).")
+    n_repeats = check_int("n_repeats", n_repeats, min=1, fix="Usually 10-50 repeats.")
+    max_features = check_int("max_features", max_features, min=1, fix="Usually 5-20.")
+    if isinstance(C, str):
+        if C != "cv":
+            raise ValueError(f"`C` must be a positive number or 'cv', got {C!r}. Pass e.g. C=0.5, or C='cv'.")
+    else:
+        C = check_number("C", C, min=0, min_inclusive=False, fix="Pass e.g. C=0.5, or C='cv'.")
+    check_random_state(random_state)
+    mofa = check_bool("mofa", mofa)
+    if not hasattr(mdata, "mod"):
+        raise TypeError(f"`mdata` must be a MuData (im.tl.join_proteomics), got {type(mdata).__name__}.")
     seed = resolve_random_state(random_state)
     X, mods = _feature_matrix(mdata, features)
     cond = _obs_frame(mdata, condition_key).reindex(X.index)

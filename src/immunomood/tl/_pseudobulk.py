@@ -11,7 +11,9 @@ from .._docs import doc_adata, doc_params, doc_sample_key
 from .._settings import logger
 from .._utils import (
     check_adata,
+    check_int,
     check_obs_key,
+    check_str,
     count_matrix_problem,
     get_matrix,
     sample_level_columns,
@@ -123,10 +125,17 @@ def pseudobulk(
     - ``obs``: ``sample_key``, ``groupby``, ``n_cells`` and every sample-level column of ``adata.obs`` (constant
       within each sample, e.g. donor, condition, sex, age, batch);
     - ``uns["dropped"]``: DataFrame of the combinations under ``min_cells`` (``sample_key``, ``groupby``,
-      ``n_cells``; combinations with 0 cells included), with a warning when it is not empty;
+      ``n_cells``, ``reason``; combinations with 0 cells included), and of the samples with no cell at all (an unused
+      category of ``obs[sample_key]``, or a sample of ``uns["qc"]["report"]`` that QC emptied; ``groupby`` is
+      ``"all"``, ``n_cells`` 0), with a warning when it is not empty;
     - ``uns["pseudobulk"]``: the parameters.
     """
     check_adata(adata)
+    check_str("sample_key", sample_key)
+    check_str("groupby", groupby)
+    check_str("layer", layer, allow_none=True, fix="Name the layer with raw counts, or None for adata.X.")
+    min_cells = check_int("min_cells", min_cells, min=1,
+                          fix="It is the number of cells a sample x group needs to be kept, e.g. 10.")
     from .._dask import uses_dask
 
     default_missing = layer == "counts" and "counts" not in adata.layers  # then X, if it holds raw counts
@@ -135,8 +144,6 @@ def pseudobulk(
     check_obs_key(adata, groupby, what="groupby column")
     if sample_key == groupby:
         raise ValueError(f"`sample_key` and `groupby` are the same column ({sample_key!r}); pass two columns.")
-    if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
-        raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
     if lazy:
         from ._dask_paths import _problem_of_sampled, aggregate_dask
 
@@ -149,6 +156,11 @@ def pseudobulk(
     grid, code = combos(adata.obs, sample_key, groupby)
     keep = grid["n_cells"].to_numpy() >= min_cells
     dropped = grid.loc[~keep].reset_index(drop=True)
+    dropped["reason"] = f"fewer than {min_cells} cells"
+    empty = _samples_without_cells(adata, sample_key)
+    if len(empty):
+        dropped = pd.concat([dropped, pd.DataFrame({sample_key: list(empty), groupby: "all", "n_cells": 0,
+                                                    "reason": list(empty.values())})], ignore_index=True)
     for c in (sample_key, groupby):  # strings: an object column of ints cannot be written to h5ad
         dropped[c] = dropped[c].astype(str)
     kept_idx = np.flatnonzero(keep)
@@ -172,11 +184,39 @@ def pseudobulk(
     out.uns["dropped"] = dropped
     out.uns["pseudobulk"] = {"sample_key": sample_key, "groupby": groupby, "layer": "X" if layer is None else layer,
                              "min_cells": int(min_cells)}
-    if len(dropped):
-        shown = ", ".join(f"{a}{SEP}{b} ({n})" for a, b, n in dropped.head(10).itertuples(index=False))
+    if len(empty):
         warn(
-            f"pseudobulk: {len(dropped)} sample x group combinations have fewer than {min_cells} cells and were "
-            f"dropped (listed in uns['dropped']): {shown}{' ...' if len(dropped) > 10 else ''}",
+            f"pseudobulk: {len(empty)} sample(s) of {sample_key!r} have no cells at all and are absent from the "
+            f"result (listed in uns['dropped'] with their reason): "
+            + ", ".join(f"{k} ({v})" for k, v in list(empty.items())[:10]) + (" ..." if len(empty) > 10 else ""),
             stacklevel=3,
         )
+    small = dropped[dropped["reason"].str.startswith("fewer than")]
+    if len(small):
+        shown = ", ".join(f"{a}{SEP}{b} ({n})" for a, b, n, _ in small.head(10).itertuples(index=False))
+        warn(
+            f"pseudobulk: {len(small)} sample x group combinations have fewer than {min_cells} cells and were "
+            f"dropped (listed in uns['dropped']): {shown}{' ...' if len(small) > 10 else ''}",
+            stacklevel=3,
+        )
+    return out
+
+
+def _samples_without_cells(adata: AnnData, sample_key: str) -> dict[str, str]:
+    """Samples known to the data but with no cell left: unused categories of ``obs[sample_key]`` and samples of the
+    QC report (:func:`immunomood.pp.filter_cells`) with 0 cells after QC, each with its reason."""
+    col = adata.obs[sample_key]
+    present = set(map(str, pd.unique(col.astype(str))))
+    out: dict[str, str] = {}
+    qc = adata.uns.get("qc", {})
+    report = qc.get("report") if isinstance(qc, dict) else None
+    if isinstance(report, pd.DataFrame) and "cells_after" in report.columns:
+        for s, n_before, n_after in zip(report.index.astype(str), report.get("cells_before", report["cells_after"]),
+                                        report["cells_after"]):
+            if s not in present and int(n_after) == 0:
+                out[s] = f"no cells left after QC ({int(n_before)} cells before, all removed by im.pp.filter_cells)"
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        for c in map(str, col.cat.categories):
+            if c not in present and c not in out:
+                out[c] = f"no cells (a category of obs[{sample_key!r}] without cells, e.g. removed by QC)"
     return out
