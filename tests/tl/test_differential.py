@@ -346,3 +346,53 @@ def test_gene_set_of_ensembl_ids_matches_ensembl_var_names(planted):
     pd.testing.assert_series_equal(by_id["pvalue"], by_symbol["pvalue"])
     sc = im.tl.score_pathways(a, {"setA": ids[:20]}, inplace=False)
     assert np.isfinite(sc["setA"]).all()
+
+
+def test_samples_left_out_of_a_group_are_listed(planted):
+    """Samples with fewer than min_cells cells of a group are named in the table and in a warning."""
+    a = planted.copy()
+    mono_d1 = np.flatnonzero(((a.obs.cell_type == "Mono") & (a.obs.donor == "d1")).to_numpy())
+    drop = np.zeros(a.n_obs, bool)
+    drop[mono_d1[3:]] = True  # d1 keeps 3 monocytes
+    a = a[~drop].copy()
+    with pytest.warns(UserWarning, match=r"samples left out of a group.*Mono: d1 \(3 cells\)"):
+        res = im.tl.differential_activity(a, gene_sets=SETS, **KW)
+    mono = res[res.group == "Mono"]
+    assert (mono["samples_excluded"] == "d1 (3 cells)").all()
+    assert (mono["n_case"] + mono["n_reference"] == 11).all()
+    assert (res.loc[res.group == "T", "samples_excluded"] == "").all()
+
+
+def test_method_fry_table_and_errors(planted):
+    a = planted.copy()
+    res = im.tl.differential_activity(a, gene_sets=SETS, method="fry", **KW)
+    assert list(res.columns[: len(COLS)]) == COLS and "pvalue_mixed" in res.columns
+    r = res.set_index(["group", "gene_set"])
+    hit = r.loc[("Mono", "setA")]
+    assert hit["pvalue"] < 0.01 and hit["statistic"] > 0 and hit["pvalue_mixed"] < 0.05
+    assert 0.5 * np.log2(1.6) < hit["effect"] < 1.5 * np.log2(1.6)
+    assert (res["df"].dropna() == 12 - 2).all() and "fry" in res["method"].iloc[0]
+    assert a.uns["differential_activity_params"]["method"] == "fry"
+    with pytest.raises(ValueError, match="method must be 'score'.*got 'camera'"):
+        im.tl.differential_activity(planted.copy(), gene_sets=SETS, method="camera", **KW)
+    with pytest.raises(ValueError, match="method='fry' has no random effect"):
+        im.tl.differential_activity(planted.copy(), gene_sets=SETS, method="fry", random_effect="age", **KW)
+
+
+def test_limma_port_invariants():
+    """Properties of the R ports that hold without R: lowess of a line is the line; TMM of proportional samples is 1;
+    fry without weights equals the t-test of the set mean of standardised effects (its definition)."""
+    from immunomood._limma import calc_norm_factors, clowess, filter_by_expr, fry
+
+    x = np.linspace(0, 10, 101)
+    np.testing.assert_allclose(clowess(x, 2 * x + 1, f=0.5)[1], 2 * x + 1, atol=1e-10)
+    rng = np.random.default_rng(0)
+    base = rng.poisson(50, size=300).astype(float)
+    np.testing.assert_allclose(calc_norm_factors(np.vstack([base, 2 * base, 3 * base])), 1.0, atol=1e-12)
+    counts = rng.poisson(np.r_[np.full(5, 20.0), np.full(5, 0.2)], size=(6, 10))
+    keep = filter_by_expr(counts, group=[0, 0, 0, 1, 1, 1], min_count=1, min_total_count=1)
+    assert keep[:5].all() and not keep[5:].any()
+    E = rng.normal(size=(8, 200))
+    D = np.column_stack([np.ones(8), np.r_[np.zeros(4), np.ones(4)]])
+    t = fry(E, D, {"s": np.arange(10)})
+    assert t.loc["s", "df"] == 6 and 0 <= t.loc["s", "PValue"] <= 1 and t.loc["s", "NGenes"] == 10

@@ -544,8 +544,21 @@ def differential_activity(
         REML) and the condition is t-tested with "between-within" degrees of freedom: groups minus between-group
         parameters for a donor-level condition, samples minus groups minus within-group parameters for a paired
         one (``df`` column).
+    method
+        ``"score"`` (default): the precision-weighted set score above. ``"fry"``: limma-voom + ``fry`` as in R
+        (a port that matches R limma 3.54 / edgeR 3.40 to relative 1e-6, checked by
+        ``tests/tl/test_fry_reference.py``), per group on the same pseudobulk: edgeR ``filterByExpr`` with the
+        design (defaults: 10 counts at the median library size, 15 in total), ``y[keep, , keep.lib.sizes=FALSE]``,
+        TMM ``calcNormFactors``, ``voom`` weights (R's ``lowess`` of sqrt-sd on mean log-count, span 0.5),
+        weighted least-squares effects (``.lmEffects``), fry's robust posterior-sd standardisation (``squeezeVar``
+        prior from ``fitFDist``, no trend, not robust: fry's defaults), the directional p-value on the residual
+        df (``pvalue``, two-sided) and the non-directional one (``pvalue_mixed``). Set members that fail
+        ``filterByExpr`` leave the set. As in R, fry's p-value with voom weights depends slightly on the order of
+        the samples (the residual basis of each gene's weighted QR); samples are in sorted ``sample_key`` order.
+        ``random_effect`` is not available with ``"fry"`` (use ``covariates`` for a fixed donor effect).
     min_cells
-        Minimum number of cells of a sample in a group for that sample to enter the group's test.
+        Minimum number of cells of a sample in a group for that sample to enter the group's test. Samples left
+        out are named in the ``samples_excluded`` column and in a warning.
     layer
         Layer with raw counts; default: ``layers["counts"]`` when present, else ``X`` if it holds raw counts.
     gene_symbols
@@ -559,8 +572,12 @@ def differential_activity(
     fold change of the set's genes, case minus reference, with the weights of the test, so ``effect / (ci width)``
     matches ``statistic``), ``ci_low``, ``ci_high`` (95%), ``statistic`` (t), ``pvalue``,
     ``padj`` (Benjamini-Hochberg over the whole table), ``n_case``, ``n_reference`` (samples), ``method``, and also
-    ``lfc_mean`` (unweighted mean log2 fold change), ``n_genes``, ``df`` and ``reason`` (why a row is NaN: too few
-    samples or genes in that group; a warning names them). Also written to ``adata``:
+    ``lfc_mean`` (unweighted mean log2 fold change), ``n_genes``, ``df``, ``reason`` (why a row is NaN: too few
+    samples or genes in that group; a warning names them) and ``samples_excluded`` (samples of the group left out
+    for having fewer than ``min_cells`` cells of it, with their cell counts). With ``method="fry"``: ``effect`` and
+    ``lfc_mean`` are the mean over the set's kept genes of the voom-weighted log2 fold changes, ``ci_low`` /
+    ``ci_high`` are NaN (fry gives no interval), ``statistic`` is fry's t and ``pvalue_mixed`` is added.
+    Also written to ``adata``:
 
     - ``uns[key_added]``: the DataFrame;
     - ``uns[key_added + "_scores"]``: donor-level set scores (long table: sample, group, gene_set, condition,
@@ -633,7 +650,7 @@ def differential_activity(
     cols = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case",
             "n_reference", "method", "lfc_mean", "n_genes", "df", "reason", "samples_excluded"]
     if method == "fry":
-        cols.insert(cols.index("padj") + 1, "pvalue_mixed")
+        cols.insert(cols.index("df") + 1, "pvalue_mixed")
     res = pd.DataFrame(rows).reindex(columns=cols)
     res["padj"] = bh(res["pvalue"].to_numpy())
     res["group"] = res["group"].astype(str)
