@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _check_image(fig, name, tmp_path, tol=15):
     fig.savefig(actual, dpi=40)
     plt.close(fig)
     expected = BASELINE / name
-    if not expected.exists():  # first run: write the baseline (commit it)
+    if not expected.exists() or os.environ.get("IMMUNOMOOD_UPDATE_BASELINES"):  # write the baseline (commit it)
         expected.parent.mkdir(parents=True, exist_ok=True)
         expected.write_bytes(actual.read_bytes())
         pytest.skip(f"baseline {name} created")
@@ -97,3 +98,16 @@ def test_qc_report_smoke(qc_done, tiny_counts):
 def test_qc_images(qc_done, tmp_path):
     _check_image(im.pl.qc(qc_done, sample_key="sample"), "qc_violins.png", tmp_path)
     _check_image(im.pl.qc_report(qc_done).figure, "qc_report.png", tmp_path)
+
+
+def test_qc_not_measured_panel_and_labels(qc_done):
+    a = qc_done.copy()
+    a.obs["pct_counts_mt"] = np.nan  # e.g. a panel without mitochondrial genes
+    a.obs.loc[a.obs["sample"] == "s2", "pct_counts_in_top_20_genes"] = np.nan
+    fig = im.pl.qc(a, sample_key="sample")
+    mt = fig.axes[3]
+    assert any("not measured" in t.get_text() for t in mt.texts) and len(mt.collections) == 0
+    top = fig.axes[2]
+    assert [t.get_text() for t in top.texts] == ["n/a"]  # the sample without values says so
+    assert all(ax.get_ylabel() and ax.get_xlabel() == "sample" for ax in fig.axes)
+    plt.close(fig)

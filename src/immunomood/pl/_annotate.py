@@ -100,6 +100,7 @@ def annotation_confidence(adata: AnnData, *, key: str = "cell_type", ax=None):
     ax.set_xticks(np.arange(1, len(labels) + 1))
     ax.set_xticklabels([f"{c} ({len(d)})" for c, d in zip(labels, data)], rotation=60, ha="right", fontsize=7)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("confidence")
+    ax.set_xlabel(f"{key} (number of cells)")
+    ax.set_ylabel("annotation confidence (0-1)")
     ax.set_title(f"{key}: confidence per label")
     return ax

@@ -10,8 +10,18 @@ from anndata import AnnData
 
 from .._docs import doc_adata, doc_params, doc_sample_key
 from .._utils import check_adata, check_obs_key
+from ._base import not_measured
 
 _DEFAULT_METRICS = ("log1p_total_counts", "log1p_n_genes_by_counts", "pct_counts_in_top_20_genes", "pct_counts_mt")
+#: y-axis labels of the usual metrics
+_LABELS = {
+    "log1p_total_counts": "log1p(total counts per cell)",
+    "log1p_n_genes_by_counts": "log1p(genes detected per cell)",
+    "pct_counts_in_top_20_genes": "% counts in the top 20 genes",
+    "pct_counts_mt": "% mitochondrial counts",
+    "total_counts": "total counts per cell",
+    "n_genes_by_counts": "genes detected per cell",
+}
 _REASON_COLORS = {
     "log1p_total_counts": "#d62728",
     "log1p_n_genes_by_counts": "#ff7f0e",
@@ -35,7 +45,9 @@ def qc(
 
     Reads the metrics written by :func:`immunomood.pp.qc_metrics` and, when present, the per-sample
     thresholds in ``adata.uns["qc"]["thresholds"]`` written by :func:`immunomood.pp.flag_outliers`
-    (drawn as dashed lines at ``low`` and ``high``).
+    (drawn as dashed lines at ``low`` and ``high``). A metric with no finite value (e.g. ``pct_counts_mt`` when the
+    panel has no mitochondrial gene) is shown as "not measured" instead of an empty panel; a sample without a value
+    is marked ``n/a``.
 
     Parameters
     ----------
@@ -95,14 +107,27 @@ def qc(
     outl = adata.obs["qc_outlier"].to_numpy(bool) if "qc_outlier" in adata.obs else None
     pos = np.arange(1, len(names) + 1)
     for a, m in zip(axes, metrics):
-        vals = adata.obs[m].to_numpy(dtype=np.float64)
-        data = []
+        vals = pd.to_numeric(adata.obs[m], errors="coerce").to_numpy(dtype=np.float64)
+        a.set_title(m, fontsize=9)
+        a.set_ylabel(_LABELS.get(m, m), fontsize=8)
+        a.set_xlabel(sample_key or "all cells")
+        if not np.isfinite(vals).any():  # e.g. no mitochondrial gene in the panel: say so, no empty violins
+            not_measured(a, f"{m}:\nnot measured (no finite value)")
+            continue
+        data, where, empty = [], [], []
         for g in range(len(names)):
             v = vals[(groups == g) & np.isfinite(vals)]
+            if v.size == 0:
+                empty.append(g)
+                continue
             if v.size > max_cells_per_sample:
                 v = rng.choice(v, max_cells_per_sample, replace=False)
-            data.append(v if v.size > 1 and np.ptp(v) > 0 else np.r_[v, v + 1e-9] if v.size else np.array([0.0, 1e-9]))
-        parts = a.violinplot(data, positions=pos, showextrema=False, widths=0.8)
+            data.append(v if v.size > 1 and np.ptp(v) > 0 else np.r_[v, v + 1e-9])
+            where.append(pos[g])
+        parts = a.violinplot(data, positions=where, showextrema=False, widths=0.8)
+        for g in empty:
+            a.text(pos[g], 0.5, "n/a", transform=a.get_xaxis_transform(), ha="center", va="center", fontsize=7,
+                   color="0.4")
         for body in parts["bodies"]:
             body.set_facecolor("#9ecae1")
             body.set_edgecolor("#3182bd")
@@ -121,8 +146,6 @@ def qc(
                             a.hlines(y, p - 0.4, p + 0.4, colors="k", linestyles="--", linewidth=1)
         a.set_xticks(pos)
         a.set_xticklabels(names, rotation=90 if len(names) > 4 else 0)
-        a.set_title(m, fontsize=9)
-        a.set_xlabel(sample_key or "")
     return fig
 
 
