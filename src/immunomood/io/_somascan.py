@@ -40,9 +40,17 @@ def _typed(values: list[str], name: str, declared: str | None) -> pd.Series:
 
 
 def _parse_adat(path: Path) -> dict:
-    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as fh:
-        lines = fh.read().split("\n")
-    lines = [ln.rstrip("\r") for ln in lines]
+    from ._textfile import check_is_file, decode_text
+
+    check_is_file(path, "ADAT file")
+    text, encoding = decode_text(path.read_bytes(), path.name, "ADAT file")
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    if lines and lines[-1].strip():
+        # SomaLogic writes a line break after every row: a last line without one was cut (inside its last value,
+        # which may still parse as a number, e.g. 1098.5 -> 109)
+        raise _broken("^TABLE_BEGIN", len(lines), "the last line does not end with a line break: the file was cut "
+                      "inside its last row")
     # drop trailing empty lines only
     while lines and not lines[-1].strip():
         lines.pop()
@@ -149,7 +157,36 @@ def _parse_adat(path: Path) -> dict:
         raise _broken("^TABLE_BEGIN", h + 2 + r, f"non-numeric RFU {raw[r, c]!r} for analyte "
                       f"{col_meta[col_names[0]][c]!r} ({len(bad)} such values)") from None
     return dict(header=header, col_names=col_names, col_types=col_types, row_names=row_names, row_types=row_types,
-                col_meta=col_meta, meta=meta, X=X)
+                col_meta=col_meta, meta=meta, X=X, encoding=encoding)
+
+
+_WELLS_PER_PLATE = 96
+
+
+def _plate_integrity(obs: pd.DataFrame, header: dict[str, str]) -> tuple[dict, list[str]]:
+    """What can be checked of a table's completeness (the ADAT declares no row count): each plate's wells and the
+    plates the header names. Returns (summary, problems)."""
+    problems: list[str] = []
+    summary: dict = {"ends_with_line_break": True}
+    if "PlateId" not in obs.columns:
+        return summary, problems
+    plates = obs["PlateId"].astype(str)
+    n_rows = plates.value_counts().reindex(pd.unique(plates))
+    summary["rows_per_plate"] = {k: int(v) for k, v in n_rows.items()}
+    declared = sorted({k.split("PlateScale_Scalar_", 1)[1] for k in header if k.startswith("PlateScale_Scalar_")})
+    summary["plates_in_header"] = declared
+    norm = {p.replace(" ", "_"): p for p in n_rows.index}
+    absent = [d for d in declared if d not in norm and d not in n_rows.index]
+    if absent:
+        problems.append(f"read_somascan: the ADAT header names plate(s) {absent} that have no row in the table "
+                        "(a subset of the data, or rows lost at the end of the file)")
+    short = {k: int(v) for k, v in n_rows.items() if v < _WELLS_PER_PLATE}
+    if short:
+        problems.append(f"read_somascan: plate(s) with fewer rows than the {_WELLS_PER_PLATE} wells of a SomaScan plate: "
+                        f"{short}. A partial plate or a subset is possible; so are rows lost at the end of the file "
+                        "(the ADAT format declares no row count, so this reader cannot tell)")
+    summary["complete_plates"] = not short and not absent
+    return summary, problems
 
 
 
@@ -187,19 +224,26 @@ def read_somascan(path: str | os.PathLike):
         ``uns["adat_col_data"]``, ``uns["adat_row_data"]``
             ``{"Name": [...], "Type": [...]}`` of the ``^COL_DATA`` and ``^ROW_DATA`` sections.
         ``uns["proteomics"]``
-            ``{"platform": "somascan", "value": "RFU", "scale": "linear", "source": {...}}``.
+            ``{"platform": "somascan", "value": "RFU", "scale": "linear", "source": {...}, "integrity": {...}}``;
+            ``integrity`` holds ``rows_per_plate``, ``plates_in_header`` and ``complete_plates``.
+        ``uns["immunomood_problems"]``
+            (with a warning) when a plate has fewer rows than its 96 wells or a plate named in the header has
+            no row: the ADAT format declares no row count, so a file cut at a line boundary can only be
+            suspected this way, never proven.
 
     Raises
     ------
+    FileNotFoundError
+        The file does not exist.
     ValueError
-        A missing, repeated or malformed section, a ragged or truncated row, non-numeric RFU (each naming
-        the section and line), or a repeated ``SampleId`` among samples.
+        A folder, an empty, binary or non-UTF-8 file (UTF-8 or UTF-16 with its byte-order mark are read); a
+        missing, repeated or malformed section, a ragged or truncated row, a last line without its line break
+        (cut inside the last value), non-numeric RFU such as ``"1,234"`` (each naming the section and line), or a
+        repeated ``SampleId`` among samples.
     """
     import anndata as ad
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"ADAT file not found: {str(path)!r}.")
     p = _parse_adat(path)
     ctypes = dict(zip(p["col_names"], p["col_types"] or [None] * len(p["col_names"])))
     rtypes = dict(zip(p["row_names"], p["row_types"] or [None] * len(p["row_names"])))
@@ -242,7 +286,13 @@ def read_somascan(path: str | os.PathLike):
     adata.uns["adat_header"] = dict(p["header"])
     adata.uns["adat_col_data"] = {"Name": list(p["col_names"]), "Type": list(p["col_types"] or [])}
     adata.uns["adat_row_data"] = {"Name": list(p["row_names"]), "Type": list(p["row_types"] or [])}
+    integrity, problems = _plate_integrity(obs, p["header"])
     adata.uns["proteomics"] = {"platform": "somascan", "value": "RFU", "scale": "linear",
-                               "source": {"file": str(path), "format": "adat"}}
+                               "source": {"file": str(path), "format": "adat", "encoding": p["encoding"]},
+                               "integrity": integrity}
+    from .._utils import record_problem
+
+    for msg in problems:
+        record_problem(adata, msg)
     logger.info("read_somascan: %d samples x %d analytes from %s", adata.n_obs, adata.n_vars, path.name)
     return adata
