@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ._settings import logger
+from ._utils import PROBLEMS_KEY, record_problem
 
 
 def _as_figure(obj: Any):
@@ -62,12 +63,116 @@ def _fmt_table(df: pd.DataFrame, n: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _as_list(value: Any) -> list[str]:
+    """``uns["immunomood_problems"]`` as a list of str (h5ad turns a list into an array, a single item into str)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in np.ravel(np.asarray(value, dtype=object))]
+
+
+def _falsy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("false", "0", "no", "")
+    try:
+        return not bool(v) or (isinstance(v, float) and np.isnan(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def report_problems(adata, mdata=None, *, figure_failures: dict[str, str] | None = None) -> list[str]:
+    """Every step that did not run (fully), for the top of ``summary.md``.
+
+    Collects, in this order and without duplicates: ``adata.uns["immunomood_problems"]``; the same key of the
+    proteomics MuData and of each of its modalities; samples whose doublets were not scored (rows of
+    ``adata.uns["qc"]["doublets"]`` with ``scored == False``, with their note); and the figures that failed.
+    """
+    out: list[str] = []
+    if adata is not None:
+        out += _as_list(adata.uns.get(PROBLEMS_KEY))
+    if mdata is not None:
+        out += [f"[proteomics] {m}" for m in _as_list(mdata.uns.get(PROBLEMS_KEY))]
+        for name, mod in getattr(mdata, "mod", {}).items():
+            out += [f"[proteomics: {name}] {m}" for m in _as_list(mod.uns.get(PROBLEMS_KEY))]
+    qc = adata.uns.get("qc", {}) if adata is not None else {}
+    dbl = qc.get("doublets") if isinstance(qc, dict) else None
+    if isinstance(dbl, pd.DataFrame) and "scored" in dbl.columns:
+        for _, row in dbl[dbl["scored"].map(_falsy)].iterrows():
+            name = row["sample"] if "sample" in dbl.columns else row.name
+            n = f" ({int(row['n_cells'])} cells)" if "n_cells" in dbl.columns and pd.notna(row["n_cells"]) else ""
+            note = f": {row['note']}" if "note" in dbl.columns and pd.notna(row["note"]) and str(row["note"]) else ""
+            out.append(f"Doublets not scored in sample {name}{n}{note}; its predicted doublets were not removed.")
+    for name, err in (figure_failures or {}).items():
+        out.append(f"Figure `{name}` could not be drawn: {err}")
+    return list(dict.fromkeys(out))
+
+
+def problems_section(problems: list[str]) -> list[str]:
+    """The summary's first section, in lines: every problem, or "no problems recorded"."""
+    lines = ["## Steps that did not run / problems", ""]
+    if problems:
+        lines += [f"**{len(problems)} problem(s) recorded. Read these before the results below.**", ""]
+        lines += [f"- {m}" for m in problems]
+    else:
+        lines += ["- No problems recorded: every step ran on all samples."]
+    return lines + [""]
+
+
+def unassigned_share(adata) -> float | None:
+    """Share of cells whose lineage is ``"Unassigned"``, as :func:`immunomood.tl.annotate` logs it."""
+    for col in ("cell_lineage", "cell_type"):
+        if col in adata.obs.columns:
+            return float((adata.obs[col].astype(str) == "Unassigned").mean())
+    return None
+
+
+def activity_counts(da: pd.DataFrame, alpha: float = 0.05) -> tuple[int, int, int]:
+    """(tests run, tests with padj < alpha, rows not testable), counted as tl.differential_activity logs them."""
+    pv = pd.to_numeric(da["pvalue"], errors="coerce")
+    padj = pd.to_numeric(da["padj"], errors="coerce")
+    n_tests = int(pv.notna().sum())
+    return n_tests, int((padj < alpha).sum()), int(len(da) - n_tests)
+
+
+def _umap_figure(adata, keys: list[str]):
+    """UMAP coloured by each of ``keys`` (scanpy), titled with the representation it was computed on."""
+    import scanpy as sc
+
+    neigh = adata.uns.get("neighbors", {})
+    rep = neigh.get("params", {}).get("use_rep", "X_pca") if isinstance(neigh, dict) else "X_pca"
+    keys = [k for k in dict.fromkeys(keys) if k and k in adata.obs.columns]
+    if not keys:
+        raise KeyError("none of the columns to colour by is in adata.obs")
+    fig = sc.pl.umap(adata, color=keys, title=[f"{k} (UMAP of {rep})" for k in keys], ncols=len(keys),
+                     wspace=0.45, show=False, return_fig=True)
+    return fig
+
+
+def _integration_figure(adata, *, batch_key: str, label_key: str, random_state: int):
+    """pl.integration of X_scVI; the metrics and the 'before' UMAP are computed first (tl) when not stored."""
+    from . import pl, tl
+
+    st = adata.uns.get("integration_metrics")
+    params = st.get("params", {}) if isinstance(st, dict) else {}
+    stored = (params.get("batch_key") == batch_key and params.get("label_key") == label_key
+              and "X_scVI" in list(params.get("embedding", [])) and bool(params.get("umap_unintegrated", "")))
+    if not stored:
+        tl.integration_metrics(adata, batch_key=batch_key, label_key=label_key, embedding="X_scVI",
+                               random_state=random_state)
+    return pl.integration(adata, embedding="X_scVI")
+
+
 def write_report(cfg, ck, state: dict) -> Path:
-    """Write ``<outdir>/report/``: figures, tables and ``summary.md``."""
+    """Write ``<outdir>/report/``: figures, tables and ``summary.md``.
+
+    ``summary.md`` opens with "Steps that did not run / problems" (see :func:`report_problems`); its counts (cells
+    Unassigned, tests run, tests with FDR < 0.05) are computed as the log lines of the steps compute them.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from . import pl, tl
+    from . import pl
 
     inp = cfg["input"]
     outdir = cfg.outdir / "report"
@@ -75,6 +180,13 @@ def write_report(cfg, ck, state: dict) -> Path:
     adata = state.get("adata")
     if adata is None:
         adata = ck.read_adata("differential")
+    mdata = state.get("mdata")
+    if mdata is None:
+        try:
+            if (ck.path("proteomics") / "data.h5mu").is_file():
+                mdata = ck.read_mdata("proteomics")
+        except Exception as e:  # noqa: BLE001 - a missing/broken proteomics checkpoint is reported, not fatal
+            record_problem(adata, f"The proteomics checkpoint could not be read for the report: {type(e).__name__}: {e}")
     tables: dict[str, pd.DataFrame] = dict(state.get("tables", {}))
     for stage, names in {"qc": ["qc_report"], "annotate": ["cell_types"],
                          "differential": ["differential_activity", "composition", "differential_expression"],
@@ -90,6 +202,7 @@ def write_report(cfg, ck, state: dict) -> Path:
 
     sk, ck_key, bk = inp["sample_key"], inp["condition_key"], inp["batch_key"]
     groupby = cfg["differential"]["groupby"]
+    rs = int(cfg["output"]["random_state"])
     figures: dict[str, str] = {}
     failures: dict[str, str] = {}
 
@@ -103,21 +216,27 @@ def write_report(cfg, ck, state: dict) -> Path:
 
     fig("qc_violins", "QC metrics per sample with the MAD thresholds", lambda: pl.qc(adata, sample_key=sk))
     fig("qc_report", "Cells kept and removed per sample and reason", lambda: pl.qc_report(adata))
-    if bk and "X_scVI" in adata.obsm:
-        fig("integration", "UMAP before and after scVI integration, by batch and cell type",
-            lambda: pl.integration(adata, batch_key=bk, label_key="cell_type"))
+    if "X_umap" in adata.obsm:
+        colour_by = [sk, ck_key, "cell_type"] + ([bk] if bk and bk != sk else [])
+        fig("umap", "UMAP of the cells coloured by donor, condition, cell type" + (" and batch" if bk and bk != sk
+                                                                                 else ""),
+            lambda: _umap_figure(adata, colour_by))
+    if bk and "X_scVI" in adata.obsm and "cell_type" in adata.obs.columns:
+        fig("integration", "UMAP before and after scVI integration, by batch and cell type, with the metrics",
+            lambda: _integration_figure(adata, batch_key=bk, label_key="cell_type", random_state=rs))
     fig("annotation", "Marker genes per annotated cell type", lambda: pl.annotation(adata, key="cell_type"))
     fig("annotation_confidence", "Annotation confidence per cell type",
         lambda: pl.annotation_confidence(adata, key="cell_type"))
     da = tables.get("differential_activity")
-    if da is not None and len(da):
+    if da is not None and len(da) and pd.to_numeric(da["pvalue"], errors="coerce").notna().any():
         top_set = da.sort_values("pvalue")["gene_set"].iloc[0]
-        fig("differential_activity", f"Donor-level activity of {top_set} per cell type, by condition",
-            lambda: pl.differential_activity(adata, gene_set=top_set, groupby=groupby, condition_key=ck_key,
-                                             sample_key=sk))
-        fig("volcano", "Donor-level differential pathway activity (effect vs -log10 p)", lambda: pl.volcano(da))
-    fig("composition", "Cell-type proportions per donor, by condition",
-        lambda: pl.composition(adata, sample_key=sk, condition_key=ck_key, groupby=groupby))
+        fig("differential_activity", f"Donor-level activity of {top_set} per cell type, by condition (padj above)",
+            lambda: pl.differential_activity(adata, gene_set=top_set))
+        fig("volcano", "Donor-level differential pathway activity (effect vs -log10 p), top hits named",
+            lambda: pl.volcano(da))
+    fig("composition", "Cell-type proportions per donor, by condition, with the composition test's p-values",
+        lambda: pl.composition(adata, sample_key=sk, condition_key=ck_key, groupby=groupby,
+                               result=tables.get("composition")))
     if "cross_modal_associations" in tables:
         fig("cross_modal", "Associations between cell-level signatures and plasma proteins",
             lambda: pl.cross_modal(tables["cross_modal_associations"]))
@@ -127,27 +246,51 @@ def write_report(cfg, ck, state: dict) -> Path:
 
     # ---- summary.md
     qc = tables.get("qc_report")
-    lines = [f"# immunomood report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M')} by immunomood.", ""]
+    lines = ["# immunomood report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M')} by immunomood.", ""]
+    lines += problems_section(report_problems(adata, mdata, figure_failures=failures))
+    per_cond = adata.obs.groupby(ck_key, observed=True)[sk].nunique()
     lines += ["## Cohort", "",
-              f"- {adata.n_obs:,} cells after QC, {adata.n_vars:,} genes, "
-              f"{adata.obs[sk].nunique()} donors ({', '.join(f'{k}: {v}' for k, v in adata.obs.groupby(ck_key, observed=True)[sk].nunique().items())}).",
-              ""]
+              f"- {adata.n_obs:,} cells after QC, {adata.n_vars:,} genes, {adata.obs[sk].nunique()} donors "
+              f"({', '.join(f'{k}: {v}' for k, v in per_cond.items())}).", ""]
     if qc is not None:
-        before = qc["cells_before"].sum() if "cells_before" in qc else np.nan
-        after = qc["cells_after"].sum() if "cells_after" in qc else np.nan
-        lines += ["## Quality control", "", f"- {before:,} cells before, {after:,} after QC "
-                  "(per-sample MAD outliers and doublets); every sample is listed in `qc_report.csv`.", "",
-                  _fmt_table(qc, 20)]
-    if "integration" in adata.uns:
-        ig = adata.uns["integration"]
-        lines += ["## Integration", "", f"- scVI on {ig.get('device', '?')}, {ig.get('epochs_run', '?')} epochs, "
-                  f"{float(ig.get('time_s', np.nan)):.1f} s." if isinstance(ig, dict) else "- scVI", ""]
-    if "cell_types" in tables:
-        lines += ["## Annotation", "", _fmt_table(tables["cell_types"], 25)]
+        before = int(qc["cells_before"].sum()) if "cells_before" in qc else None
+        after = int(qc["cells_after"].sum()) if "cells_after" in qc else None
+        if before is not None and after is not None:
+            lines += ["## Quality control", "", f"- {before:,} cells before, {after:,} after QC "
+                      "(per-sample MAD outliers and doublets); every sample is listed in `qc_report.csv`.", ""]
+        else:
+            lines += ["## Quality control", ""]
+        lines += [_fmt_table(qc, 20)]
+    if "integration" in adata.uns or "integration_metrics" in adata.uns:
+        lines += ["## Integration", ""]
+        ig = adata.uns.get("integration")
+        if isinstance(ig, dict):
+            lines += [f"- scVI on {ig.get('device', '?')}, {ig.get('epochs_run', '?')} epochs, "
+                      f"{float(ig.get('time_s', np.nan)):.1f} s.", ""]
+        im_ = adata.uns.get("integration_metrics")
+        if isinstance(im_, dict) and isinstance(im_.get("metrics"), pd.DataFrame):
+            lines += ["Integration metrics (scib-metrics scaling, 0-1, higher is better):", "",
+                      _fmt_table(im_["metrics"].reset_index(), 10)]
+    if "cell_types" in tables or "cell_type" in adata.obs.columns:
+        lines += ["## Annotation", ""]
+        share = unassigned_share(adata)
+        if share is not None:
+            lines += [f"- {100 * share:.1f}% of {adata.n_obs:,} cells Unassigned (lineage confidence below the "
+                      "threshold); the same share as the log line of the annotate step.", ""]
+        if {"cell_lineage", "cell_type"} <= set(adata.obs.columns):
+            n_lin = int((adata.obs["cell_lineage"].astype(str) == "Unassigned").sum())
+            n_fine = int((adata.obs["cell_type"].astype(str) == "Unassigned").sum())
+            if n_fine > n_lin:
+                lines += [f"- A further {n_fine - n_lin:,} cells have a lineage but no finer cell type (cell_type "
+                          f"'Unassigned': {n_fine:,} cells in all, as in the table below).", ""]
+        if "cell_types" in tables:
+            lines += [_fmt_table(tables["cell_types"], 25)]
     if da is not None:
-        sig = da[da["padj"] < 0.05]
+        n_tests, n_sig, n_untested = activity_counts(da)
         lines += ["## Differential pathway activity (donor as the unit)", "",
-                  f"- {len(da)} cell type x gene set tests; {len(sig)} with FDR < 0.05.", "",
+                  f"- {n_tests} tests (cell type x gene set) run; {n_sig} with FDR < 0.05."
+                  + (f" {n_untested} cell type x gene set combinations could not be tested (too few samples or "
+                     "genes; see the `reason` column of `differential_activity.csv`)." if n_untested else ""), "",
                   _fmt_table(da.sort_values("pvalue")[["group", "gene_set", "effect", "ci_low", "ci_high", "pvalue",
                                                         "padj", "n_case", "n_reference"]], 10)]
     if "composition" in tables:

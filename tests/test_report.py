@@ -1,0 +1,105 @@
+"""The CLI report's summary: a problems section at the top that lists every recorded problem, unscored doublet
+samples and failed figures; counts that agree with what the steps log."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from immunomood._config import parse_config
+from immunomood._pipeline import Checkpoints
+from immunomood._report import activity_counts, problems_section, report_problems, unassigned_share, write_report
+from immunomood._utils import PROBLEMS_KEY, record_problem
+
+
+def _cells(seed: int = 0) -> ad.AnnData:
+    """60 cells of 6 donors (3 per condition), 2 cell types, one cell in six Unassigned, with recorded problems."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    donor = np.repeat([f"d{i}" for i in range(6)], 10)
+    cond = np.where(np.isin(donor, ["d0", "d1", "d2"]), "control", "case")
+    ct = np.tile(["T cell", "Monocyte", "T cell", "Monocyte", "T cell", "Unassigned"], 10)
+    a = ad.AnnData(rng.poisson(2.0, size=(n, 12)).astype(np.float32),
+                   obs=pd.DataFrame({"donor": donor, "condition": cond, "cell_type": ct,
+                                     "cell_lineage": ct}, index=[f"c{i}" for i in range(n)]))
+    for c in ("donor", "condition", "cell_type", "cell_lineage"):
+        a.obs[c] = a.obs[c].astype("category")
+    with pytest.warns(UserWarning):
+        record_problem(a, "score_pathways: 3 of 10 gene sets had no gene in the data and were not scored")
+    with pytest.warns(UserWarning):
+        record_problem(a, "integrate: batch_key has a single level; integration skipped")
+    a.uns["qc"] = {"doublets": pd.DataFrame({
+        "sample": ["d0", "d1", "d2"], "n_cells": [10, 3, 10], "scored": [True, False, True],
+        "threshold": [0.3, np.nan, 0.25], "n_predicted": [1, 0, 0], "note": ["", "fewer than 30 cells", ""]})}
+    return a
+
+
+def _activity() -> pd.DataFrame:
+    """A differential_activity table with 4 rows of which one was not testable (NaN p-value, with its reason)."""
+    return pd.DataFrame({
+        "group": ["T cell", "T cell", "Monocyte", "Monocyte"], "gene_set": ["s1", "s2", "s1", "s2"],
+        "effect": [0.5, -0.1, 0.2, np.nan], "ci_low": [0.1, -0.5, -0.2, np.nan], "ci_high": [0.9, 0.3, 0.6, np.nan],
+        "statistic": [3.0, -0.4, 1.0, np.nan], "pvalue": [0.001, 0.7, 0.3, np.nan], "padj": [0.003, 0.7, 0.45, np.nan],
+        "n_case": [3, 3, 3, 3], "n_reference": [3, 3, 3, 3], "reason": ["", "", "", "no gene of the set expressed"]})
+
+
+def test_report_problems_lists_everything_once():
+    a = _cells()
+    mu = pytest.importorskip("mudata")
+    prot = ad.AnnData(np.zeros((6, 2)), obs=pd.DataFrame(index=[f"d{i}" for i in range(6)]))
+    prot.uns[PROBLEMS_KEY] = ["proteomics_qc: 1 assay below LOD in every sample, removed"]
+    md = mu.MuData({"prot": prot})
+    md.uns[PROBLEMS_KEY] = ["join_proteomics: donor d5 has no proteomics"]
+    got = report_problems(a, md, figure_failures={"annotation": "KeyError: no annotation"})
+    assert got[:2] == list(a.uns[PROBLEMS_KEY])
+    assert "[proteomics] join_proteomics: donor d5 has no proteomics" in got
+    assert "[proteomics: prot] proteomics_qc: 1 assay below LOD in every sample, removed" in got
+    dbl = [m for m in got if m.startswith("Doublets not scored")]
+    assert len(dbl) == 1 and "d1" in dbl[0] and "3 cells" in dbl[0] and "fewer than 30 cells" in dbl[0]
+    assert got[-1] == "Figure `annotation` could not be drawn: KeyError: no annotation"
+    assert len(got) == len(set(got)) == 6
+
+
+def test_report_problems_after_h5ad_roundtrip(tmp_path):
+    a = _cells()
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert report_problems(b) == report_problems(a)
+
+
+def test_problems_section_empty_and_full():
+    assert "No problems recorded" in "\n".join(problems_section([]))
+    lines = problems_section(["x failed", "y skipped"])
+    assert lines[0] == "## Steps that did not run / problems"
+    assert "- x failed" in lines and "- y skipped" in lines and "2 problem(s)" in "\n".join(lines)
+
+
+def test_counts_agree_with_the_logged_ones():
+    a = _cells()
+    assert unassigned_share(a) == pytest.approx(1 / 6)
+    da = _activity()
+    assert activity_counts(da) == (3, 1, 1)
+
+
+def test_write_report_summary_opens_with_problems(tmp_path):
+    a = _cells()
+    cfg = parse_config({"input": {"h5ad": "x.h5ad"}, "output": {"outdir": str(tmp_path / "out")}})
+    ck = Checkpoints(cfg.outdir)
+    comp = pd.DataFrame({"group": ["T cell", "Monocyte", "Unassigned"], "effect": [0.1, -0.1, 0.0],
+                         "pvalue": [0.5, 0.04, 0.9], "padj": [0.75, 0.12, 0.9]})
+    state = {"adata": a, "tables": {"differential_activity": _activity(), "composition": comp}}
+    out = write_report(cfg, ck, state)  # figures without their inputs fail: listed, not fatal
+    text = (out / "summary.md").read_text()
+    sections = [ln for ln in text.splitlines() if ln.startswith("## ")]
+    assert sections[0] == "## Steps that did not run / problems"
+    top = text.split("## Cohort")[0]
+    for m in a.uns[PROBLEMS_KEY]:
+        assert f"- {m}" in top
+    assert "Doublets not scored in sample d1" in top
+    for name in state["figure_failures"]:  # qc/annotation figures cannot be drawn from this AnnData
+        assert f"Figure `{name}` could not be drawn" in top
+    assert "16.7% of 60 cells Unassigned" in text
+    assert "- 3 tests (cell type x gene set) run; 1 with FDR < 0.05. 1 cell type x gene set" in text
+    assert (out / "composition.png").is_file() and "`composition.png`" in text
