@@ -133,8 +133,11 @@ def test_zip_with_checksum(tmp_path):
 
 def test_errors(tmp_path):
     p = tmp_path / "x.csv"
-    _tiny_long().drop(columns=["Panel", "UniProt"]).to_csv(p, index=False)
-    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['UniProt', 'Panel'\]"):
+    _tiny_long().drop(columns=["SampleID"]).to_csv(p, index=False)
+    with pytest.raises(ValueError, match=r"lacks \['SampleID'\]"):
+        im.io.read_olink(p)
+    _tiny_long().drop(columns=["OlinkID", "UniProt", "Assay"]).to_csv(p, index=False)
+    with pytest.raises(ValueError, match=r"lacks \['a protein identifier \(OlinkID, Assay or UniProt\)'\]"):
         im.io.read_olink(p)
     df = _tiny_long()
     df["NPX"] = df["NPX"].astype(object)
