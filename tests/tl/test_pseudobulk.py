@@ -33,7 +33,8 @@ def test_dropped_listed_and_warned(cells):
     with pytest.warns(UserWarning, match="fewer than 15 cells"):
         pb = im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", min_cells=15)
     d = pb.uns["dropped"]
-    assert list(d.columns) == ["sample", "cell_type", "n_cells"]
+    assert list(d.columns) == ["sample", "cell_type", "n_cells", "reason"]
+    assert (d["reason"] == "fewer than 15 cells").all()
     assert set(d["cell_type"]) == {"B"} and (d["n_cells"] == 10).all()
     assert pb.n_obs == 3
 

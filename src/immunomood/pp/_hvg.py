@@ -237,8 +237,7 @@ def highly_variable_genes(
     inplace = check_bool("inplace", inplace)
     if inplace:
         check_not_view(adata, func="highly_variable_genes")
-    n_top_genes = check_int("n_top_genes", n_top_genes, min=1, max=adata.n_vars,
-                            fix=f"adata has {adata.n_vars} genes: choose how many to keep, e.g. 2000.")
+    n_top_genes = check_int("n_top_genes", n_top_genes, min=1, fix="It is the number of genes to keep, e.g. 2000.")
     check_str("counts_layer", counts_layer)
     check_str("batch_key", batch_key, allow_none=True)
     if counts_layer not in adata.layers:
@@ -259,6 +258,8 @@ def highly_variable_genes(
             f"seurat_v3 needs raw counts, but adata.layers[{counts_layer!r}] {problem.replace('it ', '', 1)}. "
             "Pass the layer that holds raw counts with `counts_layer=`."
         )
+    check_int("n_top_genes", n_top_genes, max=adata.n_vars,
+              fix=f"adata has {adata.n_vars} genes: pass n_top_genes={adata.n_vars} or fewer.")
     try:
         import skmisc  # noqa: F401
     except ImportError as e:  # pragma: no cover
