@@ -24,6 +24,7 @@ TUTORIALS = ROOT / "tutorials"
 DOCS_TUTORIALS = ROOT / "docs" / "tutorials"
 
 SETUP = """\
+%matplotlib inline
 import os
 import warnings
 
