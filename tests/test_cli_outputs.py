@@ -101,8 +101,12 @@ def test_cli_sample_sheet_equals_python_read_cohort(tmp_path, data_dir):
     from immunomood._pipeline import Checkpoints, stage_load
 
     state: dict = {}
-    stage_load(cfg, Checkpoints(out), cfg.stage_hash("load"), state)
+    ck = Checkpoints(out)
+    stage_load(cfg, ck, cfg.stage_hash("load"), state)
     cli = state["adata"]
+    # the load checkpoint carries the per-sample read report and the gene coverage as tables
+    assert ck.read_table("load", "samples_read")["n_cells"].tolist() == [60] * 6
+    assert len(ck.read_table("load", "gene_coverage")) == len(cli.uns["gene_coverage"])
     py = im.io.read_cohort(sheet, sample_key="donor")
     assert cli.obs_names.tolist() == py.obs_names.tolist() == src.obs_names.tolist()
     assert cli.var_names.tolist() == py.var_names.tolist()

@@ -227,7 +227,10 @@ def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
                               "uns['gene_coverage'])")
     logger.info("loaded %d cells x %d genes from %d samples", adata.n_obs, adata.n_vars,
                 adata.obs[inp["sample_key"]].nunique())
-    ck.write("load", h, adata=adata)
+    tables = {"gene_coverage": cov}
+    if isinstance(adata.uns.get("read_cohort"), pd.DataFrame):
+        tables["samples_read"] = adata.uns["read_cohort"]
+    ck.write("load", h, adata=adata, tables=tables)
     state["adata"] = adata
 
 

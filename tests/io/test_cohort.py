@@ -42,7 +42,7 @@ def test_real_cohort_same_counts_and_obs_as_source(combat):
     assert list(rep.columns) == ["sample", "path", "kind", "n_cells", "n_genes", "n_genes_kept"]
     expected = src.obs["donor"].astype(str).value_counts()
     assert dict(zip(rep["sample"], rep["n_cells"])) == expected.to_dict()
-    assert set(rep["kind"]) == {"10x_mtx", "h5ad"}
+    assert set(rep["kind"]) == {"10x_mtx", "10x_h5", "h5ad"}
     assert (rep["n_genes"] == 25456).all() and (rep["n_genes_kept"] == 25456).all()
     # the result survives an h5ad round trip (report DataFrame included)
     p = sheet.parent / "roundtrip.h5ad"
@@ -237,3 +237,16 @@ def test_check_sample_sheet_lists_every_problem(tiny_sheet):
     assert any("duplicated sample IDs" in p for p in problems)
     assert any("missing.h5ad" in p for p in problems)
     shutil.rmtree(tiny_sheet.parent / "s")
+
+
+def test_cellranger_h5_repeated_symbols_made_unique(tmp_path):
+    from _cohort_data import _write_h5
+
+    a = _tiny(6, GENES, 2)
+    genes = GENES[:-1] + ["G0"]  # one symbol twice, as in the 10x references (e.g. TBCE)
+    _write_h5(tmp_path / "a.h5", a.X, genes, list(a.obs_names))
+    pd.DataFrame({"sample": ["a"], "path": ["a.h5"]}).to_csv(tmp_path / "s.csv", index=False)
+    got = im.io.read_cohort(tmp_path / "s.csv")
+    assert got.var_names.is_unique and got.var_names[-1] == "G0-1"  # scanpy's make-unique rule
+    assert abs(got.X - a.X).sum() == 0
+    assert got.uns["read_cohort"]["kind"].tolist() == ["10x_h5"]

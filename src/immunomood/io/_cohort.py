@@ -157,6 +157,8 @@ def _read_one(path: Path, *, var_names: str, layer: str | None):
         if var_names == "gene_ids" and "gene_ids" in a.var.columns:
             a.var["gene_symbols"] = a.var_names.astype(str)
             a.var_names = a.var["gene_ids"].astype(str).to_numpy()
+        else:
+            a.var_names_make_unique()  # as read_10x_mtx does for symbols (a few symbols repeat in 10x references)
     else:
         a = ad.read_h5ad(path)
         if layer is not None:
