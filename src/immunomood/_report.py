@@ -144,8 +144,17 @@ def _umap_figure(adata, keys: list[str]):
     keys = [k for k in dict.fromkeys(keys) if k and k in adata.obs.columns]
     if not keys:
         raise KeyError("none of the columns to colour by is in adata.obs")
-    fig = sc.pl.umap(adata, color=keys, title=[f"{k} (UMAP of {rep})" for k in keys], ncols=len(keys),
-                     wspace=0.45, show=False, return_fig=True)
+    # a light copy (obs columns and the UMAP only): legends without empty categories, adata untouched
+    from anndata import AnnData
+
+    obs = adata.obs[keys].copy()
+    for k in keys:
+        if isinstance(obs[k].dtype, pd.CategoricalDtype):
+            obs[k] = obs[k].cat.remove_unused_categories()
+    small = AnnData(obs=obs)
+    small.obsm["X_umap"] = np.asarray(adata.obsm["X_umap"])
+    fig = sc.pl.umap(small, color=keys, title=[f"{k} (UMAP of {rep})" for k in keys], ncols=2,
+                     wspace=0.55, show=False, return_fig=True)
     return fig
 
 

@@ -98,6 +98,17 @@ def test_volcano_names_top_hits(cohort):
         im.pl.volcano(res, n_labels=-1)
 
 
+def test_volcano_label_heights_never_overlap():
+    from immunomood.pl._differential import _spread
+
+    pos = np.array([0.9, 0.91, 0.5, 0.505, 0.0, 0.01, 0.02])
+    out = _spread(pos, gap=0.05)
+    assert np.all(np.diff(np.sort(out)) >= 0.05 - 1e-12)
+    assert np.array_equal(np.argsort(-out, kind="stable"), np.argsort(-pos, kind="stable"))  # order kept
+    assert out.min() >= 0.03 and out.max() <= 0.97
+    assert _spread(np.array([0.2, 0.6]), gap=0.05).tolist() == [0.2, 0.6]  # apart already: unchanged
+
+
 def test_volcano_untested_rows_and_empty():
     r = pd.DataFrame({"group": ["a", "b", "c"], "gene_set": ["s"] * 3, "effect": [1.0, np.nan, -0.5],
                       "pvalue": [0.01, np.nan, 0.2], "padj": [0.02, np.nan, 0.2]})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -91,8 +93,9 @@ def differential_activity(
         row = rows[rows["group"].astype(str) == g] if rows is not None else None
         if sg.empty:
             reason = str(row["reason"].iloc[0]) if row is not None and len(row) and "reason" in row else ""
-            ax.text(i, 0.5, "not tested" + (f":\n{reason[:40]}" if reason else ""), transform=ax.get_xaxis_transform(),
-                    ha="center", va="center", fontsize=6, color="0.4", rotation=90)
+            short = textwrap.shorten(reason, width=70, placeholder="...") if reason else ""
+            ax.text(i, 0.5, "not tested" + (":\n" + "\n".join(textwrap.wrap(short, 36)) if short else ""),
+                    transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=6, color="0.4", rotation=90)
             continue
         for j, lv in enumerate(levels):
             v = sg.loc[sg["condition"].astype(str) == str(lv), "score"].to_numpy(dtype=float)
@@ -120,6 +123,22 @@ def differential_activity(
                  "donor as the unit", fontsize=9)
     ax.legend(frameon=False, fontsize=8, title=cond, title_fontsize=8)
     return ax
+
+
+def _spread(pos: np.ndarray, gap: float, lo: float = 0.03, hi: float = 0.97) -> np.ndarray:
+    """Label heights (axes fraction) as close as possible to ``pos`` with at least ``gap`` between any two
+    (labels of the top hits never overlap), within [lo, hi]; the order of ``pos`` is kept."""
+    order = np.argsort(-pos, kind="stable")
+    out = np.clip(pos[order].astype(float), lo, hi)
+    for i in range(1, len(out)):  # top-down: push each label below the previous one
+        out[i] = min(out[i], out[i - 1] - gap)
+    if len(out) and out[-1] < lo:  # bottom-up: lift back into the axes
+        out[-1] = lo
+        for i in range(len(out) - 2, -1, -1):
+            out[i] = max(out[i], out[i + 1] + gap)
+    res = np.empty_like(out)
+    res[order] = out
+    return res
 
 
 def volcano(result: pd.DataFrame, *, alpha: float = 0.05, n_labels: int = 10, label: bool = True, ax=None):
@@ -175,20 +194,23 @@ def volcano(result: pd.DataFrame, *, alpha: float = 0.05, n_labels: int = 10, la
     if sig.any():
         thr = -np.log10(max(float(r["pvalue"].to_numpy(dtype=float)[sig].max()), 1e-300))
         ax.axhline(thr, color="#C44E52", lw=0.8, ls="--", label=f"FDR {alpha:g}")
+    ymax = max(float(y.max()) * 1.1, 1.0)
+    ax.set_ylim(0, ymax)
     if label and n_labels:
         name = "gene_set" if "gene_set" in r else "gene" if "gene" in r else None
         top = np.argsort(-y, kind="stable")[:n_labels]
-        for rank, k in enumerate(top):
-            row = r.iloc[k]
-            txt = (f"{row['group']} | {row[name]}" if name and "group" in r else str(row[name]) if name
-                   else str(r.index[k]))
-            ax.annotate(txt, (x[k], y[k]), fontsize=6, xytext=(4, 4 - 8 * (rank % 2)), textcoords="offset points",
-                        ha="left" if x[k] <= np.median(x) else "right")
+        texts = [(f"{r.iloc[k]['group']} | {r.iloc[k][name]}" if name and "group" in r else
+                  str(r.iloc[k][name]) if name else str(r.index[k])) for k in top]
+        for k, txt, ya in zip(top, texts, _spread(y[top] / ymax, gap=0.055)):
+            right = x[k] > np.median(x)
+            ax.annotate(txt, (x[k], y[k]), xytext=(-6 if right else 6, ya),
+                        textcoords=("offset points", "axes fraction"), fontsize=6, va="center",
+                        ha="right" if right else "left",
+                        arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5", shrinkA=0, shrinkB=2))
     ax.axvline(0, color="grey", lw=0.5)
-    ax.set_ylim(0, max(float(y.max()) * 1.1, 1.0))
     title = f"{len(r)} tests"
     if n_untested:
         title += f" ({n_untested} rows not tested)"
     ax.set_title(title, fontsize=9)
-    ax.legend(frameon=False, fontsize=7, loc="upper left")
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax

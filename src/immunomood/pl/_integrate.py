@@ -147,6 +147,7 @@ def integration(
     if ax is None:
         fig, axes = plt.subplots(2, 2, figsize=(9, 7.5), constrained_layout=True)
         axes = list(np.ravel(axes))
+        fig.suptitle("Integration metrics: scib-metrics scaling, 0-1, higher is better", fontsize=9)
     else:
         axes = list(np.ravel(np.asarray(ax, dtype=object)))
         if len(axes) != 4:
