@@ -7,7 +7,6 @@ scanpy, scvi-tools and torch are loaded only once a command runs (``tests/test_c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
@@ -42,24 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _n_jobs(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1 and n != -1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or -1 (all cores), got {text!r}")
-    return n
-
-
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="Show progress bars (default: only when stderr is a terminal).")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="Never show progress bars.")
-    p.add_argument("--n-jobs", type=_n_jobs, default=None, metavar="N",
-                   help=("Threads for numerical work: sets im.settings.n_jobs and limits BLAS, numba and torch "
-                         "threads (-1: all cores; default: their own defaults)."))
 
 
 def _console_logging() -> None:
@@ -112,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.progress is not None:
             settings.progress = args.progress
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(warnings_to_logger())  # each warning printed once, through the log (and the log file)
-            if args.n_jobs is not None:  # then BLAS, numba and torch use at most that many threads throughout
-                settings.n_jobs = args.n_jobs
-                stack.enter_context(settings.threads())
+        with warnings_to_logger():  # each warning printed once, through the log (and the log file)
             report = _run(args)
     except ConfigError as e:
         print(f"immunomood: error: {e}", file=sys.stderr)
