@@ -10,7 +10,16 @@ from anndata import AnnData
 
 from .._docs import doc_adata, doc_inplace, doc_layer, doc_params, doc_random_state
 from .._settings import logger
-from .._utils import check_adata, check_not_view, check_obs_key, get_matrix, resolve_random_state, warn
+from .._utils import (
+    check_adata,
+    check_counts,
+    check_not_view,
+    check_obs_key,
+    get_matrix,
+    record_problem,
+    resolve_random_state,
+    warn,
+)
 from ._qc import _check_no_negative, _check_unique_var_names, _get_qc, _sample_codes
 
 #: Samples with fewer cells than this are not scored (scrublet's PCA and kNN need a few dozen cells).
@@ -51,13 +60,16 @@ def detect_doublets(
     ``adata.obs["predicted_doublet"]`` (bool) and ``adata.uns["qc"]["doublets"]`` (a DataFrame per sample:
     ``n_cells``, ``scored``, ``threshold``, ``n_predicted``, ``note``) and ``uns["qc"]["params"]["detect_doublets"]``.
     With ``inplace=False``, a DataFrame with these two columns; ``adata`` is left untouched.
+    ``adata.uns["immunomood_problems"]`` gains a line for every sample that could not be scored.
 
     Notes
     -----
     A sample that cannot be scored (fewer than ``min_cells`` cells, or scrublet fails) gets
     ``doublet_score = NaN`` and ``predicted_doublet = False`` (its cells are kept by
-    :func:`~immunomood.pp.filter_cells`), and a warning names it. When scrublet scores a sample but cannot
-    find a threshold automatically, its scores are kept and ``predicted_doublet`` is False, with a warning.
+    :func:`~immunomood.pp.filter_cells`), and a warning names it; with ``inplace=True`` the message is
+    also appended to ``adata.uns["immunomood_problems"]``, which the CLI report lists at the top of its
+    summary. When scrublet scores a sample but cannot find a threshold automatically, its scores are kept
+    and ``predicted_doublet`` is False, with a warning (recorded the same way).
     """
     import scanpy as sc
 
@@ -69,6 +81,7 @@ def detect_doublets(
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     _check_no_negative(X, where, "detect_doublets")
+    check_counts(adata, layer, func="detect_doublets")
     seed = resolve_random_state(random_state)
 
     codes, samples = _sample_codes(adata, sample_key)
@@ -85,8 +98,11 @@ def detect_doublets(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # exact kNN (scikit-learn): scanpy's approximate path breaks on pynndescent >= 0.7
+                # with recent scipy above ~2,700 cells per sample (see immunomood._neighbors)
                 sc.pp.scrublet(
-                    sub, n_prin_comps=min(30, idx.size - 1, adata.n_vars - 1), random_state=seed, verbose=False
+                    sub, n_prin_comps=min(30, idx.size - 1, adata.n_vars - 1), random_state=seed, verbose=False,
+                    use_approx_neighbors=False,
                 )
         except Exception as e:  # noqa: BLE001 - reported to the user, sample kept
             skipped.append(f"{sample} (scrublet failed: {type(e).__name__}: {str(e)[:100]})")
@@ -102,16 +118,22 @@ def detect_doublets(
             pred[idx] = p.fillna(False).to_numpy(dtype=bool)
             note = ""
         rows.append((sample, idx.size, True, float(thr), int(pred[idx].sum()), note))
+    problems = []
     if skipped:
-        warn(
-            f"Doublets not scored in sample(s): {'; '.join(skipped)}. Their doublet_score is NaN and "
-            "predicted_doublet is False."
+        problems.append(
+            f"Doublets not scored in {len(skipped)} of {len(samples)} sample(s): {'; '.join(skipped)}. Their "
+            "doublet_score is NaN and predicted_doublet is False (their doublets are kept)."
         )
     if no_threshold:
-        warn(
+        problems.append(
             f"scrublet found no automatic doublet-score threshold in sample(s) {no_threshold}: scores are kept, "
             "predicted_doublet is False there. Inspect obs['doublet_score'] and set a threshold yourself if needed."
         )
+    for message in problems:
+        if inplace:
+            record_problem(adata, message)
+        else:
+            warn(message)
     summary = pd.DataFrame(rows, columns=["sample", "n_cells", "scored", "threshold", "n_predicted", "note"])
     logger.info("detect_doublets: %d predicted doublets in %d samples", int(pred.sum()), len(samples))
     out = pd.DataFrame({"doublet_score": score, "predicted_doublet": pred}, index=adata.obs_names)

@@ -35,6 +35,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._docs import doc_adata, doc_layer, doc_params, doc_random_state
+from .._neighbors import neighbors
 from .._utils import (
     check_adata,
     check_layer,
@@ -275,7 +276,7 @@ def _graph_and_clusters(
         priv.obsm["X_rep"] = tmp.obsm["X_pca"]
         del tmp
     k = int(min(_N_NEIGHBORS, n - 1))
-    _neighbors(priv, k, random_state)
+    neighbors(priv, use_rep="X_rep", n_neighbors=k, random_state=random_state)
     W = priv.obsp["connectivities"].tocsr()
     W = W + sparse.eye(n, format="csr")  # the cell itself is part of its neighbourhood
     rs = np.asarray(W.sum(axis=1)).ravel()
@@ -289,28 +290,6 @@ def _graph_and_clusters(
         )
         clusters = priv.obs["clusters"].astype(str).to_numpy()
     return W, clusters
-
-
-def _neighbors(priv: AnnData, k: int, random_state: int) -> None:
-    """``sc.pp.neighbors`` on ``obsm["X_rep"]``; above 4,096 cells through pynndescent with a ``csr_matrix``
-    output (scanpy 1.11's pynndescent path fails on the ``csr_array`` that recent scipy returns)."""
-    import scanpy as sc
-
-    n = priv.n_obs
-    if n < 4096:
-        sc.pp.neighbors(priv, n_neighbors=k, use_rep="X_rep", random_state=random_state)
-        return
-    from pynndescent import PyNNDescentTransformer
-
-    class _CsrNND(PyNNDescentTransformer):
-        def fit_transform(self, X, y=None, **kw):
-            return sparse.csr_matrix(super().fit_transform(X, y, **kw))
-
-    tr = _CsrNND(
-        n_neighbors=k, metric="euclidean", random_state=random_state, n_jobs=None,
-        n_trees=min(64, 5 + round(n**0.5 / 20.0)), n_iters=max(5, round(np.log2(n))),
-    )
-    sc.pp.neighbors(priv, n_neighbors=k, use_rep="X_rep", transformer=tr)
 
 
 def _cluster_mean(S: np.ndarray, codes: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -399,7 +378,7 @@ def _subcluster(
         priv.obsm["X_rep"] = tmp.obsm["X_pca"]
         del tmp, Xu
     k = int(min(_N_NEIGHBORS_SUB, n - 1))
-    _neighbors(priv, k, random_state)
+    neighbors(priv, use_rep="X_rep", n_neighbors=k, random_state=random_state)
     W = priv.obsp["connectivities"].tocsr() + sparse.eye(n, format="csr")
     W = (sparse.diags(1.0 / np.asarray(W.sum(axis=1)).ravel()) @ W).tocsr()
     out = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from anndata import AnnData
 
 from .._docs import doc_adata, doc_params, doc_random_state
+from .._neighbors import neighbors
 from .._settings import logger
 from .._utils import check_adata, check_int, check_not_view, check_number, check_random_state, resolve_random_state
 
@@ -20,7 +21,8 @@ def embed(
 ) -> None:
     """Neighbour graph, Leiden clustering and UMAP of ``adata.obsm[use_rep]`` (scanpy, in place).
 
-    Runs ``sc.pp.neighbors(use_rep=use_rep)``, ``sc.tl.leiden(flavor="igraph", n_iterations=2,
+    Runs ``sc.pp.neighbors(use_rep=use_rep)`` (above 4,096 cells on immunomood's own kNN lists: exact
+    up to 16,384 cells, NN-descent above; see ``immunomood._neighbors``), ``sc.tl.leiden(flavor="igraph", n_iterations=2,
     directed=False)`` (the future scanpy default, fast and deterministic for a given seed) and
     ``sc.tl.umap``, all seeded with ``random_state``.
 
@@ -59,8 +61,7 @@ def embed(
     n_neighbors = check_int("n_neighbors", n_neighbors, min=2, fix="Typical values are 10-30.")
     check_random_state(random_state)
     seed = resolve_random_state(random_state)
-    k = int(min(n_neighbors, adata.n_obs - 1))
-    sc.pp.neighbors(adata, use_rep=use_rep, n_neighbors=k, random_state=seed)
+    neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
     sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
     sc.tl.umap(adata, random_state=seed)
     logger.info("embed: %d Leiden clusters on %s", adata.obs["leiden"].nunique(), use_rep)
