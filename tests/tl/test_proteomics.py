@@ -180,7 +180,7 @@ def test_partial_correlation_matches_residualisation(mdata):
         im.tl.cross_modal_associations(mdata, covariates=["nope"])
     with pytest.raises(KeyError, match="RNA feature 'xx' not found"):
         im.tl.cross_modal_associations(mdata, rna_features=["xx"])
-    with pytest.raises(ValueError, match="method must be"):
+    with pytest.raises(ValueError, match="`method` must be one of"):
         im.tl.cross_modal_associations(mdata, method="kendall")
 
 
@@ -190,8 +190,15 @@ def test_too_few_donors_give_nan(mdata):
     j = list(m["rna"].var_names).index(f"{CM}|proportion")
     X[3:, j] = np.nan
     m["rna"].X = X
-    res = im.tl.cross_modal_associations(m, rna_features=f"{CM}|proportion")
-    assert res["estimate"].isna().all() and (res["n"] == 3).all()
+    # nothing estimable: a clear error (it was a table of NaN rows)
+    with pytest.raises(ValueError, match=r"No association is estimable.*at most 3 donors.*min_donors=6"):
+        im.tl.cross_modal_associations(m, rna_features=f"{CM}|proportion")
+    # some pairs estimable: the others stay NaN rows, with their n
+    other = [v for v in m["rna"].var_names if v != f"{CM}|proportion" and np.isfinite(m["rna"][:, v].X).all()][0]
+    res = im.tl.cross_modal_associations(m, rna_features=[f"{CM}|proportion", other])
+    few = res[res["rna_feature"] == f"{CM}|proportion"]
+    assert few["estimate"].isna().all() and (few["n"] == 3).all()
+    assert res.loc[res["rna_feature"] == other, "estimate"].notna().all()
 
 
 # ------------------------------------------------------------------ biomarker_panel
