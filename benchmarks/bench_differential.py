@@ -22,6 +22,20 @@ simulator noise, ``batch`` as a covariate):
 Run ``python benchmarks/bench_differential.py [quick|full]`` (quick: 3 seeds, 300 cells; full: 10 seeds, 300 and
 1000 cells per donor); prints tables and ``RESULT`` lines.
 
+``python benchmarks/bench_differential.py --real [--splits N]`` (default 20 splits per size; needs
+``IMMUNOMOOD_DATA_DIR``): the real-donor benchmark of issue 13 on onek1k (40 real donors, 4 cell types): random
+donor splits 4v4, 8v8, 20v20; false-positive rate over every cell type x packaged gene set; power for 20
+classical-monocyte genes (>= 1 count per cell) raised 1.05 / 1.1 / 1.25x in the case donors by adding
+Poisson((effect - 1) x count) to each count; for ours (default), ours ``method="fry"``, R limma-voom + fry (when
+Rscript with limma/edgeR exists; the same pseudobulk, run in one R session), the t-test on donor means and the
+per-cell Mann-Whitney test. Last run (30 splits per size, 286 s on 2 cores, 2026-12-01):
+
+    FPR 4v4/8v8/20v20      ours 0.058/0.053/0.052   fry 0.082/0.070/0.070 (R identical, max rel. diff 2e-13)
+                           donor-mean t 0.051/0.058/0.071   per-cell MWU 0.352/0.401/0.383
+    power 1.05x            ours 0.10/0.13/0.43      fry 0.07/0.23/0.43    donor-mean t 0.07/0.03/0.10
+    power 1.1x             ours 0.14/0.37/0.83      fry 0.14/0.47/0.87    donor-mean t 0.10/0.13/0.13
+    power 1.25x            ours 0.59/0.97/1.00      fry 0.69/1.00/1.00    donor-mean t 0.10/0.30/0.60
+
 Last full run (simulator 1.1.0 with planted genes restricted to the 14 expressed in classical monocytes, 10 seeds
 per cell, 2-core machine, 2026-11-21):
 
