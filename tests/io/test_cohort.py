@@ -148,10 +148,13 @@ def test_missing_columns_and_bad_sheets(tiny_sheet, tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError, match="empty"):
         im.io.read_cohort(empty, sample_key="donor")
-    u16 = tmp_path / "u16.csv"
+    u16 = tiny_sheet.parent / "u16.csv"  # Excel's "Unicode text": UTF-16 with its byte-order mark is read
     u16.write_text(tiny_sheet.read_text(), encoding="utf-16")
-    with pytest.raises(ValueError, match="not UTF-8"):
-        im.io.read_cohort(u16, sample_key="donor")
+    assert im.io.read_cohort(u16, sample_key="donor").n_obs == 18
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match="not a text file"):
+        im.io.read_cohort(binary, sample_key="donor")
     with pytest.raises(TypeError, match="sample_sheet"):
         im.io.read_cohort(42)
     with pytest.raises(ValueError, match="join"):
@@ -250,3 +253,26 @@ def test_cellranger_h5_repeated_symbols_made_unique(tmp_path):
     assert got.var_names.is_unique and got.var_names[-1] == "G0-1"  # scanpy's make-unique rule
     assert abs(got.X - a.X).sum() == 0
     assert got.uns["read_cohort"]["kind"].tolist() == ["10x_h5"]
+
+
+def test_damaged_sample_files_named_with_their_row(tmp_path):
+    a = _tiny(6, GENES, 3)
+    _tenx(tmp_path / "v3", a, v3=True)
+    _tenx(tmp_path / "v2", a, v3=False)
+    pd.DataFrame({"sample": ["a", "b"], "path": ["v3", "v2"]}).to_csv(tmp_path / "s.csv", index=False)
+    mtx = tmp_path / "v3" / "matrix.mtx.gz"
+    mtx.write_bytes(mtx.read_bytes()[:-30])  # gzip cut short
+    with pytest.raises(ValueError, match=r"Could not read row 1 \(sample 'a'.*EOFError"):
+        im.io.read_cohort(tmp_path / "s.csv")
+    pd.DataFrame({"sample": ["b"], "path": ["v2"]}).to_csv(tmp_path / "s.csv", index=False)
+    mm = tmp_path / "v2" / "matrix.mtx"
+    lines = mm.read_text().splitlines()
+    mm.write_text("\n".join(lines[:-3]) + "\n")  # entries lost at a line boundary: the header's count says so
+    with pytest.raises(ValueError, match=r"Could not read row 1 \(sample 'b'.*Truncated file"):
+        im.io.read_cohort(tmp_path / "s.csv")
+    _tenx(tmp_path / "v2b", a, v3=False)
+    genes = tmp_path / "v2b" / "genes.tsv"
+    genes.write_text("\n".join(genes.read_text().splitlines()[:-1]) + "\n")  # one gene line lost
+    pd.DataFrame({"sample": ["c"], "path": ["v2b"]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(ValueError, match=r"Could not read row 1 \(sample 'c'"):
+        im.io.read_cohort(tmp_path / "s.csv")

@@ -29,21 +29,21 @@ def _read_sheet(sample_sheet, id_columns: Sequence[str]) -> tuple[pd.DataFrame, 
         raise TypeError(
             f"`sample_sheet` must be a path to a CSV/TSV file or a pandas DataFrame, got {type(sample_sheet).__name__}."
         )
+    import io
+
+    from ._textfile import check_is_file, decode_text
+
     p = Path(sample_sheet)
-    if p.is_dir():
-        raise ValueError(f"`sample_sheet` must be a CSV/TSV file, got the folder {str(p)!r}. Pass the sheet's path.")
-    if not p.is_file():
-        raise FileNotFoundError(f"Sample sheet not found: {str(p)!r}.")
-    if p.stat().st_size == 0:
-        raise ValueError(f"The sample sheet {str(p)!r} is empty (0 bytes). Expected a header row and one row per sample.")
-    head = p.read_bytes()[:4096]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
-        raise ValueError(
-            f"The sample sheet {str(p)!r} is not UTF-8 text (UTF-16 or binary content). Save it as UTF-8 CSV."
-        )
+    check_is_file(p, "Sample sheet")
+    text, _ = decode_text(p.read_bytes(), p.name, "Sample sheet")  # UTF-8, or UTF-16 with its mark (Excel)
     sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
     # ID columns stay text: '101' must not become 101.0 because another row is empty
-    sheet = pd.read_csv(p, sep=sep, dtype={c: str for c in id_columns})
+    try:
+        sheet = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), sep=sep, dtype={c: str for c in id_columns},
+                            index_col=False)
+    except pd.errors.ParserError as e:
+        raise ValueError(f"The sample sheet {p.name!r} is not a valid {'TSV' if sep == chr(9) else 'CSV'} table: "
+                         f"{e}. Each row needs the header's number of fields.") from None
     return sheet, p.resolve().parent
 
 
@@ -293,7 +293,7 @@ def read_cohort(
         where = f"row {i + 1} (sample {sid!r}, {str(path)!r})"
         try:
             a = _read_one(path, var_names=var_names, layer=layer)
-        except (KeyError, ValueError, OSError) as e:
+        except (KeyError, ValueError, OSError, EOFError) as e:  # truncated/damaged files: named with their row
             raise ValueError(f"Could not read {where}: {type(e).__name__}: {e}") from e
         if a.n_obs == 0:
             raise ValueError(f"{where} holds no cells. Remove the row or fix the file.")
