@@ -14,7 +14,7 @@ STAMP := $(VENV)/.immunomood-installed
 OUTDIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: demo test install docs bench clean
+.PHONY: demo test test-newest install docs bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -35,8 +35,24 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/immunomood demo --outdir $(OUTDIR)
 
+# The whole suite, in two steps: the fast tests, then the slow statistical simulations (marked `slow`).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -m slow $(PYTEST_ARGS)
+
+# The same fast suite on the newest release of every dependency (torch held at TORCH_SPEC, so no
+# CUDA stack is pulled on a CPU machine): catches the next upstream break early. Used by .ci/run.
+NEWEST_VENV ?= .venv-newest
+test-newest:
+	rm -rf $(NEWEST_VENV)
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	echo "$(TORCH_SPEC)" > $(NEWEST_VENV)/torch-constraint.txt
+	$(NEWEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	PIP_CONSTRAINT=$(NEWEST_VENV)/torch-constraint.txt $(NEWEST_VENV)/bin/python -m pip install -q --upgrade \
+		--upgrade-strategy eager -e ".[test]"
+	$(NEWEST_VENV)/bin/python -m pip list --format=freeze > $(NEWEST_VENV)/versions.txt
+	@echo "newest dependencies:"; grep -iE "^(anndata|scanpy|scvi-tools|scipy|numpy|pandas|pynndescent|pydeseq2|mudata|scikit-learn|numba|torch)==" $(NEWEST_VENV)/versions.txt
+	$(NEWEST_VENV)/bin/python -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
@@ -45,4 +61,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py --suite quick
 
 clean:
-	rm -rf $(VENV) docs/_build $(OUTDIR)
+	rm -rf $(VENV) $(NEWEST_VENV) docs/_build $(OUTDIR)
