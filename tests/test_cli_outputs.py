@@ -134,3 +134,19 @@ def test_sheet_with_nan_condition_refused_before_any_work(tmp_path, data_dir):
     with pytest.raises(ConfigError, match=r"column 'condition' is empty or NaN in row\(s\) \[3\]"):
         run_pipeline(cfg)
     assert not out.exists()
+
+
+def test_h5ad_with_missing_ids_refused_before_any_work(tmp_path, tiny_counts):
+    from immunomood._config import ConfigError
+
+    a = tiny_counts.copy()
+    a.obs["donor"] = a.obs["sample"].astype(str)
+    a.obs["condition"] = a.obs["condition"].astype(object)
+    a.obs.iloc[:4, a.obs.columns.get_loc("condition")] = np.nan
+    a.write_h5ad(tmp_path / "c.h5ad")
+    out = tmp_path / "out"
+    cfg = parse_config({"input": {"h5ad": str(tmp_path / "c.h5ad"), "sample_key": "donor"},
+                        "integrate": {"enabled": False}, "output": {"outdir": str(out)}}, tmp_path / "c.toml")
+    with pytest.raises(ConfigError, match=r"column 'condition' of c.h5ad is missing for 4 cells \(e.g. \['cell0'"):
+        run_pipeline(cfg)
+    assert not out.exists()

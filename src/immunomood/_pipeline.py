@@ -139,24 +139,22 @@ def validate_inputs(cfg: Config) -> None:
             missing = [c for c in needed if c not in obs.columns]
             if missing:
                 problems.append(f"[input] columns {missing} not found in {p.name} obs. Available: {list(obs.columns)}")
+            for c in [c for c in needed if c in obs.columns]:
+                na = obs[c].isna() | obs[c].astype(str).str.strip().isin(["", "nan", "NaN", "None"])
+                if na.any():
+                    problems.append(f"[input] column {c!r} of {p.name} is missing for {int(na.sum())} cells (e.g. "
+                                    f"{obs.index[na][:3].tolist()}): fill it in or remove those cells (a missing ID "
+                                    "is never turned into a group called 'nan')")
     else:
         p = cfg.resolve(inp["sample_sheet"])
         if not p.is_file():
             problems.append(f"[input] sample_sheet not found: {p}")
         else:
-            sheet = pd.read_csv(p)
-            missing = [c for c in ["path"] + needed if c not in sheet.columns]
-            if missing:
-                problems.append(f"[input] columns {missing} missing from the sample sheet {p.name}. "
-                                f"Available: {list(sheet.columns)}")
-            if "path" in sheet.columns:
-                for sp in sheet["path"]:
-                    q = cfg.resolve(str(sp))
-                    if not q.exists():
-                        problems.append(f"[input] sample path listed in {p.name} not found: {q}")
-            if inp["sample_key"] in sheet.columns and sheet[inp["sample_key"]].duplicated().any():
-                dup = sheet.loc[sheet[inp["sample_key"]].duplicated(), inp["sample_key"]].tolist()
-                problems.append(f"[input] duplicated sample IDs in the sample sheet: {dup[:5]}")
+            # the same checks as im.io.read_cohort (paths relative to the sheet's folder)
+            from .io._cohort import check_sample_sheet
+
+            problems += [f"[input] sample sheet {p.name}: {m}" for m in check_sample_sheet(
+                p, sample_key=inp["sample_key"], required_columns=needed[1:])]
     pr = cfg["proteomics"]
     if pr["path"] is not None:
         q = cfg.resolve(pr["path"])
