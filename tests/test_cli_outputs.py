@@ -150,3 +150,18 @@ def test_h5ad_with_missing_ids_refused_before_any_work(tmp_path, tiny_counts):
     with pytest.raises(ConfigError, match=r"column 'condition' of c.h5ad is missing for 4 cells \(e.g. \['cell0'"):
         run_pipeline(cfg)
     assert not out.exists()
+
+
+def test_missing_counts_layer_named(tmp_path, tiny_counts):
+    from immunomood._config import ConfigError
+    from immunomood._pipeline import Checkpoints, stage_load
+
+    a = tiny_counts.copy()
+    a.obs["donor"] = a.obs["sample"].astype(str)
+    a.layers["raw"] = a.X.copy()
+    a.write_h5ad(tmp_path / "c.h5ad")
+    cfg = parse_config({"input": {"h5ad": str(tmp_path / "c.h5ad"), "sample_key": "donor", "counts_layer": "counts"},
+                        "integrate": {"enabled": False}, "output": {"outdir": str(tmp_path / "out")}},
+                       tmp_path / "c.toml")
+    with pytest.raises(ConfigError, match=r"counts_layer 'counts' is not a layer of c.h5ad. Layers present: \['raw'\]"):
+        stage_load(cfg, Checkpoints(tmp_path / "out"), cfg.stage_hash("load"), {})

@@ -199,6 +199,10 @@ def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     if inp["h5ad"] is not None:
         adata = ad.read_h5ad(cfg.resolve(inp["h5ad"]))
         if inp["counts_layer"]:
+            if inp["counts_layer"] not in adata.layers:
+                raise ConfigError(f"[input] counts_layer {inp['counts_layer']!r} is not a layer of "
+                                  f"{cfg.resolve(inp['h5ad']).name}. Layers present: {list(adata.layers)} "
+                                  "(leave counts_layer out when X holds the raw counts).")
             adata.X = adata.layers[inp["counts_layer"]].copy()
         _check_complete(adata.obs, ids, cfg.resolve(inp["h5ad"]).name)
     else:

@@ -196,6 +196,15 @@ def test_10x_folder_missing_genes_or_features_names_the_file(tmp_path, monkeypat
     msg = str(e.value)
     assert "row 1 (sample 'a')" in msg and "lacks ['features.tsv.gz']" in msg
     assert "row 2 (sample 'b')" in msg and "lacks ['genes.tsv']" in msg
+    # v3 files left uncompressed: the fix is named
+    for f in ("matrix.mtx.gz", "barcodes.tsv.gz"):
+        with gzip.open(tmp_path / "v3" / f, "rb") as src:
+            (tmp_path / "v3" / f[:-3]).write_bytes(src.read())
+        (tmp_path / "v3" / f).unlink()
+    (tmp_path / "v3" / "features.tsv").write_text("ENSG1\tG0\tGene Expression\n")
+    with pytest.raises(ValueError, match=r"row 1 \(sample 'a'\).*lacks \['matrix.mtx.gz', 'features.tsv.gz', "
+                                         r"'barcodes.tsv.gz'\].*gzip matrix.mtx features.tsv barcodes.tsv"):
+        im.io.read_cohort(tmp_path / "sheet.csv")
 
 
 def test_join_exact_inner_outer(tmp_path):

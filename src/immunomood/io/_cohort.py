@@ -50,6 +50,10 @@ def _read_sheet(sample_sheet, id_columns: Sequence[str]) -> tuple[pd.DataFrame, 
 def _tenx_files(folder: Path) -> tuple[list[str], str | None]:
     """(missing files, layout) of a 10x matrix folder, with scanpy's rules: ``genes.tsv`` present means the v2
     layout (matrix.mtx, genes.tsv, barcodes.tsv), otherwise v3 (matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz)."""
+    if (folder / "features.tsv").is_file() and not (folder / "features.tsv.gz").is_file():
+        # v3 files left uncompressed: scanpy reads the v3 layout gzipped only
+        return [f"{f}.gz" for f in ("matrix.mtx", "features.tsv", "barcodes.tsv")
+                if not (folder / f"{f}.gz").is_file()], "v3 uncompressed"
     if (folder / "genes.tsv").is_file():
         need, layout = ["matrix.mtx", "genes.tsv", "barcodes.tsv"], "v2"
     elif any((folder / f).is_file() for f in ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")):
@@ -121,6 +125,8 @@ def _validate_sheet(sheet: pd.DataFrame, base: Path, *, sample_key: str, path_co
             if missing:
                 lay = {"v2": "10x v2 layout: matrix.mtx, genes.tsv, barcodes.tsv",
                        "v3": "10x v3 layout: matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz",
+                       "v3 uncompressed": "10x v3 files are read gzipped: run `gzip matrix.mtx features.tsv "
+                                          "barcodes.tsv` in that folder",
                        None: "a 10x folder holds matrix.mtx + genes.tsv + barcodes.tsv (v2) or their v3 "
                              "gzipped versions with features.tsv.gz"}[layout]
                 present = sorted(x.name for x in q.iterdir())[:10]
