@@ -190,6 +190,18 @@ def _threads(n_jobs: int, backends: Sequence[str]) -> Iterator[int]:
         yield n
 
 
+def uses_threads(func):
+    """Decorator: run ``func`` under :meth:`Settings.threads` (``im.settings.n_jobs`` threads for BLAS, numba, torch)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with settings.threads():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 def progress(iterable: Iterable | None = None, *, desc: str | None = None, total: int | None = None,
              unit: str = "it", **kwargs: Any):
     """A tqdm progress bar over ``iterable`` (or a manual one with ``total=``), shown if ``settings.progress``.

@@ -27,12 +27,28 @@ _SYMBOL_COLUMN_CANDIDATES = (
 )
 
 
-def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 3) -> None:
-    """Warn pointing at the user's line (two frames above the caller by default) and log it.
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of ``warnings.warn`` (called from :func:`warn`) that points at the first frame outside
+    immunomood, whatever wrappers (decorators, helpers) stand between the user's line and the warning."""
+    import sys
+
+    frame, level = sys._getframe(2), 2  # 1 = warn's caller as seen from warnings.warn inside warn
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int | None = None) -> None:
+    """Warn pointing at the user's line (the first frame outside immunomood, by default) and log it.
 
     The warning is marked as logged, so that the command line (``_settings.warnings_to_logger``) shows it once.
     """
     logger.warning(message)
+    if stacklevel is None:
+        stacklevel = _user_stacklevel()
     warnings.warn(mark_logged(category(message)), stacklevel=stacklevel)
 
 
@@ -50,7 +66,7 @@ def record_problem(adata: Any, message: str, *, warn_user: bool = True) -> None:
         problems.append(message)
     adata.uns[PROBLEMS_KEY] = problems
     if warn_user:
-        warn(message, stacklevel=4)
+        warn(message)
 
 
 # ----------------------------------------------------------------------------------------------

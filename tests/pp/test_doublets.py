@@ -46,8 +46,12 @@ def two_samples_and_small():
 def test_detect_doublets_per_sample(two_samples_and_small):
     adata = two_samples_and_small.copy()
     X_before = adata.X.copy()
-    with pytest.warns(UserWarning, match=r"Doublets not scored in sample\(s\): tiny \(17 cells"):
+    with pytest.warns(UserWarning, match=r"Doublets not scored in 1 of 3 sample\(s\): tiny \(17 cells") as rec:
         im.pp.detect_doublets(adata, sample_key="sample")
+    assert any(w.filename == __file__ for w in rec)  # the warning points at the caller's line
+    # the unscored sample is a line of the report's summary, not only a log line
+    problems = adata.uns["immunomood_problems"]
+    assert len(problems) == 1 and "tiny (17 cells" in problems[0]
     assert (adata.X != X_before).nnz == 0  # X never modified
     obs = adata.obs
     assert obs["doublet_score"].dtype == np.float64 and obs["predicted_doublet"].dtype == bool
@@ -91,3 +95,12 @@ def test_detect_doublets_inplace_false_and_errors(two_samples_and_small):
         im.pp.detect_doublets(neg, sample_key="sample")
     with pytest.raises(ValueError, match="empty"):
         im.pp.detect_doublets(adata[:0].copy(), sample_key="sample")
+
+
+def test_detect_doublets_refuses_log_normalised(two_samples_and_small):
+    adata = two_samples_and_small.copy()
+    adata.X = adata.X.astype(np.float32)
+    adata.X.data = np.log1p(adata.X.data * 1.37)
+    with pytest.raises(ValueError, match="needs raw counts"):
+        im.pp.detect_doublets(adata, sample_key="sample")
+    assert "doublet_score" not in adata.obs

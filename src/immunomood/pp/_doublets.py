@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._docs import doc_adata, doc_inplace, doc_layer, doc_params, doc_random_state
-from .._settings import logger
+from .._settings import logger, progress, uses_threads
 from .._utils import (
     check_adata,
     check_counts,
@@ -27,6 +27,7 @@ MIN_CELLS_DOUBLETS = 30
 
 
 @doc_params(adata=doc_adata, layer=doc_layer, random_state=doc_random_state, inplace=doc_inplace)
+@uses_threads
 def detect_doublets(
     adata: AnnData,
     *,
@@ -88,7 +89,7 @@ def detect_doublets(
     score = np.full(adata.n_obs, np.nan, dtype=np.float64)
     pred = np.zeros(adata.n_obs, dtype=bool)
     rows, skipped, no_threshold = [], [], []
-    for s, sample in enumerate(samples):
+    for s, sample in enumerate(progress(samples, desc="doublets (scrublet per sample)", unit="sample")):
         idx = np.flatnonzero(codes == s)
         if idx.size < min_cells:
             skipped.append(f"{sample} ({idx.size} cells < min_cells={min_cells})")

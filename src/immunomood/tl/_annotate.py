@@ -36,6 +36,7 @@ from scipy import sparse
 
 from .._docs import doc_adata, doc_layer, doc_params, doc_random_state
 from .._neighbors import neighbors
+from .._settings import uses_threads
 from .._utils import (
     check_adata,
     check_layer,
@@ -585,6 +586,7 @@ def _t_subsets(
 # public
 # ----------------------------------------------------------------------------------------------
 @doc_params(adata=doc_adata, layer=doc_layer, random_state=doc_random_state)
+@uses_threads
 def annotate(
     adata: AnnData,
     *,

@@ -6,7 +6,7 @@ from anndata import AnnData
 
 from .._docs import doc_adata, doc_params, doc_random_state
 from .._neighbors import neighbors
-from .._settings import logger
+from .._settings import logger, settings
 from .._utils import check_adata, check_int, check_not_view, check_number, check_random_state, resolve_random_state
 
 
@@ -61,7 +61,10 @@ def embed(
     n_neighbors = check_int("n_neighbors", n_neighbors, min=2, fix="Typical values are 10-30.")
     check_random_state(random_state)
     seed = resolve_random_state(random_state)
-    neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
-    sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
-    sc.tl.umap(adata, random_state=seed)
+    with settings.threads():
+        neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
+        sc.tl.leiden(
+            adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed
+        )
+        sc.tl.umap(adata, random_state=seed)
     logger.info("embed: %d Leiden clusters on %s", adata.obs["leiden"].nunique(), use_rep)

@@ -15,7 +15,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._docs import doc_adata, doc_params, doc_random_state
-from .._settings import logger
+from .._settings import logger, progress, settings
 from .._utils import (
     check_adata,
     check_bool,
@@ -266,27 +266,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _torch_threads:
-    """Use ``im.settings.n_jobs`` torch CPU threads while training (``-1``: leave torch's default), then restore."""
-
-    def __init__(self, n_jobs: int):
-        self.n = int(n_jobs)
-
-    def __enter__(self):
-        import torch
-
-        self.old = torch.get_num_threads()
-        if self.n > 0:
-            torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.old)
-        return False
-
-
 # ----------------------------------------------------------------------------------------------
 # the fast path: data resident on the device, a compact loop over the SCVI module
 # ----------------------------------------------------------------------------------------------
@@ -407,7 +386,9 @@ def _fast_train(model, *, sched: TrainingDefaults, device, random_state: int, ea
 
     history: dict[str, list[float]] = {"elbo_train": [], "elbo_validation": [], "kl_weight": []}
     best, wait, epochs_run, stopped = math.inf, 0, 0, False
+    bar = progress(total=sched.max_epochs, desc="scVI epochs", unit="epoch")
     for epoch in range(sched.max_epochs):
+        bar.update(1)
         kl_weight = min(1.0, epoch / sched.n_epochs_kl_warmup) if sched.n_epochs_kl_warmup else 1.0
         module.train()
         perm = train_t.index_select(0, torch.randperm(n_train, generator=gen, device=device))
@@ -440,6 +421,7 @@ def _fast_train(model, *, sched: TrainingDefaults, device, random_state: int, ea
                         break
             elif val < best:
                 best = val
+    bar.close()
     module.eval()
     model.is_trained_ = True
     model.train_indices, model.validation_indices, model.test_indices = train_idx, val_idx, np.array([], dtype=int)
@@ -523,8 +505,9 @@ def integrate(
     standard path; scvi-tools then disables early stopping; run from a script, not a notebook). On CPU
     training always runs in one process. The fast path uses one device.
 
-    **Threads.** CPU training uses ``im.settings.n_jobs`` torch threads (default 1; ``-1``: torch's
-    default), restored afterwards.
+    **Threads and progress.** CPU training uses ``im.settings.n_jobs`` threads (torch, BLAS and numba,
+    through :meth:`immunomood.settings.threads`; default 1; ``-1``: all cores), restored afterwards.
+    Epochs show a progress bar when ``im.settings.progress`` is on.
 
     **Reproducibility.** The same ``random_state`` on CPU gives the identical embedding (seeds numpy,
     torch and Lightning through ``scvi.settings.seed``, deterministic torch algorithms, no DataLoader
@@ -594,9 +577,7 @@ def integrate(
 
     import scvi
 
-    from .._settings import settings
-
-    with _torch_threads(settings.n_jobs):
+    with settings.threads():
         return _integrate_impl(
             adata, scvi=scvi, batch_key=batch_key, layer=layer, categorical_covariates=categorical_covariates,
             continuous_covariates=continuous_covariates, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden,
@@ -633,7 +614,7 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
         epochs_run, early_stopped = info["epochs_run"], info["early_stopped"]
     else:
         trainer_kwargs: dict[str, Any] = {
-            "enable_progress_bar": False,
+            "enable_progress_bar": bool(settings.progress),  # Lightning's bar, switched by im.settings.progress
             "enable_model_summary": False,
             "early_stopping_patience": sched.early_stopping_patience,
             "early_stopping_warmup_epochs": sched.n_epochs_kl_warmup,
