@@ -187,6 +187,12 @@ def test_10x_folder_missing_genes_or_features_names_the_file(tmp_path, monkeypat
     pd.DataFrame({"sample": ["a", "b"], "path": ["v3", "v2"]}).to_csv(tmp_path / "sheet.csv", index=False)
     ok = im.io.read_cohort(tmp_path / "sheet.csv", var_names="gene_ids")
     assert ok.var_names[0] == "ENSG00000000000" and ok.var["gene_symbols"].iloc[0] == "G0"
+    # the rest of the package finds the symbols on its own (QC, scoring, annotation, coverage)
+    from immunomood._utils import gene_symbols
+
+    assert gene_symbols(ok).tolist() == GENES
+    cov = im.io.gene_coverage(ok, markers=None, gene_sets={"s": ["G1", "G2", "NOPE"]}, inplace=False)
+    assert cov["n_found"].item() == 2
     assert ok.n_obs == 8
     (tmp_path / "v3" / "features.tsv.gz").unlink()
     (tmp_path / "v2" / "genes.tsv").unlink()
