@@ -40,6 +40,9 @@ def _objects() -> dict:
         norm = adata.copy()
         im.pp.normalize(norm)
         norm.obs["cell_type"] = norm.obs["cell_type_true"].astype("category")
+        hv = np.zeros(norm.n_vars, dtype=bool)
+        hv[np.argsort(-np.asarray(norm.layers["counts"].sum(0)).ravel())[:200]] = True
+        norm.var["highly_variable"] = hv  # a bad value scVI accepts trains on 200 genes, not 13,701
         out["norm"] = norm
         emb = norm.copy()
         emb.obsm["X_pca"] = np.random.default_rng(0).normal(size=(emb.n_obs, 10)).astype(np.float32)
@@ -336,3 +339,99 @@ if __name__ == "__main__":  # pragma: no cover - the probe's count
     for c, r in results:
         if r != "clear":
             print(f"  {c[0]} {c[2]!r}: {r}")
+
+
+# ---------------------------------------------------------------------------------------------- the CLI's config
+CONFIG_CASES = [
+    ({"qc": {"nmads": -1}}, r"\[qc\] nmads must be a number > 0, got -1"),
+    ({"qc": {"nmads": "5"}}, r"\[qc\] nmads must be int/float, got str '5'"),
+    ({"qc": {"mt_nmads": 0}}, r"\[qc\] mt_nmads must be a number > 0, got 0"),
+    ({"qc": {"max_pct_mt": 200}}, r"\[qc\] max_pct_mt must be a number >= 0 and <= 100, got 200"),
+    ({"qc": {"min_cells_per_sample": -1}}, r"\[qc\] min_cells_per_sample must be an integer >= 0, got -1"),
+    ({"qc": {"n_top_genes": 0}}, r"\[qc\] n_top_genes must be an integer >= 1, got 0"),
+    ({"qc": {"n_top_genes": 500.5}}, r"\[qc\] n_top_genes must be int, got float 500.5"),
+    ({"integrate": {"n_latent": 0}}, r"\[integrate\] n_latent must be an integer >= 1, got 0"),
+    ({"integrate": {"max_epochs": -3}}, r"\[integrate\] max_epochs must be an integer >= 1, got -3"),
+    ({"integrate": {"accelerator": "tpu"}}, r"\[integrate\] accelerator must be one of .*got 'tpu'"),
+    ({"integrate": {"devices": 0}}, r"\[integrate\] devices must be an integer >= 1 \(or -1\), got 0"),
+    ({"integrate": {"devices": "two"}}, r"\[integrate\] devices must be 'auto'"),
+    ({"annotate": {"markers": "blod"}}, r"\[annotate\] markers must be one of .*'blood'.*Did you mean 'blood'"),
+    ({"annotate": {"min_confidence": 1.5}}, r"\[annotate\] min_confidence must be a number >= 0 and <= 1"),
+    ({"annotate": {"resolution": 1.0}}, r"\[annotate\] resolution was accepted and ignored .*Remove the line"),
+    ({"score": {"gene_sets": ["complemnt"]}}, r"'complemnt' is not a known gene-set collection. Did you mean "
+                                              r"'complement'"),
+    ({"score": {"gene_sets": []}}, r"\[score\] gene_sets must name at least one"),
+    ({"differential": {"min_cells": 0}}, r"\[differential\] min_cells must be an integer >= 1, got 0"),
+    ({"differential": {"groupby": ""}}, r"\[differential\] groupby must name a column"),
+    ({"proteomics": {"max_below_lod": 2}}, r"\[proteomics\] max_below_lod must be a number >= 0 and <= 1, got 2"),
+    ({"proteomics": {"biomarker_repeats": 0}}, r"\[proteomics\] biomarker_repeats must be an integer >= 1, got 0"),
+    ({"proteomics": {"platform": "excel"}}, r"\[proteomics\] platform must be .*got 'excel'"),
+    ({"proteomics": {"association_method": "kendall"}}, r"association_method must be .*got 'kendall'"),
+    ({"compute": {"n_jobs": 0}}, r"\[compute\] n_jobs must be an integer >= 1 \(or -1\), got 0"),
+    ({"compute": {"n_jobs": "all"}}, r"\[compute\] n_jobs must be int, got str"),
+    ({"output": {"random_state": -1}}, r"\[output\] random_state must be an integer >= 0"),
+    ({"input": {"covariates": [1]}}, r"\[input\] covariates must be a list of column names"),
+    ({"qc": {"nmad": 4}}, r"unknown key 'nmad' in \[qc\].*Did you mean 'nmads'"),
+]
+
+
+@pytest.mark.parametrize(("over", "match"), CONFIG_CASES, ids=[m[:40] for _, m in CONFIG_CASES])
+def test_config_values_refused_before_any_work(over, match):
+    from immunomood._config import ConfigError, parse_config
+
+    raw = {"input": {"h5ad": "cohort.h5ad"}}
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw)
+
+
+def test_config_n_jobs_sets_settings_and_defaults_to_one():
+    from immunomood._config import parse_config
+
+    assert parse_config({"input": {"h5ad": "x.h5ad"}})["compute"]["n_jobs"] == 1
+    assert parse_config({"input": {"h5ad": "x.h5ad"}, "compute": {"n_jobs": -1}})["compute"]["n_jobs"] == -1
+
+
+@pytest.fixture(scope="module")
+def small_h5ad(tmp_path_factory, objects):
+    d = tmp_path_factory.mktemp("cfg_inputs")
+    a = objects["raw"][:, :300].copy()
+    a.write_h5ad(d / "cohort.h5ad")
+    return d / "cohort.h5ad"
+
+
+@pytest.mark.parametrize(("over", "match"), [
+    ({"qc": {"n_top_genes": 2000}}, r"\[qc\] n_top_genes must be at most the number of genes of the input \(300\), "
+                                    r"got 2000"),
+    ({"differential": {"groupby": "celltype"}}, r"\[differential\] groupby 'celltype' will not exist.*'cell_type'"),
+    ({"output": {"outdir": "@file/out"}}, r"\[output\] outdir .* cannot be created: .* is a file, not a folder"),
+    ({"output": {"outdir": "@file"}}, r"\[output\] outdir .* exists and is a file"),
+])
+def test_config_checked_against_the_input_before_any_work(tmp_path, small_h5ad, over, match):
+    from immunomood._config import ConfigError, parse_config
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    raw = {"input": {"h5ad": str(small_h5ad), "batch_key": "batch"}, "qc": {"n_top_genes": 100},
+           "output": {"outdir": str(tmp_path / "out")}}
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update({k: (str(blocker) + v[5:] if isinstance(v, str) and v.startswith("@file")
+                                            else v) for k, v in kv.items()})
+    cfg = parse_config(raw, tmp_path / "config.toml")
+    with pytest.raises(ConfigError, match=match):
+        run_pipeline_ = __import__("immunomood._pipeline", fromlist=["run_pipeline"]).run_pipeline
+        run_pipeline_(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unwritable_outdir_is_a_clear_error(tmp_path, small_h5ad):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[input]\nh5ad = "{small_h5ad}"\nbatch_key = "batch"\n[qc]\nn_top_genes = 100\n'
+                   f'[output]\noutdir = "{blocker}/out"\n')
+    r = subprocess.run([sys.executable, "-m", "immunomood.cli", "run", str(cfg)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "outdir" in r.stderr and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr

@@ -44,8 +44,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
     },
     "annotate": {
         "markers": ("blood", (str,), "Marker resource."),
-        "min_confidence": (0.5, (int, float), "Below this confidence a cell is 'Unassigned'."),
-        "resolution": (1.0, (int, float), "Leiden resolution of the clustering used for smoothing."),
+        "min_confidence": (0.5, (int, float), "Below this confidence a cell is 'Unassigned' (0-1)."),
     },
     "score": {
         "gene_sets": (["complement", "kynurenine", "interferon_alpha", "inflammatory"], (list,),
@@ -64,6 +63,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "max_below_lod": (0.5, (int, float), "Assays with a larger share below LOD are removed."),
         "association_method": ("spearman", (str,), "'spearman' or 'pearson'."),
         "biomarker_repeats": (20, (int,), "Repeats of the stratified cross-validation of the biomarker panel."),
+    },
+    "compute": {
+        "n_jobs": (1, (int,), "Worker threads for parallel steps (im.settings.n_jobs; -1: all cores)."),
     },
     "output": {
         "outdir": ("immunomood_out", (str,), "Folder for checkpoints, report and log (relative to the config)."),
@@ -86,6 +88,106 @@ STAGE_SECTIONS = {
 
 class ConfigError(ValueError):
     """A bad configuration: raised before any work is done."""
+
+
+#: keys that were in the schema once, with what to do about them (an old config gets this instead of "unknown key")
+REMOVED_KEYS: dict[tuple[str, str], str] = {
+    ("annotate", "resolution"): "[annotate] resolution was accepted and ignored by earlier versions (im.tl.annotate "
+                                "has no resolution parameter: its clustering is chosen from the data). Remove the "
+                                "line; results do not change.",
+}
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _known_markers() -> list[str]:
+    from importlib import resources
+
+    base = resources.files("immunomood").joinpath("resources", "markers")
+    return sorted(p.name[:-5] for p in base.iterdir() if p.name.endswith(".json"))
+
+
+def _suggest(value: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _num(val: Any) -> bool:
+    return isinstance(val, (int, float)) and not isinstance(val, bool)
+
+
+def _range(sec: str, key: str, val: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           integer: bool = False, extra: tuple = (), fix: str = "") -> str | None:
+    """A problem with a number of the config ("[sec] key must be ..., got ... . fix"), or None."""
+    if val is None or not _num(val) or val in extra:
+        return None
+    import math
+
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    expected = ("an integer " if integer else "a number ") + " and ".join(parts)
+    if extra:
+        expected += f" (or {', '.join(map(str, extra))})"
+    bad = (not math.isfinite(val) or (lo is not None and (val <= lo if lo_open else val < lo))
+           or (hi is not None and val > hi))
+    if bad:
+        return f"[{sec}] {key} must be {expected}, got {val!r}.{(' ' + fix) if fix else ''}"
+    return None
+
+
+def _check_values(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Ranges and choices of every key (types are checked already)."""
+    q, ig, an, pr, d = data["qc"], data["integrate"], data["annotate"], data["proteomics"], data["differential"]
+    out = [
+        _range("qc", "nmads", q["nmads"], 0, lo_open=True, fix="Typical values are 3 to 5."),
+        _range("qc", "mt_nmads", q["mt_nmads"], 0, lo_open=True, fix="Typical values are 3 to 5."),
+        _range("qc", "max_pct_mt", q["max_pct_mt"], 0, 100, fix="It is a percentage (e.g. 20); omit it for no limit."),
+        _range("qc", "min_cells_per_sample", q["min_cells_per_sample"], 0, integer=True),
+        _range("qc", "n_top_genes", q["n_top_genes"], 1, integer=True, fix="Usually 2000."),
+        _range("integrate", "n_latent", ig["n_latent"], 1, integer=True, fix="Usually 10-30."),
+        _range("integrate", "max_epochs", ig["max_epochs"], 1, integer=True,
+               fix="Omit it for the size-based default."),
+        _range("integrate", "devices", ig["devices"], 1, integer=True, extra=(-1,)),
+        _range("annotate", "min_confidence", an["min_confidence"], 0, 1),
+        _range("differential", "min_cells", d["min_cells"], 1, integer=True, fix="Usually 10."),
+        _range("proteomics", "max_below_lod", pr["max_below_lod"], 0, 1, fix="It is a share (e.g. 0.5)."),
+        _range("proteomics", "biomarker_repeats", pr["biomarker_repeats"], 1, integer=True, fix="Usually 10-50."),
+        _range("compute", "n_jobs", data["compute"]["n_jobs"], 1, integer=True, extra=(-1,),
+               fix="Use -1 for all cores."),
+        _range("output", "random_state", data["output"]["random_state"], 0, 2**32 - 1, integer=True),
+    ]
+    if ig["accelerator"] not in ACCELERATORS:
+        out.append(f"[integrate] accelerator must be one of {list(ACCELERATORS)}, got {ig['accelerator']!r}.")
+    if isinstance(ig["devices"], str) and ig["devices"] != "auto" and not all(
+            x.strip().isdigit() for x in ig["devices"].split(",")):
+        out.append(f"[integrate] devices must be 'auto', a count or a list of GPU ids such as '0,1', "
+                   f"got {ig['devices']!r}.")
+    markers = _known_markers()
+    if an["markers"] not in markers:
+        out.append(f"[annotate] markers must be one of the packaged marker resources {markers}, got "
+                   f"{an['markers']!r}.{_suggest(an['markers'], markers)}")
+    from .tl._gene_sets import known_gene_sets
+
+    known = known_gene_sets()
+    gs = data["score"]["gene_sets"]
+    if not gs:
+        out.append(f"[score] gene_sets must name at least one gene-set collection ({known}), got [].")
+    for g in gs:
+        if not isinstance(g, str) or g not in known:
+            out.append(f"[score] gene_sets: {g!r} is not a known gene-set collection.{_suggest(str(g), known)} "
+                       f"Known: {known}.")
+    for sec, key in (("input", "covariates"),):
+        bad = [c for c in data[sec][key] if not isinstance(c, str)]
+        if bad:
+            out.append(f"[{sec}] {key} must be a list of column names (strings), got {data[sec][key]!r}.")
+    if not d["groupby"]:
+        out.append("[differential] groupby must name a column, got ''.")
+    return [p for p in out if p]
 
 
 @dataclass
@@ -138,8 +240,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
             problems.append(f"[{sec}] must be a table of keys")
             continue
         for key, val in values.items():
+            if (sec, key) in REMOVED_KEYS:
+                problems.append(REMOVED_KEYS[(sec, key)])
+                continue
             if key not in SCHEMA[sec]:
-                problems.append(f"unknown key {key!r} in [{sec}] (known: {', '.join(SCHEMA[sec])})")
+                problems.append(f"unknown key {key!r} in [{sec}] (known: {', '.join(SCHEMA[sec])})"
+                                f"{_suggest(str(key), list(SCHEMA[sec]))}")
                 continue
             types = SCHEMA[sec][key][1]
             if isinstance(val, bool) and bool not in types:
@@ -155,9 +261,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     if (inp["h5ad"] is None) == (inp["sample_sheet"] is None):
         problems.append("[input] needs exactly one of `h5ad` or `sample_sheet`")
     if data["proteomics"]["platform"] not in ("auto", "olink", "somascan", "h5ad"):
-        problems.append("[proteomics] platform must be 'auto', 'olink', 'somascan' or 'h5ad'")
+        problems.append("[proteomics] platform must be 'auto', 'olink', 'somascan' or 'h5ad', got "
+                        f"{data['proteomics']['platform']!r}")
     if data["proteomics"]["association_method"] not in ("spearman", "pearson"):
-        problems.append("[proteomics] association_method must be 'spearman' or 'pearson'")
+        problems.append("[proteomics] association_method must be 'spearman' or 'pearson', got "
+                        f"{data['proteomics']['association_method']!r}")
+    problems += _check_values(data)  # values of the wrong type were not taken: they cannot confuse these checks
     if problems:
         where = f" in {path}" if path else ""
         raise ConfigError("Invalid configuration" + where + ":\n  - " + "\n  - ".join(problems))

@@ -41,10 +41,93 @@ def versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------
 # checkpoints
 # ----------------------------------------------------------------------------------------------
+def _sha256(path: Path, cache: dict[str, Any]) -> str:
+    """Content hash of a file, reused from ``cache`` while its size and mtime are unchanged."""
+    import hashlib
+
+    st = path.stat()
+    key = str(path.resolve())
+    hit = cache.get(key)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    return cache[key]["sha256"]
+
+
+def _describe(path: Path, cache: dict[str, Any]) -> list[dict[str, Any]]:
+    """Size, mtime and content hash of a file, or of every file of a folder (a 10x matrix folder)."""
+    files = sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
+    out = []
+    for q in files:
+        st = q.stat()
+        out.append({"path": str(q), "size": st.st_size, "mtime": st.st_mtime, "sha256": _sha256(q, cache)})
+    return out
+
+
+def input_fingerprints(cfg: Config) -> dict[str, dict[str, Any]]:
+    """What each stage's result depends on outside the config: the input files (content hashes).
+
+    ``{"input": ..., "proteomics": ...}``: the input .h5ad, or the sample sheet and every file it lists; the
+    proteomics file when configured. Hashes are cached in ``<outdir>/checkpoints/input_hashes.json`` and reused
+    while a file's size and modification time are unchanged, so a resume does not reread large inputs.
+    """
+    cache_file = cfg.outdir / "checkpoints" / "input_hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        cache = {}
+    inp = cfg["input"]
+    files: list[dict[str, Any]] = []
+    if inp["h5ad"] is not None:
+        files += _describe(cfg.resolve(inp["h5ad"]), cache)
+    else:
+        from .io._cohort import _read_sheet
+
+        sheet_path = cfg.resolve(inp["sample_sheet"])
+        files += _describe(sheet_path, cache)
+        sheet, base = _read_sheet(sheet_path, [inp["sample_key"]])
+        for sp in sheet["path"]:  # paths relative to the sheet's folder, as im.io.read_cohort reads them
+            q = Path(str(sp)).expanduser()
+            files += _describe(q if q.is_absolute() else base / q, cache)
+    out: dict[str, dict[str, Any]] = {"input": {"files": files}}
+    if cfg["proteomics"]["path"] is not None:
+        out["proteomics"] = {"files": _describe(cfg.resolve(cfg["proteomics"]["path"]), cache)}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, cache_file)
+    except OSError:  # pragma: no cover - a cache only
+        pass
+    return out
+
+
+def _stage_inputs(stage: str, fingerprints: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Content hashes of the inputs that ``stage`` (and every stage before it) read."""
+    idx = STAGES.index(stage)
+    out = {}
+    for name, first_stage in (("input", "load"), ("proteomics", "proteomics")):
+        if name in fingerprints and idx >= STAGES.index(first_stage):
+            out[name] = ";".join(f"{f['size']}:{f['sha256']}" for f in fingerprints[name]["files"])
+    return out
+
+
 class Checkpoints:
-    def __init__(self, outdir: Path):
+    """Atomic stage checkpoints under ``<outdir>/checkpoints/``.
+
+    A checkpoint is valid for a resume when it carries the current config hash *and* the content hashes of the
+    input files its stage depends on (``inputs``, from :func:`input_fingerprints`): a changed input .h5ad, sample
+    sheet, sample file or proteomics file makes the stages that read it, and every later stage, run again.
+    """
+
+    def __init__(self, outdir: Path, inputs: dict[str, dict[str, Any]] | None = None):
         self.root = outdir / "checkpoints"
         self.tmp = self.root / ".tmp"
+        self.inputs = inputs
 
     def clean_stale(self) -> None:
         """Remove leftovers of an interrupted stage (never a complete checkpoint)."""
@@ -65,22 +148,35 @@ class Checkpoints:
 
     def valid(self, stage: str, config_hash: str) -> bool:
         info = self.info(stage)
-        return info is not None and info.get("config_hash") == config_hash
+        if info is None or info.get("config_hash") != config_hash:
+            return False
+        if self.inputs is not None:
+            want = _stage_inputs(stage, self.inputs)
+            have = info.get("inputs")
+            if have != want:
+                changed = sorted(k for k in set(want) | set(have or {}) if (have or {}).get(k) != want.get(k))
+                logger.info("stage %s: checkpoint made from other input files (%s changed), rerun", stage,
+                            ", ".join(changed) or "inputs")
+                return False
+        return True
 
     def write(self, stage: str, config_hash: str, *, adata=None, mdata=None, tables: dict[str, pd.DataFrame] | None = None,
               extra: dict[str, Any] | None = None) -> Path:
         meta = {"stage": stage, "config_hash": config_hash, "versions": versions(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if self.inputs is not None:
+            meta["inputs"] = _stage_inputs(stage, self.inputs)
+            meta["input_files"] = {k: v["files"] for k, v in self.inputs.items() if k in meta["inputs"]}
         if extra:
             meta.update(extra)
         self.tmp.mkdir(parents=True, exist_ok=True)
         work = self.tmp / f"{stage}-{uuid.uuid4().hex[:8]}"
         work.mkdir()
         if adata is not None:
-            adata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k != "versions"} | {
+            adata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k not in ("versions", "input_files")} | {
                 "versions": meta["versions"]}
             adata.write_h5ad(work / "data.h5ad")
         if mdata is not None:
-            mdata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k != "versions"} | {
+            mdata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k not in ("versions", "input_files")} | {
                 "versions": meta["versions"]}
             mdata.write(work / "data.h5mu")
         for name, df in (tables or {}).items():
@@ -124,10 +220,59 @@ def _obs_columns_of_h5ad(path: Path) -> pd.DataFrame:
         a.file.close()
 
 
+def _n_vars_of(path: Path) -> int | None:
+    """Number of genes of an input file, read cheaply (no matrix): .h5ad var, 10x .h5 features, 10x folder."""
+    try:
+        if path.is_dir():
+            import gzip
+
+            for name in ("features.tsv.gz", "genes.tsv.gz", "features.tsv", "genes.tsv"):
+                f = path / name
+                if f.is_file():
+                    opener = gzip.open if name.endswith(".gz") else open
+                    with opener(f, "rt") as fh:
+                        return sum(1 for line in fh if line.strip())
+            return None
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if path.suffix == ".h5ad":
+                var = f["var"]
+                idx = var.attrs.get("_index", "_index")
+                return int(var[idx].shape[0])
+            for grp in ("matrix", *f.keys()):  # 10x v3 ("matrix") or v2 (one group per genome)
+                if grp in f and "shape" in f[grp]:
+                    return int(f[grp]["shape"][0])
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the reader itself
+        return None
+    return None
+
+
+def _check_outdir(outdir: Path) -> str | None:
+    """Why ``outdir`` cannot be written (without creating anything), or None."""
+    if outdir.exists() and not outdir.is_dir():
+        return f"[output] outdir {outdir} exists and is a file, not a folder. Choose another outdir."
+    anc = outdir
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        return (f"[output] outdir {outdir} cannot be created: {anc} is a file, not a folder. "
+                "Choose an outdir in a folder you can write to.")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        return (f"[output] outdir {outdir} cannot be written: no write permission on {anc}. "
+                "Choose an outdir in a folder you can write to.")
+    return None
+
+
 def validate_inputs(cfg: Config) -> None:
     """Check files and columns named by the config; raise :class:`ConfigError` before any work."""
     inp = cfg["input"]
     problems: list[str] = []
+    out_problem = _check_outdir(cfg.outdir)
+    if out_problem:
+        problems.append(out_problem)
+    n_vars: list[int | None] = []
+    obs_columns: set[str] | None = None
     needed = [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else []) + list(
         inp["covariates"])
     if inp["h5ad"] is not None:
@@ -136,6 +281,8 @@ def validate_inputs(cfg: Config) -> None:
             problems.append(f"[input] h5ad file not found: {p}")
         else:
             obs = _obs_columns_of_h5ad(p)
+            obs_columns = set(map(str, obs.columns))
+            n_vars.append(_n_vars_of(p))
             missing = [c for c in needed if c not in obs.columns]
             if missing:
                 problems.append(f"[input] columns {missing} not found in {p.name} obs. Available: {list(obs.columns)}")
@@ -153,8 +300,16 @@ def validate_inputs(cfg: Config) -> None:
             # the same checks as im.io.read_cohort (paths relative to the sheet's folder)
             from .io._cohort import check_sample_sheet
 
-            problems += [f"[input] sample sheet {p.name}: {m}" for m in check_sample_sheet(
-                p, sample_key=inp["sample_key"], required_columns=needed[1:])]
+            sheet_problems = check_sample_sheet(p, sample_key=inp["sample_key"], required_columns=needed[1:])
+            problems += [f"[input] sample sheet {p.name}: {m}" for m in sheet_problems]
+            if not sheet_problems:
+                from .io._cohort import _read_sheet
+
+                sheet, base = _read_sheet(p, [inp["sample_key"]])
+                obs_columns = set(map(str, sheet.columns))
+                for sp in sheet["path"]:
+                    q = Path(str(sp)).expanduser()
+                    n_vars.append(_n_vars_of(q if q.is_absolute() else base / q))
     pr = cfg["proteomics"]
     if pr["path"] is not None:
         q = cfg.resolve(pr["path"])
@@ -162,6 +317,14 @@ def validate_inputs(cfg: Config) -> None:
             problems.append(f"[proteomics] file not found: {q}")
     if cfg["integrate"]["enabled"] and not inp["batch_key"]:
         problems.append("[integrate] enabled = true needs [input] batch_key (or set [integrate] enabled = false)")
+    known = [n for n in n_vars if n is not None]
+    if known and cfg["qc"]["n_top_genes"] > min(known):
+        problems.append(f"[qc] n_top_genes must be at most the number of genes of the input ({min(known)}), got "
+                        f"{cfg['qc']['n_top_genes']}. Lower n_top_genes (2000 is usual).")
+    groupby = cfg["differential"]["groupby"]
+    if obs_columns is not None and groupby != "cell_type" and groupby not in obs_columns:
+        problems.append(f"[differential] groupby {groupby!r} will not exist: it must be 'cell_type' (written by the "
+                        f"annotate stage) or a column of the input. Available: {sorted(obs_columns)}.")
     if problems:
         raise ConfigError("Cannot start the run:\n  - " + "\n  - ".join(problems))
 
@@ -366,7 +529,8 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
         c for c in inp["covariates"] if c in mdata.obs.columns))
     from .tl._proteomics import _obs_frame
 
-    n_min = int(_obs_frame(mdata, inp["condition_key"]).value_counts().min())
+    both = mdata["rna"].obs_names.intersection(mdata["prot"].obs_names)  # the panel uses donors with both modalities
+    n_min = int(_obs_frame(mdata, inp["condition_key"]).reindex(both).value_counts().min())
     n_splits = min(5, n_min)
     if n_splits < 5:
         logger.warning("biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
@@ -384,12 +548,39 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     state["tables"] = {**state.get("tables", {}), **tables}
     state["mdata"] = mdata
     state["panel"] = panel
-    ck.write("proteomics", h, mdata=mdata, tables=tables)
+    # the out-of-fold predictions too (not a report table): a resumed report redraws the ROC figure from them
+    ck.write("proteomics", h, mdata=mdata, tables={**tables, "biomarker_oof": panel.oof.reset_index()},
+             extra={"biomarker_params": panel.params})
+
+
+def _panel_from_checkpoint(ck: Checkpoints):
+    """The biomarker panel's result rebuilt from the proteomics checkpoint (a resumed run has it only on disk)."""
+    from .tl import BiomarkerResult
+
+    info = ck.info("proteomics") or {}
+    oof, preds = ck.read_table("proteomics", "biomarker_oof"), ck.read_table("proteomics", "biomarker_predictions")
+    auc, feats = ck.read_table("proteomics", "biomarker_auc"), ck.read_table("proteomics", "biomarker_features")
+    if info.get("skipped") or oof is None or preds is None or auc is None:
+        return None
+    idx = oof.columns[0]
+    oof = oof.set_index(idx)
+    preds = preds.set_index(preds.columns[0])
+    preds.index = preds.index.astype(str)
+    oof.index = oof.index.astype(str)
+    a = auc.iloc[0]
+    return BiomarkerResult(
+        auc=float(a["auc"]), auc_ci=(float(a["ci_low"]), float(a["ci_high"])),
+        features=feats.set_index(feats.columns[0]) if feats is not None and len(feats.columns) else pd.DataFrame(),
+        predictions=preds.reindex(oof.index), auc_per_repeat=np.asarray([]), oof=oof,
+        params=info.get("biomarker_params", {}),
+    )
 
 
 def stage_report(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     from ._report import write_report
 
+    if state.get("panel") is None and cfg["proteomics"]["path"] is not None:
+        state["panel"] = _panel_from_checkpoint(ck)  # resumed after the proteomics stage: no figure may be missing
     write_report(cfg, ck, state)
     ck.write("report", h, extra={"report": str(cfg.outdir / "report")})
 
@@ -416,9 +607,12 @@ def run_pipeline(cfg: Config, *, resume: bool = False, from_stage: str | None = 
     if from_stage is not None and from_stage not in STAGES:
         raise ConfigError(f"--from {from_stage!r} is not a stage. Stages: {', '.join(STAGES)}")
     validate_inputs(cfg)
+    from ._settings import settings
+
+    settings.n_jobs = cfg["compute"]["n_jobs"]
     outdir = cfg.outdir
     fh = _setup_file_logging(outdir)
-    ck = Checkpoints(outdir)
+    ck = Checkpoints(outdir, inputs=input_fingerprints(cfg))
     ck.clean_stale()
     state: dict[str, Any] = {}
     start_idx = STAGES.index(from_stage) if from_stage else 0
