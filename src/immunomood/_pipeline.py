@@ -72,10 +72,10 @@ def input_fingerprints(cfg: Config) -> dict[str, dict[str, Any]]:
     """What each stage's result depends on outside the config: the input files (content hashes).
 
     ``{"input": ..., "proteomics": ...}``: the input .h5ad, or the sample sheet and every file it lists; the
-    proteomics file when configured. Hashes are cached in ``<outdir>/checkpoints/input_hashes.json`` and reused
+    proteomics file when configured. Hashes are cached in ``<outdir>/.input_hashes.json`` and reused
     while a file's size and modification time are unchanged, so a resume does not reread large inputs.
     """
-    cache_file = cfg.outdir / "checkpoints" / "input_hashes.json"
+    cache_file = cfg.outdir / ".input_hashes.json"  # not in checkpoints/: only stages live there
     try:
         cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     except (json.JSONDecodeError, OSError):
