@@ -64,8 +64,9 @@ def _write_h5(path: Path, X: sparse.spmatrix, genes: list[str], barcodes: list[s
         feat.create_dataset("_all_tag_keys", data=np.asarray(["genome"], dtype="S"))
 
 
-def write_combat_cohort(data_dir: Path, dest: Path, formats: tuple[str, ...] = DEFAULT_FORMATS,
-                        n_cells: int | None = None) -> tuple[Path, "object"]:
+def write_combat_cohort(
+    data_dir: Path, dest: Path, formats: tuple[str, ...] = DEFAULT_FORMATS, n_cells: int | None = None
+) -> tuple[Path, "object"]:
     """Write the COMBAT donors under ``dest``; return (sample sheet path, the source AnnData it was written from).
 
     ``formats`` gives, per donor, ``"v3"``, ``"v2"``, ``"h5"`` or ``"h5ad"``. ``n_cells`` keeps the first ``n_cells`` cells of
@@ -90,7 +91,7 @@ def write_combat_cohort(data_dir: Path, dest: Path, formats: tuple[str, ...] = D
     dest.mkdir(parents=True, exist_ok=True)
     for d, fmt in zip(donors, formats):
         sub = src[src.obs["donor"].astype(str) == d]
-        barcodes = [n[len(d) + 1:] for n in sub.obs_names]
+        barcodes = [n[len(d) + 1 :] for n in sub.obs_names]
         assert all(n.startswith(f"{d}_") for n in sub.obs_names)
         if fmt in ("v2", "v3"):
             rel = Path("samples") / f"{d}_{fmt}"
@@ -100,8 +101,11 @@ def write_combat_cohort(data_dir: Path, dest: Path, formats: tuple[str, ...] = D
             _write_h5(dest / rel, sub.X, genes, barcodes)
         elif fmt == "h5ad":
             rel = Path("samples") / f"{d}.h5ad"
-            a = ad.AnnData(sparse.csr_matrix(sub.X), obs=sub.obs[["donor", "condition"]].copy(),
-                           var=pd.DataFrame(index=genes))
+            a = ad.AnnData(
+                sparse.csr_matrix(sub.X),
+                obs=sub.obs[["donor", "condition"]].copy(),
+                var=pd.DataFrame(index=genes),
+            )
             a.obs_names = barcodes
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             a.write_h5ad(dest / rel)

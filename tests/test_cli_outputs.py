@@ -61,8 +61,10 @@ def _check_outputs(out: Path, cfg_text: str | None) -> ad.AnnData:
 @pytest.mark.slow
 def test_run_writes_annotated_h5ad_config_and_versions(tmp_path, sim_cohort):
     out = tmp_path / "out"
-    text = f'[input]\nh5ad = "{sim_cohort}"\nsample_key = "donor"\ncondition_key = "condition"\n{_FAST}' \
-           f'\n[output]\noutdir = "{out}"\n'
+    text = (
+        f'[input]\nh5ad = "{sim_cohort}"\nsample_key = "donor"\ncondition_key = "condition"\n{_FAST}'
+        f'\n[output]\noutdir = "{out}"\n'
+    )
     p = tmp_path / "config.toml"
     p.write_text(text)
     state = run_pipeline(load_config(p))
@@ -93,8 +95,10 @@ def test_config_without_file_is_written_as_toml(tmp_path):
 def test_cli_sample_sheet_equals_python_read_cohort(tmp_path, data_dir):
     sheet, src = write_combat_cohort(data_dir, tmp_path / "cohort", n_cells=60)
     out = tmp_path / "out"
-    text = f'[input]\nsample_sheet = "{sheet}"\nsample_key = "donor"\ncondition_key = "condition"\n' \
-           f'reference = "Healthy"\n{_FAST}\n[output]\noutdir = "{out}"\n'
+    text = (
+        f'[input]\nsample_sheet = "{sheet}"\nsample_key = "donor"\ncondition_key = "condition"\n'
+        f'reference = "Healthy"\n{_FAST}\n[output]\noutdir = "{out}"\n'
+    )
     p = tmp_path / "config.toml"
     p.write_text(text)
     cfg = load_config(p)
@@ -127,8 +131,14 @@ def test_sheet_with_nan_condition_refused_before_any_work(tmp_path, data_dir):
     df.loc[2, "condition"] = np.nan
     df.to_csv(sheet, index=False)
     out = tmp_path / "out"
-    cfg = parse_config({"input": {"sample_sheet": str(sheet), "sample_key": "donor"},
-                        "integrate": {"enabled": False}, "output": {"outdir": str(out)}}, tmp_path / "c.toml")
+    cfg = parse_config(
+        {
+            "input": {"sample_sheet": str(sheet), "sample_key": "donor"},
+            "integrate": {"enabled": False},
+            "output": {"outdir": str(out)},
+        },
+        tmp_path / "c.toml",
+    )
     from immunomood._config import ConfigError
 
     with pytest.raises(ConfigError, match=r"column 'condition' is empty or NaN in row\(s\) \[3\]"):
@@ -145,9 +155,17 @@ def test_h5ad_with_missing_ids_refused_before_any_work(tmp_path, tiny_counts):
     a.obs.iloc[:4, a.obs.columns.get_loc("condition")] = np.nan
     a.write_h5ad(tmp_path / "c.h5ad")
     out = tmp_path / "out"
-    cfg = parse_config({"input": {"h5ad": str(tmp_path / "c.h5ad"), "sample_key": "donor"},
-                        "integrate": {"enabled": False}, "output": {"outdir": str(out)}}, tmp_path / "c.toml")
-    with pytest.raises(ConfigError, match=r"column 'condition' of c.h5ad is missing for 4 cells \(e.g. \['cell0'"):
+    cfg = parse_config(
+        {
+            "input": {"h5ad": str(tmp_path / "c.h5ad"), "sample_key": "donor"},
+            "integrate": {"enabled": False},
+            "output": {"outdir": str(out)},
+        },
+        tmp_path / "c.toml",
+    )
+    with pytest.raises(
+        ConfigError, match=r"column 'condition' of c.h5ad is missing for 4 cells \(e.g. \['cell0'"
+    ):
         run_pipeline(cfg)
     assert not out.exists()
 
@@ -160,8 +178,15 @@ def test_missing_counts_layer_named(tmp_path, tiny_counts):
     a.obs["donor"] = a.obs["sample"].astype(str)
     a.layers["raw"] = a.X.copy()
     a.write_h5ad(tmp_path / "c.h5ad")
-    cfg = parse_config({"input": {"h5ad": str(tmp_path / "c.h5ad"), "sample_key": "donor", "counts_layer": "counts"},
-                        "integrate": {"enabled": False}, "output": {"outdir": str(tmp_path / "out")}},
-                       tmp_path / "c.toml")
-    with pytest.raises(ConfigError, match=r"counts_layer 'counts' is not a layer of c.h5ad. Layers present: \['raw'\]"):
+    cfg = parse_config(
+        {
+            "input": {"h5ad": str(tmp_path / "c.h5ad"), "sample_key": "donor", "counts_layer": "counts"},
+            "integrate": {"enabled": False},
+            "output": {"outdir": str(tmp_path / "out")},
+        },
+        tmp_path / "c.toml",
+    )
+    with pytest.raises(
+        ConfigError, match=r"counts_layer 'counts' is not a layer of c.h5ad. Layers present: \['raw'\]"
+    ):
         stage_load(cfg, Checkpoints(tmp_path / "out"), cfg.stage_hash("load"), {})

@@ -48,8 +48,9 @@ def test_real_cohort_same_counts_and_obs_as_source(combat):
     p = sheet.parent / "roundtrip.h5ad"
     a.write_h5ad(p)
     b = ad.read_h5ad(p)
-    pd.testing.assert_frame_equal(b.uns["read_cohort"].reset_index(drop=True), rep.reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        b.uns["read_cohort"].reset_index(drop=True), rep.reset_index(drop=True), check_dtype=False
+    )
 
 
 @pytest.mark.realdata
@@ -122,7 +123,9 @@ def test_duplicate_and_nan_ids_refused_naming_rows(tiny_sheet, monkeypatch):
     df = pd.read_csv(tiny_sheet, dtype=str)
     df.loc[2, "donor"] = "101"
     df.to_csv(tiny_sheet, index=False)
-    with pytest.raises(ValueError, match=r"duplicated sample IDs in column 'donor': \['101'\] \(rows \[1, 3\]\)"):
+    with pytest.raises(
+        ValueError, match=r"duplicated sample IDs in column 'donor': \['101'\] \(rows \[1, 3\]\)"
+    ):
         im.io.read_cohort(tiny_sheet, sample_key="donor")
     df.loc[2, "donor"] = None
     df.loc[0, "condition"] = None
@@ -140,7 +143,9 @@ def test_duplicate_and_nan_ids_refused_naming_rows(tiny_sheet, monkeypatch):
 
 
 def test_missing_columns_and_bad_sheets(tiny_sheet, tmp_path):
-    with pytest.raises(ValueError, match=r"column\(s\) \['sample'\] missing from the sample sheet. Available"):
+    with pytest.raises(
+        ValueError, match=r"column\(s\) \['sample'\] missing from the sample sheet. Available"
+    ):
         im.io.read_cohort(tiny_sheet)
     with pytest.raises(ValueError, match="folder"):
         im.io.read_cohort(tmp_path, sample_key="donor")
@@ -208,8 +213,11 @@ def test_10x_folder_missing_genes_or_features_names_the_file(tmp_path, monkeypat
             (tmp_path / "v3" / f[:-3]).write_bytes(src.read())
         (tmp_path / "v3" / f).unlink()
     (tmp_path / "v3" / "features.tsv").write_text("ENSG1\tG0\tGene Expression\n")
-    with pytest.raises(ValueError, match=r"row 1 \(sample 'a'\).*lacks \['matrix.mtx.gz', 'features.tsv.gz', "
-                                         r"'barcodes.tsv.gz'\].*gzip matrix.mtx features.tsv barcodes.tsv"):
+    with pytest.raises(
+        ValueError,
+        match=r"row 1 \(sample 'a'\).*lacks \['matrix.mtx.gz', 'features.tsv.gz', "
+        r"'barcodes.tsv.gz'\].*gzip matrix.mtx features.tsv barcodes.tsv",
+    ):
         im.io.read_cohort(tmp_path / "sheet.csv")
 
 
@@ -239,7 +247,9 @@ def test_not_counts_and_contradicting_obs(tmp_path):
     pd.DataFrame({"donor": ["a"], "path": ["a.h5ad"]}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(ValueError, match=r"not raw counts: it contains non-integer values.*layer="):
         im.io.read_cohort(tmp_path / "s.csv", sample_key="donor")
-    with pytest.raises(ValueError, match=r"the sheet's 'donor' is 'a' but the file's obs\['donor'\] holds \['zz'\]"):
+    with pytest.raises(
+        ValueError, match=r"the sheet's 'donor' is 'a' but the file's obs\['donor'\] holds \['zz'\]"
+    ):
         im.io.read_cohort(tmp_path / "s.csv", sample_key="donor", layer="counts")
     with pytest.raises(ValueError, match=r"layer 'nope' not found in a.h5ad"):
         im.io.read_cohort(tmp_path / "s.csv", sample_key="donor", layer="nope")
@@ -249,8 +259,9 @@ def test_check_sample_sheet_lists_every_problem(tiny_sheet):
     df = pd.read_csv(tiny_sheet, dtype=str)
     df.loc[0, "path"] = "missing.h5ad"
     df.loc[1, "donor"] = "103"
-    problems = _cohort.check_sample_sheet(df.assign(path=[str(tiny_sheet.parent / p) for p in df["path"]]),
-                                          sample_key="donor")
+    problems = _cohort.check_sample_sheet(
+        df.assign(path=[str(tiny_sheet.parent / p) for p in df["path"]]), sample_key="donor"
+    )
     assert len(problems) == 2
     assert any("duplicated sample IDs" in p for p in problems)
     assert any("missing.h5ad" in p for p in problems)

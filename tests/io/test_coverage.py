@@ -48,15 +48,26 @@ def test_gene_sets_fraction_ensembl_and_inplace():
     a = _panel(half + ["ACTB"], ensembl=True)
     assert im.io.gene_coverage(a, markers=None, gene_sets="complement") is None
     tab = a.uns["gene_coverage"]
-    assert list(tab.columns) == ["resource", "kind", "name", "n_genes", "n_found", "fraction", "resolvable", "rule",
-                                 "missing"]
+    assert list(tab.columns) == [
+        "resource",
+        "kind",
+        "name",
+        "n_genes",
+        "n_found",
+        "fraction",
+        "resolvable",
+        "rule",
+        "missing",
+    ]
     row = tab[tab["name"] == name].iloc[0]
     assert row["n_found"] == len(half) and row["resolvable"] and row["resource"] == "gene_sets:complement"
     tab = im.io.gene_coverage(a, markers=None, gene_sets="complement", min_fraction=1.0, inplace=False)
     assert not tab.loc[tab["name"] == name, "resolvable"].item()
     # lower-case symbols still match (case-insensitive, as the scoring functions)
     b = _panel([g.lower() for g in half])
-    assert im.io.gene_coverage(b, markers=None, gene_sets={"s": genes}, inplace=False)["n_found"].item() == len(half)
+    assert im.io.gene_coverage(b, markers=None, gene_sets={"s": genes}, inplace=False)[
+        "n_found"
+    ].item() == len(half)
     with pytest.raises(KeyError, match="Unknown gene-set collection 'nope'"):
         im.io.gene_coverage(a, gene_sets="nope")
     with pytest.raises(ValueError, match="min_fraction"):
@@ -75,7 +86,10 @@ def test_real_panels(data_dir):
     cm = sub[(sub["kind"] == "subset") & (sub["name"] == "Classical monocyte")].iloc[0]
     assert "CD14" in cm["missing"].split(";")
     measured = set(onek.var_names.str.upper())
-    for _, r in sub.iterrows():  # n_found = the set's genes among the measured genes, counted here independently
+    for (
+        _,
+        r,
+    ) in sub.iterrows():  # n_found = the set's genes among the measured genes, counted here independently
         missing = [g for g in r["missing"].split(";") if g]
         assert all(g.upper() not in measured for g in missing)
         assert r["n_found"] == r["n_genes"] - len(missing)

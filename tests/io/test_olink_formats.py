@@ -11,8 +11,12 @@ import pytest
 
 import immunomood as im
 
-ASSAYS = [("P05231", "3569", "IL6", "Inflammation"), ("P05231", "3569", "IL6", "Oncology"),
-          ("P01375", "7124", "TNF", "Inflammation"), ("P10145", "3576", "CXCL8", "Inflammation")]
+ASSAYS = [
+    ("P05231", "3569", "IL6", "Inflammation"),
+    ("P05231", "3569", "IL6", "Oncology"),
+    ("P01375", "7124", "TNF", "Inflammation"),
+    ("P10145", "3576", "CXCL8", "Inflammation"),
+]
 
 
 def _published(rng_seed: int = 0) -> pd.DataFrame:
@@ -22,8 +26,18 @@ def _published(rng_seed: int = 0) -> pd.DataFrame:
     rows = []
     for sid, ind, index in runs:
         for uni, gid, assay, panel in ASSAYS:
-            rows.append(dict(SampleID=sid, Individual_ID=ind, UniProt=uni, GeneID=gid, Assay=assay,
-                             NPX=round(float(rng.normal(5, 1)), 4), Panel=panel, Index=index))
+            rows.append(
+                dict(
+                    SampleID=sid,
+                    Individual_ID=ind,
+                    UniProt=uni,
+                    GeneID=gid,
+                    Assay=assay,
+                    NPX=round(float(rng.normal(5, 1)), 4),
+                    Panel=panel,
+                    Index=index,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -43,8 +57,11 @@ def test_published_long_table(tmp_path):
     assert "OlinkID" not in a.var.columns and a.var.loc["TNF", "UniProt"] == "P01375"
     assert np.isnan(a.var["LOD"]).all() and not a.layers["below_lod"].any()
     # values: an independent pivot of the table
-    df["row"] = np.where(df.duplicated(["SampleID", "Assay", "Panel"], keep=False),
-                         df["SampleID"] + "|" + df["Index"].astype(str), df["SampleID"])
+    df["row"] = np.where(
+        df.duplicated(["SampleID", "Assay", "Panel"], keep=False),
+        df["SampleID"] + "|" + df["Index"].astype(str),
+        df["SampleID"],
+    )
     df["var"] = np.where(df["Assay"] == "IL6", df["Assay"] + "|" + df["Panel"], df["Assay"])
     piv = df.pivot(index="row", columns="var", values="NPX").loc[a.obs_names, a.var_names]
     np.testing.assert_allclose(a.X, piv.to_numpy())
@@ -70,8 +87,9 @@ def test_published_uniprot_only_and_true_duplicates(tmp_path):
 # ---------------------------------------------------------------------------------------- wide tables
 def _wide_matrix():
     rng = np.random.default_rng(1)
-    return pd.DataFrame(rng.normal(4, 1, size=(3, 4)).round(3), index=["A", "B", "C"],
-                        columns=["IL6", "TNF", "CXCL8", "CCL2"])
+    return pd.DataFrame(
+        rng.normal(4, 1, size=(3, 4)).round(3), index=["A", "B", "C"], columns=["IL6", "TNF", "CXCL8", "CCL2"]
+    )
 
 
 def test_plain_wide_csv(tmp_path):
@@ -99,12 +117,14 @@ def test_plain_wide_csv(tmp_path):
 
 def _target96_rows(m: pd.DataFrame, *, footer: bool = True) -> list[list[str]]:
     n = m.shape[1]
-    rows = [["Olink NPX Signature 1.9"] + [""] * (n + 2),
-            ["NPX"] + [""] * (n + 2),
-            ["Panel", "Olink Target 96 Inflammation(v.3012)"] + [""] * (n + 1),
-            ["Assay", *m.columns, "Plate ID", "QC Warning"],
-            ["Uniprot ID", "P05231", "P01375", "P10145", "P13500", "", ""],
-            ["OlinkID", "OID00001", "OID00002", "OID00003", "OID00004", "", ""]]
+    rows = [
+        ["Olink NPX Signature 1.9"] + [""] * (n + 2),
+        ["NPX"] + [""] * (n + 2),
+        ["Panel", "Olink Target 96 Inflammation(v.3012)"] + [""] * (n + 1),
+        ["Assay", *m.columns, "Plate ID", "QC Warning"],
+        ["Uniprot ID", "P05231", "P01375", "P10145", "P13500", "", ""],
+        ["OlinkID", "OID00001", "OID00002", "OID00003", "OID00004", "", ""],
+    ]
     qc = ["Pass", "Warning", "Pass"]
     for k, (sid, vals) in enumerate(m.iterrows()):
         rows.append([sid, *[f"{v:.3f}" for v in vals], "Plate1", qc[k]])
@@ -178,7 +198,9 @@ def test_truncated_mid_row(long_csv, tmp_path):
     cut = tmp_path / "cut.csv"
     cut.write_text(text[: len(text) - 25])  # the last row loses its last fields
     n_lines = len(text.splitlines())
-    with pytest.raises(ValueError, match=rf"truncated or ragged: 1 row\(s\).*line {n_lines} has .*cut mid-row"):
+    with pytest.raises(
+        ValueError, match=rf"truncated or ragged: 1 row\(s\).*line {n_lines} has .*cut mid-row"
+    ):
         im.io.read_olink(cut)
     # cut inside the last value only: every row still has its fields; the missing final line break is said
     cut.write_text(text[:-2])

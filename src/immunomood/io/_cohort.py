@@ -39,11 +39,14 @@ def _read_sheet(sample_sheet, id_columns: Sequence[str]) -> tuple[pd.DataFrame, 
     sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
     # ID columns stay text: '101' must not become 101.0 because another row is empty
     try:
-        sheet = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), sep=sep, dtype={c: str for c in id_columns},
-                            index_col=False)
+        sheet = pd.read_csv(
+            io.StringIO(text.lstrip("\ufeff")), sep=sep, dtype={c: str for c in id_columns}, index_col=False
+        )
     except pd.errors.ParserError as e:
-        raise ValueError(f"The sample sheet {p.name!r} is not a valid {'TSV' if sep == chr(9) else 'CSV'} table: "
-                         f"{e}. Each row needs the header's number of fields.") from None
+        raise ValueError(
+            f"The sample sheet {p.name!r} is not a valid {'TSV' if sep == chr(9) else 'CSV'} table: "
+            f"{e}. Each row needs the header's number of fields."
+        ) from None
     return sheet, p.resolve().parent
 
 
@@ -52,8 +55,11 @@ def _tenx_files(folder: Path) -> tuple[list[str], str | None]:
     layout (matrix.mtx, genes.tsv, barcodes.tsv), otherwise v3 (matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz)."""
     if (folder / "features.tsv").is_file() and not (folder / "features.tsv.gz").is_file():
         # v3 files left uncompressed: scanpy reads the v3 layout gzipped only
-        return [f"{f}.gz" for f in ("matrix.mtx", "features.tsv", "barcodes.tsv")
-                if not (folder / f"{f}.gz").is_file()], "v3 uncompressed"
+        return [
+            f"{f}.gz"
+            for f in ("matrix.mtx", "features.tsv", "barcodes.tsv")
+            if not (folder / f"{f}.gz").is_file()
+        ], "v3 uncompressed"
     if (folder / "genes.tsv").is_file():
         need, layout = ["matrix.mtx", "genes.tsv", "barcodes.tsv"], "v2"
     elif any((folder / f).is_file() for f in ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")):
@@ -76,34 +82,54 @@ def _sample_kind(path: Path) -> str | None:
     return None
 
 
-def _validate_sheet(sheet: pd.DataFrame, base: Path, *, sample_key: str, path_column: str, donor_key: str | None,
-                    required_columns: Sequence[str]) -> tuple[list[str], list[Path]]:
+def _validate_sheet(
+    sheet: pd.DataFrame,
+    base: Path,
+    *,
+    sample_key: str,
+    path_column: str,
+    donor_key: str | None,
+    required_columns: Sequence[str],
+) -> tuple[list[str], list[Path]]:
     """Every problem of the sheet (before reading any sample) and the resolved sample paths."""
     problems: list[str] = []
-    missing_cols = [c for c in dict.fromkeys([path_column, sample_key, *([donor_key] if donor_key else []),
-                                              *required_columns]) if c not in sheet.columns]
+    missing_cols = [
+        c
+        for c in dict.fromkeys(
+            [path_column, sample_key, *([donor_key] if donor_key else []), *required_columns]
+        )
+        if c not in sheet.columns
+    ]
     if missing_cols:
-        return [f"column(s) {missing_cols} missing from the sample sheet. Available: {list(map(str, sheet.columns))}. "
-                f"Name the sample column with `sample_key=` and the path column with `path_column=`."], []
+        return [
+            f"column(s) {missing_cols} missing from the sample sheet. Available: {list(map(str, sheet.columns))}. "
+            f"Name the sample column with `sample_key=` and the path column with `path_column=`."
+        ], []
     if len(sheet) == 0:
         return ["the sample sheet has no rows (expected one row per sample)."], []
 
     def rows(mask) -> list[int]:  # 1-based data-row numbers, as a spreadsheet shows them after the header
         return [int(i) + 1 for i in np.flatnonzero(np.asarray(mask))]
 
-    for col in dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else []), *required_columns]):
+    for col in dict.fromkeys(
+        [sample_key, path_column, *([donor_key] if donor_key else []), *required_columns]
+    ):
         s = sheet[col]
         na = s.isna() | s.astype(str).str.strip().isin(["", "nan", "NaN", "NA", "None"])
         if na.any():
-            problems.append(f"column {col!r} is empty or NaN in row(s) {rows(na)[:20]} (data rows, 1 = first row "
-                            "after the header). Fill in those IDs or remove the rows; a missing ID is never "
-                            "turned into a sample called 'nan'.")
+            problems.append(
+                f"column {col!r} is empty or NaN in row(s) {rows(na)[:20]} (data rows, 1 = first row "
+                "after the header). Fill in those IDs or remove the rows; a missing ID is never "
+                "turned into a sample called 'nan'."
+            )
     ids = sheet[sample_key].astype(str).str.strip()
     dup = ids.duplicated(keep=False) & sheet[sample_key].notna()
     if dup.any():
-        problems.append(f"duplicated sample IDs in column {sample_key!r}: "
-                        f"{sorted(set(ids[dup]))[:10]} (rows {rows(dup)[:20]}). Each row must be one sample "
-                        "with its own ID.")
+        problems.append(
+            f"duplicated sample IDs in column {sample_key!r}: "
+            f"{sorted(set(ids[dup]))[:10]} (rows {rows(dup)[:20]}). Each row must be one sample "
+            "with its own ID."
+        )
     paths: list[Path] = []
     for i, (sid, raw) in enumerate(zip(ids, sheet[path_column])):
         if pd.isna(raw):
@@ -118,34 +144,52 @@ def _validate_sheet(sheet: pd.DataFrame, base: Path, *, sample_key: str, path_co
             continue
         kind = _sample_kind(q)
         if kind is None:
-            problems.append(f"{where}: unsupported sample file {q.name!r}; expected a 10x matrix folder, a "
-                            "CellRanger .h5 or an .h5ad.")
+            problems.append(
+                f"{where}: unsupported sample file {q.name!r}; expected a 10x matrix folder, a "
+                "CellRanger .h5 or an .h5ad."
+            )
         elif kind == "10x_mtx":
             missing, layout = _tenx_files(q)
             if missing:
-                lay = {"v2": "10x v2 layout: matrix.mtx, genes.tsv, barcodes.tsv",
-                       "v3": "10x v3 layout: matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz",
-                       "v3 uncompressed": "10x v3 files are read gzipped: run `gzip matrix.mtx features.tsv "
-                                          "barcodes.tsv` in that folder",
-                       None: "a 10x folder holds matrix.mtx + genes.tsv + barcodes.tsv (v2) or their v3 "
-                             "gzipped versions with features.tsv.gz"}[layout]
+                lay = {
+                    "v2": "10x v2 layout: matrix.mtx, genes.tsv, barcodes.tsv",
+                    "v3": "10x v3 layout: matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz",
+                    "v3 uncompressed": "10x v3 files are read gzipped: run `gzip matrix.mtx features.tsv "
+                    "barcodes.tsv` in that folder",
+                    None: "a 10x folder holds matrix.mtx + genes.tsv + barcodes.tsv (v2) or their v3 "
+                    "gzipped versions with features.tsv.gz",
+                }[layout]
                 present = sorted(x.name for x in q.iterdir())[:10]
-                problems.append(f"{where}: the 10x folder {str(q)!r} lacks {missing} ({lay}); it holds {present}.")
+                problems.append(
+                    f"{where}: the 10x folder {str(q)!r} lacks {missing} ({lay}); it holds {present}."
+                )
         elif q.is_file() and q.stat().st_size == 0:
             problems.append(f"{where}: the file {str(q)!r} is empty (0 bytes).")
     return problems, paths
 
 
-def check_sample_sheet(sample_sheet, *, sample_key: str = "sample", path_column: str = "path",
-                       donor_key: str | None = None, required_columns: Sequence[str] = ()) -> list[str]:
+def check_sample_sheet(
+    sample_sheet,
+    *,
+    sample_key: str = "sample",
+    path_column: str = "path",
+    donor_key: str | None = None,
+    required_columns: Sequence[str] = (),
+) -> list[str]:
     """Problems of a sample sheet (missing columns, empty IDs, duplicated samples, missing or incomplete files).
 
     Reads nothing but the sheet and the folder listings; an empty list means :func:`read_cohort` can start.
     """
     id_cols = [c for c in dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else [])])]
     sheet, base = _read_sheet(sample_sheet, id_cols)
-    return _validate_sheet(sheet, base, sample_key=sample_key, path_column=path_column, donor_key=donor_key,
-                           required_columns=required_columns)[0]
+    return _validate_sheet(
+        sheet,
+        base,
+        sample_key=sample_key,
+        path_column=path_column,
+        donor_key=donor_key,
+        required_columns=required_columns,
+    )[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,10 +329,18 @@ def read_cohort(
         required_columns = [required_columns]
     id_cols = list(dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else [])]))
     sheet, base = _read_sheet(sample_sheet, id_cols)
-    problems, paths = _validate_sheet(sheet, base, sample_key=sample_key, path_column=path_column,
-                                      donor_key=donor_key, required_columns=required_columns)
+    problems, paths = _validate_sheet(
+        sheet,
+        base,
+        sample_key=sample_key,
+        path_column=path_column,
+        donor_key=donor_key,
+        required_columns=required_columns,
+    )
     if problems:
-        raise ValueError("Cannot read the cohort; the sample sheet has problems:\n  - " + "\n  - ".join(problems))
+        raise ValueError(
+            "Cannot read the cohort; the sample sheet has problems:\n  - " + "\n  - ".join(problems)
+        )
     ids = sheet[sample_key].astype(str).str.strip().tolist()
     meta_cols = [c for c in sheet.columns if c != path_column]
 
@@ -299,18 +351,27 @@ def read_cohort(
         where = f"row {i + 1} (sample {sid!r}, {str(path)!r})"
         try:
             a = _read_one(path, var_names=var_names, layer=layer)
-        except (KeyError, ValueError, OSError, EOFError) as e:  # truncated/damaged files: named with their row
+        except (
+            KeyError,
+            ValueError,
+            OSError,
+            EOFError,
+        ) as e:  # truncated/damaged files: named with their row
             raise ValueError(f"Could not read {where}: {type(e).__name__}: {e}") from e
         if a.n_obs == 0:
             raise ValueError(f"{where} holds no cells. Remove the row or fix the file.")
         if not a.var_names.is_unique:
             dups = a.var_names[a.var_names.duplicated()].unique()[:5].tolist()
-            raise ValueError(f"{where}: gene names repeat (e.g. {dups}). Make them unique in the file "
-                             "(adata.var_names_make_unique()) or use var_names='gene_ids'.")
+            raise ValueError(
+                f"{where}: gene names repeat (e.g. {dups}). Make them unique in the file "
+                "(adata.var_names_make_unique()) or use var_names='gene_ids'."
+            )
         problem = count_matrix_problem(a.X)
         if problem is not None:
-            raise ValueError(f"{where}: the matrix is not raw counts: {problem}. For .h5ad inputs name the layer "
-                             "with raw counts through `layer=`.")
+            raise ValueError(
+                f"{where}: the matrix is not raw counts: {problem}. For .h5ad inputs name the layer "
+                "with raw counts through `layer=`."
+            )
         a.X = _to_csr(a.X)
         a.obs_names = [f"{sid}_{b}" for b in a.obs_names.astype(str)]
         row = sheet.iloc[i]
@@ -324,8 +385,15 @@ def read_cohort(
                         "Make them agree, or rename the column in the sheet or the file."
                     )
             a.obs[c] = val
-        report.append({"sample": sid, "path": str(path), "kind": _sample_kind(path), "n_cells": int(a.n_obs),
-                       "n_genes": int(a.n_vars)})
+        report.append(
+            {
+                "sample": sid,
+                "path": str(path),
+                "kind": _sample_kind(path),
+                "n_cells": int(a.n_obs),
+                "n_genes": int(a.n_vars),
+            }
+        )
         parts.append(a)
 
     gene_sets_ = [set(a.var_names) for a in parts]
@@ -333,8 +401,11 @@ def read_cohort(
     union = set.union(*gene_sets_)
     if join == "exact" and len(common) != len(union):
         ref = gene_sets_[0]
-        differ = [f"{r['sample']} ({len(g - ref)} genes not in {ids[0]!r}, {len(ref - g)} of its genes missing)"
-                  for r, g in zip(report, gene_sets_) if g != ref]
+        differ = [
+            f"{r['sample']} ({len(g - ref)} genes not in {ids[0]!r}, {len(ref - g)} of its genes missing)"
+            for r, g in zip(report, gene_sets_)
+            if g != ref
+        ]
         ex = sorted(union - common)[:5]
         raise ValueError(
             f"The samples do not measure the same genes ({len(common)} shared of {len(union)}; e.g. {ex} are not in "
@@ -346,7 +417,9 @@ def read_cohort(
     adata = ad.concat(parts, join=ad_join, merge="same", fill_value=0)
     if not adata.obs_names.is_unique:
         dups = adata.obs_names[adata.obs_names.duplicated()][:5].tolist()
-        raise ValueError(f"Cell names '<sample>_<barcode>' repeat: {dups}. A sample file holds repeated barcodes.")
+        raise ValueError(
+            f"Cell names '<sample>_<barcode>' repeat: {dups}. A sample file holds repeated barcodes."
+        )
     kept = set(adata.var_names)
     for r, g in zip(report, gene_sets_):
         r["n_genes_kept"] = len(g & kept)
@@ -360,9 +433,20 @@ def read_cohort(
             adata.obs[c] = pd.Categorical(text, categories=list(dict.fromkeys(cats)))  # missing stays missing
     rep = pd.DataFrame(report, columns=["sample", "path", "kind", "n_cells", "n_genes", "n_genes_kept"])
     adata.uns["read_cohort"] = rep
-    adata.uns["read_cohort_params"] = {"sample_key": sample_key, "join": join, "var_names": var_names,
-                                       "n_genes_union": len(union), "n_genes_shared": len(common)}
+    adata.uns["read_cohort_params"] = {
+        "sample_key": sample_key,
+        "join": join,
+        "var_names": var_names,
+        "n_genes_union": len(union),
+        "n_genes_shared": len(common),
+    }
     n_drop = len(union) - adata.n_vars
-    logger.info("read_cohort: %d cells x %d genes from %d samples (join=%s%s)", adata.n_obs, adata.n_vars,
-                len(parts), join, f", {n_drop} genes not in every sample dropped" if n_drop else "")
+    logger.info(
+        "read_cohort: %d cells x %d genes from %d samples (join=%s%s)",
+        adata.n_obs,
+        adata.n_vars,
+        len(parts),
+        join,
+        f", {n_drop} genes not in every sample dropped" if n_drop else "",
+    )
     return adata

@@ -15,13 +15,23 @@ __all__ = ["gene_coverage"]
 COLUMNS = ["resource", "kind", "name", "n_genes", "n_found", "fraction", "resolvable", "rule", "missing"]
 
 
-def _row(resource: str, kind: str, name: str, genes: Sequence[str], found: set[str], ok: bool, rule: str) -> dict:
+def _row(
+    resource: str, kind: str, name: str, genes: Sequence[str], found: set[str], ok: bool, rule: str
+) -> dict:
     genes = list(dict.fromkeys(str(g) for g in genes))
     hit = [g for g in genes if g.upper() in found]
     miss = [g for g in genes if g.upper() not in found]
-    return {"resource": resource, "kind": kind, "name": name, "n_genes": len(genes), "n_found": len(hit),
-            "fraction": len(hit) / len(genes) if genes else np.nan, "resolvable": bool(ok), "rule": rule,
-            "missing": ";".join(miss)}
+    return {
+        "resource": resource,
+        "kind": kind,
+        "name": name,
+        "n_genes": len(genes),
+        "n_found": len(hit),
+        "fraction": len(hit) / len(genes) if genes else np.nan,
+        "resolvable": bool(ok),
+        "rule": rule,
+        "missing": ";".join(miss),
+    }
 
 
 def gene_coverage(
@@ -98,8 +108,17 @@ def gene_coverage(
         for s in res["lineages"]:
             pos = s.get("positive", [])
             n = sum(g.upper() in found for g in pos)
-            rows.append(_row(rname, "lineage", s["label"], pos, found, n >= _MIN_MARKERS_LINEAGE,
-                             f">= {_MIN_MARKERS_LINEAGE} positive markers"))
+            rows.append(
+                _row(
+                    rname,
+                    "lineage",
+                    s["label"],
+                    pos,
+                    found,
+                    n >= _MIN_MARKERS_LINEAGE,
+                    f">= {_MIN_MARKERS_LINEAGE} positive markers",
+                )
+            )
         for s in res["subsets"]:
             pos = s.get("positive", [])
             ok = any(g.upper() in found for g in pos)
@@ -113,16 +132,37 @@ def gene_coverage(
             rows.append(_row(rname, "subset", s["label"], pos, found, ok, rule))
         for s in res.get("polarization", []):
             pos = s.get("positive", [])
-            rows.append(_row(rname, "polarization", s["label"], pos, found, any(g.upper() in found for g in pos),
-                             ">= 1 gene"))
+            rows.append(
+                _row(
+                    rname,
+                    "polarization",
+                    s["label"],
+                    pos,
+                    found,
+                    any(g.upper() in found for g in pos),
+                    ">= 1 gene",
+                )
+            )
         if res.get("mhc_class_ii"):
             g = res["mhc_class_ii"]
-            rows.append(_row(rname, "mhc_class_ii", "MHC class II", g, found, any(x.upper() in found for x in g),
-                             ">= 1 gene"))
+            rows.append(
+                _row(
+                    rname,
+                    "mhc_class_ii",
+                    "MHC class II",
+                    g,
+                    found,
+                    any(x.upper() in found for x in g),
+                    ">= 1 gene",
+                )
+            )
         for axis, g in (res.get("t_cell_axes") or {}).items():
             if isinstance(g, list):
-                rows.append(_row(rname, "t_cell_axis", axis, g, found, any(x.upper() in found for x in g),
-                                 ">= 1 gene"))
+                rows.append(
+                    _row(
+                        rname, "t_cell_axis", axis, g, found, any(x.upper() in found for x in g), ">= 1 gene"
+                    )
+                )
 
     from ..tl._gene_sets import gene_sets as _collection
     from ..tl._gene_sets import known_gene_sets
@@ -136,23 +176,30 @@ def gene_coverage(
     elif isinstance(gene_sets, Sequence):
         collections = {str(c): _collection(c) for c in gene_sets}
     else:
-        raise TypeError(f"`gene_sets` must be a collection name, a list of names, a mapping or None, got "
-                        f"{type(gene_sets).__name__}.")
+        raise TypeError(
+            f"`gene_sets` must be a collection name, a list of names, a mapping or None, got "
+            f"{type(gene_sets).__name__}."
+        )
     for coll, sets in collections.items():
         for name, genes in sets.items():
             g = list(dict.fromkeys(map(str, genes)))
             n = sum(x.upper() in found for x in g)
             ok = bool(g) and n >= max(1, int(np.ceil(min_fraction * len(g))))
-            rows.append(_row(f"gene_sets:{coll}", "gene_set", name, g, found, ok,
-                             f">= {min_fraction:g} of its genes"))
+            rows.append(
+                _row(f"gene_sets:{coll}", "gene_set", name, g, found, ok, f">= {min_fraction:g} of its genes")
+            )
 
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["n_genes"] = table["n_genes"].astype(int)
     table["n_found"] = table["n_found"].astype(int)
     table["resolvable"] = table["resolvable"].astype(bool)
     n_bad = int((~table["resolvable"]).sum())
-    logger.info("gene_coverage: %d of %d marker/gene sets resolvable with the %d measured genes",
-                len(table) - n_bad, len(table), adata.n_vars)
+    logger.info(
+        "gene_coverage: %d of %d marker/gene sets resolvable with the %d measured genes",
+        len(table) - n_bad,
+        len(table),
+        adata.n_vars,
+    )
     if not inplace:
         return table
     adata.uns[key_added] = table

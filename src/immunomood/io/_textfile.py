@@ -12,10 +12,14 @@ def check_is_file(path: Path, what: str) -> None:
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {str(path)!r}.")
     if path.is_dir():
-        raise ValueError(f"{what} must be a file, got the folder {str(path)!r}. Pass the path of the file inside it.")
+        raise ValueError(
+            f"{what} must be a file, got the folder {str(path)!r}. Pass the path of the file inside it."
+        )
     if path.stat().st_size == 0:
-        raise ValueError(f"{what} {str(path)!r} is empty (0 bytes): the download or copy did not complete. "
-                         "Copy the file again from its source.")
+        raise ValueError(
+            f"{what} {str(path)!r} is empty (0 bytes): the download or copy did not complete. "
+            "Copy the file again from its source."
+        )
 
 
 def decode_text(buf: bytes, name: str, what: str) -> tuple[str, str]:
@@ -32,8 +36,10 @@ def decode_text(buf: bytes, name: str, what: str) -> tuple[str, str]:
             try:
                 return buf.decode(enc), enc
             except UnicodeDecodeError as e:
-                raise ValueError(f"{what} {name!r} starts with a {enc} byte-order mark but is not valid {enc} "
-                                 f"(byte {e.start}): the file is damaged. Export it again.") from None
+                raise ValueError(
+                    f"{what} {name!r} starts with a {enc} byte-order mark but is not valid {enc} "
+                    f"(byte {e.start}): the file is damaged. Export it again."
+                ) from None
     if b"\x00" in buf[:65536]:
         raise ValueError(
             f"{what} {name!r} is not a text file: it holds NUL bytes (a binary file, e.g. a spreadsheet or an "
@@ -43,6 +49,6 @@ def decode_text(buf: bytes, name: str, what: str) -> tuple[str, str]:
         return buf.decode("utf-8"), "utf-8"
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"{what} {name!r} is not UTF-8 text: byte {e.start} ({buf[e.start:e.start + 1]!r}) is not valid UTF-8 "
+            f"{what} {name!r} is not UTF-8 text: byte {e.start} ({buf[e.start : e.start + 1]!r}) is not valid UTF-8 "
             "(perhaps a Latin-1/Windows-1252 export). Save it as UTF-8 and read it again."
         ) from None
