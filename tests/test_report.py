@@ -76,11 +76,31 @@ def test_problems_section_empty_and_full():
     assert "- x failed" in lines and "- y skipped" in lines and "2 problem(s)" in "\n".join(lines)
 
 
-def test_counts_agree_with_the_logged_ones():
+def test_counts_agree_with_the_logged_ones(caplog):
     a = _cells()
     assert unassigned_share(a) == pytest.approx(1 / 6)
-    da = _activity()
-    assert activity_counts(da) == (3, 1, 1)
+    assert activity_counts(_activity()) == (3, 1, 1)
+    # the summary's count of tests is the one tl.differential_activity logs, on a real result with untested rows
+    import re
+    import sys
+    import warnings
+    from pathlib import Path
+
+    import immunomood as im
+
+    sys.path.insert(0, str(Path(__file__).parent / "tl"))
+    from _synth import SETS, synth_cohort
+
+    c = synth_cohort(n_donors=6, seed=3, cells=(60, 8))  # the second type has too few cells: untested rows
+    with caplog.at_level("INFO", logger="immunomood"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = im.tl.differential_activity(c, condition_key="condition", sample_key="donor", groupby="cell_type",
+                                          gene_sets=SETS)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("differential_activity: ")]
+    m = re.search(r"(\d+) tests, (\d+) with padj < 0.05", logged[-1])
+    n_tests, n_sig, n_untested = activity_counts(res)
+    assert (n_tests, n_sig) == (int(m.group(1)), int(m.group(2)))
+    assert n_untested > 0 and n_tests + n_untested == len(res)
 
 
 def test_write_report_summary_opens_with_problems(tmp_path):
