@@ -258,3 +258,25 @@ def test_empty_binary_utf16_folder(long_csv, tmp_path):
     latin.write_bytes(long_csv.read_bytes().replace(b"ID01", b"ID\xe901"))
     with pytest.raises(ValueError, match="not UTF-8 text: byte"):
         im.io.read_olink(latin)
+
+
+@pytest.mark.realdata
+def test_real_export_cut_at_line_boundary_is_reported(data_dir, tmp_path):
+    src = data_dir / "proteomics" / "olink_npx_synthetic_long.csv.gz"
+    whole = im.io.read_olink(src)
+    assert whole.uns["proteomics"]["integrity"]["rows_absent"] == 0
+    assert "immunomood_problems" not in whole.uns
+    lines = gzip.decompress(src.read_bytes()).decode().splitlines()
+    cut = tmp_path / "cut.csv"
+    cut.write_text("\n".join(lines[:-40]) + "\n")  # 40 rows lost at a line boundary: a well-formed file
+    lost = pd.read_csv(src).tail(40)  # the rows that were cut (the export is sorted by assay, then sample)
+    n_samples = lost["SampleID"].nunique()
+    with pytest.warns(UserWarning, match=rf"{n_samples} sample\(s\) lack rows for some assays of a panel"):
+        a = im.io.read_olink(cut)
+    assert a.uns["proteomics"]["integrity"]["rows_absent"] == 40
+    assert any("cut at a line boundary" in m for m in a.uns["immunomood_problems"])
+    # what was read is the file's content, with NaN exactly where rows are absent
+    assert a.shape == whole.shape
+    for sid, oid in lost[["SampleID", "OlinkID"]].head(5).itertuples(index=False):
+        j = np.flatnonzero(a.var["OlinkID"].to_numpy() == oid)[0]
+        assert np.isnan(a[a.obs["SampleID"] == sid].X[:, j]).all()

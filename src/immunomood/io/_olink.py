@@ -495,7 +495,12 @@ def read_olink(
             every other column that varies by sample *and* assay (``Count``, ``ExtNPX``, ``PCNormalizedNPX``,
             a plate-specific ``LOD``, ``AssayQC`` ...), numeric as float, text as strings.
         ``uns["proteomics"]``
-            ``{"platform": "olink", "value": "NPX", "scale": "log2", "source": {...}}``.
+            ``{"platform": "olink", "value": "NPX", "scale": "log2", "source": {...}, "protein_key": ...,
+            "integrity": {"ends_with_line_break": bool, "rows_absent": int}}``.
+        ``uns["immunomood_problems"]``
+            (with a warning) when sample x assay rows are absent for part of a panel the sample was run on (a
+            long export has every row, NPX or not: a file cut at a line boundary, or a filtered table) or when
+            the file does not end with a line break.
 
     Raises
     ------
@@ -540,9 +545,10 @@ def read_olink(
         )
     if df.empty:
         raise ValueError(f"The Olink export {path.name!r} has no data rows.")
+    problems: list[str] = []
     if not info.get("ends_with_line_break", True):
-        warn(f"read_olink: {path.name!r} does not end with a line break, so its last value may have been cut "
-             "(a complete export ends every row with one). Check the file against its source.")
+        problems.append(f"read_olink: {path.name!r} does not end with a line break, so its last value may have been "
+                        "cut (a complete export ends every row with one). Check the file against its source.")
     values = _to_numeric(df[value_column], value_column, strict=True, decimal_comma=dc)
     df = df.drop(columns=[value_column])
     for c in df.columns:
@@ -607,6 +613,24 @@ def read_olink(
     ci = assays.get_indexer(df["OlinkID"])
     X = np.full((len(samples), len(assays)), np.nan)
     X[ri, ci] = df["_value"].to_numpy(dtype=float)
+    # a long export has one row per sample x assay of every panel the sample was run on (NPX may be NA, the row is
+    # there): rows absent for part of a panel mean a file cut at a line boundary, or a filtered table
+    present = np.zeros(X.shape, dtype=bool)
+    present[ri, ci] = True
+    panel_of = df.groupby("OlinkID", sort=False)["Panel"].first().reindex(assays).astype(str)
+    P = pd.get_dummies(panel_of).to_numpy(dtype=float)  # assays x panels
+    expected = ((present.astype(float) @ P) > 0).astype(float) @ P.T > 0
+    absent = expected & ~present
+    integrity: dict = {"ends_with_line_break": bool(info.get("ends_with_line_break", True)),
+                       "rows_absent": int(absent.sum())}
+    if absent.any():
+        n_abs = absent.sum(axis=1)
+        worst = [f"{samples[i]} ({int(n_abs[i])})" for i in np.flatnonzero(n_abs)[:5]]
+        problems.append(
+            f"read_olink: {int((n_abs > 0).sum())} sample(s) lack rows for some assays of a panel they were run on "
+            f"(e.g. {worst}; {int(absent.sum())} rows absent, left as NaN): the file may have been cut at a line "
+            "boundary, or rows were filtered out. Check the file against its source."
+        )
 
     # ---- classify the remaining columns
     skip = {"_value", "_sample", "_is_control", "_repeated", "SampleID", "OlinkID"}
@@ -707,7 +731,12 @@ def read_olink(
         "n_control_samples": int(obs["is_control"].sum()),
         "n_assays_on_several_panels": n_multi,
         "protein_key": protein_key,
+        "integrity": integrity,
     }
+    from .._utils import record_problem
+
+    for msg in problems:
+        record_problem(adata, msg)
     n_ctrl = int(obs["is_control"].sum())
     logger.info(
         "read_olink: %d samples (%d control) x %d assays (%d measured on several panels); %.1f%% below LOD; "
