@@ -90,3 +90,42 @@ def test_our_warnings_stay_python_warnings():
     with pytest.warns(UserWarning, match="^ours$") as rec:
         warn("ours", stacklevel=2)
     assert rec[0].category is UserWarning and rec[0].filename == __file__
+
+
+def test_cli_prints_each_message_once(monkeypatch, tmp_path, capsys):
+    """A run logs and warns; with a root handler (a library calling logging.basicConfig) nothing prints twice."""
+    from immunomood import cli
+    from immunomood._settings import logger, settings
+    from immunomood._utils import warn
+
+    monkeypatch.setattr(settings, "_progress", settings._progress)  # --no-progress below: restored after the test
+
+    def fake_run(args):
+        logger.info("stage qc: started")
+        warn("ours: 2 samples have fewer than 20 cells")
+        warnings.warn("theirs: pull_on_update will change", FutureWarning, stacklevel=1)
+        return tmp_path / "report"
+
+    monkeypatch.setattr(cli, "_run", fake_run)
+    for h in [h for h in logger.handlers if getattr(h, "_immunomood_console", False)]:
+        logger.removeHandler(h)  # bind a fresh console handler to this test's captured stderr
+    root_stream = io.StringIO()
+    root_handler = logging.StreamHandler(root_stream)
+    logging.getLogger().addHandler(root_handler)
+    old_level = logger.level
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            assert cli.main(["demo", "--outdir", str(tmp_path), "--no-progress"]) == 0
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        for h in [h for h in logger.handlers if getattr(h, "_immunomood_console", False)]:
+            logger.removeHandler(h)
+        logger.setLevel(old_level)
+    err = capsys.readouterr().err
+    for text in ("stage qc: started", "ours: 2 samples have fewer than 20 cells",
+                 "FutureWarning: theirs: pull_on_update will change", "finished in"):
+        assert err.count(text) == 1, err
+    assert root_stream.getvalue() == ""
+    assert logger.propagate  # restored after the run
+    assert settings.progress is False  # --no-progress

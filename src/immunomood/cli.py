@@ -95,19 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     from ._settings import logger, settings, warnings_to_logger
 
     t0 = time.perf_counter()
+    # each message printed once: by the console handler only (a library that calls logging.basicConfig would
+    # otherwise print every record a second time through the root logger), and warnings through the log
+    propagate, logger.propagate = logger.propagate, False
     try:
         if args.progress is not None:
             settings.progress = args.progress
-        with warnings_to_logger():  # each warning printed once, through the log (and the log file)
+        with warnings_to_logger():
             report = _run(args)
+        logger.info("finished in %.0f s; report: %s (read summary.md first)", time.perf_counter() - t0, report)
+        return 0
     except ConfigError as e:
         print(f"immunomood: error: {e}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"immunomood: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    logger.info("finished in %.0f s; report: %s (read summary.md first)", time.perf_counter() - t0, report)
-    return 0
+    finally:
+        logger.propagate = propagate
 
 
 def _run(args: argparse.Namespace) -> Path:
