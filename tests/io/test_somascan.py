@@ -190,3 +190,12 @@ def test_utf16_with_bom_reads_as_utf8(lines, soma, tmp_path):
     nobom.write_bytes(("\n".join(lines) + "\n").encode("utf-16-le"))
     with pytest.raises(ValueError, match="UTF-16 text without its byte-order mark"):
         im.io.read_somascan(nobom)
+
+
+def test_example_cut_to_7_of_10_samples_is_not_silent(lines, tmp_path):
+    body = [ln for ln in lines if ln.strip()]
+    p = _write(tmp_path, body[:-3])  # 10 sample rows -> 7, cut at a line boundary
+    with pytest.warns(UserWarning, match=r"fewer rows than the 96 wells.*'Example Adat Set001': 7"):
+        a = im.io.read_somascan(p)
+    assert a.n_obs == 7
+    assert a.uns["proteomics"]["integrity"]["rows_per_plate"] == {"Example Adat Set001": 7}
