@@ -210,12 +210,15 @@ def _unintegrated_pca(adata: AnnData, *, n_comps: int = 50, layer: str | None = 
 
 
 def _umap_of(obs_names: pd.Index, rep: np.ndarray, *, n_neighbors: int, random_state: int) -> np.ndarray:
-    """UMAP (scanpy, seeded) of a representation, computed on a throw-away AnnData."""
+    """UMAP (scanpy, seeded) of a representation, computed on a throw-away AnnData, on the same kNN graph as
+    :func:`immunomood.tl.embed` (the shared ``_neighbors`` helper, safe above 4,096 cells)."""
     import scanpy as sc
+
+    from .._neighbors import neighbors
 
     tmp = AnnData(obs=pd.DataFrame(index=obs_names.copy()))
     tmp.obsm["rep"] = np.asarray(rep, dtype=np.float32)
-    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=int(min(n_neighbors, tmp.n_obs - 1)), random_state=random_state)
+    neighbors(tmp, use_rep="rep", n_neighbors=int(n_neighbors), random_state=random_state)
     sc.tl.umap(tmp, random_state=random_state)
     return np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
 
