@@ -435,3 +435,19 @@ def test_cli_unwritable_outdir_is_a_clear_error(tmp_path, small_h5ad):
                        timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "outdir" in r.stderr and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_join_proteomics_with_a_donor_without_cells_is_writable(objects, tmp_path):
+    """A donor with plasma but no cells (e.g. QC removed them) leaves gaps in donor flags: h5mu must still write."""
+    import mudata as md
+
+    donors = objects["donors"].copy()
+    donors.obs["flag"] = False  # a boolean donor-level column of the cell data
+    donors = donors[donors.obs_names != donors.obs_names[-1]].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = im.tl.join_proteomics(donors, objects["plasma"])
+    assert str(m.obs["flag"].dtype) == "boolean" and m.obs["flag"].isna().sum() == 1
+    m.write(tmp_path / "m.h5mu")
+    back = md.read_h5mu(tmp_path / "m.h5mu")
+    assert back.obs["flag"].isna().sum() == 1 and (back.obs["flag"].dropna() == False).all()  # noqa: E712

@@ -297,10 +297,28 @@ def join_proteomics(donors: AnnData, prot: AnnData, *, prot_sample_key: str | No
     mdata.obs = mdata.obs.reindex(mdata.obs_names)
     meta = meta.reindex(mdata.obs_names)
     for c in meta.columns:
-        mdata.obs[c] = meta[c].to_numpy() if not isinstance(meta[c].dtype, pd.CategoricalDtype) else meta[c].values
+        col = _writable(meta[c])
+        mdata.obs[c] = col.values if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) else col.to_numpy()
     mdata.uns["join"] = {"n_common": int(len(common)), "rna_only": list(rna_only), "prot_only": list(prot_only),
                          "prot_sample_key": prot_sample_key or "index"}
     return mdata
+
+
+def _writable(col: pd.Series) -> pd.Series:
+    """A donor column that a donor present in one modality only left partly missing, in a dtype h5mu can write.
+
+    Booleans with gaps (e.g. a flag of the cell data, NaN for a donor without cells) become pandas' nullable
+    ``boolean``, numbers with gaps ``float``; an object column of bools and NaN could not be written to h5mu.
+    """
+    if col.dtype != object:
+        return col
+    vals = col.dropna()
+    if len(vals) and all(isinstance(v, (bool, np.bool_)) for v in vals):
+        return col.astype("boolean")
+    if len(vals) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                         for v in vals):
+        return col.astype(float)
+    return col
 
 
 class _null:
