@@ -637,6 +637,136 @@ def main_real(n_splits: int = 20):
             print(f"RESULT real_power method={m_} effect={eff} size={size} share_p05={v:.4f} splits={r['n_splits']}")
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# --variants: candidate improvements over limma fry on the same real donors (issue 13, part 2; measured only)
+# ----------------------------------------------------------------------------------------------------------------
+def _fry_parts(C, D, index):
+    """fry's pieces per set (limma-voom pipeline of immunomood._limma): numerator (mean standardised effect),
+    squared denominator, set size, residual df; plus the p-value of fry without voom weights."""
+    from immunomood._limma import _eu2max, calc_norm_factors, filter_by_expr, fit_f_dist, fry, lm_effects, voom
+
+    keep = filter_by_expr(C, design=D)
+    Ck = C[:, keep]
+    lib = Ck.sum(1)
+    E, w = voom(Ck, D, lib * calc_norm_factors(Ck, lib))
+    eff = lm_effects(E, D, w, 1)
+    dfr = eff.shape[1] - 1
+    e2 = eff**2
+    s2r = (e2.sum(1) - e2.max(1)) / (dfr + 1 - _eu2max(dfr))
+    sc, d0 = fit_f_dist(e2[:, 1:].mean(1), dfr)
+    post = np.full_like(s2r, sc) if not np.isfinite(d0) else (0.92 * dfr * s2r + d0 * sc) / (0.92 * dfr + d0)
+    Z = eff / np.sqrt(post)[:, None]
+    pos = np.full(C.shape[1], -1)
+    pos[np.flatnonzero(keep)] = np.arange(keep.sum())
+    kidx = {k: np.unique(pos[v][pos[v] >= 0]) for k, v in index.items()}
+    unw = fry(E, D, kidx, weights=None)
+    out = {}
+    for k, p in kidx.items():
+        if p.size:
+            mz = Z[p].mean(0)
+            out[k] = dict(num=mz[0], den2=float(np.mean(mz[1:] ** 2)), m=p.size, df=dfr,
+                          p_unweighted=float(unw.loc[k, "PValue"]))
+    return out
+
+
+def _variant_ps(pb, ncell, donors, case, ctrl, genes, index, min_cells, plant=None, rng=None):
+    """p-values of the variants for every group x set; ``plant=(gene positions, effect)`` raises the genes in
+    the case donors of REAL_TARGET by adding Poisson((effect - 1) x pseudobulk count) (a sum of per-cell Poissons)."""
+    from immunomood.tl._differential import ols, set_scores
+
+    res, parts = {}, {}
+    for g in pb:
+        ds = [d for d in donors if (d in case or d in ctrl) and ncell[g][d] >= min_cells]
+        x = np.array([d in case for d in ds], float)
+        if min(x.sum(), (1 - x).sum()) < 2:
+            continue
+        C = pb[g].loc[ds].to_numpy().astype(float)
+        if plant is not None and g == REAL_TARGET:
+            cols, fc = plant
+            sub = C[x == 1][:, cols]
+            C[np.ix_(x == 1, cols)] = sub + rng.poisson((fc - 1) * sub)
+        D = np.column_stack([np.ones_like(x), x])
+        idx = {k: np.flatnonzero(np.isin(genes, v)) for k, v in index.items()}
+        parts[g] = _fry_parts(C, D, idx)
+        S = set_scores(C, D, idx, min_n=int(min(x.sum(), (1 - x).sum())))
+        for k in parts[g]:
+            r = {}
+            if k in S["scores"]:
+                B, s2, XtXi, df = ols(D, S["scores"][k][:, None])
+                r["ours_score"] = float(2 * stats.t.sf(abs(B[1, 0] / np.sqrt(s2[0] * XtXi[1, 1])), df))
+            res[(g, k)] = r
+    for (g, k), r in res.items():
+        q = parts[g][k]
+        t = q["num"] / np.sqrt(q["den2"])
+        r["fry"] = float(2 * stats.t.sf(abs(t), q["df"]))
+        r["fry_unweighted"] = q["p_unweighted"]
+        r["fry_known_denominator"] = float(2 * stats.norm.sf(abs(t)))  # a bound, anti-conservative
+        # the set's variance ratio (vif = m x den2) borrowed from the same set in the other cell types
+        oth = [(parts[h][k]["m"] * parts[h][k]["den2"], parts[h][k]["df"]) for h in parts if k in parts[h] and h != g]
+        if oth:
+            v_o = sum(v * d for v, d in oth) / sum(d for _, d in oth)
+            d_o = sum(d for _, d in oth)
+            for lab, share in (("fry_pool_celltypes", 1.0), ("fry_pool_celltypes_half", 0.5)):
+                d_pri = share * d_o
+                vif = (q["df"] * q["m"] * q["den2"] + d_pri * v_o) / (q["df"] + d_pri)
+                r[lab] = float(2 * stats.t.sf(abs(q["num"] / np.sqrt(vif / q["m"])), q["df"] + d_pri))
+    return res
+
+
+def run_variants(n_splits=30, min_cells=10, seed=0, log=print) -> pd.DataFrame:
+    """Null and planted-power splits (as ``--real``, planting at pseudobulk level) for ours (default), fry, fry
+    without voom weights, fry with a known denominator (bound), and fry with the set's variance ratio borrowed
+    from the other cell types (full or half prior weight)."""
+    import anndata as ad
+
+    a = ad.read_h5ad(_real_data_dir() / REAL_FILE)
+    groups = list(a.obs[REAL_GROUP].astype(str).unique())
+    donors = np.array(sorted(a.obs["donor"].astype(str).unique()))
+    pb, ncell = {}, {}
+    for g in groups:
+        m = (a.obs[REAL_GROUP] == g).to_numpy()
+        d = a.obs["donor"].astype(str).to_numpy()[m]
+        pb[g] = pd.DataFrame(sparse.csr_matrix(a.X[m]).toarray(), columns=a.var_names).groupby(d).sum().reindex(
+            donors).fillna(0)
+        ncell[g] = pd.Series(d).value_counts().reindex(donors).fillna(0)
+    sets = real_sets(a.var_names)
+    genes = np.asarray(a.var_names)
+    mono = a[(a.obs[REAL_GROUP] == REAL_TARGET).to_numpy()]
+    eligible = np.flatnonzero(np.asarray(mono.X.mean(axis=0)).ravel() >= 1.0)
+    rng = np.random.default_rng(seed)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in SPLIT_SIZES:
+            for s in range(n_splits):
+                pick = rng.choice(donors, 2 * n, replace=False)
+                case, ctrl = set(pick[:n]), set(pick[n:])
+                for (g, k), r in _variant_ps(pb, ncell, donors, case, ctrl, genes, {k: v for k, v in sets.items()},
+                                             min_cells).items():
+                    rows += [dict(kind="null", size=n, split=s, group=g, gene_set=k, method=mm, p=p)
+                             for mm, p in r.items()]
+                cols = np.sort(rng.choice(eligible, 20, replace=False))
+                for fc in EFFECTS:
+                    r = _variant_ps(pb, ncell, donors, case, ctrl, genes, {"planted": list(genes[cols])}, min_cells,
+                                    plant=(cols, fc), rng=rng).get((REAL_TARGET, "planted"), {})
+                    rows += [dict(kind=f"power {fc}", size=n, split=s, group=REAL_TARGET, gene_set="planted",
+                                  method=mm, p=p) for mm, p in r.items()]
+            log(f"  variants {n} vs {n}: {n_splits} splits done")
+    return pd.DataFrame(rows)
+
+
+def main_variants(n_splits=30, min_cells=10):
+    df = run_variants(n_splits, min_cells)
+    pd.set_option("display.width", 200)
+    print(f"\nVariants on real donors (onek1k; {n_splits} splits per size; min_cells={min_cells}); share p < 0.05")
+    print(df.groupby(["kind", "method", "size"])["p"].agg(lambda p: float((p < 0.05).mean())).unstack("size")
+          .to_string(float_format=lambda v: f"{v:.3f}"))
+    pw = df[df.kind != "null"].pivot_table(index=["kind", "size", "split"], columns="method", values="p")
+    for m_ in pw.columns.drop("fry"):
+        x, y = pw[m_] < 0.05, pw["fry"] < 0.05
+        print(f"discordant power calls vs fry: only {m_} {int((x & ~y).sum())}, only fry {int((~x & y).sum())}")
+
 def main(size="quick"):
     for r in run(size):
         if "ours_s" in r:
@@ -647,7 +777,11 @@ def main(size="quick"):
 
 
 if __name__ == "__main__":
-    if "--real" in sys.argv:
+    if "--variants" in sys.argv:
+        n = int(sys.argv[sys.argv.index("--splits") + 1]) if "--splits" in sys.argv else 30
+        mc = int(sys.argv[sys.argv.index("--min-cells") + 1]) if "--min-cells" in sys.argv else 10
+        main_variants(n, mc)
+    elif "--real" in sys.argv:
         n = int(sys.argv[sys.argv.index("--splits") + 1]) if "--splits" in sys.argv else 20
         main_real(n)
     else:
