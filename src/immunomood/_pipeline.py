@@ -24,6 +24,7 @@ import pandas as pd
 
 from ._config import STAGES, Config, ConfigError
 from ._settings import logger
+from ._utils import record_problem
 
 
 def versions() -> dict[str, str]:
@@ -355,7 +356,6 @@ def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     import anndata as ad
 
     from . import io
-    from ._utils import record_problem
 
     inp = cfg["input"]
     ids = [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else [])
@@ -435,6 +435,9 @@ def stage_integrate(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
         tl.integrate(adata, batch_key=inp["batch_key"], n_latent=ig["n_latent"], max_epochs=ig["max_epochs"],
                      accelerator=ig["accelerator"], devices=ig["devices"], random_state=rs)
         use_rep = "X_scVI"
+    else:
+        record_problem(adata, "scVI integration skipped ([integrate] enabled = false): embedding, clustering and "
+                       "annotation use the unintegrated PCA, so batch effects are not removed.")
     tl.embed(adata, use_rep=use_rep, random_state=rs)
     ck.write("integrate", h, adata=adata, extra={"use_rep": use_rep})
     state["adata"] = adata
@@ -448,6 +451,11 @@ def stage_annotate(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     use_rep = "X_scVI" if "X_scVI" in adata.obsm else "X_pca"
     tl.annotate(adata, markers=an["markers"], use_rep=use_rep, min_confidence=an["min_confidence"],
                 random_state=cfg["output"]["random_state"])
+    bk = cfg["input"]["batch_key"]
+    if use_rep == "X_scVI" and bk:
+        # stored for the report's integration figure (plots compute nothing)
+        tl.integration_metrics(adata, batch_key=bk, label_key="cell_type", embedding="X_scVI",
+                               random_state=cfg["output"]["random_state"])
     counts = adata.obs["cell_type"].value_counts().rename_axis("cell_type").reset_index(name="n_cells")
     ck.write("annotate", h, adata=adata, tables={"cell_types": counts})
     state["adata"] = adata

@@ -158,17 +158,19 @@ def _umap_figure(adata, keys: list[str]):
     return fig
 
 
-def _integration_figure(adata, *, batch_key: str, label_key: str, random_state: int):
-    """pl.integration of X_scVI; the metrics and the 'before' UMAP are computed first (tl) when not stored."""
-    from . import pl, tl
+def _integration_figure(adata, *, batch_key: str, label_key: str):
+    """pl.integration of X_scVI, from what the annotate stage stored with tl.integration_metrics."""
+    from . import pl
 
     st = adata.uns.get("integration_metrics")
     params = st.get("params", {}) if isinstance(st, dict) else {}
     stored = (params.get("batch_key") == batch_key and params.get("label_key") == label_key
               and "X_scVI" in list(params.get("embedding", [])) and bool(params.get("umap_unintegrated", "")))
     if not stored:
-        tl.integration_metrics(adata, batch_key=batch_key, label_key=label_key, embedding="X_scVI",
-                               random_state=random_state)
+        raise ValueError(
+            "integration metrics for X_scVI are not stored (uns['integration_metrics']): rerun the annotate stage "
+            "(it calls im.tl.integration_metrics), e.g. `immunomood run CONFIG --from annotate`."
+        )
     return pl.integration(adata, embedding="X_scVI")
 
 
@@ -211,7 +213,6 @@ def write_report(cfg, ck, state: dict) -> Path:
 
     sk, ck_key, bk = inp["sample_key"], inp["condition_key"], inp["batch_key"]
     groupby = cfg["differential"]["groupby"]
-    rs = int(cfg["output"]["random_state"])
     figures: dict[str, str] = {}
     failures: dict[str, str] = {}
 
@@ -232,7 +233,7 @@ def write_report(cfg, ck, state: dict) -> Path:
             lambda: _umap_figure(adata, colour_by))
     if bk and "X_scVI" in adata.obsm and "cell_type" in adata.obs.columns:
         fig("integration", "UMAP before and after scVI integration, by batch and cell type, with the metrics",
-            lambda: _integration_figure(adata, batch_key=bk, label_key="cell_type", random_state=rs))
+            lambda: _integration_figure(adata, batch_key=bk, label_key="cell_type"))
     fig("annotation", "Marker genes per annotated cell type", lambda: pl.annotation(adata, key="cell_type"))
     fig("annotation_confidence", "Annotation confidence per cell type",
         lambda: pl.annotation_confidence(adata, key="cell_type"))
