@@ -553,8 +553,9 @@ def differential_activity(
         weighted least-squares effects (``.lmEffects``), fry's robust posterior-sd standardisation (``squeezeVar``
         prior from ``fitFDist``, no trend, not robust: fry's defaults), the directional p-value on the residual
         df (``pvalue``, two-sided) and the non-directional one (``pvalue_mixed``). Set members that fail
-        ``filterByExpr`` leave the set. As in R, fry's p-value with voom weights depends slightly on the order of
-        the samples (the residual basis of each gene's weighted QR); samples are in sorted ``sample_key`` order.
+        ``filterByExpr`` leave the set. As in R, fry's p-value with voom weights depends on the order of the samples
+        (the residual basis of each gene's weighted QR; on onek1k, reordering changed p by a median 1%, at most 30%); samples are in the order of
+        the ``sample_key`` categories (sorted when the column is not categorical).
         ``random_effect`` is not available with ``"fry"`` (use ``covariates`` for a fixed donor effect).
     min_cells
         Minimum number of cells of a sample in a group for that sample to enter the group's test. Samples left
