@@ -65,19 +65,34 @@ def _write_h5(path: Path, X: sparse.spmatrix, genes: list[str], barcodes: list[s
 
 
 def write_combat_cohort(
-    data_dir: Path, dest: Path, formats: tuple[str, ...] = DEFAULT_FORMATS, n_cells: int | None = None
+    data_dir: Path,
+    dest: Path,
+    formats: tuple[str, ...] | None = None,
+    n_cells: int | None = None,
+    conditions: tuple[str, ...] | None = None,
 ) -> tuple[Path, "object"]:
     """Write the COMBAT donors under ``dest``; return (sample sheet path, the source AnnData it was written from).
 
-    ``formats`` gives, per donor, ``"v3"``, ``"v2"``, ``"h5"`` or ``"h5ad"``. ``n_cells`` keeps the first ``n_cells`` cells of
-    each donor (all by default). The gene symbols serve as both gene ID and name in the 10x files (the source has
+    ``formats`` gives, per donor, ``"v3"``, ``"v2"``, ``"h5"`` or ``"h5ad"`` (default: :data:`DEFAULT_FORMATS`, cycled
+    over the donors kept). ``n_cells`` keeps the first ``n_cells`` cells of each donor (all by default).
+    ``conditions`` keeps the donors of those conditions only (``("Healthy", "Covid_Critical")``: 4 donors, two
+    arms, as the differential stage of ``immunomood run`` needs). The gene symbols serve as both gene ID and name in the 10x files (the source has
     no Ensembl IDs). Cell barcodes are the source's obs names without the ``"<donor>_"`` prefix, so that
     ``read_cohort`` (``"<sample>_<barcode>"``) gives back the source's obs names.
     """
     import anndata as ad
 
     src = ad.read_h5ad(Path(data_dir) / COMBAT[0] / COMBAT[1])
+    if conditions is not None:
+        unknown = set(conditions) - set(src.obs["condition"].astype(str))
+        if unknown:
+            raise ValueError(
+                f"conditions {sorted(unknown)} not in the COMBAT data: {sorted(set(src.obs['condition']))}"
+            )
+        src = src[src.obs["condition"].astype(str).isin(conditions).to_numpy()].copy()
     donors = list(dict.fromkeys(src.obs["donor"].astype(str)))
+    if formats is None:
+        formats = tuple(DEFAULT_FORMATS[i % len(DEFAULT_FORMATS)] for i in range(len(donors)))
     if len(formats) != len(donors):
         raise ValueError(f"formats must give one format per donor ({len(donors)}), got {len(formats)}.")
     keep = []

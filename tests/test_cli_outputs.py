@@ -190,3 +190,35 @@ def test_missing_counts_layer_named(tmp_path, tiny_counts):
         ConfigError, match=r"counts_layer 'counts' is not a layer of c.h5ad. Layers present: \['raw'\]"
     ):
         stage_load(cfg, Checkpoints(tmp_path / "out"), cfg.stage_hash("load"), {})
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_cli_run_on_real_sample_sheet(tmp_path, data_dir):
+    """``immunomood run`` on 4 real COMBAT donors given as 10x v3/v2 folders, a CellRanger .h5 and an .h5ad."""
+    import subprocess
+    import sys
+
+    sheet, src = write_combat_cohort(
+        data_dir, tmp_path / "cohort", n_cells=150, conditions=("Healthy", "Covid_Critical")
+    )
+    assert set(pd.read_csv(sheet)["path"].str.rsplit(".", n=1).str[-1]) >= {"h5", "h5ad"}
+    text = (
+        '[input]\nsample_sheet = "cohort/samples.csv"\nsample_key = "donor"\ncondition_key = "condition"\n'
+        f'reference = "Healthy"\n{_FAST}\n[output]\noutdir = "out"\n'
+    )
+    p = tmp_path / "config.toml"
+    p.write_text(text)  # relative paths: the sheet against the config, the samples against the sheet
+    r = subprocess.run(
+        [sys.executable, "-m", "immunomood.cli", "run", str(p)], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "out"
+    a = _check_outputs(out, text)
+    assert set(a.obs["donor"].astype(str)) == set(src.obs["donor"].astype(str))
+    assert list(a.obs["condition"].cat.categories) == ["Healthy", "Covid_Critical"]
+    # the cells kept after QC carry exactly the counts of the source, cell for cell
+    assert set(a.obs_names) <= set(src.obs_names) and a.n_obs > 0.5 * src.n_obs
+    ref = src[a.obs_names, a.var_names].X
+    assert abs(a.layers["counts"] - ref).sum() == 0
+    assert (out / "report" / "summary.md").is_file()
