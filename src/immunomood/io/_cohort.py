@@ -349,14 +349,10 @@ def read_cohort(
     parts, report = [], []
     for i, (sid, path) in enumerate(tqdm(list(zip(ids, paths)), desc="reading samples", disable=None)):
         where = f"row {i + 1} (sample {sid!r}, {str(path)!r})"
+        # truncated or damaged files (gzip cut short, mtx entries lost, gene list short) fail naming their row
         try:
             a = _read_one(path, var_names=var_names, layer=layer)
-        except (
-            KeyError,
-            ValueError,
-            OSError,
-            EOFError,
-        ) as e:  # truncated/damaged files: named with their row
+        except (KeyError, ValueError, OSError, EOFError) as e:
             raise ValueError(f"Could not read {where}: {type(e).__name__}: {e}") from e
         if a.n_obs == 0:
             raise ValueError(f"{where} holds no cells. Remove the row or fix the file.")
