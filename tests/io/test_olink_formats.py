@@ -175,6 +175,25 @@ def test_xlsx(tmp_path, monkeypatch):
         wb.save(p)
         a = im.io.read_olink(p)
         np.testing.assert_allclose(a.X, m.loc[a.obs_names].to_numpy(), atol=5e-4)
+        assert a.uns["proteomics"]["source"]["layout"] == "target96 wide"
+        # a long table and a plain wide table in Excel, numbers stored as numbers
+        long = _published()
+        long = long[long["SampleID"] != "S2"]
+        wide = m.copy()
+        wide.insert(0, "SampleID", m.index)
+        for name, table in (("long.xlsx", long), ("wide.xlsx", wide)):
+            wb = openpyxl.Workbook()
+            wb.active.append(list(table.columns))
+            for r in table.itertuples(index=False):
+                wb.active.append(list(r))
+            wb.save(tmp_path / name)
+        got = im.io.read_olink(tmp_path / "long.xlsx")
+        assert got.shape == (2, 4) and got.uns["proteomics"]["protein_key"] == "Assay"
+        tnf = long.loc[(long["SampleID"] == "S1") & (long["Assay"] == "TNF"), "NPX"].item()
+        np.testing.assert_allclose(got["S1", "TNF"].X[0, 0], tnf)
+        got = im.io.read_olink(tmp_path / "wide.xlsx")
+        assert got.uns["proteomics"]["source"]["layout"] == "wide"
+        np.testing.assert_allclose(got.X, m.to_numpy())
     else:
         p.write_bytes(b"PK\x03\x04 not really a workbook")
     monkeypatch.setitem(sys.modules, "openpyxl", None)  # as when the package is not installed
