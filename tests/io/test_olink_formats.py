@@ -149,6 +149,20 @@ def test_target96_wide_csv(tmp_path):
     np.testing.assert_allclose(a.var["LOD"], [3.5, 3.9, 10, 2])
     np.testing.assert_array_equal(a.layers["below_lod"], m.loc[a.obs_names].to_numpy() < [3.5, 3.9, 10, 2])
     assert a.obs.loc["B", "QC_Warning"] == "Warning" and set(a.obs["PlateID"]) == {"Plate1"}
+    # two "QC Deviation from median" columns (Inc Ctrl, Det Ctrl) keep both, named by the label under them
+    rows = _target96_rows(m)
+    rows[3] += ["QC Deviation from median"] * 2
+    rows[4] += ["Inc Ctrl", "Det Ctrl"]
+    rows[5] += ["", ""]
+    for k in range(6, 9):
+        rows[k] += ["0.1", "-0.2"]
+    for k in range(9, len(rows)):
+        rows[k] += ["", ""]
+    p.write_text("\n".join(";".join(r) for r in rows) + "\n")
+    q = im.io.read_olink(p)
+    assert q.obs["QC Deviation from median_Inc Ctrl"].tolist() == [0.1] * 3
+    assert q.obs["QC Deviation from median_Det Ctrl"].tolist() == [-0.2] * 3
+    np.testing.assert_array_equal(q.X, a.X)
     # the footer cut off: the file is truncated
     p.write_text("\n".join(";".join(r) for r in _target96_rows(m, footer=False)) + "\n")
     with pytest.raises(ValueError, match="ends without its footer rows"):

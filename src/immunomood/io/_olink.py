@@ -133,6 +133,16 @@ def _target96_to_long(rows: list[list[str]], name: str, value_column: str) -> pd
             panels[j] = cur
     footer = {_FOOTER[str(rows[i][0]).strip().lower()]: i for i in range(foot, len(rows))
               if rows[i] and str(rows[i][0]).strip().lower() in _FOOTER}
+    # metadata column names; a repeated header ("QC Deviation from median" for Inc Ctrl and Det Ctrl) takes the
+    # label under it (Uniprot ID row) or its column number
+    heads = {j: _WIDE_META.get(_norm(cell(r_assay, j)), cell(r_assay, j)) for j in meta}
+    repeated = {h for h in heads.values() if list(heads.values()).count(h) > 1}
+    meta_names: dict[int, str] = {}
+    for j, nm in heads.items():
+        sub = cell(r_uni, j) if r_uni is not None else ""
+        meta_names[j] = f"{nm}_{sub or j}" if nm in repeated else nm
+    if len(set(meta_names.values())) < len(meta_names):  # the label itself repeated: make unique by column
+        meta_names = {j: f"{nm}_{j}" for j, nm in meta_names.items()}
     records = []
     need = max(prot) + 1
     for i in range(start, foot):
@@ -144,7 +154,7 @@ def _target96_to_long(rows: list[list[str]], name: str, value_column: str) -> pd
                              f"{cell(i, 0)!r}) has {len(row)} cells, the assays need {need}. Export it again.")
         base = {"SampleID": cell(i, 0)}
         for j in meta:
-            base[_WIDE_META.get(_norm(cell(r_assay, j)), cell(r_assay, j))] = cell(i, j)
+            base[meta_names[j]] = cell(i, j)
         for j in prot:
             rec = dict(base)
             rec.update(OlinkID=cell(r_oid, j), Assay=cell(r_assay, j), Panel=panels.get(j, "unspecified"))
