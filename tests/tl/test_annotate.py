@@ -12,23 +12,34 @@ import pytest
 from scipy import sparse
 
 import immunomood as im
-from immunomood.tl._annotate import CELL_TYPES, LINEAGES
+from immunomood.tl._annotate import CELL_TYPES, LABELS, LINEAGE_CALLS, LINEAGES
 
 TYPES = {
     "CD4 naive T": ["CD3D", "CD3E", "CD2", "CCR7", "SELL", "LEF1", "TCF7", "CD4", "MAL", "LRRN3", "IL7R"],
-    "CD8 memory T": ["CD3D", "CD3E", "CD2", "CD8A", "CD8B", "GZMK", "CCL5", "NKG7", "GZMH"],
+    "CD8 memory T": ["CD3D", "CD3E", "CD2", "CD8A", "CD8B", "GZMK", "CCL5", "NKG7", "GZMH", "S100A4", "ANXA1", "IL32",
+                     "VIM", "AHNAK"],
     "NK": ["GNLY", "NKG7", "KLRD1", "KLRF1", "PRF1", "FCER1G", "TYROBP"],
     "B naive": ["MS4A1", "CD79A", "CD79B", "CD19", "BANK1", "IGHD", "IGHM", "TCL1A", "HLA-DRA", "CD74"],
+    "B memory": ["MS4A1", "CD79A", "CD79B", "CD19", "BANK1", "CD27", "AIM2", "TNFRSF13B", "IGHA1", "HLA-DRA", "CD74"],
     "Classical monocyte": ["CD14", "LYZ", "S100A8", "S100A9", "VCAN", "FCN1", "CST3", "CSF1R", "HLA-DRA", "CD74"],
+    "Non-classical monocyte": ["FCGR3A", "MS4A7", "CDKN1C", "LST1", "C1QA", "CX3CR1", "RHOC", "CST3", "HLA-DRA", "CD74"],
     "Neutrophil": ["CSF3R", "FCGR3B", "CXCR2", "CXCR1", "FPR1", "S100A8", "S100A9", "MNDA", "MMP9", "G0S2"],
 }
-LIN = {"CD4 naive T": "T cell", "CD8 memory T": "T cell", "NK": "NK cell", "B naive": "B cell",
-       "Classical monocyte": "Monocyte", "Neutrophil": "Neutrophil"}
+LIN = {"CD4 naive T": "T cell", "CD8 memory T": "T cell", "NK": "NK cell", "B naive": "B cell", "B memory": "B cell",
+       "Classical monocyte": "Monocyte", "Non-classical monocyte": "Monocyte", "Neutrophil": "Neutrophil"}
+
+
+def _distinction_genes() -> list[str]:
+    res = json.loads(resources.files("immunomood").joinpath("resources", "markers", "blood.json").read_text())
+    return sorted({g for d in res["distinctions"] for v in d["sides"].values() for g in v})
 
 
 def _simulate(n_per_type: int = 60, seed: int = 0) -> ad.AnnData:
+    """Six types with their markers up; the panel also measures (at background level) every gene that the
+    resource's distinctions need, as a real transcriptome does, so that every split is resolvable."""
     rng = np.random.default_rng(seed)
     markers = sorted({g for v in TYPES.values() for g in v})
+    markers += [g for g in _distinction_genes() if g not in markers]
     genes = markers + [f"BG{i}" for i in range(200)]
     base = rng.gamma(0.6, 0.5, size=len(genes))
     rows, truth = [], []
@@ -71,12 +82,19 @@ def test_simulated_truth_and_keys(sim):
     assert (fine == a.obs["truth"]).mean() >= 0.85
     # exact keys and vocabularies
     assert list(a.obs["cell_lineage"].cat.categories) == list(LINEAGES)
-    assert list(a.obs["cell_type"].cat.categories) == list(CELL_TYPES)
+    assert list(a.obs["cell_type"].cat.categories) == list(LABELS)
+    assert set(LABELS) == set(CELL_TYPES) | set(LINEAGE_CALLS) and set(LINEAGE_CALLS) <= set(LINEAGES)
+    # every split is measured in this panel: no lineage-level call, no reason for assigned cells
+    assert not a.obs["cell_type"].isin(LINEAGE_CALLS).any()
+    assigned = (a.obs["cell_lineage"] != "Unassigned").to_numpy()
+    assert (a.obs["cell_type_reason"].astype(str).to_numpy()[assigned] == "").all()
+    assert a.uns["cell_type"]["coverage"]["supported"].all()
     conf = a.obs["cell_type_confidence"]
     assert conf.between(0, 1).all()
     u = a.uns["cell_type"]
     assert u["markers"] == {"name": "blood", "version": u["markers"]["version"]}
-    assert {"params", "markers", "markers_used", "cluster_label_counts", "n_clusters"} <= set(u)
+    assert {"params", "markers", "markers_used", "cluster_label_counts", "n_clusters", "coverage"} <= set(u)
+    assert set(a.obs.columns) == {"truth", "cell_lineage", "cell_type", "cell_type_confidence", "cell_type_reason"}
     assert u["cluster_label_counts"].to_numpy().sum() == a.n_obs
     assert u["params"]["input"].startswith("raw counts")
     # conventional T labels are decided by CD8A/CD8B and the naive / memory axes: those are the genes reported

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -35,7 +36,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._docs import doc_adata, doc_layer, doc_params, doc_random_state
-from .._neighbors import neighbors
+from .._neighbors import knn_lists
 from .._settings import uses_threads
 from .._utils import (
     check_adata,
@@ -62,6 +63,10 @@ CELL_TYPES = (
     "NK", "B naive", "B memory", "Plasmablast", "Classical monocyte", "Intermediate monocyte",
     "Non-classical monocyte", "cDC", "pDC", "Neutrophil", "Platelet", "Erythrocyte", "Unassigned",
 )
+#: Lineage-level calls: ``obs[key_added]`` holds the lineage name when the panel cannot separate its subsets.
+LINEAGE_CALLS = ("T cell", "B cell", "Monocyte", "Dendritic cell")
+#: Categories of ``obs[key_added]``: the fine types, the lineage-level calls, then ``"Unassigned"``.
+LABELS = CELL_TYPES[:-1] + LINEAGE_CALLS + ("Unassigned",)
 CD4_LABELS = ("CD4 naive T", "CD4 memory T", "Treg")
 MIN_CELLS = 20
 
@@ -90,6 +95,10 @@ _TAU_AXIS = 0.1  # naive/memory probability: logistic in units of the sub-cluste
 _CLUSTER_ODDS = 300.0  # a pure sub-cluster's CD4/CD8 call is held at these prior odds
 _MIN_RARE_SCORE = 0.25  # a rare T subset: its markers at least halfway from background to the expressing population
 _T_RARE = ("Treg", "MAIT", "gamma-delta T", "Proliferating T")
+# large inputs: a random sketch of this many cells is annotated in full, the other cells take the labels of their
+# nearest sketch cells in the same PCA (12,000 cells keep every blood population of >= 0.2% with >= 24 cells)
+_SKETCH_CELLS = 12_000
+_N_TRANSFER = 10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,38 +267,116 @@ def _apply_gates(S: np.ndarray, Zs: np.ndarray, col: dict[str, int], sets: list[
 # ----------------------------------------------------------------------------------------------
 # neighbourhood and clusters
 # ----------------------------------------------------------------------------------------------
-def _graph_and_clusters(
-    adata: AnnData, Xlog, *, use_rep: str | None, groupby: str | None, random_state: int
-) -> tuple[sparse.csr_matrix, np.ndarray]:
+def _umap_connectivities(idx: np.ndarray, dist: np.ndarray) -> sparse.csr_matrix:
+    """UMAP fuzzy-simplicial-set connectivities (as ``sc.pp.neighbors(method="umap")``) in vectorised numpy.
+
+    Same kernel as ``umap.umap_.fuzzy_simplicial_set`` with ``local_connectivity=1``: per cell, ``rho`` is the
+    distance to its nearest other cell and ``sigma`` is found by bisection so that the memberships sum to
+    ``log2(k)``; then the fuzzy union ``P + P.T - P * P.T``. Computed here because umap's numba kernels are
+    compiled in every new process (~40 s on 2 cores, the largest single cost of ``annotate`` on 16,000 cells).
+    """
+    n, k = idx.shape
+    d = dist.astype(np.float64)
+    d[idx == np.arange(n)[:, None]] = 0.0  # brute-force search can leave ~1e-7 on the cell itself
+    nz = np.where(d > 0, d, np.inf)
+    rho = np.min(nz, axis=1)
+    rho[~np.isfinite(rho)] = 0.0
+    target = np.log2(k)
+    lo = np.zeros(n)
+    hi = np.full(n, np.inf)
+    mid = np.ones(n)
+    dd = np.maximum(d[:, 1:] - rho[:, None], 0.0)
+    done = np.zeros(n, dtype=bool)
+    for _ in range(64):
+        psum = np.exp(-dd / mid[:, None]).sum(axis=1)
+        done |= np.abs(psum - target) < 1e-5
+        up = (psum > target) & ~done
+        down = (psum <= target) & ~done
+        hi = np.where(up, mid, hi)
+        lo = np.where(down, mid, lo)
+        mid = np.where(up | (down & np.isfinite(hi)), (lo + hi) / 2.0, np.where(down, mid * 2.0, mid))
+        if done.all():
+            break
+    sigma = mid
+    floor = 1e-3 * np.where(rho > 0, d.mean(axis=1), d.mean())
+    sigma = np.maximum(sigma, floor)
+    val = np.exp(-np.maximum(d - rho[:, None], 0.0) / sigma[:, None])
+    val[idx == np.arange(n)[:, None]] = 0.0
+    P = sparse.csr_matrix((val.ravel().astype(np.float32), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
+    P.eliminate_zeros()
+    Pt = P.T.tocsr()
+    C = (P + Pt - P.multiply(Pt)).tocsr()
+    C.eliminate_zeros()
+    return C
+
+
+def _knn_graph(rep: np.ndarray, n_neighbors: int, random_state: int) -> sparse.csr_matrix:
+    """Connectivities of the shared kNN lists (:func:`immunomood._neighbors.knn_lists`, ``settings.n_jobs``)."""
+    from .._settings import settings
+
+    k = int(min(n_neighbors, rep.shape[0] - 1))
+    idx, dist = knn_lists(rep, k, random_state=random_state, n_jobs=settings.n_jobs)
+    return _umap_connectivities(idx, dist)
+
+
+def _leiden(C: sparse.csr_matrix, resolution: float, random_state: int) -> np.ndarray:
+    """Leiden (igraph, modularity, 2 iterations, weighted, undirected) as ``sc.tl.leiden(flavor="igraph")``."""
     import scanpy as sc
 
-    n = adata.n_obs
-    priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(n).astype(str)))
-    if use_rep is not None:
-        priv.obsm["X_rep"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
-    else:
-        tmp = AnnData(X=Xlog if sparse.issparse(Xlog) else np.asarray(Xlog), obs=priv.obs.copy())
-        if tmp.n_vars > 3000:
-            sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
-            tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
-        n_comps = int(max(2, min(30, tmp.n_obs - 2, tmp.n_vars - 2)))
-        sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
-        priv.obsm["X_rep"] = tmp.obsm["X_pca"]
-        del tmp
-    k = int(min(_N_NEIGHBORS, n - 1))
-    neighbors(priv, use_rep="X_rep", n_neighbors=k, random_state=random_state)
-    W = priv.obsp["connectivities"].tocsr()
-    W = W + sparse.eye(n, format="csr")  # the cell itself is part of its neighbourhood
-    rs = np.asarray(W.sum(axis=1)).ravel()
-    W = (sparse.diags(1.0 / rs) @ W).tocsr()
+    priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(C.shape[0]).astype(str)))
+    sc.tl.leiden(
+        priv, adjacency=C, resolution=resolution, random_state=random_state, flavor="igraph", n_iterations=2,
+        directed=False, key_added="clusters",
+    )
+    return priv.obs["clusters"].astype(str).to_numpy()
+
+
+def _row_normalised(C: sparse.csr_matrix) -> sparse.csr_matrix:
+    W = C + sparse.eye(C.shape[0], format="csr")  # the cell itself is part of its neighbourhood
+    return (sparse.diags(1.0 / np.asarray(W.sum(axis=1)).ravel()) @ W).tocsr()
+
+
+def _pca_rep(Xlog, random_state: int, rows: np.ndarray | None = None):
+    """PCA of the highly variable genes (``sc.pp.pca``, arpack, implicit centring) fitted on ``rows``.
+
+    Without ``rows``: the embedding of all cells. With ``rows``: ``(embedding of rows, projection of the other
+    cells)``, the other cells projected on the same components with the same centring.
+    """
+    import scanpy as sc
+
+    Xf = Xlog if rows is None else Xlog[rows]
+    tmp = AnnData(X=Xf if sparse.issparse(Xf) else np.asarray(Xf))
+    hvg = np.arange(tmp.n_vars)
+    if tmp.n_vars > 3000:
+        sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
+        hvg = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
+        tmp = tmp[:, hvg].copy()
+    n_comps = int(max(2, min(30, tmp.n_obs - 2, tmp.n_vars - 2)))
+    sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
+    fit = np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
+    if rows is None:
+        return fit
+    pcs = np.asarray(tmp.varm["PCs"], dtype=np.float64)
+    mu = np.asarray(tmp.X.mean(axis=0), dtype=np.float64).ravel()
+    rest = np.setdiff1d(np.arange(Xlog.shape[0]), rows)
+    Xr = Xlog[rest][:, hvg]
+    proj = np.asarray(Xr @ pcs) - mu @ pcs
+    return fit, proj.astype(np.float32)
+
+
+def _graph_and_clusters(
+    adata: AnnData, Xlog, *, use_rep: str | None, groupby: str | None, random_state: int,
+    rep: np.ndarray | None = None,
+) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Row-normalised kNN graph (self included) and Leiden clusters (or the ``groupby`` column)."""
+    if rep is None:
+        rep = np.asarray(adata.obsm[use_rep], np.float32) if use_rep is not None else _pca_rep(Xlog, random_state)
+    C = _knn_graph(rep, _N_NEIGHBORS, random_state)
+    W = _row_normalised(C)
     if groupby is not None:
         clusters = adata.obs[groupby].astype(str).to_numpy()
     else:
-        sc.tl.leiden(
-            priv, resolution=_RESOLUTION, random_state=random_state, flavor="igraph", n_iterations=2,
-            directed=False, key_added="clusters",
-        )
-        clusters = priv.obs["clusters"].astype(str).to_numpy()
+        clusters = _leiden(C, _RESOLUTION, random_state)
     return W, clusters
 
 
@@ -378,20 +465,14 @@ def _subcluster(
         sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
         priv.obsm["X_rep"] = tmp.obsm["X_pca"]
         del tmp, Xu
-    k = int(min(_N_NEIGHBORS_SUB, n - 1))
-    neighbors(priv, use_rep="X_rep", n_neighbors=k, random_state=random_state)
-    W = priv.obsp["connectivities"].tocsr() + sparse.eye(n, format="csr")
-    W = (sparse.diags(1.0 / np.asarray(W.sum(axis=1)).ravel()) @ W).tocsr()
+    C = _knn_graph(np.asarray(priv.obsm["X_rep"], np.float32), _N_NEIGHBORS_SUB, random_state)
+    W = _row_normalised(C)
     out = []
     for r in resolutions:
         if groupby is not None:
             sub = adata.obs[groupby].astype(str).to_numpy()[rows]
         else:
-            sc.tl.leiden(
-                priv, resolution=r, random_state=random_state, flavor="igraph", n_iterations=2,
-                directed=False, key_added="sub",
-            )
-            sub = priv.obs["sub"].astype(str).to_numpy()
+            sub = _leiden(C, r, random_state)
         out.append(pd.Categorical(sub).codes.astype(int))
     return W, out, Xh
 
@@ -582,6 +663,209 @@ def _t_subsets(
     return fine, np.clip(prob, 0, 1), used
 
 
+def _coverage(res: Mapping[str, Any], col: Mapping[str, int]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Which distinctions the panel supports: one row per distinction of the resource's ``distinctions``.
+
+    A distinction is supported when every side has at least ``min_per_side`` of its genes in the data. For a
+    lineage with an unsupported distinction its cells stop at the lineage; the returned mapping gives the
+    per-cell reason (which markers are missing) for those lineages.
+    """
+    rows, unresolved = [], {}
+    for d in res.get("distinctions", []):
+        k = int(d.get("min_per_side", 1))
+        found, missing, ok = [], [], True
+        for side, genes in d["sides"].items():
+            f = [g for g in genes if g.upper() in col]
+            m = [g for g in genes if g.upper() not in col]
+            found.append(f"{side}: {', '.join(f) if f else '-'}")
+            missing.append(f"{side}: {', '.join(m) if m else '-'}")
+            if len(f) < k:
+                ok = False
+                why = f"{d['name']} not resolvable: {side} has {len(f)} of {', '.join(genes)} in the data (needs {k})"
+                if d.get("stops_lineage", True) and d["lineage"] not in unresolved:
+                    unresolved[d["lineage"]] = why
+        rows.append({
+            "lineage": d["lineage"], "distinction": d["name"], "supported": ok, "min_per_side": k,
+            "markers_found": "; ".join(found), "markers_missing": "; ".join(missing),
+        })
+    cov = pd.DataFrame(rows, columns=["lineage", "distinction", "supported", "min_per_side", "markers_found",
+                                      "markers_missing"])
+    cov.index = cov.index.astype(str)
+    return cov, unresolved
+
+
+def _transfer(
+    out: dict[str, Any], rows: np.ndarray, rep_fit: np.ndarray, rep_rest: np.ndarray, n: int,
+    E: np.ndarray, col: Mapping[str, int], res: Mapping[str, Any], rs: int,
+) -> dict[str, Any]:
+    """Labels of the cells outside the sketch: weighted vote of their ``_N_TRANSFER`` nearest sketch cells.
+
+    The fine label with the largest vote wins (its lineage follows); confidence = the winning neighbours' mean
+    confidence x the vote share; cluster and reason from the nearest sketch cell with the winning label.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    from .._settings import settings
+
+    rest = np.setdiff1d(np.arange(n), rows)
+    k = int(min(_N_TRANSFER, len(rows)))
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=settings.n_jobs).fit(rep_fit)
+    dist, idx = nn.kneighbors(rep_rest, return_distance=True)
+    w = 1.0 / (dist + 1e-6 + dist[:, :1])  # closer sketch cells weigh more
+    lab_cat = pd.Categorical(out["fine"].astype(str))
+    codes = lab_cat.codes[idx]  # rest x k
+    n_lab = len(lab_cat.categories)
+    votes = np.zeros((len(rest), n_lab))
+    for j in range(k):
+        np.add.at(votes, (np.arange(len(rest)), codes[:, j]), w[:, j])
+    win = np.argmax(votes, axis=1)
+    share = votes[np.arange(len(rest)), win] / votes.sum(axis=1)
+    hit = codes == win[:, None]
+    first = np.argmax(hit, axis=1)  # nearest sketch cell with the winning label
+    src = idx[np.arange(len(rest)), first]
+    conf_n = np.where(hit, out["confidence"][idx], 0).sum(axis=1) / hit.sum(axis=1)
+
+    def fill(sketch_vals, rest_vals, dtype=object):
+        full = np.empty(n, dtype=dtype)
+        full[rows] = sketch_vals
+        full[rest] = rest_vals
+        return full
+
+    fine_rest = np.asarray(lab_cat.categories)[win].astype(object)
+    new = dict(out)
+    new["fine"] = fill(out["fine"], fine_rest)
+    new["lineage"] = fill(out["lineage"], out["lineage"][src])
+    new["confidence"] = fill(out["confidence"], np.clip(conf_n * share, 0, 1), np.float64)
+    new["reason"] = fill(out["reason"], out["reason"][src])
+    new["unassigned"] = fill(out["unassigned"], out["unassigned"][src], bool)
+    new["clusters"] = fill(out["clusters"], np.asarray(out["clusters"])[src])
+    if out["pol"] is not None:
+        P = out["pol"].to_numpy()
+        with warnings.catch_warnings():  # all-NaN rows (neighbours outside CD4) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            Pr = np.nanmean(np.where(hit[..., None], P[idx], np.nan), axis=1)
+        Pr[~np.isin(fine_rest, CD4_LABELS)] = np.nan
+        new["pol"] = pd.DataFrame(_stack(P, Pr, rows, rest, n), columns=out["pol"].columns)
+    return new
+
+
+def _stack(A: np.ndarray, B: np.ndarray, rows: np.ndarray, rest: np.ndarray, n: int) -> np.ndarray:
+    full = np.full((n, A.shape[1]), np.nan)
+    full[rows] = A
+    full[rest] = B
+    return full
+
+
+def _annotate_cells(
+    adata: AnnData, Xlog, E: np.ndarray, col: dict[str, int], res: dict, *, use_rep: str | None,
+    groupby: str | None, rs: int, min_confidence: float, unresolved: Mapping[str, str], rep: np.ndarray | None,
+) -> dict[str, Any]:
+    """The annotation proper on the cells of ``adata`` (all cells, or the sketch of a large input)."""
+    # --- graph / clusters ------------------------------------------------------------------------
+    W, clusters = _graph_and_clusters(
+        adata, Xlog, use_rep=use_rep, groupby=groupby, random_state=rs, rep=rep
+    )
+    cl_cat = pd.Categorical(clusters)
+    codes = cl_cat.codes.astype(int)
+    n_cl = len(cl_cat.categories)
+
+    # --- level 1 ---------------------------------------------------------------------------------
+    lin_sets = res["lineages"]
+    lin_labels = np.array([s["label"] for s in lin_sets])
+    Z = _scale(E, codes, floor=_FLOOR_LINEAGE)
+    S1s, used_lin = _smooth_scores(Z, col, lin_sets, W, codes, n_cl, min_markers=_MIN_MARKERS_LINEAGE)
+    P1 = _softmax(S1s, _TAU_LINEAGE)
+    best1 = np.argmax(S1s, axis=1)
+    lineage = lin_labels[best1]
+    p1 = P1[np.arange(len(best1)), best1]
+    conf1 = p1 * np.sqrt(_agreement(lineage, codes))
+    unassigned = (conf1 < min_confidence) | (S1s[np.arange(len(best1)), best1] < _MIN_LINEAGE_SCORE)
+
+    # --- level 2 ---------------------------------------------------------------------------------
+    sub_sets = res["subsets"]
+    used_sub = _set_scores(Z[:1], col, sub_sets)[1]
+    fine = np.array(["Unassigned"] * adata.n_obs, dtype=object)
+    p2 = np.ones(adata.n_obs)
+    sub_agree: list[tuple[np.ndarray, np.ndarray]] = []  # agreement within lineage sub-clusters
+    n_sub = 0
+    for lin in np.unique(lineage):
+        cells = np.flatnonzero(lineage == lin)
+        if lin in unresolved:  # the panel cannot separate this lineage's subsets: the call stops at the lineage
+            fine[cells] = lin
+            continue
+        if lin == "T cell" and "t_cell_axes" in res and len(cells) >= MIN_CELLS:
+            Wt, (sub_codes, coarse_codes), Xh_t = _subcluster(
+                adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs,
+                resolutions=(_SUB_RESOLUTION, _CD8_RESOLUTION),
+            )
+            ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes, Xh_t)
+            del Xh_t
+            fine[cells] = ft
+            p2[cells] = pt
+            sub_agree.append((cells, _agreement(ft.astype(str), sub_codes)))
+            n_sub = int(sub_codes.max()) + 1
+            # the genes that decided the conventional T labels: CD8 genes and the naive / memory axis
+            cd8_used = [g for g in res["t_cell_axes"]["cd8"] if g.upper() in col]
+            nv, mm = used_t.get("naive", []), used_t.get("memory", [])
+            used_sub.update({
+                "CD4 naive T": nv, "CD4 memory T": mm, "CD8 naive T": cd8_used + nv, "CD8 memory T": cd8_used + mm,
+            })
+            continue
+        js = [j for j, s in enumerate(sub_sets) if s["lineage"] == lin and used_sub[s["label"]]]
+        if not js:
+            default = {"NK cell": "NK", "Neutrophil": "Neutrophil", "Platelet": "Platelet", "Erythrocyte": "Erythrocyte"}
+            fine[cells] = default.get(lin, "Unassigned")
+            continue
+        sets_l = [sub_sets[j] for j in js]
+        if len(js) >= 2 and len(cells) >= MIN_CELLS:
+            # subsets are population properties: score them on the lineage's own sub-clusters
+            Wl, (cl,), _ = _subcluster(adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs)
+            Zl = _scale(E[cells], cl, floor=_FLOOR_SUBSET)
+            sub, _ = _smooth_scores(Zl, col, sets_l, Wl, cl, int(cl.max()) + 1)
+        else:
+            cl = None
+            Zl = _scale(E, codes, mask=lineage == lin, floor=_FLOOR_SUBSET)
+            sub = _smooth_scores(Zl, col, sets_l, W, codes, n_cl)[0][cells]
+        if np.all(np.isinf(sub)):
+            continue
+        P2 = _softmax(sub, _TAU_SUBSET)
+        b = np.argmax(sub, axis=1)
+        fine[cells] = np.array([s["label"] for s in sets_l])[b]
+        p2[cells] = P2[np.arange(len(cells)), b]
+        if cl is not None:
+            sub_agree.append((cells, _agreement(fine[cells].astype(str), cl)))
+    agree = _agreement(fine.astype(str), codes)
+    for rows_, ag in sub_agree:
+        agree[rows_] = ag
+    conf2 = p2 * np.sqrt(agree)
+    confidence = np.clip(conf1 * conf2, 0.0, 1.0)
+    lineage = lineage.astype(object)
+    lineage[unassigned] = "Unassigned"
+    fine[unassigned] = "Unassigned"
+    confidence[unassigned] = np.clip(conf1[unassigned], 0.0, 1.0)
+
+    reason = np.full(adata.n_obs, "", dtype=object)
+    for lin, why in unresolved.items():
+        reason[(fine == lin) & ~unassigned] = why
+    reason[unassigned] = "lineage confidence below min_confidence or no lineage markers expressed"
+
+    # --- helper-T polarisation (scores, not labels) ----------------------------------------------
+    pol_sets = res.get("polarization", [])
+    pol = None
+    if pol_sets:
+        Sp, _ = _set_scores(Z, col, [dict(s, negative=[]) for s in pol_sets])
+        missing_cols = np.all(np.isnan(Sp), axis=0)
+        Sp = 0.5 * np.nan_to_num(Sp) + 0.5 * (W @ np.nan_to_num(Sp))
+        Sp[:, missing_cols] = np.nan
+        Sp[~np.isin(fine, CD4_LABELS)] = np.nan
+        pol = pd.DataFrame(Sp, index=adata.obs_names, columns=[s["label"] for s in pol_sets])
+    return {
+        "lineage": lineage, "fine": fine, "confidence": confidence, "reason": reason, "unassigned": unassigned,
+        "clusters": clusters, "n_cl": n_cl, "n_sub": n_sub, "pol": pol, "used_sub": used_sub, "used_lin": used_lin,
+    }
+
+
+
 # ----------------------------------------------------------------------------------------------
 # public
 # ----------------------------------------------------------------------------------------------
@@ -689,104 +973,48 @@ def annotate(
     E = _dense_cols(Xlog, idx)
     col = {g.upper(): j for j, g in enumerate(found)}
 
-    # --- graph / clusters ------------------------------------------------------------------------
-    W, clusters = _graph_and_clusters(adata, Xlog, use_rep=use_rep, groupby=groupby, random_state=rs)
-    cl_cat = pd.Categorical(clusters)
-    codes = cl_cat.codes.astype(int)
-    n_cl = len(cl_cat.categories)
+    cov, unresolved = _coverage(res, col)
 
-    # --- level 1 ---------------------------------------------------------------------------------
-    lin_sets = res["lineages"]
-    lin_labels = np.array([s["label"] for s in lin_sets])
-    Z = _scale(E, codes, floor=_FLOOR_LINEAGE)
-    S1s, used_lin = _smooth_scores(Z, col, lin_sets, W, codes, n_cl, min_markers=_MIN_MARKERS_LINEAGE)
-    P1 = _softmax(S1s, _TAU_LINEAGE)
-    best1 = np.argmax(S1s, axis=1)
-    lineage = lin_labels[best1]
-    p1 = P1[np.arange(len(best1)), best1]
-    conf1 = p1 * np.sqrt(_agreement(lineage, codes))
-    unassigned = (conf1 < min_confidence) | (S1s[np.arange(len(best1)), best1] < _MIN_LINEAGE_SCORE)
-
-    # --- level 2 ---------------------------------------------------------------------------------
-    sub_sets = res["subsets"]
-    used_sub = _set_scores(Z[:1], col, sub_sets)[1]
-    fine = np.array(["Unassigned"] * adata.n_obs, dtype=object)
-    p2 = np.ones(adata.n_obs)
-    sub_agree: list[tuple[np.ndarray, np.ndarray]] = []  # agreement within lineage sub-clusters
-    n_sub = 0
-    for lin in np.unique(lineage):
-        cells = np.flatnonzero(lineage == lin)
-        if lin == "T cell" and "t_cell_axes" in res and len(cells) >= MIN_CELLS:
-            Wt, (sub_codes, coarse_codes), Xh_t = _subcluster(
-                adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs,
-                resolutions=(_SUB_RESOLUTION, _CD8_RESOLUTION),
-            )
-            ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes, Xh_t)
-            del Xh_t
-            fine[cells] = ft
-            p2[cells] = pt
-            sub_agree.append((cells, _agreement(ft.astype(str), sub_codes)))
-            n_sub = int(sub_codes.max()) + 1
-            # the genes that decided the conventional T labels: CD8 genes and the naive / memory axis
-            cd8_used = [g for g in res["t_cell_axes"]["cd8"] if g.upper() in col]
-            nv, mm = used_t.get("naive", []), used_t.get("memory", [])
-            used_sub.update({
-                "CD4 naive T": nv, "CD4 memory T": mm, "CD8 naive T": cd8_used + nv, "CD8 memory T": cd8_used + mm,
-            })
-            continue
-        js = [j for j, s in enumerate(sub_sets) if s["lineage"] == lin and used_sub[s["label"]]]
-        if not js:
-            default = {"NK cell": "NK", "Neutrophil": "Neutrophil", "Platelet": "Platelet", "Erythrocyte": "Erythrocyte"}
-            fine[cells] = default.get(lin, "Unassigned")
-            continue
-        sets_l = [sub_sets[j] for j in js]
-        if len(js) >= 2 and len(cells) >= MIN_CELLS:
-            # subsets are population properties: score them on the lineage's own sub-clusters
-            Wl, (cl,), _ = _subcluster(adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs)
-            Zl = _scale(E[cells], cl, floor=_FLOOR_SUBSET)
-            sub, _ = _smooth_scores(Zl, col, sets_l, Wl, cl, int(cl.max()) + 1)
-        else:
-            cl = None
-            Zl = _scale(E, codes, mask=lineage == lin, floor=_FLOOR_SUBSET)
-            sub = _smooth_scores(Zl, col, sets_l, W, codes, n_cl)[0][cells]
-        if np.all(np.isinf(sub)):
-            continue
-        P2 = _softmax(sub, _TAU_SUBSET)
-        b = np.argmax(sub, axis=1)
-        fine[cells] = np.array([s["label"] for s in sets_l])[b]
-        p2[cells] = P2[np.arange(len(cells)), b]
-        if cl is not None:
-            sub_agree.append((cells, _agreement(fine[cells].astype(str), cl)))
-    del Xlog
-    agree = _agreement(fine.astype(str), codes)
-    for rows_, ag in sub_agree:
-        agree[rows_] = ag
-    conf2 = p2 * np.sqrt(agree)
-    confidence = np.clip(conf1 * conf2, 0.0, 1.0)
-    lineage = lineage.astype(object)
-    lineage[unassigned] = "Unassigned"
-    fine[unassigned] = "Unassigned"
-    confidence[unassigned] = np.clip(conf1[unassigned], 0.0, 1.0)
-
-    # --- helper-T polarisation (scores, not labels) ----------------------------------------------
-    pol_sets = res.get("polarization", [])
-    pol = None
-    if pol_sets:
-        Sp, _ = _set_scores(Z, col, [dict(s, negative=[]) for s in pol_sets])
-        missing_cols = np.all(np.isnan(Sp), axis=0)
-        Sp = 0.5 * np.nan_to_num(Sp) + 0.5 * (W @ np.nan_to_num(Sp))
-        Sp[:, missing_cols] = np.nan
-        Sp[~np.isin(fine, CD4_LABELS)] = np.nan
-        pol = pd.DataFrame(Sp, index=adata.obs_names, columns=[s["label"] for s in pol_sets])
+    # --- the cells annotated in full: all, or a sketch of a large input (the rest by their nearest sketch cells)
+    n = adata.n_obs
+    sketch = None
+    if n > _SKETCH_CELLS:
+        gen = np.random.default_rng(rs)
+        sketch = np.sort(gen.choice(n, size=_SKETCH_CELLS, replace=False))
+    rows = np.arange(n) if sketch is None else sketch
+    priv = AnnData(X=None, obs=pd.DataFrame(index=np.asarray(adata.obs_names[rows]).astype(str)))
+    if groupby is not None:
+        priv.obs[groupby] = adata.obs[groupby].to_numpy()[rows]
+    if use_rep is not None:
+        rep_all = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+        priv.obsm[use_rep] = rep_all[rows]
+        rep_fit, rep_rest = rep_all[rows], (None if sketch is None else np.delete(rep_all, rows, axis=0))
+    else:
+        rep_fit, rep_rest = _pca_rep(Xlog, rs, rows=rows)
+    Xs = Xlog if sketch is None else Xlog[rows]
+    out = _annotate_cells(
+        priv, Xs, E[rows], col, res, use_rep=use_rep, groupby=groupby, rs=rs,
+        min_confidence=float(min_confidence), unresolved=unresolved, rep=rep_fit,
+    )
+    del Xs, Xlog
+    if sketch is not None:
+        out = _transfer(out, rows, rep_fit, rep_rest, n, E, col, res, rs)
+    lineage, fine, confidence, unassigned = out["lineage"], out["fine"], out["confidence"], out["unassigned"]
+    clusters, n_cl, n_sub, pol, used_sub, used_lin = (
+        out["clusters"], out["n_cl"], out["n_sub"], out["pol"], out["used_sub"], out["used_lin"]
+    )
+    if pol is not None:
+        pol.index = adata.obs_names
 
     # --- write -----------------------------------------------------------------------------------
     adata.obs["cell_lineage"] = pd.Categorical(lineage, categories=list(LINEAGES))
-    adata.obs[key_added] = pd.Categorical(fine, categories=list(CELL_TYPES))
+    adata.obs[key_added] = pd.Categorical(fine, categories=list(LABELS))
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float64)
+    adata.obs[f"{key_added}_reason"] = pd.Categorical(out["reason"].astype(str))
     if pol is not None:
         adata.obsm["cd4_polarization"] = pol
     counts = pd.crosstab(pd.Series(clusters, name="cluster"), pd.Series(fine, name="label"))
-    counts = counts.reindex(columns=[c for c in CELL_TYPES if c in counts.columns]).astype(np.int64)
+    counts = counts.reindex(columns=[c for c in LABELS if c in counts.columns]).astype(np.int64)
     counts.index = counts.index.astype(str)
     counts.columns = counts.columns.astype(str)
     adata.uns[key_added] = {
@@ -801,7 +1029,10 @@ def annotate(
             "leiden_resolution": float(_RESOLUTION),
             "n_neighbors": int(_N_NEIGHBORS),
             "n_neighbors_subclusters": int(_N_NEIGHBORS_SUB),
+            "n_cells_annotated_in_full": int(len(rows)),
+            "n_cells_transferred": int(n - len(rows)),
         },
+        "coverage": cov,
         "markers": {"name": str(res["name"]), "version": str(res["version"])},
         "markers_used": {k: list(v) for k, v in {**used_sub}.items()},
         "lineage_markers_used": {k: list(v) for k, v in used_lin.items()},
