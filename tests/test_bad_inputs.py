@@ -217,6 +217,23 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("tl.biomarker_panel", "mdata", dict(condition_key="condition", random_state="x"), r"random_state"),
     ("tl.biomarker_panel", "mdata", dict(condition_key="condition", features="nope"), r"'nope' not found"),
     ("tl.biomarker_panel", "mdata", dict(condition_key="condition", mofa="yes"), r"mofa"),
+    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", max_features=2.5), r"max_features.*got 2.5"),
+    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", n_splits=100), r"n_splits=100"),
+    # more types and shapes
+    ("pp.qc_metrics", "raw", dict(layer=3), r"layer"),
+    ("pp.highly_variable_genes", "norm", dict(batch_key=3), r"batch_key"),
+    ("pp.filter_cells", "flagged", dict(remove="nope"), r"\['nope'\] not found"),
+    ("tl.integrate", "norm", dict(batch_key="batch", n_hidden=2.5), r"n_hidden.*got 2.5"),
+    ("tl.integrate", "norm", dict(batch_key="batch", batch_size=1), r"batch_size.*got 1"),
+    ("tl.integrate", "norm", dict(batch_key="batch", categorical_covariates="donor"), r"categorical_covariates"),
+    ("tl.integrate", "norm", dict(batch_key="batch", model_dir=3), r"model_dir"),
+    ("tl.score_pathways", "norm", dict(gene_sets=["nope"]), r"'nope'"),
+    ("tl.score_pathways", "norm", dict(gene_sets={"s": []}), r"'s' is empty"),
+    ("tl.pseudobulk", "norm", dict(S, groupby="cell_type", layer=3), r"layer"),
+    ("tl.donor_view", "norm", dict(S, groupby="cell_type", min_cells="3"), r"min_cells"),
+    ("tl.cross_modal_associations", "mdata", dict(covariates=[3]), r"covariates"),
+    ("tl.composition", "norm", dict(S, condition_key="condition", groupby="cell_type", covariates=[3]),
+     r"covariates"),
 ]
 
 
@@ -224,9 +241,9 @@ def _call(objects: dict, func: str, obj: str, kwargs: dict):
     mod, name = func.split(".")
     f = getattr(getattr(im, mod), name)
     target = objects[obj].copy()
-    kwargs = {k: (objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v) for k, v in kwargs.items()}
     if func == "tl.join_proteomics" and kwargs.get("prot") == "plasma":
-        kwargs["prot"] = "plasma.csv"  # a path instead of the AnnData
+        kwargs = dict(kwargs, prot="plasma.csv")  # a path instead of the AnnData
+    kwargs = {k: (objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v) for k, v in kwargs.items()}
     return target, (lambda: f(target, **kwargs))
 
 
