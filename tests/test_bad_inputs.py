@@ -70,6 +70,8 @@ def _fingerprint(obj) -> tuple:
 # ---------------------------------------------------------------------------------------------- the table
 # (function, input object, bad kwargs, regex the message must contain); the other required kwargs are added below
 S = dict(sample_key="donor")
+B = dict(condition_key="condition", n_splits=3)  # 4 donors per condition in the fixture
+Q = dict(remove=("qc_outlier",))  # no doublet scores in the fixture
 CASES: list[tuple[str, str, dict, str]] = [
     # pp.qc_metrics
     ("pp.qc_metrics", "raw", dict(sample_key="nope"), r"'nope' not found"),
@@ -93,10 +95,10 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("pp.flag_outliers", "raw", dict(S), r"run im.pp.qc_metrics first"),
     ("pp.flag_outliers", "qc", dict(S, inplace="no"), r"inplace"),
     # pp.filter_cells
-    ("pp.filter_cells", "flagged", dict(min_cells_per_sample=-1), r"min_cells_per_sample.*got -1"),
-    ("pp.filter_cells", "flagged", dict(min_cells_per_sample=2.5), r"min_cells_per_sample.*got 2.5"),
-    ("pp.filter_cells", "flagged", dict(min_cells_per_sample="10"), r"min_cells_per_sample"),
-    ("pp.filter_cells", "flagged", dict(min_cells_per_sample=NAN), r"min_cells_per_sample"),
+    ("pp.filter_cells", "flagged", dict(Q, min_cells_per_sample=-1), r"min_cells_per_sample.*got -1"),
+    ("pp.filter_cells", "flagged", dict(Q, min_cells_per_sample=2.5), r"min_cells_per_sample.*got 2.5"),
+    ("pp.filter_cells", "flagged", dict(Q, min_cells_per_sample="10"), r"min_cells_per_sample"),
+    ("pp.filter_cells", "flagged", dict(Q, min_cells_per_sample=NAN), r"min_cells_per_sample"),
     ("pp.filter_cells", "flagged", dict(remove=("nope",)), r"\['nope'\] not found"),
     ("pp.filter_cells", "flagged", dict(remove=()), r"remove"),
     ("pp.filter_cells", "flagged", dict(remove=("donor",)), r"must be boolean"),
@@ -206,18 +208,18 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("tl.biomarker_panel", "mdata", dict(condition_key="nope"), r"'nope' not found"),
     ("tl.biomarker_panel", "mdata", dict(condition_key="condition", n_splits=1), r"n_splits.*got 1"),
     ("tl.biomarker_panel", "mdata", dict(condition_key="condition", n_splits=2.5), r"n_splits.*got 2.5"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", n_repeats=0), r"n_repeats.*got 0"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", n_repeats=-1), r"n_repeats"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", n_repeats="5"), r"n_repeats"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", max_features=0), r"max_features.*got 0"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", C=0), r"C.*got 0"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", C=-1), r"C.*got -1"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", C=NAN), r"C.*got nan"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", C="auto"), r"C.*got 'auto'"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", random_state="x"), r"random_state"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", features="nope"), r"'nope' not found"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", mofa="yes"), r"mofa"),
-    ("tl.biomarker_panel", "mdata", dict(condition_key="condition", max_features=2.5), r"max_features.*got 2.5"),
+    ("tl.biomarker_panel", "mdata", dict(B, n_repeats=0), r"n_repeats.*got 0"),
+    ("tl.biomarker_panel", "mdata", dict(B, n_repeats=-1), r"n_repeats"),
+    ("tl.biomarker_panel", "mdata", dict(B, n_repeats="5"), r"n_repeats"),
+    ("tl.biomarker_panel", "mdata", dict(B, max_features=0), r"max_features.*got 0"),
+    ("tl.biomarker_panel", "mdata", dict(B, C=0), r"C.*got 0"),
+    ("tl.biomarker_panel", "mdata", dict(B, C=-1), r"C.*got -1"),
+    ("tl.biomarker_panel", "mdata", dict(B, C=NAN), r"C.*got nan"),
+    ("tl.biomarker_panel", "mdata", dict(B, C="auto"), r"C.*got 'auto'"),
+    ("tl.biomarker_panel", "mdata", dict(B, random_state="x"), r"random_state"),
+    ("tl.biomarker_panel", "mdata", dict(B, features="nope"), r"'nope' not found"),
+    ("tl.biomarker_panel", "mdata", dict(B, mofa="yes"), r"mofa"),
+    ("tl.biomarker_panel", "mdata", dict(B, max_features=2.5), r"max_features.*got 2.5"),
     ("tl.biomarker_panel", "mdata", dict(condition_key="condition", n_splits=100), r"n_splits=100"),
     # more types and shapes
     ("pp.qc_metrics", "raw", dict(layer=3), r"layer"),

@@ -125,11 +125,14 @@ def _range(sec: str, key: str, val: Any, lo: float | None = None, hi: float | No
         return None
     import math
 
+    def fmt(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
     parts = []
     if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+        parts.append(f"{'>' if lo_open else '>='} {fmt(lo)}")
     if hi is not None:
-        parts.append(f"<= {hi:g}")
+        parts.append(f"<= {fmt(hi)}")
     expected = ("an integer " if integer else "a number ") + " and ".join(parts)
     if extra:
         expected += f" (or {', '.join(map(str, extra))})"

@@ -259,9 +259,12 @@ def match_genes(symbols: pd.Index, genes: Sequence[str]) -> tuple[np.ndarray, li
 # randomness, sample-level columns, writing
 # ----------------------------------------------------------------------------------------------
 def resolve_random_state(random_state: int | None) -> int:
+    """The seed to use: ``random_state``, or ``im.settings.random_state`` for ``None`` (refuses "x", -1, 2.5, True)."""
     from ._settings import settings
 
-    return settings.random_state if random_state is None else int(random_state)
+    if random_state is None:
+        return settings.random_state
+    return check_random_state(random_state)
 
 
 def sample_level_columns(obs: pd.DataFrame, sample_key: str) -> list[str]:
@@ -306,11 +309,14 @@ def _show(value: Any) -> str:
 
 def _range_text(min: float | None, max: float | None, *, min_inclusive: bool = True,
                 max_inclusive: bool = True) -> str:
+    def fmt(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
     parts = []
     if min is not None:
-        parts.append(f"{'>=' if min_inclusive else '>'} {min:g}")
+        parts.append(f"{'>=' if min_inclusive else '>'} {fmt(min)}")
     if max is not None:
-        parts.append(f"{'<=' if max_inclusive else '<'} {max:g}")
+        parts.append(f"{'<=' if max_inclusive else '<'} {fmt(max)}")
     return " and ".join(parts)
 
 
