@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-__all__ = ["calc_norm_factors", "clowess", "filter_by_expr", "fry", "lm_effects", "voom", "voom_fry"]
+__all__ = ["calc_norm_factors", "clowess", "filter_by_expr", "fry", "lm_effects", "pool_set_variance", "voom",
+           "voom_fry"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,7 +345,9 @@ def fry(E: np.ndarray, design: np.ndarray, index: Mapping[str, Sequence[int]], *
 
     ``E``: samples x genes (voom logCPM), ``weights``: its voom weights, ``index``: set name -> gene positions.
     Returns one row per set: ``NGenes``, ``Direction``, ``statistic`` (fry's t, on ``df`` residual df),
-    ``PValue`` (directional, two-sided), ``PValue.Mixed`` (non-directional), ``df``.
+    ``PValue`` (directional, two-sided), ``PValue.Mixed`` (non-directional), ``df``, and fry's t as
+    ``numerator / sqrt(denominator2)`` (mean standardised contrast effect over the set's genes; mean square of the
+    set means of the standardised residual effects).
     """
     eff = lm_effects(E, design, weights, contrast)
     df_res = eff.shape[1] - 1
@@ -366,7 +369,8 @@ def fry(E: np.ndarray, design: np.ndarray, index: Mapping[str, Sequence[int]], *
             rows.append(dict(gene_set=name, NGenes=0, statistic=np.nan, PValue=np.nan, **{"PValue.Mixed": np.nan}))
             continue
         m = S.mean(axis=0)
-        t = m[0] / np.sqrt(np.mean(m[1:] ** 2))
+        den2 = np.mean(m[1:] ** 2)
+        t = m[0] / np.sqrt(den2)
         p = 2 * stats.t.cdf(-abs(t), df_res)
         pm = p
         if ng > 1:
@@ -384,7 +388,8 @@ def fry(E: np.ndarray, design: np.ndarray, index: Mapping[str, Sequence[int]], *
             alpha = apb * frb_mean
             beta = apb - alpha
             pm = stats.beta.sf(fobs, alpha, beta)
-        rows.append(dict(gene_set=name, NGenes=ng, statistic=t, PValue=p, **{"PValue.Mixed": pm}))
+        rows.append(dict(gene_set=name, NGenes=ng, statistic=t, PValue=p, **{"PValue.Mixed": pm},
+                         numerator=m[0], denominator2=den2))
     out = pd.DataFrame(rows).set_index("gene_set")
     out.insert(1, "Direction", np.where(out["statistic"] < 0, "Down", "Up"))
     out["df"] = df_res
@@ -421,3 +426,28 @@ def voom_fry(counts: np.ndarray, design: np.ndarray, index: Mapping[str, Sequenc
     yw = (E.T * sw)[:, :, None]
     coef = np.linalg.solve(np.swapaxes(Xw, 1, 2) @ Xw, np.swapaxes(Xw, 1, 2) @ yw)[:, contrast, 0]
     return dict(table=table, keep=keep, norm_factors=nf, E=E, weights=w, coef=coef, kept_index=kidx)
+
+
+def pool_set_variance(numerator, denominator2, n_genes, df, *, prior_share: float = 0.5):
+    """fry's set statistic with the set's variance ratio borrowed from the same set in other cell types.
+
+    Inputs are arrays over the cell types where the set was tested (one set): fry's ``numerator``,
+    ``denominator2``, set size and residual df. The variance ratio of the set mean, ``vif = n_genes x
+    denominator2`` (1 for independent genes), estimated on ``df`` residual dimensions in each cell type, gets a
+    prior: the df-weighted mean of the other cell types' ``vif``, with ``prior_share`` x their summed df. Returns
+    (t, df, p) per cell type; with one cell type, fry's own t, df and p. Not a limma method: measured on real
+    donors in ``benchmarks/bench_differential.py --variants``.
+    """
+    num, den2, m, d = (np.asarray(v, dtype=float) for v in (numerator, denominator2, n_genes, df))
+    vif = m * den2
+    t, dfo = num / np.sqrt(den2), d.copy()
+    for i in range(num.size):
+        o = np.arange(num.size) != i
+        if not o.any():
+            continue
+        v_o = np.sum(vif[o] * d[o]) / np.sum(d[o])
+        d_pri = prior_share * np.sum(d[o])
+        post = (d[i] * vif[i] + d_pri * v_o) / (d[i] + d_pri)
+        t[i] = num[i] / np.sqrt(post / m[i])
+        dfo[i] = d[i] + d_pri
+    return t, dfo, 2 * stats.t.sf(np.abs(t), dfo)

@@ -396,3 +396,26 @@ def test_limma_port_invariants():
     D = np.column_stack([np.ones(8), np.r_[np.zeros(4), np.ones(4)]])
     t = fry(E, D, {"s": np.arange(10)})
     assert t.loc["s", "df"] == 6 and 0 <= t.loc["s", "PValue"] <= 1 and t.loc["s", "NGenes"] == 10
+
+
+def test_method_fry_pooled_borrows_across_groups(planted):
+    """With one group fry_pooled is fry; with two, each group's set variance ratio gets half the other's df."""
+    from immunomood._limma import pool_set_variance
+
+    a = planted.copy()
+    fry = im.tl.differential_activity(a, gene_sets=SETS, method="fry", **KW)
+    pooled = im.tl.differential_activity(a.copy(), gene_sets=SETS, method="fry_pooled", **KW)
+    both = fry.merge(pooled, on=["group", "gene_set"], suffixes=("_fry", "_pooled"))
+    ok = both["pvalue_fry"].notna()
+    two = both[ok].groupby("gene_set")["group"].transform("size") == 2
+    np.testing.assert_allclose(both.loc[ok, "df_pooled"][two], 10 + 0.5 * 10)
+    np.testing.assert_allclose(both.loc[ok, "pvalue_mixed_pooled"], both.loc[ok, "pvalue_mixed_fry"])
+    assert pooled.set_index(["group", "gene_set"]).loc[("Mono", "setA"), "pvalue"] < 0.01
+    mono = a[(a.obs.cell_type == "Mono").to_numpy()].copy()
+    r1 = im.tl.differential_activity(mono, gene_sets=SETS, method="fry", **KW)
+    r2 = im.tl.differential_activity(mono.copy(), gene_sets=SETS, method="fry_pooled", **KW)
+    np.testing.assert_allclose(r1["pvalue"], r2["pvalue"], rtol=1e-12)
+    t, df, p = pool_set_variance([1.0, 0.5], [0.04, 0.09], [5, 5], [6, 6])
+    vif = (6 * 5 * 0.04 + 3 * 5 * 0.09) / 9
+    assert t[0] == pytest.approx(1.0 / np.sqrt(vif / 5)) and df[0] == 9
+    assert p[0] == pytest.approx(2 * __import__("scipy").stats.t.sf(t[0], 9))
