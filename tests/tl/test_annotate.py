@@ -106,6 +106,32 @@ def test_simulated_truth_and_keys(sim):
     assert pol.loc[~cd4].isna().all().all()
 
 
+def test_large_input_sketch_and_transfer(sim, monkeypatch):
+    """Above _SKETCH_CELLS cells a random sketch is annotated in full and the other cells learn from it."""
+    import immunomood.tl._annotate as mod
+
+    monkeypatch.setattr(mod, "_SKETCH_CELLS", 300)
+    monkeypatch.setattr(mod, "_N_TRAIN", 250)
+    a = sim.copy()
+    im.tl.annotate(a)
+    p = a.uns["cell_type"]["params"]
+    assert p["n_cells_annotated_in_full"] == 300 and p["n_cells_transferred"] == a.n_obs - 300
+    lin = a.obs["cell_lineage"].astype(str)
+    assigned = lin != "Unassigned"
+    assert (lin == a.obs["truth"].map(LIN))[assigned].mean() >= 0.98
+    assert (a.obs["cell_type"].astype(str) == a.obs["truth"])[assigned].mean() >= 0.95
+    # this simulation's non-classical monocytes carry 4 of 11 monocyte markers: some stay Unassigned (3.8% when
+    # all 480 cells are annotated in full, 9.2% from a 300-cell sketch: its clusters are small)
+    assert 1 - assigned.mean() <= 0.10
+    assert a.obs["cell_type_confidence"].between(0, 1).all()
+    res = json.loads(resources.files("immunomood").joinpath("resources", "markers", "blood.json").read_text())
+    lineage_of = {s["label"]: s["lineage"] for s in res["subsets"]} | {"Unassigned": "Unassigned"}
+    assert (a.obs["cell_type"].astype(str).map(lineage_of) == a.obs["cell_lineage"].astype(str)).all()
+    pol = a.obsm["cd4_polarization"]
+    cd4 = a.obs["cell_type"].isin(["CD4 naive T", "CD4 memory T", "Treg"]).to_numpy()
+    assert pol.loc[~cd4].isna().all().all() and pol.loc[cd4].notna().any().any()
+
+
 def test_fine_agrees_with_lineage(sim):
     a = sim.copy()
     im.tl.annotate(a)
@@ -209,6 +235,8 @@ def test_pbmc3k_against_seurat(pbmc3k_annotated):
     # of the parallel kNN search moves it by about +-0.002 between runs, so the guard sits just below the target
     # (0.895) to keep CI deterministic; the measured figure is what the notes report.
     assert ok[assigned].mean() >= 0.895
+    # confidence for correctness: measured AUROC 0.761 (issue target 0.8 not reached on pbmc3k)
+    assert _auroc(ok[assigned], o["cell_type_confidence"].to_numpy()[assigned]) >= 0.72
     hi = assigned & (o["cell_type_confidence"].to_numpy() >= 0.8)
     assert ok[hi].mean() > ok[assigned & ~hi].mean() + 0.1  # measured 0.96 vs 0.78
     assert ok[hi].mean() >= 0.92
