@@ -36,6 +36,19 @@ per-cell Mann-Whitney test. Last run (30 splits per size, 286 s on 2 cores, 2026
     power 1.1x             ours 0.14/0.37/0.83      fry 0.14/0.47/0.87    donor-mean t 0.10/0.13/0.13
     power 1.25x            ours 0.59/0.97/1.00      fry 0.69/1.00/1.00    donor-mean t 0.10/0.30/0.60
 
+``python benchmarks/bench_differential.py --variants [--splits N] [--min-cells M]``: the same null and power
+splits (planting at pseudobulk level: a sum of per-cell Poissons is Poisson) for candidate improvements over fry.
+Last run, 60 splits per size (about 6 min each):
+
+    min_cells=10   FPR 4v4/8v8/20v20   power 1.05x          1.1x                 1.25x
+    fry            0.059/0.057/0.063   0.105/0.167/0.417    0.281/0.550/0.950    0.895/1/1
+    pooled (half)  0.057/0.056/0.064   0.123/0.200/0.467    0.316/0.683/0.950    0.947/1/1   (25 vs 6 discordant)
+    ours (score)   0.044/0.045/0.056   0.123/0.117/0.400    0.193/0.417/0.917    0.737/1/1
+    min_cells=3
+    fry            0.058/0.061/0.055   0.250/0.250/0.533    0.417/0.667/0.950    0.833/1/1
+    pooled (half)  0.047/0.059/0.053   0.317/0.217/0.567    0.483/0.667/0.967    0.933/1/1   (25 vs 10 discordant)
+    fry, denominator known (bound, anti-conservative: FPR 0.103-0.129 at 4v4): 1.05x 4v4 0.25-0.30
+
 Last full run (simulator 1.1.0 with planted genes restricted to the 14 expressed in classical monocytes, 10 seeds
 per cell, 2-core machine, 2026-11-21):
 
