@@ -236,6 +236,17 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("tl.cross_modal_associations", "mdata", dict(covariates=[3]), r"covariates"),
     ("tl.composition", "norm", dict(S, condition_key="condition", groupby="cell_type", covariates=[3]),
      r"covariates"),
+    # other modules' functions (their scalar checks only)
+    ("pp.detect_doublets", "raw", dict(S, min_cells=0), r"min_cells.*got 0"),
+    ("pp.detect_doublets", "raw", dict(S, min_cells=2.5), r"min_cells.*got 2.5"),
+    ("pp.detect_doublets", "raw", dict(S, random_state="x"), r"random_state.*got 'x'"),
+    ("pp.detect_doublets", "raw", dict(S, inplace="yes"), r"inplace"),
+    ("pp.proteomics_qc", "plasma", dict(max_below_lod="0.5"), r"max_below_lod"),
+    ("pp.proteomics_qc", "plasma", dict(drop_failed_samples="yes"), r"drop_failed_samples"),
+    ("tl.annotate", "emb", dict(min_confidence="0.5"), r"min_confidence"),
+    ("tl.annotate", "emb", dict(random_state="x"), r"random_state.*got 'x'"),
+    ("tl.integration_metrics", "emb", dict(batch_key="batch", label_key="cell_type", embedding="X_pca", max_cells=0),
+     r"max_cells.*got 0"),
 ]
 
 

@@ -57,7 +57,7 @@ def test_inplace_and_errors():
     b = _olink_like()
     with pytest.raises(ValueError, match="is a view"):
         im.pp.proteomics_qc(b[:3])
-    with pytest.raises(ValueError, match="max_below_lod must be a fraction"):
+    with pytest.raises(ValueError, match=r"`max_below_lod` must be a finite number >= 0 and <= 1"):
         im.pp.proteomics_qc(b, max_below_lod=2)
     b.obs["QC_Warning"] = "Warning"
     with pytest.raises(ValueError, match="would remove every sample"):

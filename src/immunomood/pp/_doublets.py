@@ -75,6 +75,10 @@ def detect_doublets(
     import scanpy as sc
 
     check_adata(adata)
+    from .._utils import check_bool, check_int
+
+    inplace = check_bool("inplace", inplace)
+    min_cells = check_int("min_cells", min_cells, min=2, fix="It is the fewest cells a sample needs to be scored.")
     if inplace:
         check_not_view(adata, func="detect_doublets")
     check_obs_key(adata, sample_key, what="sample_key column")

@@ -75,8 +75,11 @@ def proteomics_qc(
     (checks that could not run and why). Sets ``uns["proteomics"]["scale"] = "log2"`` when it transforms.
     """
     check_adata(prot, name="prot")
-    if not 0 <= float(max_below_lod) <= 1:
-        raise ValueError(f"max_below_lod must be a fraction in [0, 1], got {max_below_lod!r}.")
+    from .._utils import check_bool, check_number
+
+    check_number("max_below_lod", max_below_lod, min=0, max=1, fix="It is a fraction of the samples, e.g. 0.5.")
+    check_bool("drop_failed_samples", drop_failed_samples)
+    check_bool("copy", copy)
     if not copy:
         check_not_view(prot, func="proteomics_qc")
     platform = _platform(prot)

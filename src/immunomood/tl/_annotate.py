@@ -977,8 +977,9 @@ def annotate(
     check_obs_key(adata, groupby, what="groupby column")
     if use_rep is not None and use_rep not in adata.obsm:
         raise KeyError(f"use_rep={use_rep!r} not found in adata.obsm. Available: {list(adata.obsm.keys())}.")
-    if not 0.0 <= float(min_confidence) <= 1.0:
-        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}.")
+    from .._utils import check_number
+
+    check_number("min_confidence", min_confidence, min=0, max=1, fix="It is a confidence, e.g. 0.5.")
     if not isinstance(key_added, str) or not key_added or key_added == "cell_lineage":
         raise ValueError(f"key_added must be a non-empty string other than 'cell_lineage', got {key_added!r}.")
     res = _resolve_markers(markers)

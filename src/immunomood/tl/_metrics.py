@@ -322,6 +322,10 @@ def integration_metrics(
             )
     if adata.n_obs < 3:
         raise ValueError(f"integration_metrics needs at least 3 cells, got {adata.n_obs}.")
+    from .._utils import check_int
+
+    check_int("max_cells", max_cells, min=int(n_neighbors) + 1, allow_none=True,
+              fix="Pass None to score every cell, or a subset size larger than the neighbourhoods.")
 
     reps: dict[str, np.ndarray] = {}
     if unintegrated:
