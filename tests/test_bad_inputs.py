@@ -481,3 +481,20 @@ def test_join_proteomics_with_a_donor_without_cells_is_writable(objects, tmp_pat
     m.write(tmp_path / "m.h5mu")
     back = md.read_h5mu(tmp_path / "m.h5mu")
     assert back.obs["flag"].isna().sum() == 1 and (back.obs["flag"].dropna() == False).all()  # noqa: E712
+
+
+def test_config_n_jobs_reaches_settings_only_when_set():
+    from immunomood._config import parse_config
+    from immunomood._pipeline import apply_compute_settings
+
+    old = im.settings.n_jobs
+    try:
+        im.settings.n_jobs = 3  # e.g. set by `immunomood run --n-jobs 3`
+        apply_compute_settings(parse_config({"input": {"h5ad": "x.h5ad"}}))
+        assert im.settings.n_jobs == 3  # no [compute] n_jobs in the config: kept
+        apply_compute_settings(parse_config({"input": {"h5ad": "x.h5ad"}, "compute": {"n_jobs": 2}}))
+        assert im.settings.n_jobs == 2
+        apply_compute_settings(parse_config({"input": {"h5ad": "x.h5ad"}, "compute": {"n_jobs": -1}}))
+        assert im.settings.n_jobs == -1
+    finally:
+        im.settings.n_jobs = old

@@ -65,7 +65,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "biomarker_repeats": (20, (int,), "Repeats of the stratified cross-validation of the biomarker panel."),
     },
     "compute": {
-        "n_jobs": (1, (int,), "Worker threads for parallel steps (im.settings.n_jobs; -1: all cores)."),
+        "n_jobs": (1, (int,), "Worker threads for parallel steps: sets im.settings.n_jobs (-1: all cores). When "
+                   "absent, im.settings.n_jobs is left as it is (1, or the value of `--n-jobs`)."),
     },
     "output": {
         "outdir": ("immunomood_out", (str,), "Folder for checkpoints, report and log (relative to the config)."),
@@ -197,6 +198,8 @@ def _check_values(data: dict[str, dict[str, Any]]) -> list[str]:
 class Config:
     data: dict[str, dict[str, Any]]
     path: Path | None
+    #: (section, key) pairs the config file set itself (the others hold defaults)
+    explicit: frozenset[tuple[str, str]] = frozenset()
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.data[section]
@@ -273,7 +276,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     if problems:
         where = f" in {path}" if path else ""
         raise ConfigError("Invalid configuration" + where + ":\n  - " + "\n  - ".join(problems))
-    return Config(data, path)
+    explicit = frozenset((sec, key) for sec, values in raw.items() if isinstance(values, dict) for key in values)
+    return Config(data, path, explicit)
 
 
 def load_config(path: str | Path) -> Config:

@@ -265,6 +265,15 @@ def _check_outdir(outdir: Path) -> str | None:
     return None
 
 
+def apply_compute_settings(cfg: Config) -> None:
+    """``[compute] n_jobs`` -> ``im.settings.n_jobs`` when the config sets it; else ``im.settings.n_jobs`` is kept
+    (default 1, or the value of ``immunomood run --n-jobs``)."""
+    from ._settings import settings
+
+    if ("compute", "n_jobs") in cfg.explicit:
+        settings.n_jobs = cfg["compute"]["n_jobs"]
+
+
 def validate_inputs(cfg: Config) -> None:
     """Check files and columns named by the config; raise :class:`ConfigError` before any work."""
     inp = cfg["input"]
@@ -615,9 +624,7 @@ def run_pipeline(cfg: Config, *, resume: bool = False, from_stage: str | None = 
     if from_stage is not None and from_stage not in STAGES:
         raise ConfigError(f"--from {from_stage!r} is not a stage. Stages: {', '.join(STAGES)}")
     validate_inputs(cfg)
-    from ._settings import settings
-
-    settings.n_jobs = cfg["compute"]["n_jobs"]
+    apply_compute_settings(cfg)
     outdir = cfg.outdir
     fh = _setup_file_logging(outdir)
     ck = Checkpoints(outdir, inputs=input_fingerprints(cfg))
