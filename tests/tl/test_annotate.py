@@ -399,6 +399,80 @@ def test_csle_real_donors(data_dir):
     assert _auroc(fine_ok[assigned], a.obs["cell_type_confidence"].to_numpy()[assigned]) >= 0.8
 
 
+def _otsu(x: np.ndarray) -> float:
+    """Threshold maximising the between-class variance (Otsu) of one protein's log1p counts."""
+    best, thr = -1.0, float(np.min(x))
+    for t in np.unique(x)[1:]:
+        lo, hi = x[x < t], x[x >= t]
+        w = len(lo) * len(hi) * (lo.mean() - hi.mean()) ** 2
+        if w > best:
+            best, thr = w, float(t)
+    return thr
+
+
+@pytest.fixture(scope="module")
+def citeseq_annotated(data_dir):
+    """10x PBMC 5k CITE-seq, 200 cells: protein-defined truth by Otsu gates on log1p antibody counts.
+
+    T = CD3+ CD19- CD14-; CD4 T = CD4+ CD8a-, CD8 T = CD8a+ CD4-; naive = CD45RA+ CD45RO-, memory = CD45RO+
+    CD45RA-; monocytes = CD14+ (or CD16+ HLA-DR+ CD56-), CD3- CD19-: classical CD14+ CD16-, non-classical CD16+
+    CD14-, intermediate both; B = CD19+ or CD20+ (CD3- CD14-); NK = CD56+ CD3- CD14- CD19-; cells in no gate
+    are left out of the scores.
+    """
+    path = data_dir / "citeseq" / "pbmc5k_cite_200cells.h5ad"
+    if not path.exists():
+        pytest.skip("citeseq not available")
+    a = ad.read_h5ad(path)
+    names = [n.split("_")[0] for n in a.uns["protein_names"]]
+    prot = pd.DataFrame(np.log1p(np.asarray(a.obsm["protein_expression"], float)), columns=names, index=a.obs_names)
+    pos = pd.DataFrame({c: prot[c] >= _otsu(prot[c].to_numpy()) for c in prot.columns})
+    truth = pd.Series("", index=a.obs_names, dtype=object)
+    t = pos["CD3"] & ~pos["CD19"] & ~pos["CD14"]
+    naive, mem = pos["CD45RA"] & ~pos["CD45RO"], pos["CD45RO"] & ~pos["CD45RA"]
+    cd4, cd8 = t & pos["CD4"] & ~pos["CD8a"], t & pos["CD8a"] & ~pos["CD4"]
+    truth[cd4 & naive], truth[cd4 & mem] = "CD4 naive T", "CD4 memory T"
+    truth[cd8 & naive], truth[cd8 & mem] = "CD8 naive T", "CD8 memory T"
+    m = (pos["CD14"] | (pos["CD16"] & pos["HLA-DR"] & ~pos["CD56"])) & ~pos["CD3"] & ~pos["CD19"]
+    truth[m & pos["CD14"] & ~pos["CD16"]] = "Classical monocyte"
+    truth[m & pos["CD16"] & ~pos["CD14"]] = "Non-classical monocyte"
+    truth[m & pos["CD16"] & pos["CD14"]] = "Intermediate monocyte"
+    truth[(pos["CD19"] | pos["CD20"]) & ~pos["CD3"] & ~pos["CD14"]] = "B"
+    truth[pos["CD56"] & ~pos["CD3"] & ~pos["CD14"] & ~pos["CD19"]] = "NK"
+    a.obs["protein_truth"] = truth.to_numpy()
+    im.tl.annotate(a)
+    return a
+
+
+CITE_LIN = {"CD4 naive T": "T cell", "CD4 memory T": "T cell", "CD8 naive T": "T cell", "CD8 memory T": "T cell",
+            "Classical monocyte": "Monocyte", "Non-classical monocyte": "Monocyte", "Intermediate monocyte": "Monocyte",
+            "B": "B cell", "NK": "NK cell"}
+
+
+def test_citeseq_protein_truth(citeseq_annotated):
+    """Measured on 178 gated, assigned cells: lineage 0.994; CD4 naive 38/39; classical monocyte 50/55; NK 12/12."""
+    a = citeseq_annotated
+    o = a.obs[a.obs["protein_truth"] != ""]
+    lin, fine, t = (o[c].astype(str).to_numpy() for c in ("cell_lineage", "cell_type", "protein_truth"))
+    assigned = lin != "Unassigned"
+    assert assigned.mean() >= 0.95
+    assert (lin == pd.Series(t).map(CITE_LIN).to_numpy())[assigned].mean() >= 0.97
+    assert (fine[t == "CD4 naive T"] == "CD4 naive T").mean() >= 0.9
+    mono = np.isin(t, ["Classical monocyte", "Non-classical monocyte"]) & assigned
+    assert (fine[mono] == t[mono]).mean() >= 0.85
+    assert (fine[t == "NK"] == "NK").mean() >= 0.9
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known failure (issue 15): 26 of 41 protein CD4+ CD8a- CD45RO+ T cells (GZMK+ CCL5+ effector memory, no CD8A "
+    "or CD8B read) sit in a T sub-cluster called CD8 and are called CD8 memory T: the sub-cluster prior (odds "
+    "300) outweighs their own CD8A/CD8B absence. The mixture's own prior instead was tried: pbmc3k fine fell to 0.863."
+))
+def test_citeseq_cd4_memory_not_called_cd8(citeseq_annotated):
+    a = citeseq_annotated
+    m = (a.obs["protein_truth"] == "CD4 memory T").to_numpy()
+    assert (~a.obs["cell_type"].astype(str)[m].isin(["CD8 naive T", "CD8 memory T"])).mean() >= 0.9
+
+
 def test_set_scores_scale_with_markers_present():
     """A lineage with one marker in the data cannot reach the score of a set whose three markers agree."""
     from immunomood.tl._annotate import _set_scores
