@@ -2,6 +2,10 @@
 
 Expression profiles, dispersions, library sizes and the base composition come from a compact reference
 built from the real pbmc3k data (``src/immunomood/resources/build/build_sim_reference.py`` -> ``resources/sim_reference.npz``).
+The parameters that shape donor-to-donor variation (cells per donor, donor library offsets, composition
+concentration, per-gene biological variation between donors, latent complement activity) are estimated from real
+donors (onek1k, csle, combat) by ``src/immunomood/resources/build/estimate_sim_params.py`` ->
+``resources/sim_params.json``; the simulator's defaults are the values of that file.
 Counts are generated donor by donor and cell-type block by block, in chunks of cells, straight into sparse
 form: genes whose expected count is large are drawn densely (gamma-Poisson) over the chunk only, the long
 tail of lowly expressed genes through the exact compound Poisson-logarithmic representation of the negative
@@ -29,7 +33,11 @@ from .._utils import resolve_random_state
 
 __all__ = ["simulate_cohort"]
 
-SIMULATOR_VERSION = "1.1.0"  # 1.1.0: complement_sd 0.05 -> 0.02, composition_shift 1.5 -> 1.8
+SIMULATOR_VERSION = "2.0.0"
+# 1.1.0: complement_sd 0.05 -> 0.02, composition_shift 1.5 -> 1.8
+# 2.0.0: donor-level parameters estimated from real donors (resources/sim_params.json): unequal cells per donor
+#        (cells_per_donor_sd), donor_sd 0.1 -> 0.21, complement_sd 0.02 -> 0 (estimate), library_sd 0.2 -> 0.27,
+#        composition_concentration 50 -> 18
 _DENSE_THRESHOLD = 1.0  # expected count above which a gene is drawn densely (speed only)
 _MAX_BLOCK_CELLS = 2048  # cells of one type drawn at once (bounds the working memory)
 CONDITIONS = ("control", "MDD")
@@ -68,6 +76,21 @@ PLASMA_SEX_EFFECTS = {"LEP": 1.0}
 # ----------------------------------------------------------------------------------------------
 # reference
 # ----------------------------------------------------------------------------------------------
+ESTIMATED_PARAMS = ("cells_per_donor_sd", "library_sd", "composition_concentration", "donor_sd", "complement_sd")
+
+
+@lru_cache(maxsize=1)
+def _load_params() -> dict[str, Any]:
+    """The donor-level parameters estimated from real donors, with their provenance (resources/sim_params.json)."""
+    raw = (resources.files("immunomood") / "resources" / "sim_params.json").read_bytes()
+    doc = json.loads(raw)
+    doc["sha256"] = hashlib.sha256(raw).hexdigest()
+    return doc
+
+
+_P = _load_params()["params"]
+
+
 @lru_cache(maxsize=1)
 def _load_reference() -> dict[str, Any]:
     base = resources.files("immunomood") / "resources"
@@ -312,11 +335,12 @@ def simulate_cohort(
     null: bool = False,
     random_state: int | None = 0,
     plasma_effect: float = 1.0,
-    complement_sd: float = 0.02,
-    donor_sd: float = 0.1,
+    complement_sd: float = _P["complement_sd"],
+    donor_sd: float = _P["donor_sd"],
     batch_effect: float = 0.3,
-    composition_concentration: float = 50.0,
-    library_sd: float = 0.2,
+    composition_concentration: float = _P["composition_concentration"],
+    library_sd: float = _P["library_sd"],
+    cells_per_donor_sd: float = _P["cells_per_donor_sd"],
     depth: float = 1.0,
     plasma_noise_sd: float = 0.5,
     n_genes: int | None = None,
@@ -332,7 +356,8 @@ def simulate_cohort(
 
     - composition ``pi_d ~ Dirichlet(composition_concentration * w_cond)``, ``w`` being the reference
       composition (pbmc3k) with, in MDD, every monocyte type multiplied by ``composition_shift`` and every T and
-      B type by the common factor that keeps the total at 1; cell types ~ Multinomial(``n_cells_per_donor``, ``pi_d``);
+      B type by the common factor that keeps the total at 1; cells of the donor ``N_d = round(n_cells_per_donor *
+      exp(cells_per_donor_sd * z_d))`` (at least 1), cell types ~ Multinomial(``N_d``, ``pi_d``);
     - library size of a cell ``L = depth * exp(m_t + o_d + s_t * z)``, ``m_t, s_t`` the log-library mean and
       sd of type ``t`` in the reference, ``o_d ~ N(0, library_sd)`` a donor offset;
     - mean ``mu = L * p_tg * exp(e_dtg) * b_kg * c_dtg`` with ``p_tg`` the reference profile, ``e_dtg ~ N(0,
@@ -355,7 +380,8 @@ def simulate_cohort(
     n_donors
         Number of donors, even and >= 4 (half control, half MDD).
     n_cells_per_donor
-        Cells per donor.
+        Median number of cells per donor (each donor's number is log-normal around it, see
+        ``cells_per_donor_sd``; pass ``cells_per_donor_sd=0`` for exactly this many cells in every donor).
     n_batches
         Number of batches, at most ``n_donors // 2`` so that every batch holds both conditions.
     complement_effect
@@ -378,22 +404,30 @@ def simulate_cohort(
         Difference MDD - control of plasma DCLK3 and CALY, in log2 units; 0 switches it off.
     complement_sd
         Sd (natural-log scale) of the donors' latent complement activity in classical monocytes, shared by all
-        complement genes, so that no test can average it away. Default 0.02 (simulator 1.1.0; 0.05 before):
-        the task's real-data figure (a 10% rise of 20 monocyte genes in 4 of 8 donors is found every time by
-        pseudobulk set tests) bounds the donor-level sd of a monocyte set mean at about 0.03. With 0.05 a
-        1.1-fold effect is found in at most ~0.6 of 8 vs 8 cohorts by any donor-level test, also at 2,000
-        cells per donor (``benchmarks/bench_differential.py``).
+        planted complement genes, so that no test can average it away. Default: estimated from onek1k's 31
+        donors with >= 10 classical monocytes, as the mean pairwise covariance across donors of the relative
+        donor means of the planted complement genes onek1k holds (FCN1, CFD, C3AR1, CR1, ITGB2, ITGAX): -0.015,
+        no shared variation detectable, so 0 (95% bootstrap upper bound of the sd: 0.067; simulator 2.0.0;
+        0.02 in 1.1.0, 0.05 before). Pass a value > 0 to study a latent pathway activity.
     donor_sd
         Sd (natural-log scale) of the donor x cell type x gene multiplicative variation: real biological donor
-        variation (default 0.1), what makes per-cell tests anti-conservative and donor-level tests calibrated.
+        variation, what makes per-cell tests anti-conservative and donor-level tests calibrated. Default
+        estimated from onek1k (median over genes of the between-donor squared CV of donor means, sampling noise
+        removed, median over 4 cell types: 0.21; 0.1 before simulator 2.0.0).
     batch_effect
         Sd (natural-log scale) of the gene-wise multiplicative batch factors (default 0.3, moderate);
         pass e.g. 1.0 for strong batch effects, 0 for none.
     composition_concentration
-        Dirichlet concentration of donor compositions (default 50: classical monocyte share with a
-        between-donor coefficient of variation near 30%, as seen in healthy PBMC).
+        Dirichlet concentration of donor compositions. Default estimated from onek1k's 40 donors (method of
+        moments on 4 labelled types, Dirichlet aggregation to the full composition): about 18 (50 before
+        simulator 2.0.0), i.e. a classical monocyte share with a between-donor coefficient of variation near 50%.
     library_sd
-        Sd (natural-log scale) of the donor library-size offset (default 0.2).
+        Sd (natural-log scale) of the donor library-size offset. Default estimated from onek1k (between-donor
+        sd of the donor x type mean log library, sampling variance removed): about 0.27 (0.2 before 2.0.0).
+    cells_per_donor_sd
+        Sd (natural-log scale) of the number of cells per donor around ``n_cells_per_donor``. Default estimated
+        from onek1k (sd of log cells of 4 labelled types per donor, less the part the donor's share of those
+        types explains): about 0.18; 0 gives every donor ``n_cells_per_donor`` cells (the behaviour before 2.0.0).
     depth
         Multiplier of all library sizes (1: pbmc3k depth, about 2,200 UMIs per cell).
     plasma_noise_sd
@@ -410,8 +444,9 @@ def simulate_cohort(
         Cells x genes AnnData: integer counts in ``X`` (CSR, float32), gene symbols as ``var_names``
         (``var["gene_ids"]``: Ensembl IDs), ``obs`` columns ``donor``, ``condition`` (categories
         ``["control", "MDD"]``), ``batch``, ``sex``, ``age``, ``cell_type_true``, ``lineage_true``;
-        ``uns["simulation"]``: parameters, effects, planted genes, cell types, composition and latent
-        activity per donor, batch log-factors per gene, sizes, seed and reference version.
+        ``uns["simulation"]``: parameters, effects, planted genes, cell types, composition, cells
+        (``n_cells``, ``cell_counts``) and latent activity per donor, batch log-factors per gene, sizes, seed,
+        reference version and the sha256 of the estimated parameters (``reference["params_sha256"]``).
     plasma
         Donors x proteins AnnData (obs index = donor IDs; ``condition``, ``sex``, ``age``, ``batch``), ``X`` in
         log2 NPX-like units; ``uns["simulation"]`` with the plasma truth.
@@ -447,6 +482,7 @@ def simulate_cohort(
     batch_effect = _check_real("batch_effect", batch_effect, nonneg=True)
     composition_concentration = _check_real("composition_concentration", composition_concentration, positive=True)
     library_sd = _check_real("library_sd", library_sd, nonneg=True)
+    cells_per_donor_sd = _check_real("cells_per_donor_sd", cells_per_donor_sd, nonneg=True)
     depth = _check_real("depth", depth, positive=True)
     plasma_noise_sd = _check_real("plasma_noise_sd", plasma_noise_sd, nonneg=True)
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1000)
@@ -513,8 +549,12 @@ def simulate_cohort(
         sex_order = rng_meta.permutation(members.size)
         sex[members] = np.where(sex_order % 2 == 0, "F", "M")
     age = rng_meta.integers(20, 66, size=n_donors)
-    latent = rng_meta.normal(0.0, complement_sd, size=n_donors) if complement_sd > 0 else np.zeros(n_donors)
-    lib_offset = rng_meta.normal(0.0, library_sd, size=n_donors) if library_sd > 0 else np.zeros(n_donors)
+    # standard normals drawn whatever the sds, so that changing one sd leaves the other draws unchanged
+    latent = complement_sd * rng_meta.standard_normal(n_donors)
+    lib_offset = library_sd * rng_meta.standard_normal(n_donors)
+    n_cells_d = np.maximum(
+        1, np.rint(n_cells_per_donor * np.exp(cells_per_donor_sd * rng_meta.standard_normal(n_donors)))
+    ).astype(np.int64)
     log_effect = math.log(complement_effect)
     activity = log_effect * cond + latent
     batch_names = [f"batch{k + 1}" for k in range(n_batches)]
@@ -542,7 +582,7 @@ def simulate_cohort(
 
     lib_mean = np.exp(ref["lib_logmean"].astype(np.float64)) * depth
     lib_sd_t = ref["lib_logsd"].astype(np.float64)
-    total_cells = n_donors * n_cells_per_donor
+    total_cells = int(n_cells_d.sum())
     n_types = len(cell_types)
 
     # --- first pass: donor compositions and cell-type counts (each donor has its own stream)
@@ -551,7 +591,7 @@ def simulate_cohort(
     cell_counts = np.zeros((n_donors, n_types), dtype=np.int64)
     for d, rng in enumerate(donor_rngs):
         comp_true[d] = rng.dirichlet(composition_concentration * expected["MDD" if cond[d] else "control"])
-        cell_counts[d] = rng.multinomial(n_cells_per_donor, comp_true[d])
+        cell_counts[d] = rng.multinomial(n_cells_d[d], comp_true[d])
 
     # --- preallocate the count buffer from the expected number of non-zeros of every donor
     offsets = np.linspace(-1.5, 1.5, 13)
@@ -608,18 +648,18 @@ def simulate_cohort(
         type_codes.append(code[perm])
         del m
         donor_rngs[d] = None
-        logger.debug("simulate_cohort: donor %s done (%d cells)", donors[d], n_cells_per_donor)
+        logger.debug("simulate_cohort: donor %s done (%d cells)", donors[d], n_cells_d[d])
 
     X = buf.to_csr()
     del buf
 
     # --- obs
-    donor_code = np.repeat(np.arange(n_donors), n_cells_per_donor)
+    donor_code = np.repeat(np.arange(n_donors), n_cells_d)
     tcode = np.concatenate(type_codes)
     lineage_cats = list(dict.fromkeys(lineages))
     lin_code = np.array([lineage_cats.index(lineage_of[t]) for t in cell_types])[tcode]
-    within = np.tile(np.arange(n_cells_per_donor), n_donors)
-    wc = len(str(n_cells_per_donor))
+    within = np.concatenate([np.arange(n) for n in n_cells_d])
+    wc = len(str(int(n_cells_d.max())))
     obs_names = [f"{donors[d]}_c{j:0{wc}d}" for d, j in zip(donor_code, within, strict=True)]
     obs = pd.DataFrame(
         {
@@ -641,7 +681,8 @@ def simulate_cohort(
         "complement_effect": complement_effect, "composition_shift": composition_shift,
         "plasma_association": plasma_association, "plasma_effect": plasma_effect, "null": bool(null),
         "random_state": seed, "complement_sd": complement_sd, "donor_sd": donor_sd, "batch_effect": batch_effect,
-        "composition_concentration": composition_concentration, "library_sd": library_sd, "depth": depth,
+        "composition_concentration": composition_concentration, "library_sd": library_sd,
+        "cells_per_donor_sd": cells_per_donor_sd, "depth": depth,
         "plasma_noise_sd": plasma_noise_sd, "n_genes": None if n_genes is None else int(n_genes),
         "chunk_size": chunk_size,
     }
@@ -666,6 +707,8 @@ def simulate_cohort(
     reference_info = {
         "name": prov.get("name", ""), "script_version": prov.get("script_version", ""),
         "built": prov.get("built", ""), "sha256": ref["sha256"],
+        "params_file": "sim_params.json", "params_sha256": _load_params()["sha256"],
+        "params_built": _load_params().get("built", ""),
     }
     donor_table = {
         "donor": donors,
@@ -686,6 +729,7 @@ def simulate_cohort(
         "composition_expected": {k: {t: float(v[i]) for i, t in enumerate(cell_types)} for k, v in expected.items()},
         "composition": {donors[d]: {t: float(comp_true[d, i]) for i, t in enumerate(cell_types)} for d in range(n_donors)},
         "cell_counts": {donors[d]: {t: int(cell_counts[d, i]) for i, t in enumerate(cell_types)} for d in range(n_donors)},
+        "n_cells": {donors[d]: int(n_cells_d[d]) for d in range(n_donors)},
         "latent_complement_activity": {donors[d]: float(latent[d]) for d in range(n_donors)},
         "complement_activity": {donors[d]: float(activity[d]) for d in range(n_donors)},
         "library_offset": {donors[d]: float(lib_offset[d]) for d in range(n_donors)},
