@@ -364,7 +364,7 @@ def test_csle_real_donors(data_dir):
     intermediate B sit between both); CD4 TCM*/TEM* -> CD4 memory T; CD4 Naive -> CD4 naive T; Treg* -> Treg;
     CD8 TEM -> CD8 memory T; gdT -> gamma-delta T; MAIT -> MAIT; dnT -> no fine label; ILC -> NK cell lineage.
     Measured: lineage 0.996, fine 0.809 (target 0.93 not reached: Azimuth CD4 TCM_1 cells called CD4 naive,
-    TCM_2 called Treg), Unassigned 9.1%, AUROC 0.83.
+    TCM_2 called Treg), Unassigned 3.6% (9.1% before the Erythrocyte negatives: ambient haemoglobin), AUROC 0.835.
     """
     path = data_dir / "csle" / "csle_44donors_B_CD4mem_Treg.h5ad"
     if not path.exists():
@@ -395,7 +395,7 @@ def test_csle_real_donors(data_dir):
     assert lin_ok[assigned].mean() >= 0.97
     assert not np.isin(fine, LINEAGE_CALLS).any()  # every distinction is measured in this panel
     assert fine_ok[assigned].mean() >= 0.78
-    assert 1 - assigned.mean() <= 0.12
+    assert 1 - assigned.mean() <= 0.05
     assert _auroc(fine_ok[assigned], a.obs["cell_type_confidence"].to_numpy()[assigned]) >= 0.8
 
 
@@ -561,7 +561,7 @@ def test_independent_of_python_hash_seed():
     out = []
     for seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
-        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         out.append([line for line in r.stdout.splitlines() if line.startswith("RESULT")][-1])
     assert out[0] == out[1]

@@ -19,6 +19,12 @@ Outline
    gamma-delta and proliferating T where their markers are clearly up. Other lineages: softmax over the
    subset scores smoothed over their sub-clusters.
    Confidence = probability x sqrt(agreement within the (sub-)cluster), lineage x subset.
+6. Coverage: a lineage whose subset split lacks its markers in the data (the resource's ``distinctions``, e.g.
+   CD4 vs CD8 without CD8A and CD8B) is called at lineage level, with the missing markers as the reason.
+7. Speed: the kNN lists come from the shared :mod:`immunomood._neighbors`, their UMAP connectivities are computed
+   here in numpy (umap's numba kernels cost ~40 s of compilation per process), Leiden runs on them directly.
+   Above ``_SKETCH_CELLS`` cells a random sketch is annotated in full; each other cell takes its lineage from
+   its nearest sketch cells in the same PCA and its fine label from a logistic model of the sketch's calls.
 """
 
 from __future__ import annotations
@@ -957,14 +963,23 @@ def annotate(
         Categorical lineage: ``"T cell"``, ``"NK cell"``, ``"B cell"``, ``"Monocyte"``, ``"Dendritic cell"``,
         ``"Neutrophil"``, ``"Platelet"``, ``"Erythrocyte"``, ``"Unassigned"``.
     ``obs[key_added]``
-        Categorical fine label (always within its lineage), e.g. ``"CD4 naive T"``, ``"Intermediate monocyte"``.
+        Categorical fine label (always within its lineage), e.g. ``"CD4 naive T"``, ``"Intermediate monocyte"``;
+        the lineage name itself (``"T cell"``, ``"B cell"``, ``"Monocyte"``, ``"Dendritic cell"``, exactly as in
+        ``obs["cell_lineage"]``) where the data lack the markers that separate the lineage's subsets.
     ``obs[f"{{key_added}}_confidence"]``
         Confidence in [0, 1]: lineage probability x subset probability, each times the cluster agreement.
+    ``obs[f"{{key_added}}_reason"]``
+        Categorical: empty for a fine call; otherwise why the call stopped (the distinction the panel cannot
+        resolve and the markers missing from the data, or a low lineage confidence for ``"Unassigned"``).
     ``obsm["cd4_polarization"]``
         DataFrame of Th1, Th2, Th17, Tfh marker scores for CD4 T cells (NaN elsewhere); scores, not labels.
     ``uns[key_added]``
-        ``params``, ``markers`` (resource name, version), ``markers_used`` (genes found per label),
-        ``cluster_label_counts`` (clusters x labels) and ``n_clusters``.
+        ``params`` (with ``n_cells_annotated_in_full`` and ``n_cells_transferred``: above 12,000 cells a random
+        sketch is annotated in full and the other cells learn from it), ``markers`` (resource name, version),
+        ``markers_used`` (genes found per label), ``lineage_markers_used``, ``cluster_label_counts``
+        (clusters x labels), ``n_clusters``, ``n_t_subclusters`` and ``coverage`` (DataFrame, one row per
+        distinction of the marker resource: ``lineage``, ``distinction``, ``supported``, ``min_per_side``,
+        ``markers_found``, ``markers_missing``).
     """
     check_adata(adata)
     check_not_view(adata, func="annotate")
@@ -1068,7 +1083,7 @@ def annotate(
             "leiden_resolution": float(_RESOLUTION),
             "n_neighbors": int(_N_NEIGHBORS),
             "n_neighbors_subclusters": int(_N_NEIGHBORS_SUB),
-            "n_cells_annotated_in_full": int(len(rows)),
+            "n_cells_annotated_in_full": len(rows),
             "n_cells_transferred": int(n - len(rows)),
         },
         "coverage": cov,
