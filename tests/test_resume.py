@@ -90,6 +90,10 @@ def test_report_resumed_after_a_kill_draws_every_figure(finished_run):
     summary = (rep / "summary.md").read_text()
     for fig in FIGURES:
         assert (rep / f"{fig}.png").is_file() and f"`{fig}.png`" in summary, fig
+    # a deleted report folder is written again on resume (its checkpoint alone is not enough)
+    shutil.rmtree(rep)
+    assert _ran(_run(cfg, resume=True)) == ["report"]
+    assert (rep / "summary.md").is_file()
     # a kill during the report stage leaves no report checkpoint (and possibly a half-written report folder)
     shutil.rmtree(cfg.outdir / "checkpoints" / "07_report")
     shutil.rmtree(rep)

@@ -151,6 +151,9 @@ class Checkpoints:
         info = self.info(stage)
         if info is None or info.get("config_hash") != config_hash:
             return False
+        if info.get("report") and not (Path(info["report"]) / "summary.md").is_file():
+            logger.info("stage %s: the report folder %s is gone or incomplete, rerun", stage, info["report"])
+            return False
         if self.inputs is not None:
             want = _stage_inputs(stage, self.inputs)
             have = info.get("inputs")
