@@ -416,7 +416,9 @@ REAL_GROUP = "cell_type"
 REAL_TARGET = "monoc"  # classical monocytes: where the power effects are planted
 SPLIT_SIZES = (4, 8, 20)
 EFFECTS = (1.05, 1.1, 1.25)
-METHODS = ("ours_score", "ours_fry", "R_voom_fry", "donor_mean_t", "per_cell_mwu")
+METHODS = ("ours_score", "ours_fry", "ours_fry_pooled", "R_voom_fry", "decoupler_pydeseq2_ulm", "donor_mean_t",
+           "per_cell_mwu", "ours_score_random_effect", "composition")
+OUR_METHODS = ("score", "fry", "fry_pooled")
 
 R_LOOP = r"""
 suppressPackageStartupMessages({library(limma); library(edgeR)})
@@ -531,11 +533,11 @@ def _run_r(jobs, tmp):
     return rows
 
 
-def _ours(b, sets, groups):
+def _ours(b, sets, groups, methods=OUR_METHODS):
     import immunomood as im
 
     rows = []
-    for meth in ("score", "fry"):
+    for meth in methods:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             r = im.tl.differential_activity(b, condition_key="condition", sample_key="donor", groupby=REAL_GROUP,
@@ -546,8 +548,62 @@ def _ours(b, sets, groups):
     return rows
 
 
-def real_null(a, sets, n_splits, tmp, seed=0, log=print):
-    """False-positive rate on random splits of real donors: every cell type x packaged set, n vs n donors."""
+def _recipe(b, sets, groups, min_cells=10):
+    """The recipe Python users follow today (decoupler's pseudobulk vignette): ``dc.pp.pseudobulk`` (sum),
+    ``dc.pp.filter_samples(min_cells=10, min_counts=1000)``, per cell type ``dc.pp.filter_by_expr(group=condition)``,
+    pydeseq2 (``~condition``, Wald), then ``dc.mt.ulm`` of the DE ``stat`` on the gene sets (decoupler's default
+    ``tmin=5``: sets with fewer than 5 genes measured get no test). Empty when decoupler is not installed."""
+    try:
+        import decoupler as dc
+        from pydeseq2.dds import DeseqDataSet
+        from pydeseq2.default_inference import DefaultInference
+        from pydeseq2.ds import DeseqStats
+    except ImportError:
+        return []
+    rows = []
+    net = pd.DataFrame([(k, g, 1.0) for k, v in sets.items() for g in v], columns=["source", "target", "weight"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pdata = dc.pp.pseudobulk(b, sample_col="donor", groups_col=REAL_GROUP, mode="sum")
+        dc.pp.filter_samples(pdata, min_cells=min_cells, min_counts=1000)
+        for g in groups:
+            t = pdata[(pdata.obs[REAL_GROUP].astype(str) == str(g)).to_numpy()].copy()
+            cnt = t.obs["condition"].astype(str).value_counts()
+            if min(cnt.get("case", 0), cnt.get("ctrl", 0)) < 2:
+                continue
+            dc.pp.filter_by_expr(t, group="condition", min_count=10, min_total_count=15)
+            X = t.X.toarray() if sparse.issparse(t.X) else np.asarray(t.X)
+            counts = pd.DataFrame(np.round(X).astype(np.int64), index=t.obs_names.astype(str),
+                                  columns=t.var_names.astype(str))
+            meta = pd.DataFrame({"condition": pd.Categorical(t.obs["condition"].astype(str),
+                                                             categories=["ctrl", "case"])}, index=counts.index)
+            inf = DefaultInference(n_cpus=1)
+            dds = DeseqDataSet(counts=counts, metadata=meta, design="~condition", inference=inf, quiet=True)
+            dds.deseq2()
+            ds = DeseqStats(dds, contrast=["condition", "case", "ctrl"], inference=inf, quiet=True)
+            ds.summary()
+            stat = ds.results_df[["stat"]].T.dropna(axis=1)
+            try:
+                _, pv = dc.mt.ulm(data=stat, net=net, verbose=False)
+            except (ValueError, AssertionError):  # no set with >= tmin genes
+                continue
+            rows += [dict(group=str(g), gene_set=k, method="decoupler_pydeseq2_ulm", p=float(p))
+                     for k, p in pv.iloc[0].items() if np.isfinite(p)]
+    return rows
+
+
+def _have_recipe() -> bool:
+    try:
+        import decoupler  # noqa: F401
+        import pydeseq2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def real_null(a, sets, n_splits, tmp, seed=0, recipe_splits=3, log=print):
+    """False-positive rate on random splits of real donors: every cell type x packaged set, n vs n donors. The
+    decoupler + pydeseq2 recipe (slow: ~10 s per pydeseq2 fit here) runs on the first ``recipe_splits`` splits."""
     import immunomood as im
 
     with warnings.catch_warnings():
@@ -564,6 +620,8 @@ def real_null(a, sets, n_splits, tmp, seed=0, log=print):
             meta = dict(size=n, split=s)
             rows += [meta | r for r in _ours(b, sets, groups)]
             rows += [meta | r for r in _percell_tests(b, scores, sets, groups)]
+            if s < recipe_splits:
+                rows += [meta | r for r in _recipe(b, sets, groups)]
             for g in groups:
                 jobs.append((_r_job(b, sets, g, tmp / f"null_{n}_{s}_{g}"), meta | dict(group=g)))
         log(f"  null {n} vs {n}: {n_splits} splits done")
@@ -571,28 +629,33 @@ def real_null(a, sets, n_splits, tmp, seed=0, log=print):
     return pd.DataFrame(rows)
 
 
-def real_power(a, n_splits, tmp, seed=1, n_genes=20, min_mean=1.0, log=print):
+def real_power(a, n_splits, tmp, seed=1, n_genes=20, min_mean=1.0, recipe_splits=3, log=print):
     """Power: ``n_genes`` classical-monocyte genes (drawn among those with >= ``min_mean`` counts per cell) raised
     by each effect in the case donors' classical monocytes, by adding Poisson((effect - 1) x count) to each count;
-    the set of the raised genes is tested in classical monocytes. The same splits and genes serve every effect."""
+    the set of the raised genes is tested in classical monocytes. All four cell types go into each call of ours (so
+    ``fry_pooled`` has the same set in the other cell types to borrow from, where it is not raised); only the
+    classical-monocyte row counts. The same splits and genes serve every effect."""
     import immunomood as im
 
-    m = a[(a.obs[REAL_GROUP] == REAL_TARGET).to_numpy()].copy()
-    mean = np.asarray(m.X.mean(axis=0)).ravel()
+    is_target = (a.obs[REAL_GROUP] == REAL_TARGET).to_numpy()
+    mean = np.asarray(a[is_target].X.mean(axis=0)).ravel()
     eligible = np.flatnonzero(mean >= min_mean)
-    donors = np.array(sorted(m.obs["donor"].astype(str).unique()))
+    donors = np.array(sorted(a.obs["donor"].astype(str).unique()))
+    groups = list(a.obs[REAL_GROUP].astype(str).unique())
     rng = np.random.default_rng(seed)
-    X0 = sparse.csr_matrix(m.X).astype(np.float64)
+    X0 = sparse.csr_matrix(a.X).astype(np.float64)
     rows, jobs = [], []
     for n in SPLIT_SIZES:
         for s in range(n_splits):
             pick = rng.choice(donors, 2 * n, replace=False)
             cols = np.sort(rng.choice(eligible, n_genes, replace=False))
-            sets = {"planted": list(m.var_names[cols])}
+            sets = {"planted": list(a.var_names[cols])}
             for fc in EFFECTS:
-                b = _label(m, pick[:n], pick[n:])
-                coo = sparse.csr_matrix(X0[m.obs["donor"].isin(list(pick)).to_numpy()]).tocoo()
-                hit = np.isin(coo.col, cols) & (b.obs["condition"].to_numpy()[coo.row] == "case")
+                b = _label(a, pick[:n], pick[n:])
+                sel = a.obs["donor"].isin(list(pick)).to_numpy()
+                coo = sparse.csr_matrix(X0[sel]).tocoo()
+                hit = (np.isin(coo.col, cols) & (b.obs["condition"].to_numpy()[coo.row] == "case")
+                       & is_target[sel][coo.row])
                 data = coo.data.copy()
                 data[hit] += rng.poisson((fc - 1.0) * data[hit])
                 b.X = sparse.csr_matrix((data, (coo.row, coo.col)), shape=b.shape)
@@ -600,15 +663,63 @@ def real_power(a, n_splits, tmp, seed=1, n_genes=20, min_mean=1.0, log=print):
                     warnings.simplefilter("ignore")
                     scores = im.tl.score_pathways(b, sets, inplace=False)
                 meta = dict(size=n, split=s, effect=fc)
-                rows += [meta | r for r in _ours(b, sets, [REAL_TARGET])]
+                rows += [meta | r for r in _ours(b, sets, groups) if r["group"] == REAL_TARGET]
                 rows += [meta | r for r in _percell_tests(b, scores, sets, [REAL_TARGET])]
+                if s < recipe_splits:
+                    rows += [meta | r for r in _recipe(b, sets, [REAL_TARGET])]
                 jobs.append((_r_job(b, sets, REAL_TARGET, tmp / f"pow_{n}_{s}_{fc}"), meta | dict(group=REAL_TARGET)))
         log(f"  power {n} vs {n}: {n_splits} splits x {len(EFFECTS)} effects done")
     rows += _run_r(jobs, tmp)
     return pd.DataFrame(rows)
 
 
-def run_real(n_splits: int = 20, log=print) -> dict:
+def real_random_effect(a, sets, n_splits, seed=2, log=print):
+    """``random_effect=`` on real donors: each real donor's cells split at random into two samples (``sample``
+    = donor_1 / donor_2), n vs n donors, ``differential_activity(sample_key="sample", random_effect="donor")``
+    with the default method (which runs the set score's mixed model); every cell type x set, null only."""
+    import immunomood as im
+
+    donors = np.array(sorted(a.obs["donor"].astype(str).unique()))
+    groups = [str(g) for g in a.obs[REAL_GROUP].astype(str).unique()]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in SPLIT_SIZES:
+        for s in range(n_splits):
+            pick = rng.choice(donors, 2 * n, replace=False)
+            b = _label(a, pick[:n], pick[n:])
+            half = rng.integers(1, 3, b.n_obs)
+            b.obs["sample"] = pd.Categorical(b.obs["donor"].astype(str) + "_" + half.astype(str))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = im.tl.differential_activity(b, condition_key="condition", sample_key="sample", groupby=REAL_GROUP,
+                                                gene_sets=sets, random_effect="donor")
+            r = r[r["group"].isin(groups) & r["pvalue"].notna()]
+            rows += [dict(size=n, split=s, group=g, gene_set=k, method="ours_score_random_effect", p=float(p))
+                     for g, k, p in zip(r["group"], r["gene_set"], r["pvalue"])]
+        log(f"  random effect {n} vs {n}: {n_splits} splits done")
+    return pd.DataFrame(rows)
+
+
+def real_composition(a, n_splits, seed=3):
+    """``tl.composition`` on random splits of real donors (null): p-values of the four cell types."""
+    import immunomood as im
+
+    donors = np.array(sorted(a.obs["donor"].astype(str).unique()))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in SPLIT_SIZES:
+        for s in range(n_splits):
+            pick = rng.choice(donors, 2 * n, replace=False)
+            b = _label(a, pick[:n], pick[n:])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                c = im.tl.composition(b, sample_key="donor", condition_key="condition", groupby=REAL_GROUP)
+            rows += [dict(size=n, split=s, group=str(g), gene_set="", method="composition", p=float(p))
+                     for g, p in zip(c["group"], c["pvalue"]) if np.isfinite(p)]
+    return pd.DataFrame(rows)
+
+
+def run_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None, log=print) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -616,39 +727,82 @@ def run_real(n_splits: int = 20, log=print) -> dict:
 
     a = ad.read_h5ad(_real_data_dir() / REAL_FILE)
     sets = real_sets(a.var_names)
+    if not _have_recipe():
+        log("decoupler + pydeseq2 recipe skipped: `pip install decoupler pydeseq2` to include it")
+        recipe_splits = 0
+    re_splits = n_splits if re_splits is None else re_splits
+    secs = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        null = real_null(a, sets, n_splits, Path(tmp), log=log)
-        pw = real_power(a, n_splits, Path(tmp), log=log)
-        secs = time.perf_counter() - t0
-    fpr = null.groupby(["method", "size"])["p"].agg(share=lambda p: float((p < 0.05).mean()), n="size").unstack()
+        null = real_null(a, sets, n_splits, Path(tmp), recipe_splits=recipe_splits, log=log)
+        secs["null"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pw = real_power(a, n_splits, Path(tmp), recipe_splits=recipe_splits, log=log)
+        secs["power"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    re_ = real_random_effect(a, sets, re_splits, log=log)
+    secs["random_effect"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    comp = real_composition(a, n_splits)
+    secs["composition"] = time.perf_counter() - t0
+    null_all = pd.concat([null, re_, comp], ignore_index=True)
+    fpr = null_all.groupby(["method", "size"])["p"].agg(share=lambda p: float((p < 0.05).mean()), n="size").unstack()
     power_tab = pw.groupby(["method", "effect", "size"])["p"].agg(lambda p: float((p < 0.05).mean())).unstack(
         ["effect", "size"])
+    n_power = pw.groupby(["method", "effect", "size"])["p"].size().unstack(["effect", "size"])
     both = null.pivot_table(index=["size", "split", "group", "gene_set"], columns="method", values="p")
     agree = (both[["ours_fry", "R_voom_fry"]].dropna().pipe(lambda d: (d.ours_fry / d.R_voom_fry - 1).abs().max())
              if "R_voom_fry" in both else np.nan)
-    return dict(fpr=fpr, power=power_tab, null=null, pw=pw, seconds=secs, n_splits=n_splits,
-                n_sets=len(sets), fry_vs_R_max_rel=agree)
+    return dict(fpr=fpr, power=power_tab, n_power=n_power, null=null_all, pw=pw, seconds=secs, n_splits=n_splits,
+                recipe_splits=recipe_splits, re_splits=re_splits, n_sets=len(sets), fry_vs_R_max_rel=agree)
 
 
-def main_real(n_splits: int = 20):
-    r = run_real(n_splits)
-    pd.set_option("display.width", 200)
+def real_table(r: dict) -> pd.DataFrame:
+    """One table: false-positive rate per split size and power per effect x split size, one row per method."""
+    fpr = r["fpr"]["share"].rename(columns=lambda n: f"FPR {n}v{n}")
+    pw = r["power"].copy()
+    pw.columns = [f"{e}x {n}v{n}" for e, n in pw.columns]
+    tab = fpr.join(pw, how="outer")
+    tab["null tests"] = r["fpr"]["n"].sum(axis=1).astype(int)
+    return tab.reindex([m for m in METHODS if m in tab.index])
+
+
+def verdict(r: dict, candidate: str = "ours_fry_pooled", bar: str = "R_voom_fry") -> list[str]:
+    """The issue's rule for the default: calibrated (FPR in [0.01, 0.08] at every size) and power >= R limma-voom +
+    fry at every effect and size. One line per failed point, empty when ``candidate`` wins."""
+    out = []
+    for n, v in r["fpr"]["share"].loc[candidate].items():
+        if not 0.01 <= v <= 0.08:
+            out.append(f"FPR {n}v{n} = {v:.3f} outside [0.01, 0.08]")
+    if bar in r["power"].index:
+        for (e, n), v in r["power"].loc[candidate].items():
+            ref = r["power"].loc[bar, (e, n)]
+            if v < ref:
+                out.append(f"power {e}x {n}v{n} = {v:.3f} < {bar} {ref:.3f}")
+    return out
+
+
+def main_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None):
+    r = run_real(n_splits, recipe_splits, re_splits)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 30)
     print(f"\nReal donors: onek1k, 40 healthy donors, 4 cell types, {r['n_sets']} packaged gene sets present; "
-          f"{r['n_splits']} random splits per size (4v4, 8v8, 20v20); {r['seconds']:.0f} s")
-    print("\nfalse-positive rate (share p < 0.05 over null cell type x set tests; n = tests)")
-    print(r["fpr"].reindex([m for m in METHODS if m in r["fpr"].index]).to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\npower in classical monocytes, 20 planted genes (share of splits with p < 0.05), columns effect/size")
-    print(r["power"].reindex([m for m in METHODS if m in r["power"].index]).to_string(
-        float_format=lambda v: f"{v:.3f}"))
+          f"{r['n_splits']} random splits per size (4v4, 8v8, 20v20; decoupler recipe on the first "
+          f"{r['recipe_splits']}, random_effect on {r['re_splits']}); seconds "
+          + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()))
+    print("FPR: share of p < 0.05 over null cell type x set tests (composition: cell types); power: share of splits "
+          "with p < 0.05 for the 20 planted classical-monocyte genes")
+    print(real_table(r).to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\nours_fry vs R limma fry, max relative difference of p over the null tests: {r['fry_vs_R_max_rel']:.2e}")
+    v = verdict(r)
+    print("fry_pooled vs R limma-voom + fry (issue rule): " + ("WINS at every point" if not v else "; ".join(v)))
     for m_, row in r["fpr"]["share"].iterrows():
-        for size, v in row.items():
-            print(f"RESULT real_fpr method={m_} size={size} share_p05={v:.4f} n={int(r['fpr']['n'].loc[m_, size])}")
+        for size, x in row.items():
+            print(f"RESULT real_fpr method={m_} size={size} share_p05={x:.4f} n={int(r['fpr']['n'].loc[m_, size])}")
     for m_, row in r["power"].iterrows():
-        for (eff, size), v in row.items():
-            print(f"RESULT real_power method={m_} effect={eff} size={size} share_p05={v:.4f} splits={r['n_splits']}")
-
+        for (eff, size), x in row.items():
+            print(f"RESULT real_power method={m_} effect={eff} size={size} share_p05={x:.4f} "
+                  f"splits={int(r['n_power'].loc[m_, (eff, size)])}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -796,6 +950,8 @@ if __name__ == "__main__":
         main_variants(n, mc)
     elif "--real" in sys.argv:
         n = int(sys.argv[sys.argv.index("--splits") + 1]) if "--splits" in sys.argv else 20
-        main_real(n)
+        rs = int(sys.argv[sys.argv.index("--recipe-splits") + 1]) if "--recipe-splits" in sys.argv else 3
+        res = int(sys.argv[sys.argv.index("--re-splits") + 1]) if "--re-splits" in sys.argv else None
+        main_real(n, rs, res)
     else:
         main(sys.argv[1] if len(sys.argv) > 1 else "quick")
