@@ -703,7 +703,7 @@ def _coverage(res: Mapping[str, Any], col: Mapping[str, int]) -> tuple[pd.DataFr
 
 def _transfer(
     out: dict[str, Any], rows: np.ndarray, rep_fit: np.ndarray, rep_rest: np.ndarray, n: int,
-    E: np.ndarray, col: Mapping[str, int], res: Mapping[str, Any], rs: int,
+    E: np.ndarray, rs: int,
 ) -> dict[str, Any]:
     """Labels of the cells outside the sketch, learnt from the sketch's calls.
 
@@ -1052,7 +1052,7 @@ def annotate(
     )
     del Xs, Xlog
     if sketch is not None:
-        out = _transfer(out, rows, rep_fit, rep_rest, n, E, col, res, rs)
+        out = _transfer(out, rows, rep_fit, rep_rest, n, E, rs)
     lineage, fine, confidence, unassigned = out["lineage"], out["fine"], out["confidence"], out["unassigned"]
     clusters, n_cl, n_sub, pol, used_sub, used_lin = (
         out["clusters"], out["n_cl"], out["n_sub"], out["pol"], out["used_sub"], out["used_lin"]
@@ -1088,7 +1088,9 @@ def annotate(
         },
         "coverage": cov,
         "markers": {"name": str(res["name"]), "version": str(res["version"])},
-        "markers_used": {k: list(v) for k, v in {**used_sub}.items()},
+        "markers_used": {  # lineage-level calls: the lineage's own markers
+            k: list(v) for k, v in {**used_sub, **{lin: used_lin.get(lin, []) for lin in unresolved}}.items()
+        },
         "lineage_markers_used": {k: list(v) for k, v in used_lin.items()},
         "n_clusters": int(n_cl),
         "n_t_subclusters": int(n_sub),
