@@ -247,7 +247,27 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("tl.annotate", "emb", dict(random_state="x"), r"random_state.*got 'x'"),
     ("tl.integration_metrics", "emb", dict(batch_key="batch", label_key="cell_type", embedding="X_pca", max_cells=0),
      r"max_cells.*got 0"),
+    # im.io, except the readers
+    ("io.gene_coverage", "norm", dict(markers="blod"), r"'blod'"),
+    ("io.gene_coverage", "norm", dict(min_fraction=2), r"min_fraction"),
+    ("io.gene_coverage", "norm", dict(min_fraction="0.5"), r"min_fraction"),
+    ("io.gene_coverage", "norm", dict(inplace="yes"), r"inplace"),
+    ("io.write_pseudobulk", "norm", dict(S, outdir="@tmp/o1", groupby="cell_type", min_cells=0), r"min_cells"),
+    ("io.write_pseudobulk", "norm", dict(S, outdir="@tmp/o2", groupby="cell_type", by_group="yes"), r"by_group"),
+    ("io.write_pseudobulk", "norm", dict(S, outdir="@tmp/o3", groupby="nope"), r"'nope' not found"),
+    ("io.write_pseudobulk", "norm", dict(S, outdir="@file/out", groupby="cell_type"), r"outdir.*is a file"),
+    ("io.write_pseudobulk", "norm", dict(S, outdir=3, groupby="cell_type"), r"`outdir` must be a folder path"),
 ]
+
+
+def _path(objects: dict, v: str) -> str:
+    """'@tmp/x': a fresh folder path; '@file/x': a path under a regular file (cannot be created)."""
+    import tempfile
+    from pathlib import Path
+
+    d = Path(objects.setdefault("_tmp", tempfile.mkdtemp(prefix="immunomood_bad_inputs_")))
+    (d / "file").write_text("x")
+    return str(d / v[1:]) if v.startswith("@") else v
 
 
 def _call(objects: dict, func: str, obj: str, kwargs: dict):
@@ -256,7 +276,8 @@ def _call(objects: dict, func: str, obj: str, kwargs: dict):
     target = objects[obj].copy()
     if func == "tl.join_proteomics" and kwargs.get("prot") == "plasma":
         kwargs = dict(kwargs, prot="plasma.csv")  # a path instead of the AnnData
-    kwargs = {k: (objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v) for k, v in kwargs.items()}
+    kwargs = {k: (_path(objects, v) if k == "outdir" and isinstance(v, str) else
+                  objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v) for k, v in kwargs.items()}
     return target, (lambda: f(target, **kwargs))
 
 
@@ -321,6 +342,7 @@ def test_hvg_single_cell_batch_never_crashes_the_interpreter():
 def test_pseudobulk_lists_donors_left_without_cells(objects):
     a = objects["norm"].copy()
     gone = str(a.obs["donor"].iloc[0])
+    n_gone = int((a.obs["donor"].astype(str) == gone).sum())
     a.obs["drop_me"] = (a.obs["donor"].astype(str) == gone).to_numpy()  # QC removes every cell of one donor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -331,7 +353,7 @@ def test_pseudobulk_lists_donors_left_without_cells(objects):
         pb = im.tl.pseudobulk(a, sample_key="donor", groupby="cell_type", min_cells=3)
     dropped = pb.uns["dropped"]
     assert "reason" in dropped.columns
-    for donor, why in ((gone, "no cells left after QC (60 cells before"), ("D99", "no cells (a category")):
+    for donor, why in ((gone, f"no cells left after QC ({n_gone} cells before"), ("D99", "no cells (a category")):
         row = dropped[dropped["donor"] == donor]
         assert len(row) == 1 and row["n_cells"].iloc[0] == 0 and row["cell_type"].iloc[0] == "all"
         assert row["reason"].iloc[0].startswith(why), row["reason"].iloc[0]

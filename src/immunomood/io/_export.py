@@ -101,6 +101,8 @@ def write_pseudobulk(
     - ``README.txt``: what the files are and the R code that reads them.
     """
     check_adata(adata)
+    if not isinstance(outdir, (str, os.PathLike)):
+        raise TypeError(f"`outdir` must be a folder path, got {outdir!r} ({type(outdir).__name__}).")
     outdir = Path(outdir)
     if not isinstance(by_group, bool) or not isinstance(overwrite, bool):
         raise TypeError(f"`by_group` and `overwrite` must be True or False, got {by_group!r} and {overwrite!r}.")
@@ -186,6 +188,12 @@ def write_pseudobulk(
 
 # ------------------------------------------------------------------------------------------------ checks
 def _check_outdir(outdir: Path, overwrite: bool) -> None:
+    anc = outdir.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise ValueError(f"`outdir` {str(outdir)!r} cannot be created: {str(anc)!r} is a file, not a folder. "
+                         "Pass a folder path.")
     if outdir.exists() and not outdir.is_dir():
         raise FileExistsError(f"`outdir` {str(outdir)!r} exists and is a file; pass a folder path.")
     if outdir.is_dir() and any(outdir.iterdir()):
