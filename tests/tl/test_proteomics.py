@@ -66,7 +66,9 @@ def test_donor_view_structure(dview, cohort):
     x = dview[:, f"{CM}|complement_alternative"].X.ravel()
     assert abs(np.nanmean(x)) < 1e-8
     mdd = (dview.obs["condition"] == "MDD").to_numpy()
-    assert x[mdd].mean() > x[~mdd].mean()
+    # donors with fewer than min_cells classical monocytes are NaN (simulator 2.0.0: composition and cells per
+    # donor vary as in real donors, so at 100 cells per donor some donors have too few)
+    assert np.nanmean(x[mdd]) > np.nanmean(x[~mdd])
     rep = dview.uns["donor_view"]
     assert set(rep) == {"params", "missing", "genes_used"}
 
@@ -152,7 +154,7 @@ def test_associations_match_scipy_with_missing_values(mdata):
     y = m["prot"][m["rna"].obs_names, "C5"].X.ravel()
     ok = ~np.isnan(x)
     ref = stats.spearmanr(x[ok], y[ok])
-    assert row["n"] == 14
+    assert row["n"] == ok.sum() and ok.sum() >= 8  # 16 donors less the 2 set missing and those below min_cells
     assert row["estimate"] == pytest.approx(ref.statistic, abs=1e-12)
     assert row["pvalue"] == pytest.approx(ref.pvalue, rel=1e-6)
     from statsmodels.stats.multitest import multipletests
@@ -260,7 +262,12 @@ def test_acceptance_association_and_fdr():
         res = im.tl.cross_modal_associations(m)
         c5 = res[(res.protein == "C5") & res.rna_feature.str.startswith(f"{CM}|complement")]
         best = c5.loc[c5["padj"].idxmin()]
-        assert best["padj"] < 0.05 and best["estimate"] > 0
+        # simulator 2.0.0 (donor-level variation estimated from real donors: donor_sd 0.21, composition
+        # concentration 18, no detectable latent complement activity) makes the donor's monocyte complement score
+        # noisier: measured over seeds 0-7 (40 donors, 150 cells), the best C5 association has raw p <= 2e-4 and
+        # estimate 0.56-0.76 every time, BH padj 0.0001-0.097 (6 of 8 below 0.05; seed 0: 0.097); the oracle
+        # (Spearman of the true activity with C5) 0.85-0.87. Before 2.0.0 the bound was padj < 0.05.
+        assert best["pvalue"] < 1e-3 and best["padj"] < 0.15 and best["estimate"] > 0
         unrelated = res[~res.protein.isin(related)].dropna(subset=["pvalue"])
         assert (unrelated["padj"] < 0.05).mean() <= 0.05
         assert 0.01 <= (unrelated["pvalue"] < 0.05).mean() <= 0.09
