@@ -545,8 +545,12 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     donors = tl.donor_view(adata, sample_key=inp["sample_key"], groupby=cfg["differential"]["groupby"],
                            gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]), min_cells=cfg["differential"]["min_cells"])
     mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
-    assoc = tl.cross_modal_associations(mdata, method=pr["association_method"], covariates=tuple(
-        c for c in inp["covariates"] if c in mdata.obs.columns))
+    try:
+        assoc = tl.cross_modal_associations(mdata, method=pr["association_method"], covariates=tuple(
+            c for c in inp["covariates"] if c in mdata.obs.columns))
+    except ValueError as e:  # e.g. too few donors with both modalities: a listed problem, the run goes on
+        record_problem(mdata, f"cross-modal associations not estimated: {e}")
+        assoc = pd.DataFrame()
     from .tl._proteomics import _obs_frame
 
     both = mdata["rna"].obs_names.intersection(mdata["prot"].obs_names)  # the panel uses donors with both modalities
