@@ -21,7 +21,9 @@ CHUNK = 700
 @pytest.fixture(scope="module")
 def h5ad_path(tmp_path_factory):
     """3,000 cells of the simulated cohort (2 batches, 6 donors) written to .h5ad (CSR, float32)."""
-    a, _ = im.datasets.simulate_cohort(n_donors=6, n_cells_per_donor=500, n_batches=2, random_state=0)
+    # equal donors (cells_per_donor_sd=0, simulator 2.0.0 varies them by default): the chunk layout below needs 3,000
+    a, _ = im.datasets.simulate_cohort(n_donors=6, n_cells_per_donor=500, n_batches=2, cells_per_donor_sd=0.0,
+                                       random_state=0)
     a.X = sparse.csr_matrix(a.X, dtype=np.float32)
     path = tmp_path_factory.mktemp("dask") / "sim.h5ad"
     a.write_h5ad(path)
