@@ -53,20 +53,24 @@ def test_errors():
 
 @pytest.mark.slow
 def test_simulator_planted_shift_found():
-    """Monocytes 1.5x in MDD (T and B scaled down): right direction in every seed, found (p < 0.05) in most.
+    """Monocytes 1.8x in MDD (T and B scaled down): monocytes up and T cells down in every seed, found in most.
 
-    With the simulator's default donor variation (Dirichlet concentration 50) and 8 vs 8 donors the power for the
-    monocyte shift is about 0.7-0.8 (benchmarks/bench_differential.py), so one seed is not a fair test.
+    Simulator 2.0.0 (composition concentration 18 and cells per donor estimated from real donors; 50 and equal
+    donors before): 8 vs 8 donors, 200 cells, seeds 0-9, measured: monocyte effect > 0 and T-cell effect < 0 in
+    10 of 10, monocytes p < 0.05 in 8 of 10 (seed 2: 0.0503; before: 10 of 10), B-cell effect < 0 in 7 of 10
+    (before: 8 of 10; the B share is small and drops 28%). Before 2.0.0 the test took seeds 0-3 and required
+    monocytes found in 3 of 4 and the B-cell effect negative in every seed: seed 0 now has 0.05 and p = 0.27.
     """
-    found = 0
-    for seed in range(4):
+    found, b_down = 0, 0
+    for seed in range(10):
         adata, _ = im.datasets.simulate_cohort(n_donors=16, n_cells_per_donor=200, random_state=seed)
         res = im.tl.composition(adata, sample_key="donor", condition_key="condition", groupby="lineage_true")
         r = res.set_index("group")
         assert r.loc["Monocyte", "effect"] > 0
-        assert r.loc["T cell", "effect"] < 0 and r.loc["B cell", "effect"] < 0
+        assert r.loc["T cell", "effect"] < 0
+        b_down += r.loc["B cell", "effect"] < 0
         found += r.loc["Monocyte", "pvalue"] < 0.05
-    assert found >= 3
+    assert found >= 7 and b_down >= 6, (found, b_down)
 
 
 def test_complete_separation_corrected_and_flagged():
