@@ -293,6 +293,15 @@ def write_report(cfg, ck, state: dict) -> Path:
             if n_fine > n_lin:
                 lines += [f"- A further {n_fine - n_lin:,} cells have a lineage but no finer cell type (cell_type "
                           f"'Unassigned': {n_fine:,} cells in all, as in the table below).", ""]
+            lineage_level = (adata.obs["cell_type"].astype(str) == adata.obs["cell_lineage"].astype(str)) & (
+                adata.obs["cell_lineage"].astype(str) != "Unassigned")
+            if lineage_level.any():
+                why = ""
+                if "cell_type_reason" in adata.obs.columns:
+                    reasons = adata.obs.loc[lineage_level, "cell_type_reason"].astype(str).value_counts()
+                    why = " Why: " + "; ".join(f"{r} ({n:,} cells)" for r, n in reasons.head(5).items()) + "."
+                lines += [f"- {int(lineage_level.sum()):,} cells are called at the lineage level only: the measured "
+                          f"genes cannot separate their subtypes.{why}", ""]
         if "cell_types" in tables:
             lines += [_fmt_table(tables["cell_types"], 25)]
     if da is not None:

@@ -122,8 +122,9 @@ class Settings:
         n_jobs
             Number of threads; ``-1`` means all cores available to this process. ``None``: :attr:`n_jobs`.
         backends
-            Which of ``"blas"``, ``"numba"`` and ``"torch"`` to limit. Each one is imported if installed (torch
-            takes about a second to import the first time); a backend that is not installed is skipped.
+            Which of ``"blas"``, ``"numba"`` and ``"torch"`` to limit. BLAS and numba are imported if installed;
+            torch is limited only when it is already imported (importing it costs seconds: code that trains
+            with torch imports it before entering the block).
         """
         return _threads(self.n_jobs if n_jobs is None else n_jobs, backends)
 
@@ -178,15 +179,13 @@ def _threads(n_jobs: int, backends: Sequence[str]) -> Iterator[int]:
                 old_numba = numba.get_num_threads()
                 numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
                 stack.callback(numba.set_num_threads, old_numba)
-        if "torch" in backends:
-            try:
-                import torch
-            except ImportError:  # pragma: no cover - torch is a dependency
-                logger.debug("torch not installed: its threads not limited")
-            else:
-                old_torch = torch.get_num_threads()
-                torch.set_num_threads(n)
-                stack.callback(torch.set_num_threads, old_torch)
+        if "torch" in backends and "torch" in sys.modules:
+            # only when torch is already loaded (importing it costs seconds; code that uses torch imports it
+            # before it enters this block, e.g. tl.integrate)
+            torch = sys.modules["torch"]
+            old_torch = torch.get_num_threads()
+            torch.set_num_threads(n)
+            stack.callback(torch.set_num_threads, old_torch)
         yield n
 
 
