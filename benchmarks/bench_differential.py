@@ -22,19 +22,27 @@ simulator noise, ``batch`` as a covariate):
 Run ``python benchmarks/bench_differential.py [quick|full]`` (quick: 3 seeds, 300 cells; full: 10 seeds, 300 and
 1000 cells per donor); prints tables and ``RESULT`` lines.
 
-``python benchmarks/bench_differential.py --real [--splits N]`` (default 20 splits per size; needs
-``IMMUNOMOOD_DATA_DIR``): the real-donor benchmark of issue 13 on onek1k (40 real donors, 4 cell types): random
-donor splits 4v4, 8v8, 20v20; false-positive rate over every cell type x packaged gene set; power for 20
-classical-monocyte genes (>= 1 count per cell) raised 1.05 / 1.1 / 1.25x in the case donors by adding
-Poisson((effect - 1) x count) to each count; for ours (default), ours ``method="fry"``, R limma-voom + fry (when
-Rscript with limma/edgeR exists; the same pseudobulk, run in one R session), the t-test on donor means and the
-per-cell Mann-Whitney test. Last run (30 splits per size, 286 s on 2 cores, 2026-12-01):
+``python benchmarks/bench_differential.py --real [--splits N] [--recipe-splits R] [--re-splits M]`` (default 20
+splits per size, the decoupler recipe on the first 3, random_effect on all; needs ``IMMUNOMOOD_DATA_DIR``): the
+real-donor benchmark of issue 13 on onek1k (40 real donors, 4 cell types): random donor splits 4v4, 8v8, 20v20;
+false-positive rate over every cell type x packaged gene set; power for 20 classical-monocyte genes (>= 1 count per
+cell) raised 1.05 / 1.1 / 1.25x in the case donors' classical monocytes by adding Poisson((effect - 1) x count) to
+each count (all four cell types in each call, so fry_pooled has partners); for ours (``"score"``, ``"fry"``,
+``"fry_pooled"``), R limma-voom + fry (when Rscript with limma/edgeR exists; the same pseudobulk, one R session),
+decoupler pseudobulk + pydeseq2 + decoupler ``ulm`` on the Wald statistics (when decoupler is installed; ~10 s per
+pydeseq2 fit, hence few splits), the t-test on donor means and the per-cell Mann-Whitney test; and, null only,
+``random_effect="donor"`` with each real donor's cells split at random into two samples, and ``tl.composition``.
+Last run (``--splits 30 --recipe-splits 3 --re-splits 15``, 1,138 s on a shared 2-core machine, 2026-12-01):
 
-    FPR 4v4/8v8/20v20      ours 0.058/0.053/0.052   fry 0.082/0.070/0.070 (R identical, max rel. diff 2e-13)
+    FPR 4v4/8v8/20v20      score 0.058/0.053/0.052   fry 0.082/0.070/0.070 (= R, max rel. diff 2e-13)
+                           fry_pooled 0.081/0.073/0.067   decoupler+pydeseq2+ulm 0.217/0.031/0.111 (187 tests)
                            donor-mean t 0.051/0.058/0.071   per-cell MWU 0.352/0.401/0.383
-    power 1.05x            ours 0.10/0.13/0.43      fry 0.07/0.23/0.43    donor-mean t 0.07/0.03/0.10
-    power 1.1x             ours 0.14/0.37/0.83      fry 0.14/0.47/0.87    donor-mean t 0.10/0.13/0.13
-    power 1.25x            ours 0.59/0.97/1.00      fry 0.69/1.00/1.00    donor-mean t 0.10/0.30/0.60
+                           random_effect 0.030/0.034/0.037   composition 0.017/0.075/0.058
+    power 1.05x            score 0.10/0.13/0.43   fry = R 0.07/0.23/0.43   fry_pooled 0.14/0.23/0.43
+    power 1.1x             score 0.14/0.37/0.83   fry = R 0.14/0.47/0.87   fry_pooled 0.34/0.73/0.90
+    power 1.25x            score 0.59/0.97/1.00   fry = R 0.69/1.00/1.00   fry_pooled 0.97/1.00/1.00
+    (29 splits at 4v4; donor-mean t 0.07/0.03/0.10, 0.10/0.13/0.13, 0.10/0.30/0.60)
+    fry_pooled >= R at every point but FPR 0.081 at 4v4 (> 0.08): the default stays "score".
 
 ``python benchmarks/bench_differential.py --variants [--splits N] [--min-cells M]``: the same null and power
 splits (planting at pseudobulk level: a sum of per-cell Poissons is Poisson) for candidate improvements over fry.
