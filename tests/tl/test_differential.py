@@ -22,7 +22,7 @@ def planted():
 
 def test_result_table_and_stored_keys(planted):
     a = planted.copy()
-    res = im.tl.differential_activity(a, gene_sets=SETS, **KW)
+    res = im.tl.differential_activity(a, gene_sets=SETS, method="score", **KW)
     assert list(res.columns[: len(COLS)]) == COLS
     assert len(res) == 2 * 3
     assert set(a.uns) >= {"differential_activity", "differential_activity_scores", "differential_activity_params"}
@@ -44,7 +44,7 @@ def test_statistic_equals_independent_ols(planted):
     import statsmodels.formula.api as smf
 
     a = planted.copy()
-    res = im.tl.differential_activity(a, gene_sets=SETS, covariates=["age"], **KW)
+    res = im.tl.differential_activity(a, gene_sets=SETS, covariates=["age"], method="score", **KW)
     sc = a.uns["differential_activity_scores"]
     s = sc[(sc.group == "Mono") & (sc.gene_set == "setA")].copy()
     s["age"] = a.obs.groupby("donor", observed=True)["age"].first().reindex(s["sample"]).to_numpy()
@@ -118,8 +118,8 @@ def test_paired_design_fixed_and_random(planted):
         x = a.copy()
         x.obs["donor"] = x.obs["person"]
         im.tl.differential_activity(x, gene_sets=SETS, **KW)
-    r1 = im.tl.differential_activity(a, gene_sets=SETS, covariates=["person"], **KW)
-    r2 = im.tl.differential_activity(a, gene_sets=SETS, random_effect="person", **KW)
+    r1 = im.tl.differential_activity(a, gene_sets=SETS, covariates=["person"], method="score", **KW)
+    r2 = im.tl.differential_activity(a, gene_sets=SETS, random_effect="person", **KW)  # default -> score
     assert r1["pvalue"].notna().all() and r2["pvalue"].notna().all()
     assert (r1["df"] == 12 - 2 - 5).all()
     assert "MixedLM" in r2["method"].iloc[0]
@@ -130,7 +130,7 @@ def test_paired_design_fixed_and_random(planted):
 def test_calibrated_and_powerful_on_synthetic():
     p_null = []
     for seed in range(15):
-        r = im.tl.differential_activity(synth_cohort(seed=100 + seed), gene_sets=SETS, **KW)
+        r = im.tl.differential_activity(synth_cohort(seed=100 + seed), gene_sets=SETS, method="score", **KW)
         p_null += list(r["pvalue"])
     p_null = np.asarray(p_null)
     assert len(p_null) == 90
@@ -138,7 +138,7 @@ def test_calibrated_and_powerful_on_synthetic():
     hits = 0
     for seed in range(4):
         r = im.tl.differential_activity(synth_cohort(n_donors=16, seed=200 + seed, effect=1.5), gene_sets=SETS,
-                                        **KW)
+                                        method="score", **KW)
         hits += r.set_index(["group", "gene_set"]).loc[("Mono", "setA"), "pvalue"] < 0.05
     assert hits >= 3
 
@@ -227,7 +227,7 @@ def test_power_1p1_simulated_cohort():
     for seed in range(10):
         a, _ = im.datasets.simulate_cohort(n_cells_per_donor=2000, complement_effect=1.1, random_state=seed)
         r = im.tl.differential_activity(a, condition_key="condition", sample_key="donor", groupby="cell_type_true",
-                                        gene_sets=_complement_union(), covariates=["batch"])
+                                        gene_sets=_complement_union(), covariates=["batch"], method="score")
         row = r.set_index("group").loc["Classical monocyte"]
         hits.append(row["pvalue"] < 0.05 and row["effect"] > 0)
     assert sum(hits) >= 4, hits
@@ -263,7 +263,7 @@ def test_issue_scenario_beats_donor_mean_t_test():
             data[m] += rng.binomial(data[m].astype(np.int64), fc - 1.0)
             b.X = sparse.csr_matrix((data, (coo.row, coo.col)), shape=a.shape)
         r = im.tl.differential_activity(b, condition_key="condition", sample_key="donor", groupby="cell_type_true",
-                                        gene_sets=sets)
+                                        gene_sets=sets, method="score")
         sc = im.tl.score_pathways(b, sets, inplace=False)["raised"].to_numpy()
         dm = pd.Series(sc).groupby(b.obs["donor"].to_numpy()).mean()
         dcase = dm.index.isin(case)
@@ -380,7 +380,7 @@ def test_method_fry_table_and_errors(planted):
     assert 0.5 * np.log2(1.6) < hit["effect"] < 1.5 * np.log2(1.6)
     assert (res["df"].dropna() == 12 - 2).all() and "fry" in res["method"].iloc[0]
     assert a.uns["differential_activity_params"]["method"] == "fry"
-    with pytest.raises(ValueError, match="method must be 'score'.*got 'camera'"):
+    with pytest.raises(ValueError, match="method must be None.*'fry_pooled'.*got 'camera'"):
         im.tl.differential_activity(planted.copy(), gene_sets=SETS, method="camera", **KW)
     with pytest.raises(ValueError, match="method='fry' has no random effect"):
         im.tl.differential_activity(planted.copy(), gene_sets=SETS, method="fry", random_effect="age", **KW)
@@ -426,3 +426,26 @@ def test_method_fry_pooled_borrows_across_groups(planted):
     vif = (6 * 5 * 0.04 + 3 * 5 * 0.09) / 9
     assert t[0] == pytest.approx(1.0 / np.sqrt(vif / 5)) and df[0] == 9
     assert p[0] == pytest.approx(2 * __import__("scipy").stats.t.sf(t[0], 9))
+
+
+def test_default_method_is_fry_pooled_and_score_with_random_effect(planted):
+    """method=None runs fry_pooled (the result and the params say so); with random_effect it runs the set score's
+    mixed model, the only method with a random effect; an explicit fry method with random_effect is an error."""
+    a = planted.copy()
+    res = im.tl.differential_activity(a, gene_sets=SETS, **KW)
+    pooled = im.tl.differential_activity(planted.copy(), gene_sets=SETS, method="fry_pooled", **KW)
+    pd.testing.assert_frame_equal(res, pooled)
+    assert "borrowed across groups" in res["method"].iloc[0] and res[["ci_low", "ci_high"]].isna().all().all()
+    params = a.uns["differential_activity_params"]
+    assert params["method"] == "fry_pooled" and params["method_requested"] == "default"
+    assert res.set_index(["group", "gene_set"]).loc[("Mono", "setA"), "pvalue"] < 0.01
+    b = synth_cohort(n_donors=8, seed=5)
+    rng = np.random.default_rng(0)
+    b.obs["sample"] = (b.obs["donor"].astype(str) + "_v" + rng.integers(0, 2, b.n_obs).astype(str)).astype("category")
+    kw = dict(condition_key="condition", sample_key="sample", groupby="cell_type", gene_sets=SETS)
+    r = im.tl.differential_activity(b, random_effect="donor", **kw)
+    assert r["method"].str.contains("MixedLM random intercept").all() and (r["df"] == 6).all()
+    assert b.uns["differential_activity_params"]["method"] == "score"
+    assert (r["ci_low"] < r["ci_high"]).all()
+    with pytest.raises(ValueError, match="method='fry_pooled' has no random effect"):
+        im.tl.differential_activity(b, random_effect="donor", method="fry_pooled", **kw)

@@ -502,7 +502,7 @@ def differential_activity(
     reference: str | None = None,
     covariates: Sequence[str] = (),
     random_effect: str | None = None,
-    method: Literal["score", "fry", "fry_pooled"] = "score",
+    method: Literal["fry_pooled", "fry", "score"] | None = None,
     min_cells: int = 10,
     layer: str | None = None,
     gene_symbols: str | None = None,
@@ -510,10 +510,25 @@ def differential_activity(
 ) -> pd.DataFrame:
     """Test gene-set activity between conditions per cell type, with the donor (sample) as the unit.
 
-    Method (a self-contained set test on pseudobulk, in the spirit of limma-voom + ``fry``), per group (cell type):
+    Three self-contained set tests on pseudobulk (one summed count profile per sample and cell type; samples with
+    fewer than ``min_cells`` cells of the type are left out), chosen by ``method``:
 
-    1. sum raw counts per sample (:func:`immunomood.tl.pseudobulk`); samples with fewer than ``min_cells`` cells
-       in the group are left out;
+    - ``"fry_pooled"`` (the default, ``method=None``, without ``random_effect``): limma-voom + ``fry`` (below), with
+      the variance ratio of each set's mean borrowed from the same set in the other cell types tested;
+    - ``"fry"``: limma-voom + ``fry`` exactly as R limma computes it;
+    - ``"score"`` (the default with ``random_effect``, the only method that fits one): a precision-weighted set
+      score per sample, t-tested by OLS or by a mixed model; the only one with a confidence interval.
+
+    Which method ran is in the ``method`` column of the result and in ``uns[key_added + "_params"]["method"]``.
+    On real donors (onek1k, 40 healthy donors, random 4v4 / 8v8 / 20v20 splits; ``benchmarks/bench_differential.py
+    --real``, 140 null and 90 power splits per size, see ``docs/tour.md``) ``"fry_pooled"`` was calibrated and at
+    least as powerful as R limma-voom + fry at every effect and split size; ``"score"`` was calibrated but less
+    powerful. fry drops set members that fail edgeR's ``filterByExpr``, so in shallow groups fewer sets are tested
+    than with ``"score"`` (whose lenient member filter keeps low-count genes).
+
+    The ``"score"`` method, per group (cell type):
+
+    1. sum raw counts per sample (:func:`immunomood.tl.pseudobulk`);
     2. keep genes expressed in enough samples (edgeR ``filterByExpr`` rule, ``min_count=3``) and, for gene-set
        members only, also genes with enough counts over all samples (a mean of >= 1 count per sample, non-zero in
        >= half of them): a set test pools its genes, so a low-count member still informs it once it is
@@ -559,7 +574,8 @@ def differential_activity(
         parameters for a donor-level condition, samples minus groups minus within-group parameters for a paired
         one (``df`` column).
     method
-        ``"score"`` (default): the precision-weighted set score above. ``"fry"``: limma-voom + ``fry`` as in R
+        ``None`` (default): ``"fry_pooled"``, or ``"score"`` when ``random_effect`` is given (fry has no random
+        effect). ``"score"``: the precision-weighted set score above. ``"fry"``: limma-voom + ``fry`` as in R
         (a port that matches R limma 3.54 / edgeR 3.40 to relative 1e-6, checked by
         ``tests/tl/test_fry_reference.py``), per group on the same pseudobulk: edgeR ``filterByExpr`` with the
         design (defaults: 10 counts at the median library size, 15 in total), ``y[keep, , keep.lib.sizes=FALSE]``,
@@ -579,9 +595,10 @@ def differential_activity(
         20v20 vs 0.059 / 0.057 / 0.063) and its power at least fry's at every effect and size (25 splits found
         only by it, 6 only by fry). On cells (``--real``, 30 splits, all four cell types in each call) its
         false-positive rate was 0.081 / 0.073 / 0.067 (R limma-voom + fry 0.082 / 0.070 / 0.070) and its power at
-        least R fry's at every point (1.1x: 0.34 / 0.73 / 0.90 vs 0.14 / 0.47 / 0.87); it is not the default
-        because, as fry, it is above 0.08 at 4 vs 4 there. It assumes a set's gene-gene correlation is alike across
-        the groups tested.
+        least R fry's at every point (1.1x: 0.34 / 0.73 / 0.90 vs 0.14 / 0.47 / 0.87); pooled with 110 more null
+        and 60 more power splits (140 / 90 in all): false-positive rate 0.065 / 0.064 / 0.062 (R 0.067 / 0.065 /
+        0.067), power at least R's at every effect and size, which made it the default. It assumes a set's
+        gene-gene correlation is alike across the groups tested.
     min_cells
         Minimum number of cells of a sample in a group for that sample to enter the group's test. Samples left
         out are named in the ``samples_excluded`` column and in a warning.
@@ -613,13 +630,19 @@ def differential_activity(
     - ``uns[key_added + "_scores"]``: donor-level set scores of the ``"score"`` method (long table: sample, group,
       gene_set, condition, score) used by :func:`immunomood.pl.differential_activity`, whatever ``method`` ran;
     - ``uns[key_added + "_params"]``: the parameters, with ``method`` and ``method_description`` (the method
-      that ran).
+      that ran) and ``method_requested`` (``"default"`` or the value passed).
     """
     check_adata(adata)
     check_not_view(adata, func="differential_activity")
-    if method not in ("score", "fry", "fry_pooled"):
-        raise ValueError(f"method must be 'score' (the default set score), 'fry' (limma-voom + fry) or 'fry_pooled', "
-                         f"got {method!r}.")
+    if method not in (None, "fry_pooled", "fry", "score"):
+        raise ValueError(f"method must be None (the default: 'fry_pooled', or 'score' with random_effect), "
+                         f"'fry_pooled', 'fry' (limma-voom + fry) or 'score' (the set score), got {method!r}.")
+    requested = method
+    if method is None:
+        method = "score" if random_effect is not None else "fry_pooled"
+        if random_effect is not None:
+            logger.info("differential_activity: random_effect=%r given, so the default method is 'score' (its mixed "
+                        "model); fry and fry_pooled have no random effect", random_effect)
     if method != "score" and random_effect is not None:
         raise ValueError(
             f"method={method!r} has no random effect (random_effect={random_effect!r}); use method='score' with "
@@ -707,7 +730,8 @@ def differential_activity(
         "condition_key": condition_key, "sample_key": sample_key, "groupby": groupby, "case": str(case),
         "reference": str(ref), "covariates": list(P["covariates"]), "random_effect": random_effect or "",
         "min_cells": int(min_cells), "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
-        "layer": "X" if P["layer"] is None else P["layer"], "method": method, "method_description": method_name,
+        "layer": "X" if P["layer"] is None else P["layer"], "method": method,
+        "method_requested": "default" if requested is None else requested, "method_description": method_name,
     }
     logger.info("differential_activity: %d tests, %d with padj < 0.05", res["pvalue"].notna().sum(),
                 int((res["padj"] < 0.05).sum()))
