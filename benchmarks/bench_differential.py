@@ -42,7 +42,11 @@ Last run (``--splits 30 --recipe-splits 3 --re-splits 15``, 1,138 s on a shared 
     power 1.1x             score 0.14/0.37/0.83   fry = R 0.14/0.47/0.87   fry_pooled 0.34/0.73/0.90
     power 1.25x            score 0.59/0.97/1.00   fry = R 0.69/1.00/1.00   fry_pooled 0.97/1.00/1.00
     (29 splits at 4v4; donor-mean t 0.07/0.03/0.10, 0.10/0.13/0.13, 0.10/0.30/0.60)
-    fry_pooled >= R at every point but FPR 0.081 at 4v4 (> 0.08): the default stays "score".
+    fry_pooled >= R at every point but FPR 0.081 at 4v4 (> 0.08). real_null / real_power on more splits (seeds
+    10, 20 null: 50 + 60 splits; seed 21 power: 60 splits), all pooled (140 null, 90 power splits per size):
+    FPR score 0.050/0.057/0.056, fry_pooled 0.065/0.064/0.062, R fry 0.067/0.065/0.067; power fry_pooled vs R
+    1.05x 0.10/0.26/0.52 vs 0.07/0.26/0.48, 1.1x 0.29/0.73/0.96 vs 0.16/0.60/0.94, 1.25x 0.94/1/1 vs 0.76/1/1:
+    fry_pooled wins by the issue's rule and is the default (method=None; "score" with random_effect).
 
 ``python benchmarks/bench_differential.py --variants [--splits N] [--min-cells M]``: the same null and power
 splits (planting at pseudobulk level: a sum of per-cell Poissons is Poisson) for candidate improvements over fry.
