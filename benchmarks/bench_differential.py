@@ -22,7 +22,7 @@ simulator noise, ``batch`` as a covariate):
 Run ``python benchmarks/bench_differential.py [quick|full]`` (quick: 3 seeds, 300 cells; full: 10 seeds, 300 and
 1000 cells per donor); prints tables and ``RESULT`` lines.
 
-``python benchmarks/bench_differential.py --real [--splits N] [--recipe-splits R] [--re-splits M]`` (default 20
+``python benchmarks/bench_differential.py --real [--splits N] [--recipe-splits R] [--re-splits M] [--seed S]`` (default 20
 splits per size, the decoupler recipe on the first 3, random_effect on all; needs ``IMMUNOMOOD_DATA_DIR``): the
 real-donor benchmark of issue 13 on onek1k (40 real donors, 4 cell types): random donor splits 4v4, 8v8, 20v20;
 false-positive rate over every cell type x packaged gene set; power for 20 classical-monocyte genes (>= 1 count per
@@ -43,7 +43,8 @@ Last run (``--splits 30 --recipe-splits 3 --re-splits 15``, 1,138 s on a shared 
     power 1.25x            score 0.59/0.97/1.00   fry = R 0.69/1.00/1.00   fry_pooled 0.97/1.00/1.00
     (29 splits at 4v4; donor-mean t 0.07/0.03/0.10, 0.10/0.13/0.13, 0.10/0.30/0.60)
     fry_pooled >= R at every point but FPR 0.081 at 4v4 (> 0.08). real_null / real_power on more splits (seeds
-    10, 20 null: 50 + 60 splits; seed 21 power: 60 splits), all pooled (140 null, 90 power splits per size):
+    10, 20 null: 50 + 60 splits; seed 21 power: 60 splits; ``--real --seed 20 --splits 60 --recipe-splits 0``
+    reruns the second), all pooled (140 null, 90 power splits per size):
     FPR score 0.050/0.057/0.056, fry_pooled 0.065/0.064/0.062, R fry 0.067/0.065/0.067; power fry_pooled vs R
     1.05x 0.10/0.26/0.52 vs 0.07/0.26/0.48, 1.1x 0.29/0.73/0.96 vs 0.16/0.60/0.94, 1.25x 0.94/1/1 vs 0.76/1/1:
     fry_pooled wins by the issue's rule and is the default (method=None; "score" with random_effect).
@@ -731,7 +732,8 @@ def real_composition(a, n_splits, seed=3):
     return pd.DataFrame(rows)
 
 
-def run_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None, log=print) -> dict:
+def run_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None, seed: int = 0,
+             log=print) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -746,16 +748,16 @@ def run_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None =
     secs = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        null = real_null(a, sets, n_splits, Path(tmp), recipe_splits=recipe_splits, log=log)
+        null = real_null(a, sets, n_splits, Path(tmp), seed=seed, recipe_splits=recipe_splits, log=log)
         secs["null"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pw = real_power(a, n_splits, Path(tmp), recipe_splits=recipe_splits, log=log)
+        pw = real_power(a, n_splits, Path(tmp), seed=seed + 1, recipe_splits=recipe_splits, log=log)
         secs["power"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    re_ = real_random_effect(a, sets, re_splits, log=log)
+    re_ = real_random_effect(a, sets, re_splits, seed=seed + 2, log=log)
     secs["random_effect"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    comp = real_composition(a, n_splits)
+    comp = real_composition(a, n_splits, seed=seed + 3)
     secs["composition"] = time.perf_counter() - t0
     null_all = pd.concat([null, re_, comp], ignore_index=True)
     fpr = null_all.groupby(["method", "size"])["p"].agg(share=lambda p: float((p < 0.05).mean()), n="size").unstack()
@@ -794,8 +796,8 @@ def verdict(r: dict, candidate: str = "ours_fry_pooled", bar: str = "R_voom_fry"
     return out
 
 
-def main_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None):
-    r = run_real(n_splits, recipe_splits, re_splits)
+def main_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None, seed: int = 0):
+    r = run_real(n_splits, recipe_splits, re_splits, seed)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
     print(f"\nReal donors: onek1k, 40 healthy donors, 4 cell types, {r['n_sets']} packaged gene sets present; "
@@ -964,6 +966,7 @@ if __name__ == "__main__":
         n = int(sys.argv[sys.argv.index("--splits") + 1]) if "--splits" in sys.argv else 20
         rs = int(sys.argv[sys.argv.index("--recipe-splits") + 1]) if "--recipe-splits" in sys.argv else 3
         res = int(sys.argv[sys.argv.index("--re-splits") + 1]) if "--re-splits" in sys.argv else None
-        main_real(n, rs, res)
+        seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
+        main_real(n, rs, res, seed)
     else:
         main(sys.argv[1] if len(sys.argv) > 1 else "quick")
