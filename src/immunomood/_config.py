@@ -126,15 +126,9 @@ def _range(sec: str, key: str, val: Any, lo: float | None = None, hi: float | No
         return None
     import math
 
-    def fmt(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    from ._utils import _range_text
 
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {fmt(lo)}")
-    if hi is not None:
-        parts.append(f"<= {fmt(hi)}")
-    expected = ("an integer " if integer else "a number ") + " and ".join(parts)
+    expected = ("an integer " if integer else "a number ") + _range_text(lo, hi, min_inclusive=not lo_open)
     if extra:
         expected += f" (or {', '.join(map(str, extra))})"
     bad = (not math.isfinite(val) or (lo is not None and (val <= lo if lo_open else val < lo))

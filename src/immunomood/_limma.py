@@ -297,7 +297,8 @@ def _eu2max(df_residual: int) -> float:
     return _EU2MAX_CACHE[df_residual]
 
 
-def _trigamma_inverse(x: float) -> float:
+def trigamma_inverse(x: float) -> float:
+    """limma's ``trigammaInverse``: y with trigamma(y) = x (Newton iterations, as limma)."""
     if x > 1e7:
         return 1.0 / np.sqrt(x)
     if x < 1e-6:
@@ -334,7 +335,7 @@ def fit_f_dist(x: np.ndarray, df1: float) -> tuple[float, float]:
     emean = np.mean(e)
     evar = np.sum((e - emean) ** 2) / (nok - 1) - special.polygamma(1, df1 / 2)
     if evar > 0:
-        df2 = 2 * _trigamma_inverse(evar)
+        df2 = 2 * trigamma_inverse(evar)
         return float(np.exp(emean + special.digamma(df2 / 2) - np.log(df2 / 2))), df2
     return float(np.mean(x)), np.inf
 

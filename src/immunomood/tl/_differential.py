@@ -16,7 +16,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import special, stats
 
-from .._limma import pool_set_variance, voom_fry
+from .._limma import pool_set_variance, trigamma_inverse, voom_fry
 from .._docs import doc_adata, doc_gene_sets, doc_params, doc_sample_key
 from .._settings import logger
 from .._utils import check_adata, check_not_view, check_obs_key, match_genes, symbols_for_sets, warn
@@ -226,22 +226,6 @@ def log_cpm(counts: np.ndarray, eff_lib: np.ndarray) -> np.ndarray:
     return np.log2((counts + PRIOR_COUNT) / (eff_lib[:, None] + 1.0) * 1e6)
 
 
-def _trigamma_inverse(x: np.ndarray | float) -> float:
-    x = float(x)
-    if x > 1e7:
-        return 1.0 / np.sqrt(x)
-    if x < 1e-6:
-        return 1.0 / x
-    y = 0.5 + 1.0 / x
-    for _ in range(50):
-        tri = special.polygamma(1, y)
-        dif = tri * (1 - tri / x) / special.polygamma(2, y)
-        y += dif
-        if -dif / y < 1e-8:
-            break
-    return y
-
-
 def squeeze_var(s2: np.ndarray, df: float, amean: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """limma ``squeezeVar``: empirical-Bayes posterior variances (prior trended on ``amean`` when given)."""
     post, d0, _ = _squeeze_var_prior(s2, df, amean)
@@ -264,7 +248,7 @@ def _squeeze_var_prior(s2: np.ndarray, df: float, amean: np.ndarray | None = Non
     evar = np.sum((e - emean) ** 2) / max(n - 1, 1) - special.polygamma(1, df / 2)
     if n < 3 or evar <= 0:
         return np.exp(emean), np.inf, np.exp(emean)
-    d0 = 2 * _trigamma_inverse(evar)
+    d0 = 2 * trigamma_inverse(float(evar))
     s0 = np.exp(emean + special.digamma(d0 / 2) - np.log(d0 / 2))
     return (d0 * s0 + df * s2) / (d0 + df), d0, s0
 
