@@ -119,8 +119,10 @@ def differential_activity(
     ax.set_xlabel(params.get("groupby") or "cell type")
     ax.set_ylabel(f"{gene_set} score (log2, one point per sample)")
     cond = params.get("condition_key") or "condition"
+    method = params.get("method")
     ax.set_title(f"{gene_set}: {params.get('case', '')} vs {params.get('reference', '')} ({cond}), "
-                 "donor as the unit", fontsize=9)
+                 "donor as the unit" + (f"\npoints: set score per sample; padj: method {method!r}" if method else ""),
+                 fontsize=9)
     ax.legend(frameon=False, fontsize=8, title=cond, title_fontsize=8)
     return ax
 
