@@ -551,11 +551,14 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     except ValueError as e:  # e.g. too few donors with both modalities: a listed problem, the run goes on
         record_problem(mdata, f"cross-modal associations not estimated: {e}")
         assoc = pd.DataFrame()
-    from .tl._proteomics import _obs_frame
+    from .tl._proteomics import MIN_DONORS_PER_CLASS_PANEL, _obs_frame
 
     both = mdata["rna"].obs_names.intersection(mdata["prot"].obs_names)  # the panel uses donors with both modalities
     n_min = int(_obs_frame(mdata, inp["condition_key"]).reindex(both).value_counts().min())
     n_splits = min(5, n_min)
+    if n_min < MIN_DONORS_PER_CLASS_PANEL:
+        record_problem(mdata, f"biomarker panel: only {n_min} donors with both modalities in the smaller condition; "
+                       "its cross-validated AUC is very uncertain (exploratory only).", warn_user=False)
     if n_splits < 5:
         logger.warning("biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
                        "cross-validation instead of 5", n_min, n_splits)

@@ -315,12 +315,18 @@ def write_report(cfg, ck, state: dict) -> Path:
     if "composition" in tables:
         lines += ["## Composition", "", _fmt_table(tables["composition"].sort_values("pvalue"), 10)]
     if "cross_modal_associations" in tables:
-        lines += ["## Plasma proteins vs cell-level signatures", "",
-                  _fmt_table(tables["cross_modal_associations"].sort_values("pvalue"), 10)]
+        assoc = tables["cross_modal_associations"]
+        partial = str(assoc["partial_on"].iloc[0]) if "partial_on" in assoc and len(assoc) else ""
+        kind = (f"Partial correlations adjusted for {partial} (df = donors - 2 - covariate columns, column `df`)"
+                if partial and partial != "nan" else "Correlations (df = donors - 2, column `df`)")
+        lines += ["## Plasma proteins vs cell-level signatures", "", f"{kind}; BH FDR over the table.", "",
+                  _fmt_table(assoc.sort_values("pvalue"), 10) if len(assoc) else "No association estimated."]
     if "biomarker_auc" in tables:
         a = tables["biomarker_auc"].iloc[0]
-        lines += ["## Biomarker panel", "", f"- Cross-validated AUC {a['auc']:.2f} "
-                  f"(95% interval {a['ci_low']:.2f}-{a['ci_high']:.2f}).", ""]
+        lines += ["## Biomarker panel", "", f"- Cross-validated AUC {a['auc']:.2f} (mean over repeats of the "
+                  f"cross-validation; {a['ci_low']:.2f}-{a['ci_high']:.2f} is the 2.5-97.5 percentile range over "
+                  "those repeats, the variability due to the splits, not a confidence interval for a new cohort).",
+                  ""]
         if "biomarker_features" in tables:
             lines += [_fmt_table(tables["biomarker_features"], 10)]
     lines += ["## Figures", ""] + [f"- `{n}.png`: {t}" for n, t in figures.items()]

@@ -147,7 +147,9 @@ def test_associations_match_scipy_with_missing_values(mdata):
     X[[0, 3], j] = np.nan
     m["rna"].X = X
     res = im.tl.cross_modal_associations(m, rna_features=[f"{CM}|complement_alternative", f"{CM}|proportion"])
-    assert list(res.columns) == ["rna_feature", "protein", "estimate", "pvalue", "padj", "n"]
+    assert list(res.columns) == ["rna_feature", "protein", "estimate", "pvalue", "padj", "n", "df", "partial_on"]
+    ok = res["pvalue"].notna()
+    assert (res.loc[ok, "df"] == res.loc[ok, "n"] - 2 - len(res.attrs["covariates"])).all()
     assert len(res) == 2 * m["prot"].n_vars
     row = res[(res.rna_feature == f"{CM}|complement_alternative") & (res.protein == "C5")].iloc[0]
     x = m["rna"][:, f"{CM}|complement_alternative"].X.ravel()

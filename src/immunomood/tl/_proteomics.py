@@ -470,8 +470,10 @@ def cross_modal_associations(
 
     Returns
     -------
-    DataFrame with one row per pair: ``rna_feature``, ``protein``, ``estimate`` (correlation), ``pvalue``,
-    ``padj`` (Benjamini-Hochberg over the table), ``n`` (donors used), sorted by ``pvalue``.
+    DataFrame with one row per pair: ``rna_feature``, ``protein``, ``estimate`` (correlation; a partial
+    correlation when ``covariates`` are given), ``pvalue``, ``padj`` (Benjamini-Hochberg over the table), ``n``
+    (donors used), ``df`` (degrees of freedom of the test, ``n - 2 - k``), ``partial_on`` (the covariates the
+    correlation is adjusted for, comma-separated; empty for a plain correlation), sorted by ``pvalue``.
     """
     check_choice("method", method, ("spearman", "pearson"))
     min_donors = check_int("min_donors", min_donors, min=3,
@@ -552,9 +554,12 @@ def cross_modal_associations(
         "estimate": R.ravel(),
         "pvalue": P.ravel(),
         "n": N.ravel(),
+        "df": DF.ravel(),
     })
     res["padj"] = _bh(res["pvalue"].to_numpy())
-    res = res[["rna_feature", "protein", "estimate", "pvalue", "padj", "n"]]
+    # what the estimate is: a plain correlation, or a partial one adjusted for these covariates
+    res["partial_on"] = ", ".join(covariates)
+    res = res[["rna_feature", "protein", "estimate", "pvalue", "padj", "n", "df", "partial_on"]]
     res = res.sort_values("pvalue", na_position="last", kind="mergesort").reset_index(drop=True)
     res.attrs["method"] = method
     res.attrs["covariates"] = list(covariates)
@@ -563,6 +568,8 @@ def cross_modal_associations(
 
 # ----------------------------------------------------------------------------------------------
 # biomarker_panel
+#: Below this many donors in the smaller condition, biomarker_panel warns that its AUC means little.
+MIN_DONORS_PER_CLASS_PANEL = 10
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class BiomarkerResult:
@@ -727,6 +734,12 @@ def biomarker_panel(
     n_min = int(min(y.sum(), (1 - y).sum()))
     if n_min < n_splits:
         raise ValueError(f"The smaller condition has {n_min} donors, fewer than n_splits={n_splits}; lower n_splits.")
+    if n_min < MIN_DONORS_PER_CLASS_PANEL:
+        warn(
+            f"biomarker_panel: the smaller condition has only {n_min} donors. With so few donors the cross-validated "
+            f"AUC is very uncertain and the selected features unstable; treat the panel as exploratory "
+            f"(at least {MIN_DONORS_PER_CLASS_PANEL} donors per condition are advised)."
+        )
     if mofa:
         try:
             import mofapy2  # noqa: F401
