@@ -44,18 +44,14 @@ def versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------
 def _sha256(path: Path, cache: dict[str, Any]) -> str:
     """Content hash of a file, reused from ``cache`` while its size and mtime are unchanged."""
-    import hashlib
+    from ._utils import file_sha256
 
     st = path.stat()
     key = str(path.resolve())
     hit = cache.get(key)
     if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
         return hit["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
     return cache[key]["sha256"]
 
 

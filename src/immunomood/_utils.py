@@ -52,6 +52,17 @@ def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int | 
     warnings.warn(mark_logged(category(message)), stacklevel=stacklevel)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content, read in 4 MiB blocks (the one content hash of the package and its scripts)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 PROBLEMS_KEY = "immunomood_problems"
 
 

@@ -12,7 +12,6 @@ When nothing works a :class:`FileNotFoundError` names each missing file, every p
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._settings import settings
-from .._utils import warn
+from .._utils import file_sha256, warn
 from ._manifest import _manifest_paths, read_manifest
 
 __all__ = ["citeseq_pbmc5k", "kang2018", "list_datasets", "load", "pbmc3k", "zheng2017"]
@@ -68,11 +67,7 @@ def _sha256(path: Path) -> str:
     hit = _HASH_CACHE.get(key)
     if hit is not None:
         return hit
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = file_sha256(path)
     _HASH_CACHE[key] = digest
     return digest
 

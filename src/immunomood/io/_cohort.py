@@ -180,16 +180,18 @@ def check_sample_sheet(
 
     Reads nothing but the sheet and the folder listings; an empty list means :func:`read_cohort` can start.
     """
-    id_cols = [c for c in dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else [])])]
+    return _check_sheet(sample_sheet, sample_key, path_column, donor_key, required_columns)[0]
+
+
+def _check_sheet(sample_sheet, sample_key, path_column, donor_key, required_columns):
+    """(problems, paths, sheet) of a sample sheet: what check_sample_sheet reports and read_cohort reads."""
+    id_cols = list(dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else [])]))
     sheet, base = _read_sheet(sample_sheet, id_cols)
-    return _validate_sheet(
-        sheet,
-        base,
-        sample_key=sample_key,
-        path_column=path_column,
-        donor_key=donor_key,
+    problems, paths = _validate_sheet(
+        sheet, base, sample_key=sample_key, path_column=path_column, donor_key=donor_key,
         required_columns=required_columns,
-    )[0]
+    )
+    return problems, paths, sheet
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,16 +329,7 @@ def read_cohort(
     check_choice("var_names", var_names, _VAR_NAMES)
     if isinstance(required_columns, str):
         required_columns = [required_columns]
-    id_cols = list(dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else [])]))
-    sheet, base = _read_sheet(sample_sheet, id_cols)
-    problems, paths = _validate_sheet(
-        sheet,
-        base,
-        sample_key=sample_key,
-        path_column=path_column,
-        donor_key=donor_key,
-        required_columns=required_columns,
-    )
+    problems, paths, sheet = _check_sheet(sample_sheet, sample_key, path_column, donor_key, required_columns)
     if problems:
         raise ValueError(
             "Cannot read the cohort; the sample sheet has problems:\n  - " + "\n  - ".join(problems)
@@ -422,7 +415,7 @@ def read_cohort(
     # sheet columns as text or categories (h5ad-safe); sample/donor IDs as categories
     for c in meta_cols:
         s = sheet[c]
-        if c in id_cols or not pd.api.types.is_numeric_dtype(s):
+        if c in (sample_key, path_column, donor_key) or not pd.api.types.is_numeric_dtype(s):
             v = adata.obs[c]
             text = v.astype(object).where(v.notna(), None).map(lambda x: x if x is None else str(x))
             cats = ids if c == sample_key else s.dropna().astype(str)

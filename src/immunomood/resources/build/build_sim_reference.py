@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import itertools
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from immunomood._utils import file_sha256
 from scipy import sparse
 
 SCRIPT_VERSION = "1.0.0"
@@ -72,14 +72,6 @@ INTERFERON_SETS = (
     "MSigDB_v7.4_HALLMARK_INTERFERON_ALPHA_RESPONSE",
     "MSigDB_v7.4_HALLMARK_INTERFERON_GAMMA_RESPONSE",
 )
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_pbmc3k(data_dir: Path):
@@ -266,7 +258,7 @@ def build(data_dir: Path, out_dir: Path) -> dict:
         "script": "src/immunomood/resources/build/build_sim_reference.py",
         "script_version": SCRIPT_VERSION,
         "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "inputs": [{"path": str(p.relative_to(root)), "sha256": sha256(p), "size": p.stat().st_size} for p in inputs],
+        "inputs": [{"path": str(p.relative_to(root)), "sha256": file_sha256(p), "size": p.stat().st_size} for p in inputs],
         "source": "10x Genomics PBMC 3k (CC BY 4.0); Seurat pbmc3k tutorial labels (via CRAN ProFAST, GPL-3)",
         "n_cells_labelled": int(adata.n_obs),
         "n_genes": len(genes),

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from immunomood._utils import file_sha256
 from scipy import sparse, special
 
 SCRIPT_VERSION = "1.0.0"
@@ -64,14 +64,6 @@ MIN_MEAN = 0.1  # counts per cell for a gene to count as well expressed
 COMPLEMENT_MIN_MEAN = 0.05  # counts per classical monocyte for a complement gene to enter the set
 N_RANDOM_SETS = 200
 N_BOOT = 1000
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read(path: Path):
@@ -352,7 +344,7 @@ def build(data_dir: Path, out_path: Path) -> dict:
         "script": "src/immunomood/resources/build/estimate_sim_params.py",
         "script_version": SCRIPT_VERSION,
         "built": _dt.date.today().isoformat(),
-        "inputs": [{"path": p, "sha256": sha256(data_dir / p)} for p in (ONEK1K, CSLE, COMBAT)],
+        "inputs": [{"path": p, "sha256": file_sha256(data_dir / p)} for p in (ONEK1K, CSLE, COMBAT)],
         "method": {
             "cells_per_donor_sd": "onek1k: sd of log cells of the 4 labelled types per donor, less the log-Beta "
             "variance of the donor's share of those types",
