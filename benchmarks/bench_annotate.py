@@ -150,9 +150,137 @@ def run(size: str = "small", profile: bool = True) -> list[dict]:
     return [out]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# real labelled sets (IMMUNOMOOD_DATA_DIR): lineage, fine, Unassigned, lineage-level calls, confidence AUROC
+# ---------------------------------------------------------------------------------------------------------------
+# How published labels are matched to our types (the same maps as tests/tl/test_annotate.py). A fine call is
+# correct when it is in the label's set; a lineage-level call ("T cell" ...) is judged on its lineage only.
+SEURAT_FINE = {
+    "Naive CD4 T": {"CD4 naive T"}, "Memory CD4 T": {"CD4 memory T", "Treg"},
+    "CD14+ Mono": {"Classical monocyte", "Intermediate monocyte"},
+    "FCGR3A+ Mono": {"Non-classical monocyte", "Intermediate monocyte"},
+    "CD8 T": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T"}, "NK": {"NK"},
+    "B": {"B naive", "B memory", "Plasmablast"}, "DC": {"cDC", "pDC"}, "Platelet": {"Platelet"},
+}
+SEURAT_LIN = {"Naive CD4 T": "T cell", "Memory CD4 T": "T cell", "CD14+ Mono": "Monocyte", "FCGR3A+ Mono": "Monocyte",
+              "CD8 T": "T cell", "NK": "NK cell", "B": "B cell", "DC": "Dendritic cell", "Platelet": "Platelet"}
+# kang2018: its "CD8 T cells" cluster holds the NK cells too (no NK label in that reference)
+KANG_FINE = {"CD14+ Monocytes": {"Classical monocyte", "Intermediate monocyte"},
+             "FCGR3A+ Monocytes": {"Non-classical monocyte", "Intermediate monocyte"},
+             "CD4 T cells": {"CD4 naive T", "CD4 memory T", "Treg"},
+             "CD8 T cells": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T", "NK"},
+             "B cells": {"B naive", "B memory", "Plasmablast"}}
+KANG_LIN = {"CD14+ Monocytes": {"Monocyte"}, "FCGR3A+ Monocytes": {"Monocyte"}, "CD4 T cells": {"T cell"},
+            "CD8 T cells": {"T cell", "NK cell"}, "B cells": {"B cell"}}
+ONEK1K_FINE = {"monoc": {"Classical monocyte", "Intermediate monocyte"},
+               "mononc": {"Non-classical monocyte", "Intermediate monocyte"},
+               "cd4nc": {"CD4 naive T", "CD4 memory T"}, "bmem": {"B memory"}}
+ONEK1K_LIN = {"monoc": "Monocyte", "mononc": "Monocyte", "bmem": "B cell", "cd4nc": "T cell"}
+CSLE = {  # Azimuth level-3 label prefix -> (fine types, lineage)
+    "B naive": ({"B naive"}, "B cell"), "B memory": ({"B memory"}, "B cell"),
+    "B intermediate": ({"B naive", "B memory"}, "B cell"), "CD4 TCM": ({"CD4 memory T"}, "T cell"),
+    "CD4 TEM": ({"CD4 memory T"}, "T cell"), "CD4 Naive": ({"CD4 naive T"}, "T cell"),
+    "Treg": ({"Treg"}, "T cell"), "CD8 TEM": ({"CD8 memory T"}, "T cell"),
+    "gdT": ({"gamma-delta T"}, "T cell"), "MAIT": ({"MAIT"}, "T cell"), "dnT": (set(), "T cell"),
+    "ILC": ({"NK"}, "NK cell"),
+}
+REAL_SETS = ("pbmc3k", "kang2018", "csle", "onek1k")
+BINS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0001)
+
+
+def _real_data(name: str, data_dir):
+    """(AnnData, truth label per cell, map label -> fine types, map label -> lineages)."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    if name == "pbmc3k":
+        import scanpy as sc
+
+        d = data_dir / "pbmc3k"
+        a = sc.read_10x_mtx(d / "filtered_gene_bc_matrices" / "hg19", var_names="gene_symbols")
+        lab = pd.read_csv(d / "pbmc3k_seurat_annotations.csv", index_col=0).iloc[:, 0].reindex(a.obs_names)
+        keep = lab.notna().to_numpy()
+        return a, np.where(keep, lab.astype(str), ""), SEURAT_FINE, {k: {v} for k, v in SEURAT_LIN.items()}
+    if name == "kang2018":
+        a = ad.read_h5ad(data_dir / "kang2018" / "kang2018_2donors_ctrl_stim.h5ad")
+        a.var_names = a.var["ENSEMBL"].astype(str).to_numpy()
+        return a, a.obs["cluster_id"].astype(str).to_numpy(), KANG_FINE, KANG_LIN
+    if name == "onek1k":
+        a = ad.read_h5ad(data_dir / "onek1k" / "onek1k_40donors_4types.h5ad")
+        return a, a.obs["cell_type"].astype(str).to_numpy(), ONEK1K_FINE, {k: {v} for k, v in ONEK1K_LIN.items()}
+    if name == "csle":
+        a = ad.read_h5ad(data_dir / "csle" / "csle_44donors_B_CD4mem_Treg.h5ad")
+        truth = a.obs["azimuth_l3"].astype(str).to_numpy()
+        fine, lin = {}, {}
+        for t in np.unique(truth):
+            pre = next(p for p in CSLE if t.startswith(p))
+            fine[t], lin[t] = CSLE[pre][0], {CSLE[pre][1]}
+        return a, truth, fine, lin
+    raise ValueError(f"unknown real set {name!r}; available: {REAL_SETS}")
+
+
+def real(name: str, dump: str | None = None) -> dict:
+    """Annotate one real labelled set and score it against its published labels."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    import immunomood as im
+    from immunomood.tl._annotate import LINEAGE_CALLS
+
+    data_dir = Path(os.environ.get("IMMUNOMOOD_DATA_DIR", "../shared/data"))
+    a, truth, fine_map, lin_map = _real_data(name, data_dir)
+    im.settings.n_jobs = 2
+    t0 = time.perf_counter()
+    im.tl.annotate(a)
+    dt = time.perf_counter() - t0
+    lab = truth != ""
+    lin = a.obs["cell_lineage"].astype(str).to_numpy()[lab]
+    fine = a.obs["cell_type"].astype(str).to_numpy()[lab]
+    conf = a.obs["cell_type_confidence"].to_numpy()[lab]
+    t = truth[lab]
+    assigned = lin != "Unassigned"
+    lin_ok = np.array([x in lin_map[y] for x, y in zip(lin, t)])
+    fine_ok = np.array([x in fine_map[y] for x, y in zip(fine, t)])
+    level = np.isin(fine, LINEAGE_CALLS)
+    called = assigned & ~level
+    correct = np.where(level, lin_ok, fine_ok)
+    out = {
+        "set": name, "n_cells": int(lab.sum()), "seconds": dt,
+        "lineage": float(lin_ok[assigned].mean()), "fine": float(fine_ok[called].mean()) if called.any() else np.nan,
+        "unassigned": float(1 - assigned.mean()), "lineage_level": float(level[assigned].mean()),
+        "auroc": float(roc_auc_score(correct[assigned], conf[assigned])),
+    }
+    bins = pd.cut(conf[assigned], BINS, right=False)
+    cal = pd.DataFrame({"bin": bins, "ok": correct[assigned]}).groupby("bin", observed=False)["ok"].agg(["size", "mean"])
+    out["bins"] = {str(k): (int(r["size"]), float(r["mean"]) if r["size"] else float("nan")) for k, r in cal.iterrows()}
+    conf_tab = pd.crosstab(pd.Series(t[assigned], name="truth"), pd.Series(fine[assigned], name="call"))
+    if dump:
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"truth": t, "lineage": lin, "fine": fine, "conf": conf, "correct": correct,
+                      "lin_ok": lin_ok, "fine_ok": fine_ok}).to_csv(Path(dump) / f"{name}.csv")
+    print(
+        f"REAL {name} n={out['n_cells']} lineage={out['lineage']:.3f} fine={out['fine']:.3f} "
+        f"unassigned={out['unassigned']:.3f} lineage_level={out['lineage_level']:.3f} auroc={out['auroc']:.3f} "
+        f"seconds={dt:.1f}"
+    )
+    print("  accuracy per confidence bin: " + "  ".join(f"{k} n={n} acc={m:.3f}" for k, (n, m) in out["bins"].items()))
+    if os.environ.get("BENCH_CONFUSION"):
+        print(conf_tab.to_string())
+    return out
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         print(json.dumps(_worker(sys.argv[2], int(sys.argv[3]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "real":
+        dump = next((x.split("=", 1)[1] for x in sys.argv[2:] if x.startswith("--dump=")), None)
+        for name in [x for x in sys.argv[2:] if not x.startswith("--")] or REAL_SETS:
+            real(name, dump)
     else:
         for size in sys.argv[1:] or ["small"]:
             run(size)

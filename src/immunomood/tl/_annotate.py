@@ -18,7 +18,10 @@ Outline
    axes smoothed over sub-clusters, cells re-ranked with the data's own expanded signature; Treg, MAIT,
    gamma-delta and proliferating T where their markers are clearly up. Other lineages: softmax over the
    subset scores smoothed over their sub-clusters.
-   Confidence = probability x sqrt(agreement within the (sub-)cluster), lineage x subset.
+   Confidence = probability x sqrt(agreement within the (sub-)cluster), lineage x subset, x the share of the
+   cell's kNN neighbourhood with the same fine call (cells on a boundary between populations are the ones that
+   references label differently: this factor raised the AUROC of confidence for correctness from 0.76-0.84 to
+   0.81-0.89 on four real labelled sets).
 6. Coverage: a lineage whose subset split lacks its markers in the data (the resource's ``distinctions``, e.g.
    CD4 vs CD8 without CD8A and CD8B) is called at lineage level, with the missing markers as the reason.
 7. Speed: the kNN lists come from the shared :mod:`immunomood._neighbors`, their UMAP connectivities are computed
@@ -425,6 +428,18 @@ def _softmax(S: np.ndarray, tau: float) -> np.ndarray:
     return P / P.sum(axis=1, keepdims=True)
 
 
+def _neighbour_agreement(labels: np.ndarray, W: sparse.csr_matrix) -> np.ndarray:
+    """Weighted share of each cell's kNN neighbourhood (row-normalised graph ``W``, self included) that has the
+    cell's own label."""
+    cat = pd.Categorical(labels)
+    codes = cat.codes.astype(np.int64)
+    onehot = sparse.csr_matrix(
+        (np.ones(len(codes), dtype=np.float32), (np.arange(len(codes)), codes)), shape=(len(codes), len(cat.categories))
+    )
+    share = W @ onehot
+    return np.asarray(share[np.arange(len(codes)), codes]).ravel()
+
+
 def _agreement(labels: np.ndarray, codes: np.ndarray) -> np.ndarray:
     df = pd.DataFrame({"c": codes, "l": labels})
     frac = df.groupby(["c", "l"]).size() / df.groupby("c").size()
@@ -711,7 +726,8 @@ def _transfer(
     2. Fine label within that lineage: a multinomial logistic regression trained on the sketch's calls, on the
        marker genes of the cell and the mean of its nearest sketch cells' marker genes (the same context the
        sketch's calls were smoothed over) and the PCA; probabilities restricted to the voted lineage's labels.
-    Confidence = lineage vote share x fine probability x the mean confidence of the neighbours of that lineage.
+    Confidence = lineage vote share x fine probability x the mean confidence of the neighbours of that lineage x
+    the weighted share of the neighbours with the same fine call.
     Cluster, reason and (lineage-level calls, Unassigned) from the nearest sketch cell of the voted lineage.
     """
     from sklearn.linear_model import LogisticRegression
@@ -777,8 +793,10 @@ def _transfer(
     new = dict(out)
     new["fine"] = fill(out["fine"], fine_rest)
     new["lineage"] = fill(out["lineage"], lin_rest)
-    new["confidence"] = fill(out["confidence"], np.clip(conf_n * share * np.where(un_rest, 1.0, p_fine), 0, 1),
-                             np.float64)
+    # as in the sketch: the (distance-weighted) share of the nearest sketch cells that have the cell's fine call
+    agree_f = np.where(fine_s[idx] == fine_rest[:, None].astype(str), w, 0).sum(axis=1) / w.sum(axis=1)
+    conf_rest = conf_n * share * np.where(un_rest, 1.0, p_fine * agree_f)
+    new["confidence"] = fill(out["confidence"], np.clip(conf_rest, 0, 1), np.float64)
     new["reason"] = fill(out["reason"], out["reason"][src])
     new["unassigned"] = fill(out["unassigned"], un_rest, bool)
     new["clusters"] = fill(out["clusters"], np.asarray(out["clusters"])[src])
@@ -882,7 +900,9 @@ def _annotate_cells(
     for rows_, ag in sub_agree:
         agree[rows_] = ag
     conf2 = p2 * np.sqrt(agree)
-    confidence = np.clip(conf1 * conf2, 0.0, 1.0)
+    # the kNN neighbourhood's agreement with the cell's fine call: a cell whose call differs from its nearest
+    # neighbours' sits on a boundary between populations (where labels of references disagree most)
+    confidence = np.clip(conf1 * conf2 * _neighbour_agreement(fine.astype(str), W), 0.0, 1.0)
     lineage = lineage.astype(object)
     lineage[unassigned] = "Unassigned"
     fine[unassigned] = "Unassigned"
@@ -967,7 +987,8 @@ def annotate(
         the lineage name itself (``"T cell"``, ``"B cell"``, ``"Monocyte"``, ``"Dendritic cell"``, exactly as in
         ``obs["cell_lineage"]``) where the data lack the markers that separate the lineage's subsets.
     ``obs[f"{{key_added}}_confidence"]``
-        Confidence in [0, 1]: lineage probability x subset probability, each times the cluster agreement.
+        Confidence in [0, 1]: lineage probability x subset probability, each times the cluster agreement, times
+        the share of the cell's kNN neighbourhood that has the same fine call.
     ``obs[f"{{key_added}}_reason"]``
         Categorical: empty for a fine call; otherwise why the call stopped (the distinction the panel cannot
         resolve and the markers missing from the data, or a low lineage confidence for ``"Unassigned"``).
