@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from numbers import Integral, Real
@@ -29,20 +30,36 @@ from scipy import sparse
 
 from .._docs import doc_params, doc_random_state
 from .._settings import logger
-from .._utils import resolve_random_state
+from .._utils import check_choice, check_number, resolve_random_state
 
 __all__ = ["simulate_cohort"]
 
-SIMULATOR_VERSION = "2.0.0"
+SIMULATOR_VERSION = "2.1.0"
 # 1.1.0: complement_sd 0.05 -> 0.02, composition_shift 1.5 -> 1.8
 # 2.0.0: donor-level parameters estimated from real donors (resources/sim_params.json): unequal cells per donor
 #        (cells_per_donor_sd), donor_sd 0.1 -> 0.21, complement_sd 0.02 -> 0 (estimate), library_sd 0.2 -> 0.27,
 #        composition_concentration 50 -> 18
+# 2.1.0: clinical designs (groups, group_effects, severity_effect, n_visits, responder_fraction, treatment_effect,
+#        response_baseline_effect); with these at their defaults the output is bit-identical to 2.0.0 (their
+#        randomness comes from a fifth, independent child of the root seed)
 _DENSE_THRESHOLD = 1.0  # expected count above which a gene is drawn densely (speed only)
 _MAX_BLOCK_CELLS = 2048  # cells of one type drawn at once (bounds the working memory)
 CONDITIONS = ("control", "MDD")
 COMPLEMENT_CELL_TYPE = "Classical monocyte"
 PLANTED_MIN_MEAN = 0.03  # counts per classical monocyte at the reference depth for a complement gene to be planted
+VISITS = ("baseline", "week8")
+RESPONDER_LEVELS = ("non-responder", "responder", "control")
+# severity (HAM-D-like): reference group ~ N(3, 2), other groups ~ N(22, 5), clipped to the HAM-D-17 range [0, 52];
+# at week 8 responders' score drops by 50%, non-responders' by 10% (reference group unchanged)
+SEVERITY_CONTROL = (3.0, 2.0)
+SEVERITY_PATIENT = (22.0, 5.0)
+SEVERITY_RANGE = (0.0, 52.0)
+SEVERITY_WEEK8_FACTOR = {"responder": 0.5, "non-responder": 0.9, "control": 1.0}
+RESPONSE_PROTEIN = "IL6"  # plasma protein carrying response_baseline_effect (responders - non-responders, log2)
+DESIGN_DEFAULTS: dict[str, Any] = {
+    "groups": CONDITIONS, "group_effects": None, "severity_effect": 0.0, "n_visits": 1,
+    "responder_fraction": 0.5, "treatment_effect": 0.0, "response_baseline_effect": 0.0,
+}
 
 # complement pathway by arm (GENESETS_AND_MARKERS.md; immunoglobulin segments left out on purpose)
 COMPLEMENT_ARMS: dict[str, list[str]] = {
@@ -137,6 +154,39 @@ def _check_real(name: str, value: Any, *, positive: bool = False, nonneg: bool =
     if nonneg and value < 0:
         raise ValueError(f"`{name}` must be >= 0, got {value}.")
     return value
+
+
+def _check_groups(groups: Any) -> tuple[str, ...]:
+    fix = ' Pass e.g. ("control", "MDD") or ("control", "MDD", "BD"); the first is the reference group.'
+    if isinstance(groups, str) or not isinstance(groups, Sequence):
+        raise TypeError(f"`groups` must be a sequence of group names, got {groups!r} ({type(groups).__name__}).{fix}")
+    bad = [g for g in groups if not isinstance(g, str) or not g]
+    if bad:
+        raise TypeError(f"`groups` must hold non-empty strings, got {bad!r}.{fix}")
+    groups = tuple(groups)
+    if len(groups) < 2:
+        raise ValueError(f"`groups` must name at least 2 groups (a reference and one other), got {list(groups)}.{fix}")
+    dup = sorted({g for g in groups if groups.count(g) > 1})
+    if dup:
+        raise ValueError(f"`groups` must be unique, got {list(groups)} ({dup} repeated).{fix}")
+    return groups
+
+
+def _check_group_effects(group_effects: Any, groups: tuple[str, ...]) -> dict[str, float]:
+    if group_effects is None:
+        return {}
+    if not isinstance(group_effects, Mapping):
+        raise TypeError(
+            f"`group_effects` must be None or a mapping group -> complement fold change, got {group_effects!r} "
+            f'({type(group_effects).__name__}). Pass e.g. {{"MDD": 1.5, "BD": 1.2}}.'
+        )
+    unknown = [g for g in group_effects if g not in groups[1:]]
+    if unknown:
+        raise ValueError(
+            f"`group_effects` names {unknown!r}, which are not non-reference groups of `groups` "
+            f"({list(groups[1:])}; the reference {groups[0]!r} has no effect by definition). Use those names."
+        )
+    return {g: _check_real(f"group_effects[{g!r}]", v, positive=True) for g, v in group_effects.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,6 +371,53 @@ def _expected_nnz(
 
 
 # ----------------------------------------------------------------------------------------------
+# clinical design
+# ----------------------------------------------------------------------------------------------
+def _draw_design(
+    rng: np.random.Generator,
+    cond: np.ndarray,
+    groups: tuple[str, ...],
+    *,
+    responder_fraction: float,
+    severity_effect: float,
+    n_visits: int,
+    treatment_effect: float,
+    response_baseline_effect: float,
+) -> dict[str, Any]:
+    """Severity scores, responders and the per-donor log2 shifts of the planted complement genes.
+
+    Every draw is made whatever the parameters (same number, same order), so that e.g. ``n_visits`` or
+    ``severity_effect`` leave the scores and the responders of a seed unchanged.
+    """
+    n = cond.size
+    patient = cond > 0
+    z = rng.standard_normal(n)
+    mean = np.where(patient, SEVERITY_PATIENT[0], SEVERITY_CONTROL[0])
+    sd = np.where(patient, SEVERITY_PATIENT[1], SEVERITY_CONTROL[1])
+    severity = np.clip(mean + sd * z, *SEVERITY_RANGE)
+    responder = np.full(n, "control", dtype=object)
+    for c in range(1, len(groups)):  # the same share in every non-reference group
+        members = np.flatnonzero(cond == c)
+        members = members[rng.permutation(members.size)]
+        n_resp = math.floor(responder_fraction * members.size + 0.5)
+        responder[members] = "non-responder"
+        responder[members[:n_resp]] = "responder"
+    week8_z = rng.standard_normal(n)  # cells per donor at week8
+    centre = float(severity[patient].mean())
+    is_resp = responder == "responder"
+    is_nonresp = responder == "non-responder"
+    baseline_log2 = np.where(patient, severity_effect * (severity - centre) / 10.0, 0.0)
+    baseline_log2 = baseline_log2 + response_baseline_effect * (0.5 * is_resp - 0.5 * is_nonresp)
+    week8_log2 = baseline_log2 + treatment_effect * is_resp
+    factor = np.array([SEVERITY_WEEK8_FACTOR[r] for r in responder])
+    return {
+        "severity": severity, "severity_week8": severity * factor, "severity_centre": centre,
+        "responder": responder, "baseline_log2": baseline_log2, "week8_log2": week8_log2, "week8_z": week8_z,
+        "visits": list(VISITS[:n_visits]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
 @doc_params(random_state=doc_random_state)
@@ -345,12 +442,23 @@ def simulate_cohort(
     plasma_noise_sd: float = 0.5,
     n_genes: int | None = None,
     chunk_size: int = 4_000_000,
+    groups: Sequence[str] = CONDITIONS,
+    group_effects: Mapping[str, float] | None = None,
+    severity_effect: float = 0.0,
+    n_visits: int = 1,
+    responder_fraction: float = 0.5,
+    treatment_effect: float = 0.0,
+    response_baseline_effect: float = 0.0,
 ):
     """Simulate a single-cell PBMC cohort of MDD patients and controls, with matched plasma proteomics.
 
-    Half the donors are ``"control"``, half ``"MDD"``; donors are spread over batches in a design balanced
-    across condition (and sex). Every planted effect is switchable, and all of them are zero with
-    ``null=True``. The complete truth is stored in ``adata.uns["simulation"]`` and ``plasma.uns["simulation"]``.
+    Half the donors are ``"control"``, half ``"MDD"`` (or, with ``groups``, as many in each group as possible);
+    donors are spread over batches in a design balanced across condition (and sex). Clinical designs are
+    available on request: a symptom score related to the planted immune effect (``severity_effect``), more
+    diagnoses (``groups``, ``group_effects``), two visits with a treatment effect in responders (``n_visits``,
+    ``treatment_effect``) and responders whose baseline immune profile differs (``response_baseline_effect``).
+    Every planted effect is switchable, and all of them are zero with ``null=True``. The complete truth is stored
+    in ``adata.uns["simulation"]`` and ``plasma.uns["simulation"]``.
 
     Generative model, per donor ``d``, fine cell type ``t`` and gene ``g``:
 
@@ -366,28 +474,56 @@ def simulate_cohort(
       classical monocytes express (>= 0.03 counts per cell at the reference depth: 14 genes of the lectin,
       alternative, receptor and regulator arms; C1Q, C2 and the terminal components are not expressed there and
       are left alone, listed in ``effects["complement_genes_not_planted"]``), ``a_d ~ N(0, complement_sd)`` the
-      donor's latent complement activity (1 otherwise);
+      donor's latent complement activity (1 otherwise); with ``groups``, ``complement_effect`` is replaced by
+      the fold change of the donor's group (``group_effects``, 1 in the reference group);
     - counts ~ NB(mean ``mu``, gene-wise dispersion from the reference).
+
+    Clinical design (simulator 2.1.0; its draws come from a stream of their own, so that with the design
+    parameters at their defaults the output is that of 2.0.0, bit for bit). Every donor has a HAM-D-like
+    severity ``h_d``, ~ N(3, 2) in the reference group and N(22, 5) in the others, clipped to [0, 52]; in a
+    share ``responder_fraction`` of the donors of every non-reference group (rounded per group) the donor is a
+    responder. The planted genes of classical monocytes get, on top of ``c_dtg``, the log2 shift
+
+    - ``severity_effect * (h_d - hbar) / 10`` in non-reference donors, ``hbar`` the mean baseline severity of
+      those donors (``severity_effect``: log2 fold change per 10 points; the baseline score is used at both
+      visits, so the severity term is a donor trait);
+    - ``+ response_baseline_effect / 2`` in responders and ``- response_baseline_effect / 2`` in non-responders
+      (at both visits: a difference responders - non-responders of exactly ``response_baseline_effect``);
+    - ``+ treatment_effect`` at ``"week8"`` in responders only: the time x responder interaction is exactly
+      ``treatment_effect``, non-responders and the reference group are unchanged between visits.
+
+    With two visits every donor is sampled at ``"baseline"`` and ``"week8"`` in its batch, with the same donor
+    variation ``e_dtg``, library offset and composition ``pi_d``; the week8 sample draws its own number of cells
+    (same law as ``N_d``), cell types and counts. Severity at week8 is 50% lower in responders, 10% lower in
+    non-responders, unchanged in the reference group.
 
     Plasma (log2 NPX-like): each protein has a base level and donor noise; ``C5 = base + plasma_association *
     z_d + noise``, ``z_d`` the standardised true complement activity ``log(complement_effect) * [MDD] + a_d``;
     ``DCLK3`` and ``CALY`` are ``plasma_effect`` log2 units higher in MDD; ``GDF15``, ``CDCP1`` and ``CXCL9``
     rise weakly with age (0.03, 0.015, 0.01 log2 units per year) and ``LEP`` is 1 log2 unit higher in women;
     ``CRP``, ``IL6``, ``TNF`` and the other unrelated proteins carry donor noise only. No plate (batch) effects.
+    With ``groups``, ``DCLK3`` and ``CALY`` are higher in every non-reference group and ``z_d`` includes the
+    design's baseline shift; ``IL6`` is ``response_baseline_effect`` log2 units higher in responders than in
+    non-responders (``+/- response_baseline_effect / 2``), so that response can be predicted from the plasma.
+    Plasma has one row per donor (its baseline), whatever ``n_visits``.
 
     Parameters
     ----------
     n_donors
-        Number of donors, even and >= 4 (half control, half MDD).
+        Number of donors: with two groups even and >= 4 (half control, half MDD); with more groups at least 2 per
+        group, split as evenly as possible (the first groups get the remainder).
     n_cells_per_donor
         Median number of cells per donor (each donor's number is log-normal around it, see
         ``cells_per_donor_sd``; pass ``cells_per_donor_sd=0`` for exactly this many cells in every donor).
     n_batches
-        Number of batches, at most ``n_donors // 2`` so that every batch holds both conditions.
+        Number of batches, at most the number of donors of the smallest group (``n_donors // 2`` with two groups)
+        so that every batch holds every group.
     complement_effect
-        Fold change (> 0) of the complement-pathway genes in classical monocytes of MDD donors; 1 switches it off.
+        Fold change (> 0) of the complement-pathway genes in classical monocytes of MDD donors (of every
+        non-reference group not in ``group_effects``); 1 switches it off.
     composition_shift
-        Fold change (> 0) of the expected monocyte share (all monocyte types) in MDD; the T and B types are
+        Fold change (> 0) of the expected monocyte share (all monocyte types) in MDD (in every non-reference
+        group); the T and B types are
         scaled down together to make room (NK, DC, platelet shares unchanged); 1 switches it off. The default
         1.8 (monocytes 24% -> 43% of PBMC, T + B cells 68% -> 49%; simulator 1.1.0, 1.5 before) is in the
         direction reported for depression (innate cells up, T and B cells down) and large enough that 8 vs 8
@@ -398,7 +534,10 @@ def simulate_cohort(
         Slope of plasma C5 (log2 units) on the donor's standardised monocyte complement activity; 0 switches it off.
     null
         Set every planted effect to zero (``complement_effect=1``, ``composition_shift=1``,
-        ``plasma_association=0``, ``plasma_effect=0``), whatever was passed for them.
+        ``plasma_association=0``, ``plasma_effect=0``, every ``group_effects`` value 1, ``severity_effect=0``,
+        ``treatment_effect=0``, ``response_baseline_effect=0``), whatever was passed for them. The design itself
+        (groups, visits, severity scores, responders, and which columns are written) is that of the values
+        passed, so a null cohort has the same layout as its non-null twin.
     {random_state}
     plasma_effect
         Difference MDD - control of plasma DCLK3 and CALY, in log2 units; 0 switches it off.
@@ -437,18 +576,53 @@ def simulate_cohort(
         ``None`` (default) keeps all of them (about 13,700).
     chunk_size
         Largest number of entries of a dense cells x genes block drawn at once (memory vs speed).
+    groups
+        Levels of ``obs["condition"]``, unique non-empty strings, at least 2; the first is the reference
+        (control) group. E.g. ``("control", "MDD", "BD")`` for a third diagnosis. ``complement_effect`` and
+        ``composition_shift`` apply to every other group unless ``group_effects`` says otherwise.
+    group_effects
+        Complement fold change (> 0) per non-reference group, e.g. ``{{"MDD": 1.5, "BD": 1.2}}``; groups left out
+        get ``complement_effect``. ``None`` (default): ``complement_effect`` for all of them.
+    severity_effect
+        Log2 fold change of the planted complement genes of classical monocytes per 10 points of severity within
+        the non-reference groups (slope ``severity_effect / 10`` log2 per point, in
+        ``effects["severity_log2_slope_per_point"]``); 0 (default) switches it off.
+    n_visits
+        1 (default, one sample per donor) or 2 (``"baseline"`` and ``"week8"``).
+    responder_fraction
+        Share (0 to 1) of the donors of every non-reference group who respond to treatment (default 0.5).
+    treatment_effect
+        Log2 change of the planted complement genes of classical monocytes from baseline to week8 in responders
+        only (negative: normalises), the time x responder interaction; needs ``n_visits=2``. 0 switches it off.
+    response_baseline_effect
+        Log2 difference at baseline (and week8) of the planted complement genes of classical monocytes,
+        responders - non-responders (a baseline profile that predicts response), planted as well in plasma
+        ``IL6``; 0 switches it off.
 
     Returns
     -------
     adata
         Cells x genes AnnData: integer counts in ``X`` (CSR, float32), gene symbols as ``var_names``
-        (``var["gene_ids"]``: Ensembl IDs), ``obs`` columns ``donor``, ``condition`` (categories
-        ``["control", "MDD"]``), ``batch``, ``sex``, ``age``, ``cell_type_true``, ``lineage_true``;
+        (``var["gene_ids"]``: Ensembl IDs), ``obs`` columns ``donor``, ``condition`` (categories ``groups``,
+        ``["control", "MDD"]`` by default), ``batch``, ``sex``, ``age``, ``cell_type_true``, ``lineage_true``.
+        When any design parameter (``groups`` ... ``response_baseline_effect``) differs from its default, also
+        ``severity`` (float; the sample's score: the baseline score, or the week8 score in week8 cells); with
+        ``n_visits=2`` or ``response_baseline_effect != 0`` also ``responder`` (categories ``["non-responder",
+        "responder", "control"]``, ``"control"`` in the reference group); with ``n_visits=2`` also ``visit``
+        (categories ``["baseline", "week8"]``) and ``sample`` (``"<donor>_<visit>"``). With the defaults none of
+        them is written (the layout of simulator 2.0.0); the scores are in ``uns["simulation"]["donors"]``.
         ``uns["simulation"]``: parameters, effects, planted genes, cell types, composition, cells
-        (``n_cells``, ``cell_counts``) and latent activity per donor, batch log-factors per gene, sizes, seed,
-        reference version and the sha256 of the estimated parameters (``reference["params_sha256"]``).
+        (``n_cells``, ``cell_counts``: per donor, per sample with two visits) and latent activity per donor,
+        batch log-factors per gene, sizes, seed, reference version and the sha256 of the estimated parameters
+        (``reference["params_sha256"]``); ``donors``: per donor condition, batch, sex, age, baseline
+        ``severity`` and ``responder``; ``design``: groups, group sizes, ``group_effects``, the severity slope
+        and centre, visits, ``responders`` per donor, ``treatment_effect`` (= ``interaction_log2``),
+        ``response_baseline_effect``, ``response_protein`` and ``samples`` (per sample: donor, visit, severity,
+        ``design_log2_shift`` from the design terms and ``planted_log2_shift``, the total log2 shift of the
+        planted genes including the group effect and latent activity).
     plasma
-        Donors x proteins AnnData (obs index = donor IDs; ``condition``, ``sex``, ``age``, ``batch``), ``X`` in
+        Donors x proteins AnnData (obs index = donor IDs; ``condition``, ``sex``, ``age``, ``batch``, plus the
+        baseline ``severity`` and ``responder`` when ``adata`` has them), one row per donor (baseline), ``X`` in
         log2 NPX-like units; ``uns["simulation"]`` with the plasma truth.
 
     Examples
@@ -456,21 +630,49 @@ def simulate_cohort(
     >>> import immunomood as im
     >>> adata, plasma = im.datasets.simulate_cohort(8, 200, random_state=1)
     >>> null_adata, null_plasma = im.datasets.simulate_cohort(8, 200, null=True)
+    >>> trial, _ = im.datasets.simulate_cohort(
+    ...     12, 100, groups=("control", "MDD", "BD"), severity_effect=1.0, n_visits=2, treatment_effect=-1.0
+    ... )
     """
     import anndata as ad
 
-    n_donors = _check_int("n_donors", n_donors, minimum=4, hint=" Pass an even number of donors, e.g. 16.")
-    if n_donors % 2:
-        raise ValueError(
-            f"`n_donors` must be even (half control, half MDD), got {n_donors}. Pass e.g. {n_donors + 1}."
+    groups = _check_groups(groups)
+    n_groups = len(groups)
+    if n_groups == 2:
+        n_donors = _check_int("n_donors", n_donors, minimum=4, hint=" Pass an even number of donors, e.g. 16.")
+        if n_donors % 2:
+            raise ValueError(
+                f"`n_donors` must be even (half {groups[0]}, half {groups[1]}), got {n_donors}. "
+                f"Pass e.g. {n_donors + 1}."
+            )
+    else:
+        n_donors = _check_int(
+            "n_donors", n_donors, minimum=2 * n_groups,
+            hint=f" At least 2 donors per group are needed ({n_groups} groups); pass e.g. {6 * n_groups}.",
         )
+    group_sizes = [n_donors // n_groups + (1 if i < n_donors % n_groups else 0) for i in range(n_groups)]
     n_cells_per_donor = _check_int("n_cells_per_donor", n_cells_per_donor, minimum=1)
     n_batches = _check_int("n_batches", n_batches, minimum=1)
-    if n_batches > n_donors // 2:
+    if n_batches > min(group_sizes):
+        what = "both conditions" if n_groups == 2 else f"all {n_groups} groups"
         raise ValueError(
-            f"`n_batches` must be at most n_donors // 2 = {n_donors // 2} so that every batch holds both "
-            f"conditions, got n_batches={n_batches}. Lower n_batches or add donors."
+            f"`n_batches` must be at most {min(group_sizes)} (the donors of the smallest group, n_donors // "
+            f"{n_groups}) so that every batch holds {what}, got n_batches={n_batches}. Lower n_batches or add donors."
         )
+    group_effects = _check_group_effects(group_effects, groups)
+    severity_effect = _check_real("severity_effect", severity_effect)
+    if isinstance(n_visits, (bool, np.bool_)) or not isinstance(n_visits, Integral):
+        raise TypeError(f"`n_visits` must be the integer 1 or 2, got {n_visits!r} ({type(n_visits).__name__}).")
+    n_visits = int(check_choice("n_visits", n_visits, (1, 2), fix="Pass 1 (baseline only) or 2 (baseline and week8)."))
+    responder_fraction = check_number("responder_fraction", responder_fraction, min=0.0, max=1.0,
+                                      fix="It is the share of non-reference donors who respond, e.g. 0.5.")
+    treatment_effect = _check_real("treatment_effect", treatment_effect)
+    if treatment_effect != 0 and n_visits == 1:
+        raise ValueError(
+            f"`treatment_effect` ({treatment_effect}) is a change from baseline to week8, which needs two visits: "
+            "pass n_visits=2 (or treatment_effect=0)."
+        )
+    response_baseline_effect = _check_real("response_baseline_effect", response_baseline_effect)
     if not isinstance(null, (bool, np.bool_)):
         raise TypeError(f"`null` must be True or False, got {null!r}.")
     complement_effect = _check_real("complement_effect", complement_effect, positive=True)
@@ -487,8 +689,19 @@ def simulate_cohort(
     plasma_noise_sd = _check_real("plasma_noise_sd", plasma_noise_sd, nonneg=True)
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1000)
     seed = resolve_random_state(random_state)
+    requested = {
+        "groups": groups, "group_effects": group_effects or None, "severity_effect": severity_effect,
+        "n_visits": n_visits, "responder_fraction": responder_fraction, "treatment_effect": treatment_effect,
+        "response_baseline_effect": response_baseline_effect,
+    }
+    # design columns (severity, responder, visit, sample) appear only when a design parameter is used, so that a
+    # call with the design parameters at their defaults returns exactly the output of simulator 2.0.0
+    design_mode = any(requested[k] != DESIGN_DEFAULTS[k] for k in DESIGN_DEFAULTS)
+    has_responder = n_visits == 2 or response_baseline_effect != 0
     if null:
         complement_effect, composition_shift, plasma_association, plasma_effect = 1.0, 1.0, 0.0, 0.0
+        group_effects = {g: 1.0 for g in group_effects}
+        severity_effect, treatment_effect, response_baseline_effect = 0.0, 0.0, 0.0
 
     ref = _load_reference()
     genes_all = ref["genes"]
@@ -529,20 +742,22 @@ def simulate_cohort(
     planted_idx = pd.Index(genes).get_indexer(planted)
 
     # --- random streams: independent of each other, so e.g. n_cells_per_donor leaves donor metadata unchanged
+    # (the design's draws come from a fifth child, so that the first four streams are those of simulator 2.0.0)
     root = np.random.SeedSequence(seed)
-    ss_meta, ss_gene, ss_plasma, ss_donors = root.spawn(4)
+    ss_meta, ss_gene, ss_plasma, ss_donors, ss_design = root.spawn(5)
     rng_meta = np.random.default_rng(ss_meta)
     donor_seqs = ss_donors.spawn(n_donors)
+    ss_design_meta, ss_visits = ss_design.spawn(2)
+    visit_seqs = ss_visits.spawn(n_donors)
 
-    # --- donors: condition, batch and sex balanced
+    # --- donors: group, batch and sex balanced (as evenly as possible over the groups)
     width = max(2, len(str(n_donors)))
     donors = [f"D{i + 1:0{width}d}" for i in range(n_donors)]
-    half = n_donors // 2
-    cond = np.array([0] * half + [1] * half)
+    cond = np.repeat(np.arange(n_groups), group_sizes)
     rng_meta.shuffle(cond)
     batch = np.zeros(n_donors, dtype=int)
     sex = np.empty(n_donors, dtype=object)
-    for c in (0, 1):
+    for c in range(n_groups):
         members = np.flatnonzero(cond == c)
         members = members[rng_meta.permutation(members.size)]
         batch[members] = np.arange(members.size) % n_batches
@@ -556,8 +771,18 @@ def simulate_cohort(
         1, np.rint(n_cells_per_donor * np.exp(cells_per_donor_sd * rng_meta.standard_normal(n_donors)))
     ).astype(np.int64)
     log_effect = math.log(complement_effect)
-    activity = log_effect * cond + latent
+    group_log = np.array([0.0] + [math.log(group_effects.get(g, complement_effect)) for g in groups[1:]])
+    activity = group_log[cond] + latent
     batch_names = [f"batch{k + 1}" for k in range(n_batches)]
+
+    # --- clinical design (own stream): severity, responders, per-sample log2 shifts of the planted genes
+    design = _draw_design(
+        np.random.default_rng(ss_design_meta), cond, groups,
+        responder_fraction=responder_fraction, severity_effect=severity_effect, n_visits=n_visits,
+        treatment_effect=treatment_effect, response_baseline_effect=response_baseline_effect,
+    )
+    if np.any(design["baseline_log2"] != 0):
+        activity = activity + math.log(2.0) * design["baseline_log2"]
 
     # --- composition per condition
     base = ref["composition"].astype(np.float64)
@@ -574,7 +799,7 @@ def simulate_cohort(
     if composition_shift != 1.0:
         w_mdd[is_mono] *= composition_shift
         w_mdd[is_tb] *= (mono_share + tb_share - composition_shift * mono_share) / tb_share
-    expected = {"control": base, "MDD": w_mdd}
+    expected = {g: (w_mdd if i else base) for i, g in enumerate(groups)}
 
     # --- gene-wise batch factors
     rng_gene = np.random.default_rng(ss_gene)
@@ -582,18 +807,44 @@ def simulate_cohort(
 
     lib_mean = np.exp(ref["lib_logmean"].astype(np.float64)) * depth
     lib_sd_t = ref["lib_logsd"].astype(np.float64)
-    total_cells = int(n_cells_d.sum())
     n_types = len(cell_types)
 
-    # --- first pass: donor compositions and cell-type counts (each donor has its own stream)
+    # --- samples: one per donor and visit, a donor's visits adjacent (baseline first)
+    sample_donor = np.repeat(np.arange(n_donors), n_visits)
+    sample_visit = np.tile(np.arange(n_visits), n_donors)
+    n_samples = sample_donor.size
+    samples = donors if n_visits == 1 else [f"{donors[d]}_{VISITS[v]}" for d, v in zip(sample_donor, sample_visit)]
+    n_cells_w8 = np.maximum(
+        1, np.rint(n_cells_per_donor * np.exp(cells_per_donor_sd * design["week8_z"]))
+    ).astype(np.int64)
+    n_cells_s = np.where(sample_visit == 0, n_cells_d[sample_donor], n_cells_w8[sample_donor])
+    total_cells = int(n_cells_s.sum())
+    ln2 = math.log(2.0)
+    # natural-log shift of the planted genes in classical monocytes, per sample (baseline: the donor's activity)
+    shift_w8 = group_log[cond] + latent + ln2 * design["week8_log2"]
+    shift_s = np.where(sample_visit == 0, activity[sample_donor], shift_w8[sample_donor])
+    severity_s = np.where(sample_visit == 0, design["severity"][sample_donor], design["severity_week8"][sample_donor])
+
+    # --- first pass: donor compositions and cell-type counts (each donor has its own stream; week8 samples draw
+    #     their cells from the donor's composition with a stream of the design's)
     donor_rngs = [np.random.default_rng(s) for s in donor_seqs]
     comp_true = np.zeros((n_donors, n_types))
     cell_counts = np.zeros((n_donors, n_types), dtype=np.int64)
     for d, rng in enumerate(donor_rngs):
-        comp_true[d] = rng.dirichlet(composition_concentration * expected["MDD" if cond[d] else "control"])
+        comp_true[d] = rng.dirichlet(composition_concentration * expected[groups[cond[d]]])
         cell_counts[d] = rng.multinomial(n_cells_d[d], comp_true[d])
+    if n_visits == 2:
+        visit_rngs = [np.random.default_rng(s) for s in visit_seqs]
+        cell_counts_s = np.zeros((n_samples, n_types), dtype=np.int64)
+        for s_ in range(n_samples):
+            d = sample_donor[s_]
+            cell_counts_s[s_] = (
+                cell_counts[d] if sample_visit[s_] == 0 else visit_rngs[d].multinomial(n_cells_w8[d], comp_true[d])
+            )
+    else:
+        visit_rngs, cell_counts_s = [], cell_counts
 
-    # --- preallocate the count buffer from the expected number of non-zeros of every donor
+    # --- preallocate the count buffer from the expected number of non-zeros of every sample
     offsets = np.linspace(-1.5, 1.5, 13)
     log_sd = np.sqrt(lib_sd_t**2 + donor_sd**2)
     nz_table = np.zeros((n_batches, n_types, offsets.size))  # expected nnz per cell
@@ -605,8 +856,11 @@ def simulate_cohort(
                 one[t] = _expected_nnz(np.log(lib_mean[t:t + 1]) + o, log_sd[t:t + 1], prof_k[t:t + 1], inv_phi, np.ones(1))
             nz_table[k, :, j] = one
     est = sum(
-        float(cell_counts[d] @ np.array([np.interp(lib_offset[d], offsets, nz_table[batch[d], t]) for t in range(n_types)]))
-        for d in range(n_donors)
+        float(
+            cell_counts_s[s_]
+            @ np.array([np.interp(lib_offset[d], offsets, nz_table[batch[d], t]) for t in range(n_types)])
+        )
+        for s_, d in enumerate(sample_donor)
     )
     buf = _CSRBuffer(n_g, int(est * 1.03) + 10_000, np.float32)
 
@@ -614,20 +868,25 @@ def simulate_cohort(
     try:
         from tqdm.auto import tqdm
 
-        donor_iter = tqdm(range(n_donors), desc="simulating donors", disable=total_cells < 200_000)
+        sample_iter = tqdm(range(n_samples), desc="simulating samples", disable=total_cells < 200_000)
     except ImportError:  # pragma: no cover
-        donor_iter = range(n_donors)
-    for d in donor_iter:
-        rng = donor_rngs[d]
-        n_t = cell_counts[d]
-        donor_log = rng.normal(0.0, donor_sd, size=(n_types, n_g)) if donor_sd > 0 else np.zeros((n_types, n_g))
+        sample_iter = range(n_samples)
+    donor_log = None
+    for s_ in sample_iter:
+        d, v = int(sample_donor[s_]), int(sample_visit[s_])
+        if v == 0:  # the donor's own stream: its biological variation, then its baseline cells
+            rng = donor_rngs[d]
+            donor_log = rng.normal(0.0, donor_sd, size=(n_types, n_g)) if donor_sd > 0 else np.zeros((n_types, n_g))
+        else:  # week8: the same donor (variation, batch, library offset), fresh cells
+            rng = visit_rngs[d]
+        n_t = cell_counts_s[s_]
         blocks, codes = [], []
         for t, n in enumerate(n_t):
             if n == 0:
                 continue
             logq = np.log(np.maximum(profiles[t], 1e-300)) + donor_log[t] + batch_log[batch[d]]
             if t == t_comp and planted_idx.size:
-                logq[planted_idx] += log_effect * cond[d] + latent[d]
+                logq[planted_idx] += shift_s[s_]
             q = np.exp(logq) * (profiles[t] > 0)
             lib = lib_mean[t] * np.exp(lib_offset[d] + lib_sd_t[t] * rng.standard_normal(n))
             for s0 in range(0, n, _MAX_BLOCK_CELLS):  # bounded working memory whatever the donor size
@@ -641,30 +900,34 @@ def simulate_cohort(
         m = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, n_g), dtype=np.float32)
         del blocks
         code = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int16)
-        perm = rng.permutation(m.shape[0])  # cells of a donor in random order, as in a real library
-        remaining = est * (n_donors - d - 1) / n_donors
+        perm = rng.permutation(m.shape[0])  # cells of a sample in random order, as in a real library
+        remaining = est * (n_samples - s_ - 1) / n_samples
         for s0 in range(0, perm.size, _MAX_BLOCK_CELLS):  # permuted rows appended piecewise: no donor-size copy
             buf.append(m[perm[s0 : s0 + _MAX_BLOCK_CELLS]], reserve=int(remaining * 1.03) + m.nnz)
         type_codes.append(code[perm])
         del m
-        donor_rngs[d] = None
-        logger.debug("simulate_cohort: donor %s done (%d cells)", donors[d], n_cells_d[d])
+        if v == 0:
+            donor_rngs[d] = None
+        else:
+            visit_rngs[d] = None
+        logger.debug("simulate_cohort: sample %s done (%d cells)", samples[s_], n_cells_s[s_])
 
     X = buf.to_csr()
     del buf
 
     # --- obs
-    donor_code = np.repeat(np.arange(n_donors), n_cells_d)
+    sample_code = np.repeat(np.arange(n_samples), n_cells_s)
+    donor_code = sample_donor[sample_code]
     tcode = np.concatenate(type_codes)
     lineage_cats = list(dict.fromkeys(lineages))
     lin_code = np.array([lineage_cats.index(lineage_of[t]) for t in cell_types])[tcode]
-    within = np.concatenate([np.arange(n) for n in n_cells_d])
-    wc = len(str(int(n_cells_d.max())))
-    obs_names = [f"{donors[d]}_c{j:0{wc}d}" for d, j in zip(donor_code, within, strict=True)]
+    within = np.concatenate([np.arange(n) for n in n_cells_s])
+    wc = len(str(int(n_cells_s.max())))
+    obs_names = [f"{samples[s_]}_c{j:0{wc}d}" for s_, j in zip(sample_code, within, strict=True)]
     obs = pd.DataFrame(
         {
             "donor": pd.Categorical.from_codes(donor_code, donors),
-            "condition": pd.Categorical.from_codes(cond[donor_code], list(CONDITIONS)),
+            "condition": pd.Categorical.from_codes(cond[donor_code], list(groups)),
             "batch": pd.Categorical.from_codes(batch[donor_code], batch_names),
             "sex": pd.Categorical(sex[donor_code], categories=["F", "M"]),
             "age": age[donor_code].astype(np.int64),
@@ -673,6 +936,13 @@ def simulate_cohort(
         },
         index=pd.Index(obs_names),
     )
+    if design_mode:
+        obs["severity"] = severity_s[sample_code].astype(np.float64)
+    if has_responder:
+        obs["responder"] = pd.Categorical(design["responder"][donor_code], categories=list(RESPONDER_LEVELS))
+    if n_visits == 2:
+        obs["visit"] = pd.Categorical.from_codes(sample_visit[sample_code], list(VISITS))
+        obs["sample"] = pd.Categorical.from_codes(sample_code, samples)
     var = pd.DataFrame({"gene_ids": gene_ids}, index=pd.Index(genes))
     adata = ad.AnnData(X=X, obs=obs, var=var)
 
@@ -684,8 +954,11 @@ def simulate_cohort(
         "composition_concentration": composition_concentration, "library_sd": library_sd,
         "cells_per_donor_sd": cells_per_donor_sd, "depth": depth,
         "plasma_noise_sd": plasma_noise_sd, "n_genes": None if n_genes is None else int(n_genes),
-        "chunk_size": chunk_size,
+        "chunk_size": chunk_size, "groups": list(groups), "group_effects": dict(group_effects) or None,
+        "severity_effect": severity_effect, "n_visits": n_visits, "responder_fraction": responder_fraction,
+        "treatment_effect": treatment_effect, "response_baseline_effect": response_baseline_effect,
     }
+    all_group_effects = {g: float(math.exp(group_log[i])) for i, g in enumerate(groups) if i}
     effects = {
         "complement_effect": complement_effect,
         "complement_log_effect": log_effect,
@@ -702,6 +975,46 @@ def simulate_cohort(
         "plasma_association_protein": "C5",
         "plasma_effect": plasma_effect,
         "plasma_condition_proteins": ["DCLK3", "CALY"],
+        "group_effects": all_group_effects,
+        "group_log_effects": {g: float(group_log[i]) for i, g in enumerate(groups) if i},
+        "severity_effect": severity_effect,
+        "severity_log2_slope_per_point": severity_effect / 10.0,
+        "treatment_effect": treatment_effect,
+        "response_baseline_effect": response_baseline_effect,
+        "response_protein": RESPONSE_PROTEIN,
+    }
+    responder = design["responder"]
+    resp_sign = 0.5 * (responder == "responder") - 0.5 * (responder == "non-responder")
+    design_truth = {
+        "groups": list(groups),
+        "reference": groups[0],
+        "group_sizes": {g: int(n) for g, n in zip(groups, group_sizes, strict=True)},
+        "group_effects": all_group_effects,
+        "severity_effect": severity_effect,
+        "severity_log2_slope_per_point": severity_effect / 10.0,
+        "severity_centre": design["severity_centre"],
+        "severity_week8_factor": dict(SEVERITY_WEEK8_FACTOR),
+        "visits": design["visits"],
+        "n_visits": n_visits,
+        "responder_fraction": responder_fraction,
+        "responders": {donors[d]: str(responder[d]) for d in range(n_donors)},
+        "treatment_effect": treatment_effect,
+        "interaction_log2": treatment_effect,
+        "response_baseline_effect": response_baseline_effect,
+        "response_protein": RESPONSE_PROTEIN,
+        "response_protein_log2": {donors[d]: float(response_baseline_effect * resp_sign[d]) for d in range(n_donors)},
+        "obs_columns": [c for c in ("severity", "responder", "visit", "sample") if c in obs.columns],
+        "samples": {
+            "sample": list(samples),
+            "donor": [donors[d] for d in sample_donor],
+            "visit": [VISITS[v] for v in sample_visit],
+            "severity": [float(x) for x in severity_s],
+            "design_log2_shift": [
+                float(design["baseline_log2"][d] if v == 0 else design["week8_log2"][d])
+                for d, v in zip(sample_donor, sample_visit, strict=True)
+            ],
+            "planted_log2_shift": [float(x / ln2) for x in shift_s],
+        },
     }
     prov = ref["provenance"]
     reference_info = {
@@ -712,10 +1025,12 @@ def simulate_cohort(
     }
     donor_table = {
         "donor": donors,
-        "condition": [CONDITIONS[c] for c in cond],
+        "condition": [groups[c] for c in cond],
         "batch": [batch_names[b] for b in batch],
         "sex": [str(s) for s in sex],
         "age": [int(a) for a in age],
+        "severity": [float(x) for x in design["severity"]],
+        "responder": [str(r) for r in responder],
     }
     adata.uns["simulation"] = {
         "simulator_version": SIMULATOR_VERSION,
@@ -728,19 +1043,29 @@ def simulate_cohort(
         "donors": donor_table,
         "composition_expected": {k: {t: float(v[i]) for i, t in enumerate(cell_types)} for k, v in expected.items()},
         "composition": {donors[d]: {t: float(comp_true[d, i]) for i, t in enumerate(cell_types)} for d in range(n_donors)},
-        "cell_counts": {donors[d]: {t: int(cell_counts[d, i]) for i, t in enumerate(cell_types)} for d in range(n_donors)},
-        "n_cells": {donors[d]: int(n_cells_d[d]) for d in range(n_donors)},
+        "cell_counts": {
+            samples[j]: {t: int(cell_counts_s[j, i]) for i, t in enumerate(cell_types)} for j in range(n_samples)
+        },
+        "n_cells": {samples[j]: int(n_cells_s[j]) for j in range(n_samples)},
         "latent_complement_activity": {donors[d]: float(latent[d]) for d in range(n_donors)},
         "complement_activity": {donors[d]: float(activity[d]) for d in range(n_donors)},
         "library_offset": {donors[d]: float(lib_offset[d]) for d in range(n_donors)},
         "batch_log_factors": {batch_names[k]: batch_log[k].astype(np.float32) for k in range(n_batches)},
         "sizes": {"n_cells": int(adata.n_obs), "n_genes": int(n_g), "n_donors": n_donors, "nnz": int(X.nnz)},
         "reference": reference_info,
+        "design": design_truth,
     }
 
+    extra_obs = {}
+    if design_mode:
+        extra_obs["severity"] = design["severity"].astype(np.float64)
+    if has_responder:
+        extra_obs["responder"] = pd.Categorical(responder, categories=list(RESPONDER_LEVELS))
     plasma = _simulate_plasma(
         ss_plasma, donors, donor_table, activity, batch_names,
         plasma_association=plasma_association, plasma_effect=plasma_effect, noise_sd=plasma_noise_sd,
+        groups=groups, response_log2=response_baseline_effect * resp_sign, response_effect=response_baseline_effect,
+        extra_obs=extra_obs,
     )
     plasma.uns["simulation"].update(
         {"simulator_version": SIMULATOR_VERSION, "seed": seed, "null": bool(null), "params": dict(params),
@@ -749,7 +1074,10 @@ def simulate_cohort(
     return adata, plasma
 
 
-def _simulate_plasma(ss, donors, donor_table, activity, batch_names, *, plasma_association, plasma_effect, noise_sd):
+def _simulate_plasma(
+    ss, donors, donor_table, activity, batch_names, *, plasma_association, plasma_effect, noise_sd,
+    groups=CONDITIONS, response_log2=None, response_effect=0.0, extra_obs=None,
+):
     import anndata as ad
 
     rng = np.random.default_rng(ss)
@@ -761,7 +1089,7 @@ def _simulate_plasma(ss, donors, donor_table, activity, batch_names, *, plasma_a
         if p in PLASMA_PLANTED:
             sd[i] = noise_sd
     X = base[None, :] + rng.standard_normal((n_d, n_p)) * sd[None, :]
-    is_mdd = np.array([c == "MDD" for c in donor_table["condition"]], dtype=float)
+    is_mdd = np.array([c != groups[0] for c in donor_table["condition"]], dtype=float)  # every non-reference group
     age = np.asarray(donor_table["age"], dtype=float)
     female = np.array([s == "F" for s in donor_table["sex"]], dtype=float)
     s = activity.std()
@@ -774,15 +1102,19 @@ def _simulate_plasma(ss, donors, donor_table, activity, batch_names, *, plasma_a
         X[:, col[p]] += slope * (age - 45.0)
     for p, eff in PLASMA_SEX_EFFECTS.items():
         X[:, col[p]] += eff * female
+    if response_log2 is not None and np.any(response_log2 != 0):
+        X[:, col[RESPONSE_PROTEIN]] += response_log2
     obs = pd.DataFrame(
         {
-            "condition": pd.Categorical(donor_table["condition"], categories=list(CONDITIONS)),
+            "condition": pd.Categorical(donor_table["condition"], categories=list(groups)),
             "sex": pd.Categorical(donor_table["sex"], categories=["F", "M"]),
             "age": np.asarray(donor_table["age"], dtype=np.int64),
             "batch": pd.Categorical(donor_table["batch"], categories=batch_names),
         },
         index=pd.Index(donors),
     )
+    for k, v in (extra_obs or {}).items():  # design columns (baseline severity, responder)
+        obs[k] = v
     var = pd.DataFrame(index=pd.Index(proteins))
     plasma = ad.AnnData(X=X.astype(np.float64), obs=obs, var=var)
     plasma.uns["simulation"] = {
@@ -795,6 +1127,9 @@ def _simulate_plasma(ss, donors, donor_table, activity, batch_names, *, plasma_a
             "age_effects_per_year": dict(PLASMA_AGE_EFFECTS),
             "age_centre": 45.0,
             "female_effects": dict(PLASMA_SEX_EFFECTS),
+            "plasma_condition_groups": list(groups[1:]),
+            "response_protein": RESPONSE_PROTEIN,
+            "response_baseline_effect": float(response_effect),
         },
         "complement_activity_standardised": {donors[i]: float(z[i]) for i in range(n_d)},
         "base_level": {p: float(base[i]) for i, p in enumerate(proteins)},
