@@ -21,7 +21,8 @@ Outline
    Confidence = probability x sqrt(agreement within the (sub-)cluster), lineage x subset, x the share of the
    cell's kNN neighbourhood with the same fine call (cells on a boundary between populations are the ones that
    references label differently: this factor raised the AUROC of confidence for correctness from 0.76-0.84 to
-   0.81-0.89 on four real labelled sets).
+   0.81-0.89 on four real labelled sets). The product is then calibrated without reference labels: Platt
+   scaling onto the cross-validated agreement of a logistic model of the calls (:func:`_calibration`).
 6. Coverage: a lineage whose subset split lacks its markers in the data (the resource's ``distinctions``, e.g.
    CD4 vs CD8 without CD8A and CD8B) is called at lineage level, with the missing markers as the reason.
 7. Speed: the kNN lists come from the shared :mod:`immunomood._neighbors`, their UMAP connectivities are computed
@@ -109,6 +110,8 @@ _T_RARE = ("Treg", "MAIT", "gamma-delta T", "Proliferating T")
 _SKETCH_CELLS = 12_000
 _N_TRANSFER = 10
 _N_TRAIN = 5_000  # sketch cells that train the fine-label model of the other cells
+_N_CALIBRATE = 3_000  # sketch cells whose cross-validated self-agreement calibrates the confidence
+_CV_FOLDS = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -811,6 +814,51 @@ def _transfer(
     return new
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def _platt(conf: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-(slope * _logit(conf) + intercept)))
+
+
+def _calibration(out: Mapping[str, Any], E: np.ndarray, rep: np.ndarray, rs: int) -> dict[str, float]:
+    """Platt scaling of the confidence on the calls' own cross-validated agreement (no reference labels).
+
+    A multinomial logistic model of the fine calls (marker genes and the embedding of ``_N_CALIBRATE`` random
+    assigned cells, ``_CV_FOLDS``-fold) predicts each held-out cell's call from the other cells' calls; whether
+    it agrees is the target of a logistic regression on logit(confidence). The fitted map is monotone, so it
+    leaves the ranking (the AUROC of confidence for correctness) unchanged and moves the values to the scale of
+    agreement rates (on four real labelled sets the cross-validated agreement was 0.83-0.97 where the accuracy
+    against the published labels was 0.81-0.97). Returns ``slope`` 0 where there is nothing to calibrate on.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    none = {"slope": 0.0, "intercept": 0.0, "cv_agreement": float("nan"), "n_cells": 0}
+    fine = np.asarray(out["fine"]).astype(str)
+    cand = np.flatnonzero(~np.asarray(out["unassigned"], dtype=bool))
+    if len(cand) > _N_CALIBRATE:
+        cand = np.sort(np.random.default_rng(rs).choice(cand, _N_CALIBRATE, replace=False))
+    y = fine[cand]
+    labels, counts = np.unique(y, return_counts=True)
+    cand, y = cand[np.isin(y, labels[counts >= _CV_FOLDS])], y[np.isin(y, labels[counts >= _CV_FOLDS])]
+    if len(np.unique(y)) < 2 or len(cand) < 10 * _CV_FOLDS:
+        return none
+    F = np.hstack([E[cand], rep[cand]]).astype(np.float64)
+    F = (F - F.mean(axis=0)) / (F.std(axis=0) + 1e-6)
+    cv = StratifiedKFold(_CV_FOLDS, shuffle=True, random_state=rs)
+    pred = cross_val_predict(LogisticRegression(C=0.1, max_iter=200, tol=1e-3), F, y, cv=cv)
+    agree = pred == y
+    if agree.all() or not agree.any():
+        return none
+    conf = np.asarray(out["confidence"], dtype=np.float64)[cand]
+    pl = LogisticRegression(C=1e4).fit(_logit(conf)[:, None], agree)
+    return {"slope": float(pl.coef_[0, 0]), "intercept": float(pl.intercept_[0]), "cv_agreement": float(agree.mean()),
+            "n_cells": len(cand)}
+
+
 def _stack(A: np.ndarray, B: np.ndarray, rows: np.ndarray, rest: np.ndarray, n: int) -> np.ndarray:
     full = np.full((n, A.shape[1]), np.nan)
     full[rows] = A
@@ -988,7 +1036,10 @@ def annotate(
         ``obs["cell_lineage"]``) where the data lack the markers that separate the lineage's subsets.
     ``obs[f"{{key_added}}_confidence"]``
         Confidence in [0, 1]: lineage probability x subset probability, each times the cluster agreement, times
-        the share of the cell's kNN neighbourhood that has the same fine call.
+        the share of the cell's kNN neighbourhood that has the same fine call; for assigned cells then mapped
+        (Platt scaling, monotone) onto the rate at which a model trained on the other cells' calls reproduces
+        the call in cross-validation, so that values read as approximate agreement rates. ``"Unassigned"``
+        cells keep their lineage confidence.
     ``obs[f"{{key_added}}_reason"]``
         Categorical: empty for a fine call; otherwise why the call stopped (the distinction the panel cannot
         resolve and the markers missing from the data, or a low lineage confidence for ``"Unassigned"``).
@@ -996,7 +1047,9 @@ def annotate(
         DataFrame of Th1, Th2, Th17, Tfh marker scores for CD4 T cells (NaN elsewhere); scores, not labels.
     ``uns[key_added]``
         ``params`` (with ``n_cells_annotated_in_full`` and ``n_cells_transferred``: above 12,000 cells a random
-        sketch is annotated in full and the other cells learn from it), ``markers`` (resource name, version),
+        sketch is annotated in full and the other cells learn from it; ``calibration``: ``slope`` and
+        ``intercept`` of the Platt map on logit(confidence), 0 and 0 when not calibrated, ``cv_agreement`` and
+        ``n_cells`` of the cross-validation), ``markers`` (resource name, version),
         ``markers_used`` (genes found per label), ``lineage_markers_used``, ``cluster_label_counts``
         (clusters x labels), ``n_clusters``, ``n_t_subclusters`` and ``coverage`` (DataFrame, one row per
         distinction of the marker resource: ``lineage``, ``distinction``, ``supported``, ``min_per_side``,
@@ -1072,8 +1125,13 @@ def annotate(
         min_confidence=float(min_confidence), unresolved=unresolved, rep=rep_fit,
     )
     del Xs, Xlog
+    calibration = _calibration(out, E[rows], rep_fit, rs)
     if sketch is not None:
         out = _transfer(out, rows, rep_fit, rep_rest, n, E, rs)
+    if calibration["slope"] > 0:  # Platt scaling of the assigned cells' confidence (monotone: same ranking)
+        assigned_ = ~np.asarray(out["unassigned"], dtype=bool)
+        c = out["confidence"]
+        c[assigned_] = _platt(c[assigned_], calibration["slope"], calibration["intercept"])
     lineage, fine, confidence, unassigned = out["lineage"], out["fine"], out["confidence"], out["unassigned"]
     clusters, n_cl, n_sub, pol, used_sub, used_lin = (
         out["clusters"], out["n_cl"], out["n_sub"], out["pol"], out["used_sub"], out["used_lin"]
@@ -1106,6 +1164,7 @@ def annotate(
             "n_neighbors_subclusters": int(_N_NEIGHBORS_SUB),
             "n_cells_annotated_in_full": len(rows),
             "n_cells_transferred": int(n - len(rows)),
+            "calibration": calibration,
         },
         "coverage": cov,
         "markers": {"name": str(res["name"]), "version": str(res["version"])},
