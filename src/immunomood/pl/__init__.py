@@ -8,5 +8,6 @@ from ._annotate import annotation, annotation_confidence
 from ._differential import differential_activity, volcano
 from ._composition import composition
 from ._proteomics import cross_modal, biomarker_roc
+from ._predict import predict_response
 
-__all__ = ["annotation", "annotation_confidence", "biomarker_roc", "composition", "cross_modal", "differential_activity", "integration", "qc", "qc_report", "volcano"]
+__all__ = ["annotation", "annotation_confidence", "biomarker_roc", "composition", "cross_modal", "differential_activity", "integration", "predict_response", "qc", "qc_report", "volcano"]

@@ -13,5 +13,7 @@ from ._differential import differential_activity, differential_expression
 from ._composition import composition
 from ._proteomics import BiomarkerResult  # noqa: F401  (result type of biomarker_panel; a class, not in __all__)
 from ._proteomics import biomarker_panel, cross_modal_associations, donor_view, join_proteomics
+from ._predict import ResponsePrediction  # noqa: F401  (result type of predict_response; a class, not in __all__)
+from ._predict import predict_response
 
-__all__ = ["annotate", "biomarker_panel", "composition", "cross_modal_associations", "differential_activity", "differential_expression", "donor_view", "embed", "gene_sets", "integrate", "integration_metrics", "join_proteomics", "pseudobulk", "score_pathways"]
+__all__ = ["annotate", "biomarker_panel", "composition", "cross_modal_associations", "differential_activity", "differential_expression", "donor_view", "embed", "gene_sets", "integrate", "integration_metrics", "join_proteomics", "predict_response", "pseudobulk", "score_pathways"]
