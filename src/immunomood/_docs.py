@@ -34,6 +34,28 @@ gene_sets
     Name of a packaged gene-set resource (see :func:`immunomood.tl.gene_sets`) or a mapping
     ``set name -> gene symbols``.""")
 
+doc_design = _indent("""\
+design
+    The study design as a formula on sample-level columns of ``adata.obs`` (``formulaic``, as in R: treatment
+    coding, the first category or first sorted level is the reference), e.g. ``"~ condition + age + sex"``,
+    ``"~ hamd + age"`` or ``"~ time * responder"``. Columns must be constant within each sample; a missing value
+    is an error naming the samples (nothing is dropped silently). With ``design``, say what to test with
+    ``contrast`` and/or ``test``; with neither, every pair of levels of the formula's first variable (or its
+    slope, when numeric) is tested. Every error (unknown column, rank deficiency naming the columns involved, too
+    few samples per level) is raised before any work.
+contrast
+    With ``design``: a level pair ``(column, case, reference)``, e.g. ``("condition", "MDD", "control")``, a list
+    of them, or a dict ``{design-matrix column: weight}``. Every requested contrast and test is one block of rows
+    in one table (``contrast`` column), with Benjamini-Hochberg over the whole table.
+test
+    With ``design``: a numeric column of the formula (effect per unit, e.g. ``"hamd"``) or a one-column
+    interaction (``"time:responder"``), or a list of them.""")
+doc_condition_key = _indent("""\
+condition_key
+    Column of ``adata.obs`` with exactly two conditions (the two-group form; a thin layer over ``design``:
+    ``design="~ <condition_key> + <covariates>"``, ``contrast=(<condition_key>, <case>, <reference>)``).
+    Leave it ``None`` when ``design`` is given.""")
+
 
 def doc_params(**kwds: str):
     """Substitute ``{name}`` fields of a docstring with shared parameter texts."""

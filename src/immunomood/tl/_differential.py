@@ -16,9 +16,11 @@ import pandas as pd
 from anndata import AnnData
 from scipy import special, stats
 
+from .._design import Hypothesis, build_design, contrast_as_coef
+from .._docs import doc_adata, doc_condition_key, doc_design, doc_gene_sets, doc_params, doc_sample_key
 from .._limma import pool_set_variance, trigamma_inverse, voom_fry
-from .._docs import doc_adata, doc_gene_sets, doc_params, doc_sample_key
 from .._settings import logger
+from .._stats import bh, ols, test_based_ci
 from .._utils import check_adata, check_not_view, check_obs_key, match_genes, symbols_for_sets, warn
 from .._utils import gene_symbols as _gene_symbols
 from ._gene_sets import resolve_gene_sets
@@ -253,16 +255,6 @@ def _squeeze_var_prior(s2: np.ndarray, df: float, amean: np.ndarray | None = Non
     return (d0 * s0 + df * s2) / (d0 + df), d0, s0
 
 
-def ols(D: np.ndarray, Y: np.ndarray):
-    """Least squares of every column of Y on D: coefficients, residual variances, (D'D)^-1 and residual df."""
-    XtXi = np.linalg.inv(D.T @ D)
-    B = XtXi @ D.T @ Y
-    R = Y - D @ B
-    df = D.shape[0] - D.shape[1]
-    s2 = (R**2).sum(axis=0) / df
-    return B, s2, XtXi, df
-
-
 SET_MIN_TOTAL_PER_SAMPLE = 1.0  # set members: mean count per sample needed to enter a set test
 SET_MIN_NONZERO = 0.5  # ... and nonzero in at least this share of the samples
 
@@ -342,15 +334,18 @@ def set_scores(counts: np.ndarray, D: np.ndarray, members: Mapping[str, np.ndarr
 # ----------------------------------------------------------------------------------------------
 # the per-group computation shared by the test and the plot
 # ----------------------------------------------------------------------------------------------
-def _prepare(adata, *, condition_key, sample_key, groupby, gene_sets, reference, covariates, random_effect,
-             min_cells, layer, gene_symbols):
-    covariates = _as_tuple(covariates)
-    case, ref, tab = _validate(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
-                               covariates=covariates, random_effect=random_effect, reference=reference)
+def _prepare(adata, *, sample_key, groupby, gene_sets, design, contrast, test, condition_key, reference, covariates,
+             random_effect, min_cells, layer, gene_symbols, func="differential_activity"):
+    check_adata(adata)
+    for key, what in [(sample_key, "sample_key column"), (groupby, "groupby column")]:
+        check_obs_key(adata, key, what=what)
+    D = build_design(adata.obs, sample_key=sample_key, design=design, contrast=contrast, test=test,
+                     condition_key=condition_key, reference=reference, covariates=covariates,
+                     random_effect=random_effect, reserved={"groupby": groupby})
     sets = resolve_gene_sets(gene_sets)
     if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
         raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
-    X, layer = resolve_counts(adata, layer, func="differential_activity", auto=True)
+    X, layer = resolve_counts(adata, layer, func=func, auto=True)
     symbols = symbols_for_sets(adata, gene_symbols, sets)
     members = {k: match_genes(symbols, v)[0] for k, v in sets.items()}
     if all(len(v) == 0 for v in members.values()):
@@ -360,93 +355,124 @@ def _prepare(adata, *, condition_key, sample_key, groupby, gene_sets, reference,
         )
     grid, code = combos(adata.obs, sample_key, groupby)
     M = aggregate(X, code, len(grid))
-    return dict(case=case, ref=ref, tab=tab, sets=sets, members=members, grid=grid, M=M, covariates=covariates,
-                symbols=symbols, layer=layer)
+    return dict(design=D, sets=sets, members=members, grid=grid, M=M, symbols=symbols, layer=layer)
 
 
-def _group_scores(P: dict, group, *, condition_key, sample_key, groupby, min_cells):
-    """Donor-level set scores of one group, or a reason why there are none."""
-    grid, tab, case, ref = P["grid"], P["tab"], P["case"], P["ref"]
+def _arm_counts(tab: pd.DataFrame, h: Hypothesis) -> tuple[int, int]:
+    """Samples at the case and reference levels of a level contrast (all samples and 0 otherwise)."""
+    if h.kind != "contrast":
+        return len(tab), 0
+    v = tab[h.variable].to_numpy()
+    return int((v == h.case).sum()), int((v == h.reference).sum())
+
+
+def _min_n(D: np.ndarray, tab: pd.DataFrame, hyps: Sequence[Hypothesis]) -> int:
+    """Smallest group for the expression filter: the smaller arm of a level contrast (edgeR's rule for two
+    groups), else edgeR's ``filterByExpr`` rule for a general design, 1 / the largest leverage."""
+    arms = [min(_arm_counts(tab, h)) for h in hyps if h.kind == "contrast"]
+    if arms:
+        return max(1, min(arms))
+    u, _, _ = np.linalg.svd(D, full_matrices=False)
+    hat = (u[:, : np.linalg.matrix_rank(D)] ** 2).sum(axis=1)
+    return max(1, int(round(1.0 / hat.max())))
+
+
+def _group_scores(P: dict, group, *, sample_key, groupby, min_cells):
+    """Donor-level set scores of one group, the design rows and per-hypothesis vectors, or a reason why not."""
+    grid, design = P["grid"], P["design"]
     in_group = grid[groupby].to_numpy() == group
     rows = np.flatnonzero(in_group & (grid["n_cells"].to_numpy() >= min_cells))
     left_out = grid.loc[in_group & (grid["n_cells"].to_numpy() < min_cells), [sample_key, "n_cells"]]
     samples = grid[sample_key].to_numpy()[rows]
-    st = tab.loc[samples]
-    cond = st[condition_key].to_numpy()
-    n_case, n_ref = int((cond == case).sum()), int((cond == ref).sum())
-    out = dict(n_case=n_case, n_reference=n_ref, samples=samples, tab=st,
+    st = design.table.loc[samples]
+    out = dict(samples=samples, tab=st, n_samples=len(samples),
                excluded=[f"{s!s} ({n} cells)" for s, n in zip(left_out[sample_key], left_out["n_cells"])])
-    if min(n_case, n_ref) < 2:
-        out["reason"] = (f"fewer than 2 samples with >= {min_cells} cells in an arm "
-                         f"({n_ref} {ref!s}, {n_case} {case!s})")
+    if len(samples) == 0:
+        out["reason"] = f"no sample with >= {min_cells} cells"
         return out
-    msg = _check_rank(st, condition_key, case, P["covariates"], where=f" in group {group!r}")
-    if msg:
-        out["reason"] = msg
+    D, vecs = design.subset(samples)
+    hyp_reason = {}
+    for h in design.hypotheses:
+        if h.kind == "contrast" and min(_arm_counts(st, h)) < 2:
+            nc, nr = _arm_counts(st, h)
+            hyp_reason[h.name] = (f"fewer than 2 samples with >= {min_cells} cells in an arm "
+                                  f"({nr} {h.reference!s}, {nc} {h.case!s})")
+        elif isinstance(vecs[h.name], str):
+            hyp_reason[h.name] = vecs[h.name]
+    testable = [h for h in design.hypotheses if h.name not in hyp_reason]
+    out.update(hyp_reason=hyp_reason, vecs=vecs)
+    if not testable:
+        out["reason"] = "; ".join(dict.fromkeys(hyp_reason.values()))
         return out
     counts = P["M"][rows].toarray()
-    D, names = design_matrix(st, condition_key, case, P["covariates"])
-    S = set_scores(counts, D, P["members"], min_n=min(n_case, n_ref))
+    S = set_scores(counts, D, P["members"], min_n=_min_n(D, st, testable))
     kept = S["kept"]
-    scores, lfc = S["scores"], S["lfc"]
     for k, cols in S["cols"].items():
         out.setdefault("genes", {})[k] = [str(P["symbols"][kept[c]]) for c in cols]
-    out.update(D=D, names=names, scores=scores, lfc=lfc, d0=S["d0"], counts=counts,
-               n_genes={k: len(v) for k, v in S["cols"].items()}, condition=cond)
+    lfc = {}
+    if "B" in S:
+        for h in testable:
+            cB = vecs[h.name] @ S["B"]
+            lfc[h.name] = {k: float(cB[cols].mean()) for k, cols in S["cols"].items()}
+    out.update(D=D, scores=S["scores"], lfc=lfc, d0=S["d0"], counts=counts,
+               n_genes={k: len(v) for k, v in S["cols"].items()})
     return out
 
 
-def _fit_set(score: np.ndarray, D: np.ndarray, groups: np.ndarray | None):
-    """Coefficient of the condition column, its standard error and the residual df."""
+def _fit_set(score: np.ndarray, D: np.ndarray, vector: np.ndarray, groups: np.ndarray | None):
+    """The contrast ``vector @ beta`` of ``score ~ D``, its standard error and df (OLS, or a random intercept)."""
     if groups is None:
         B, s2, XtXi, df = ols(D, score[:, None])
-        return float(B[1, 0]), float(np.sqrt(s2[0] * XtXi[1, 1])), df
+        return float(vector @ B[:, 0]), float(np.sqrt(s2[0] * (vector @ XtXi @ vector))), df
     import statsmodels.api as sm
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = sm.MixedLM(score, D, groups=groups).fit(reml=True)
-    return float(res.fe_params[1]), float(res.bse_fe[1]), between_within_df(D, groups)
+    p = D.shape[1]
+    cov = np.asarray(res.cov_params())[:p, :p]
+    return (float(vector @ np.asarray(res.fe_params)), float(np.sqrt(vector @ cov @ vector)),
+            between_within_df(D, groups, vector))
 
 
-def between_within_df(D: np.ndarray, groups: np.ndarray, col: int = 1) -> int:
-    """Residual df of column ``col`` of ``D`` in a random-intercept model ("between-within" / containment rule).
+def between_within_df(D: np.ndarray, groups: np.ndarray, col: int | np.ndarray = 1) -> int:
+    """Residual df of a contrast in a random-intercept model ("between-within" / containment rule).
 
-    A condition constant within every group (donor-level: repeated visits or pooled samples of one donor) is
-    tested between groups: ``df = n_groups - rank of the between-group columns``. One that varies within groups
-    (paired: both conditions in a donor) is tested within groups: ``df = n_samples - n_groups - rank of the
-    within-group columns``. Using ``n_samples - p`` instead would count repeated samples of a donor as
-    independent evidence for a donor-level effect.
+    ``col``: a column of ``D`` or a contrast vector. A contrast whose columns are constant within every group
+    (donor-level: repeated visits or pooled samples of one donor) is tested between groups: ``df = n_groups -
+    rank of the between-group columns``. One that varies within groups (paired: both conditions in a donor;
+    visit; time x responder) is tested within groups: ``df = n_samples - n_groups - rank of the within-group
+    columns``. Using ``n_samples - p`` instead would count repeated samples of a donor as independent evidence
+    for a donor-level effect. See :func:`immunomood._design.between_within_df`.
     """
-    codes = pd.factorize(pd.Series(groups))[0]
-    n_groups = int(codes.max()) + 1
-    const = np.array([all(np.ptp(D[codes == g, j]) == 0 for g in range(n_groups)) for j in range(D.shape[1])])
-    if const[col]:
-        rank = np.linalg.matrix_rank(D[:, const]) if const.any() else 0
-        return max(n_groups - rank, 1)
-    rank = np.linalg.matrix_rank(D[:, ~const])
-    return max(D.shape[0] - n_groups - rank, 1)
+    from .._design import between_within_df as _bw
+
+    if np.ndim(col) == 0:
+        v = np.zeros(D.shape[1])
+        v[int(col)] = 1.0
+    else:
+        v = np.asarray(col, dtype=float)
+    return _bw(D, groups, v)
 
 
-def bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN kept as NaN)."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        from statsmodels.stats.multitest import multipletests
-
-        out[ok] = multipletests(p[ok], method="fdr_bh")[1]
-    return out
+def _fry_design(D: np.ndarray, vector: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """Design, tested column and sign for fry: a column of ``D`` when the contrast is one (as limma's
+    ``contrast=<column>``), else ``D`` reparametrised so that column 0 is the contrast (limma's
+    ``contrastAsCoef``, :func:`immunomood._design.contrast_as_coef`)."""
+    nz = np.flatnonzero(np.abs(vector) > 1e-12)
+    if nz.size == 1 and abs(abs(vector[nz[0]]) - 1.0) < 1e-12:
+        return D, int(nz[0]), float(np.sign(vector[nz[0]]))
+    return contrast_as_coef(D, vector), 0, 1.0
 
 
-def _fry_rows(G: dict, P: dict, base: dict) -> list[dict]:
-    """Rows of one group by limma-voom + fry (:func:`immunomood._limma.voom_fry`) on its pseudobulk counts."""
+def _fry_rows(G: dict, P: dict, base: dict, vector: np.ndarray) -> list[dict]:
+    """Rows of one group x hypothesis by limma-voom + fry (:func:`immunomood._limma.voom_fry`) on its pseudobulk."""
+    Dt, col, sign = _fry_design(G["D"], vector)
     try:
-        F = voom_fry(G["counts"], G["D"], P["members"], contrast=1)
+        F = voom_fry(G["counts"], Dt, P["members"], contrast=col)
     except (ValueError, np.linalg.LinAlgError) as err:
         return [base | dict(gene_set=k, reason=f"voom + fry failed: {err}", n_genes=0) for k in P["sets"]]
-    tab, coef, kidx = F["table"], F["coef"], F["kept_index"]
+    tab, coef, kidx = F["table"], F["coef"] * sign, F["kept_index"]
     rows = []
     for k in P["sets"]:
         ng = int(tab.loc[k, "NGenes"])
@@ -455,19 +481,20 @@ def _fry_rows(G: dict, P: dict, base: dict) -> list[dict]:
                                     "group"))
             continue
         lfc = float(coef[kidx[k]].mean())
-        rows.append(base | dict(gene_set=k, effect=lfc, statistic=float(tab.loc[k, "statistic"]),
+        rows.append(base | dict(gene_set=k, effect=lfc, statistic=sign * float(tab.loc[k, "statistic"]),
                                 pvalue=float(tab.loc[k, "PValue"]), pvalue_mixed=float(tab.loc[k, "PValue.Mixed"]),
                                 lfc_mean=lfc, n_genes=ng, df=int(tab.loc[k, "df"]), reason="",
-                                _num=float(tab.loc[k, "numerator"]), _den2=float(tab.loc[k, "denominator2"])))
+                                _num=sign * float(tab.loc[k, "numerator"]), _den2=float(tab.loc[k, "denominator2"])))
     return rows
 
 
 def _pool_rows(rows: list[dict]) -> None:
-    """method="fry_pooled": per set, borrow the variance ratio across the groups where it was tested (in place)."""
+    """method="fry_pooled": per set and hypothesis, borrow the variance ratio across the groups where it was tested
+    (in place)."""
     by_set: dict = {}
     for r in rows:
         if "_num" in r:
-            by_set.setdefault(r["gene_set"], []).append(r)
+            by_set.setdefault((r["gene_set"], r.get("contrast", "")), []).append(r)
     for rs in by_set.values():
         t, df, p = pool_set_variance([r["_num"] for r in rs], [r["_den2"] for r in rs], [r["n_genes"] for r in rs],
                                      [r["df"] for r in rs])
@@ -475,16 +502,20 @@ def _pool_rows(rows: list[dict]) -> None:
             r.update(statistic=float(ti), df=float(di), pvalue=float(pi))
 
 
-@doc_params(adata=doc_adata, sample_key=doc_sample_key, gene_sets=doc_gene_sets)
+@doc_params(adata=doc_adata, sample_key=doc_sample_key, gene_sets=doc_gene_sets, design=doc_design,
+            condition_key=doc_condition_key)
 def differential_activity(
     adata: AnnData,
     *,
-    condition_key: str,
+    condition_key: str | None = None,
     sample_key: str,
     groupby: str,
     gene_sets: str | Mapping[str, Sequence[str]] = "complement",
     reference: str | None = None,
     covariates: Sequence[str] = (),
+    design: str | None = None,
+    contrast=None,
+    test=None,
     random_effect: str | None = None,
     method: Literal["fry_pooled", "fry", "score"] | None = None,
     min_cells: int = 10,
@@ -540,23 +571,24 @@ def differential_activity(
     Parameters
     ----------
     {adata}
-    condition_key
-        Column of ``adata.obs`` with the two conditions to compare.
+    {condition_key}
     {sample_key}
-        Each sample must belong to one condition.
+        Each sample must belong to one condition (and one value of every design column).
     groupby
         Column of ``adata.obs`` with the cell types (or any grouping) tested separately.
     {gene_sets}
     reference
-        Reference level of the condition; default: the first category (or the first level in sorted order).
+        Reference level of ``condition_key``; default: the first category (or the first level in sorted order).
     covariates
-        Sample-level columns of ``adata.obs`` to adjust for (numeric or categorical).
+        With ``condition_key``: sample-level columns of ``adata.obs`` to adjust for (numeric or categorical).
+    {design}
     random_effect
-        Column of ``adata.obs`` grouping samples of one donor (repeated visits, pooled samples, pairs). The set
-        score is then fitted by a linear mixed model with a random intercept per group (statsmodels ``MixedLM``,
-        REML) and the condition is t-tested with "between-within" degrees of freedom: groups minus between-group
-        parameters for a donor-level condition, samples minus groups minus within-group parameters for a paired
-        one (``df`` column).
+        Column of ``adata.obs`` grouping samples of one donor (repeated visits, pooled samples, pairs), for any
+        design. The set score is then fitted by a linear mixed model with a random intercept per group
+        (statsmodels ``MixedLM``, REML) and each contrast is t-tested with "between-within" degrees of freedom:
+        groups minus between-group parameters for a donor-level contrast (condition over visits), samples minus
+        groups minus within-group parameters for one that varies within donors (paired conditions, visit,
+        time x responder) (``df`` column).
     method
         ``None`` (default): ``"fry_pooled"``, or ``"score"`` when ``random_effect`` is given (fry has no random
         effect). ``"score"``: the precision-weighted set score above. ``"fry"``: limma-voom + ``fry`` as in R
@@ -604,10 +636,15 @@ def differential_activity(
     ``"D7 (4 cells), D9 (0 cells)"``; empty when none). With ``"score"``: ``effect`` is the precision-weighted
     mean log2 fold change of the set's genes, with the weights of the test, so ``effect / (ci width)`` matches
     ``statistic``. With ``"fry"`` and ``"fry_pooled"``: ``effect`` and ``lfc_mean`` are the mean over the set's
-    kept genes of the voom-weighted log2 fold changes, ``ci_low`` / ``ci_high`` are NaN (fry gives no interval:
-    use ``method="score"`` for one), ``statistic`` is fry's t, ``df`` its residual df (fractional with
+    kept genes of the voom-weighted log2 fold changes (per unit for a continuous ``test``), ``ci_low`` /
+    ``ci_high`` the test-based 95% interval ``effect +- t_0.975(df) x |effect / statistic|`` (fry gives no standard
+    error; this interval excludes 0 exactly when ``pvalue < 0.05``), ``statistic`` is fry's t, ``df`` its residual df (fractional with
     ``"fry_pooled"``: the residual df plus the prior df borrowed from the other groups), and ``pvalue_mixed`` is
     added (fry's non-directional p-value, "genes of the set change in either direction"; not pooled).
+    Then ``contrast`` (what the row tests, e.g. ``"condition: MDD vs control"``, ``"hamd (per unit)"``) and
+    ``n_samples`` (samples in the group's model); ``n_case`` / ``n_reference`` count the samples at the two levels
+    of a level contrast (for a continuous test or an interaction: ``n_samples`` and 0). With several contrasts
+    the table has one block of rows per contrast and ``padj`` is over all of them.
     Also written to ``adata``:
 
     - ``uns[key_added]``: the DataFrame;
@@ -632,10 +669,11 @@ def differential_activity(
             f"method={method!r} has no random effect (random_effect={random_effect!r}); use method='score' with "
             f"random_effect, or method='fry' with covariates=({random_effect!r},) for a fixed donor effect."
         )
-    P = _prepare(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby, gene_sets=gene_sets,
-                 reference=reference, covariates=covariates, random_effect=random_effect, min_cells=min_cells,
-                 layer=layer, gene_symbols=gene_symbols)
-    case, ref = P["case"], P["ref"]
+    P = _prepare(adata, sample_key=sample_key, groupby=groupby, gene_sets=gene_sets, design=design,
+                 contrast=contrast, test=test, condition_key=condition_key, reference=reference,
+                 covariates=covariates, random_effect=random_effect, min_cells=min_cells, layer=layer,
+                 gene_symbols=gene_symbols)
+    dz = P["design"]
     if method == "fry":
         method_name = "limma-voom + fry (filterByExpr, TMM, voom weights, posterior-sd standardisation)"
     elif method == "fry_pooled":
@@ -643,79 +681,95 @@ def differential_activity(
     else:
         method_name = ("precision-weighted set score on pseudobulk logCPM; "
                        + (f"MixedLM random intercept ({random_effect})" if random_effect else "OLS t-test"))
+    shown = dz.hypotheses[0].variable if dz.hypotheses[0].variable in dz.table.columns else None
     rows, score_rows, skipped, excluded = [], [], [], []
     groups = list(pd.unique(P["grid"][groupby]))
     for group in groups:
-        G = _group_scores(P, group, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
-                          min_cells=min_cells)
-        base = dict(group=group, n_case=G["n_case"], n_reference=G["n_reference"], method=method_name,
-                    samples_excluded=", ".join(G["excluded"]))
+        G = _group_scores(P, group, sample_key=sample_key, groupby=groupby, min_cells=min_cells)
         if G["excluded"]:
             excluded.append(f"{group!s}: {', '.join(G['excluded'])}")
-        if "reason" not in G and method in ("fry", "fry_pooled"):
-            rows += _fry_rows(G, P, base)
+        if "reason" in G:
+            skipped.append(f"{group!s} ({G['reason']})")
+        if "scores" in G:
+            labels = (G["tab"][shown].astype(str).to_numpy() if shown is not None else np.full(len(G["samples"]), ""))
             for k in P["sets"]:
                 if k in G["scores"]:
                     score_rows += [(smp, group, k, c, float(v))
-                                   for smp, c, v in zip(G["samples"], G["condition"], G["scores"][k])]
-            continue
-        if "reason" in G:
-            skipped.append(f"{group!s} ({G['reason']})")
-            for k in P["sets"]:
-                rows.append(base | dict(gene_set=k, reason=G["reason"], n_genes=0))
-            continue
+                                   for smp, c, v in zip(G["samples"], labels, G["scores"][k])]
         re_groups = G["tab"][random_effect].to_numpy() if random_effect else None
-        for k in P["sets"]:
-            if k not in G["scores"]:
-                rows.append(base | dict(gene_set=k, reason="no gene of the set is expressed in this group", n_genes=0))
+        for h in dz.hypotheses:
+            n_case, n_ref = _arm_counts(G["tab"], h)
+            base = dict(group=group, contrast=h.name, n_case=n_case, n_reference=n_ref, n_samples=G["n_samples"],
+                        method=method_name, samples_excluded=", ".join(G["excluded"]))
+            why = G.get("hyp_reason", {}).get(h.name) or (G.get("reason") if "scores" not in G else None)
+            if why:
+                rows += [base | dict(gene_set=k, reason=why, n_genes=0) for k in P["sets"]]
                 continue
-            s = G["scores"][k]
-            try:
-                coef, se, df = _fit_set(s, G["D"], re_groups)
-            except Exception as err:  # noqa: BLE001 - a failed mixed model fit becomes a NaN row with its reason
-                rows.append(base | dict(gene_set=k, reason=f"model fit failed: {err}", n_genes=G["n_genes"][k]))
+            vec = G["vecs"][h.name]
+            if method in ("fry", "fry_pooled"):
+                rows += _fry_rows(G, P, base, vec)
                 continue
-            if not (np.isfinite(coef) and np.isfinite(se) and se > 0):
-                rows.append(base | dict(gene_set=k, n_genes=G["n_genes"][k],
-                                        reason=f"standard error not estimable (coef {coef}, se {se})"))
-                continue
-            t = coef / se
-            p = 2 * stats.t.sf(abs(t), df)
-            eff, ese = coef, se  # the score is a weighted mean of centred logCPM: coef = weighted mean log2FC
-            q = stats.t.ppf(0.975, df)
-            rows.append(base | dict(gene_set=k, effect=eff, ci_low=eff - q * ese, ci_high=eff + q * ese,
-                                    statistic=t, pvalue=p, lfc_mean=G["lfc"][k], n_genes=G["n_genes"][k], df=df,
-                                    reason=""))
-            for smp, c, v in zip(G["samples"], G["condition"], s):
-                score_rows.append((smp, group, k, c, float(v)))
+            for k in P["sets"]:
+                if k not in G["scores"]:
+                    rows.append(base | dict(gene_set=k, reason="no gene of the set is expressed in this group",
+                                            n_genes=0))
+                    continue
+                try:
+                    coef, se, df = _fit_set(G["scores"][k], G["D"], vec, re_groups)
+                except Exception as err:  # noqa: BLE001 - a failed mixed model fit becomes a NaN row with its reason
+                    rows.append(base | dict(gene_set=k, reason=f"model fit failed: {err}", n_genes=G["n_genes"][k]))
+                    continue
+                if not (np.isfinite(coef) and np.isfinite(se) and se > 0):
+                    rows.append(base | dict(gene_set=k, n_genes=G["n_genes"][k],
+                                            reason=f"standard error not estimable (coef {coef}, se {se})"))
+                    continue
+                t = coef / se
+                q = stats.t.ppf(0.975, df)
+                # the score is a weighted mean of centred logCPM: the contrast is a weighted mean log2FC
+                rows.append(base | dict(gene_set=k, effect=coef, ci_low=coef - q * se, ci_high=coef + q * se,
+                                        statistic=t, pvalue=2 * stats.t.sf(abs(t), df),
+                                        lfc_mean=G["lfc"][h.name].get(k, np.nan), n_genes=G["n_genes"][k], df=df,
+                                        reason=""))
     if method == "fry_pooled":
         _pool_rows(rows)
     cols = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case",
-            "n_reference", "method", "lfc_mean", "n_genes", "df", "reason", "samples_excluded"]
+            "n_reference", "method", "lfc_mean", "n_genes", "df", "reason", "samples_excluded", "contrast",
+            "n_samples"]
     if method != "score":
         cols.insert(cols.index("df") + 1, "pvalue_mixed")
     res = pd.DataFrame(rows).reindex(columns=cols)
+    if method != "score":  # fry gives no interval: the test-based one, consistent with fry's t and df
+        res["ci_low"], res["ci_high"] = test_based_ci(res["effect"], res["statistic"], res["df"])
     res["padj"] = bh(res["pvalue"].to_numpy())
     res["group"] = res["group"].astype(str)
-    res["n_genes"] = res["n_genes"].fillna(0).astype(int)
-    res["reason"] = res["reason"].fillna("").astype(str)
-    res["samples_excluded"] = res["samples_excluded"].fillna("").astype(str)
+    for c in ("n_genes", "n_case", "n_reference", "n_samples"):
+        res[c] = res[c].fillna(0).astype(int)
+    for c in ("reason", "samples_excluded", "contrast"):
+        res[c] = res[c].fillna("").astype(str)
     if excluded:
         warn(f"differential_activity: samples left out of a group (fewer than min_cells={min_cells} cells of it; "
              f"column 'samples_excluded'): {'; '.join(excluded)}", stacklevel=3)
     if skipped:
         warn(f"differential_activity: groups not tested (rows with NaN and a reason): {'; '.join(skipped)}",
              stacklevel=3)
+    h0 = dz.hypotheses[0]
     adata.uns[key_added] = res
     adata.uns[key_added + "_scores"] = pd.DataFrame(
         score_rows, columns=["sample", "group", "gene_set", "condition", "score"]).astype(
         {"sample": str, "group": str, "condition": str})
     adata.uns[key_added + "_params"] = {
-        "condition_key": condition_key, "sample_key": sample_key, "groupby": groupby, "case": str(case),
-        "reference": str(ref), "covariates": list(P["covariates"]), "random_effect": random_effect or "",
+        "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
+        "sample_key": sample_key, "groupby": groupby,
+        "case": "" if h0.case is None else str(h0.case), "reference": "" if h0.reference is None else str(h0.reference),
+        "covariates": list(covariates) if isinstance(covariates, (list, tuple)) else [covariates],
+        "random_effect": random_effect or "",
         "min_cells": int(min_cells), "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
         "layer": "X" if P["layer"] is None else P["layer"], "method": method,
         "method_requested": "default" if requested is None else requested, "method_description": method_name,
+        "design": dz.formula, "contrasts": [h.name for h in dz.hypotheses],
+        "contrast_kinds": [h.kind for h in dz.hypotheses], "design_columns": list(dz.columns),
+        "ci": "t interval of the score contrast" if method == "score" else
+              "test-based (effect +- t quantile x |effect / statistic|): agrees with fry's p-value",
     }
     logger.info("differential_activity: %d tests, %d with padj < 0.05", res["pvalue"].notna().sum(),
                 int((res["padj"] < 0.05).sum()))
