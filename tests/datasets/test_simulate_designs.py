@@ -203,7 +203,9 @@ def trial():
     )
 
 
-def test_visits_and_samples(trial):
+def test_visits_and_samples(trial, tmp_path):
+    import anndata as ad
+
     adata, plasma = trial
     obs = adata.obs
     assert list(obs.columns) == [*BASE_COLUMNS, "severity", "responder", "visit", "sample"]
@@ -234,6 +236,12 @@ def test_visits_and_samples(trial):
     assert list(plasma.obs_names) == list(don.index)
     np.testing.assert_allclose(plasma.obs["severity"], sev["baseline"].reindex(plasma.obs_names))
     assert (plasma.obs["responder"].astype(str) == don["responder"]).all()
+    # the truth survives h5ad
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    plasma.write_h5ad(tmp_path / "p.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad").uns["simulation"]["design"]
+    assert list(back["samples"]["sample"]) == list(obs["sample"].cat.categories)
+    assert ad.read_h5ad(tmp_path / "p.h5ad").obs["responder"].astype(str).tolist() == don["responder"].tolist()
 
 
 def test_interaction_truth_and_recovery(trial):

@@ -502,8 +502,8 @@ def simulate_cohort(
     ``DCLK3`` and ``CALY`` are ``plasma_effect`` log2 units higher in MDD; ``GDF15``, ``CDCP1`` and ``CXCL9``
     rise weakly with age (0.03, 0.015, 0.01 log2 units per year) and ``LEP`` is 1 log2 unit higher in women;
     ``CRP``, ``IL6``, ``TNF`` and the other unrelated proteins carry donor noise only. No plate (batch) effects.
-    With ``groups``, ``DCLK3`` and ``CALY`` are higher in every non-reference group and ``z_d`` includes the
-    design's baseline shift; ``IL6`` is ``response_baseline_effect`` log2 units higher in responders than in
+    With ``groups``, ``DCLK3`` and ``CALY`` are higher in every non-reference group; ``z_d`` includes the
+    design's baseline log shift (group effect, severity and response terms); ``IL6`` is ``response_baseline_effect`` log2 units higher in responders than in
     non-responders (``+/- response_baseline_effect / 2``), so that response can be predicted from the plasma.
     Plasma has one row per donor (its baseline), whatever ``n_visits``.
 
