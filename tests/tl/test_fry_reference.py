@@ -3,7 +3,9 @@
 The reference is R itself (``Rscript`` with limma and edgeR): the same pseudobulk counts, design and gene sets are
 written to a temporary folder and run through the standard pipeline
 ``filterByExpr(y, design)`` -> ``y[keep, , keep.lib.sizes=FALSE]`` -> ``calcNormFactors`` (TMM) -> ``voom`` ->
-``fry(v, index, design, contrast=2)``. Skips with the reason when Rscript, limma, edgeR or statmod are missing, or
+``fry(v, index, design, contrast=2)``, or ``contrast=<vector>`` for a contrast that is not one design column
+(three-level factor: MDD vs BD with control as reference), and ``contrast=<column>`` for a continuous column
+with a covariate. Skips with the reason when Rscript, limma, edgeR or statmod are missing, or
 when the real data are absent. On Debian: ``apt-get install -y r-base-core r-bioc-limma r-bioc-edger r-cran-statmod``.
 """
 
@@ -32,7 +34,12 @@ keep <- filterByExpr(y, design)
 y <- y[keep, , keep.lib.sizes = FALSE]
 y <- calcNormFactors(y)
 v <- voom(y, design)
-res <- fry(v, index = index, design = design, contrast = 2, sort = "none")
+contrast <- 2
+if (file.exists(file.path(d, "contrast.csv"))) {
+  contrast <- read.csv(file.path(d, "contrast.csv"))$weight
+  if (length(contrast) == 1L) contrast <- as.integer(contrast)
+}
+res <- fry(v, index = index, design = design, contrast = contrast, sort = "none")
 write.csv(res, file.path(d, "fry.csv"))
 write.csv(data.frame(norm.factors = y$samples$norm.factors, lib.size = y$samples$lib.size),
           file.path(d, "samples.csv"))
@@ -47,29 +54,35 @@ def r_available() -> str | None:
     if shutil.which("Rscript") is None:
         return ("Rscript not found (install R: apt-get install -y r-base-core r-bioc-limma r-bioc-edger "
                 "r-cran-statmod)")
-    out = subprocess.run(["Rscript", "-e", "for (p in c('limma','edgeR','statmod')) "
-                          "if (!requireNamespace(p, quietly=TRUE)) cat(p, '')"], capture_output=True, text=True)
+    check = "for (p in c('limma','edgeR','statmod')) if (!requireNamespace(p, quietly=TRUE)) cat(p, '')"
+    out = subprocess.run(["Rscript", "-e", check], check=False, capture_output=True, text=True)
     if out.returncode != 0 or out.stdout.strip():
         return f"R packages missing: {out.stdout.strip() or out.stderr.strip()[:200]}"
     return None
 
 
-def run_r_voom_fry(counts: pd.DataFrame, design: np.ndarray, sets: dict[str, list[str]], tmp: Path) -> dict:
-    """R limma-voom + fry on ``counts`` (samples x genes) -> fry table, norm factors, voom weights, kept genes."""
+def run_r_voom_fry(counts: pd.DataFrame, design: np.ndarray, sets: dict[str, list[str]], tmp: Path,
+                   contrast: int | np.ndarray = 2) -> dict:
+    """R limma-voom + fry on ``counts`` (samples x genes) -> fry table, norm factors, voom weights, kept genes.
+
+    ``contrast``: R's 1-based column of ``design``, or a contrast vector (limma then uses ``contrastAsCoef``)."""
     tmp.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"weight": np.atleast_1d(np.asarray(contrast, dtype=float))}).to_csv(tmp / "contrast.csv",
+                                                                                     index=False)
     counts.T.to_csv(tmp / "counts.csv")
     pd.DataFrame(design, index=counts.index, columns=[f"c{j}" for j in range(design.shape[1])]).to_csv(
         tmp / "design.csv")
     pd.DataFrame([(k, g) for k, v in sets.items() for g in v], columns=["set", "gene"]).to_csv(
         tmp / "sets.csv", index=False)
     (tmp / "voom_fry.R").write_text(R_SCRIPT)
-    out = subprocess.run(["Rscript", str(tmp / "voom_fry.R"), str(tmp)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(["Rscript", str(tmp / "voom_fry.R"), str(tmp)], check=False, capture_output=True, text=True,
+                         timeout=300)
     if out.returncode != 0:
         raise RuntimeError(f"Rscript failed: {out.stderr[-2000:]}")
-    return dict(table=pd.read_csv(tmp / "fry.csv", index_col=0),
-                samples=pd.read_csv(tmp / "samples.csv", index_col=0),
-                weights=pd.read_csv(tmp / "weights.csv", index_col=0),
-                kept=(tmp / "kept.txt").read_text().split(), versions=out.stdout.strip())
+    return {"table": pd.read_csv(tmp / "fry.csv", index_col=0),
+            "samples": pd.read_csv(tmp / "samples.csv", index_col=0),
+            "weights": pd.read_csv(tmp / "weights.csv", index_col=0),
+            "kept": (tmp / "kept.txt").read_text().split(), "versions": out.stdout.strip()}
 
 
 def _pseudobulk(adata, mask, sample_key):
@@ -128,9 +141,9 @@ def test_clowess_matches_r_lowess(need_r, tmp_path):
     x = np.round(rng.normal(size=400), 1)  # ties, as voom's mean log-counts of low-count genes
     y = np.sin(x) + 0.3 * rng.standard_t(3, size=400)
     np.savetxt(tmp_path / "xy.csv", np.column_stack([x, y]), delimiter=",", fmt="%.17g")
-    subprocess.run(["Rscript", "-e", f"d <- read.csv('{tmp_path}/xy.csv', header=FALSE); l <- lowess(d[,1], d[,2], "
-                    f"f=0.5); write.table(sprintf('%.17g', l$y), '{tmp_path}/l.txt', row.names=FALSE, "
-                    "col.names=FALSE, quote=FALSE)"], check=True, capture_output=True)
+    expr = (f"d <- read.csv('{tmp_path}/xy.csv', header=FALSE); l <- lowess(d[,1], d[,2], f=0.5); "
+            f"write.table(sprintf('%.17g', l$y), '{tmp_path}/l.txt', row.names=FALSE, col.names=FALSE, quote=FALSE)")
+    subprocess.run(["Rscript", "-e", expr], check=True, capture_output=True)
     ry = np.loadtxt(tmp_path / "l.txt")
     _, py = clowess(x, y, f=0.5)
     np.testing.assert_allclose(py, ry, rtol=1e-10, atol=1e-12)
@@ -152,7 +165,7 @@ def test_fry_equals_r_onek1k_monocytes_20v20(need_r, data_dir, tmp_path):
     r = run_r_voom_fry(counts, design, sets, tmp_path / "r")
     index = {k: counts.columns.get_indexer(v) for k, v in sets.items()}
     py = voom_fry(counts.to_numpy(), design, index)
-    tp, tr = _compare(py, r, counts, sets)
+    tp, _ = _compare(py, r, counts, sets)
     assert tp["PValue"].min() > 1e-4  # a random split of healthy donors: no set is strongly "different"
 
 
@@ -213,3 +226,97 @@ def test_method_fry_of_differential_activity_equals_r(need_r, data_dir, tmp_path
         np.testing.assert_allclose(sub["pvalue"].to_numpy()[ok], r["PValue"].to_numpy()[ok], rtol=1e-6)
         np.testing.assert_allclose(sub["pvalue_mixed"].to_numpy()[ok], r["PValue.Mixed"].to_numpy()[ok], rtol=1e-6)
         assert (np.sign(sub["statistic"].to_numpy()[ok]) == np.where(r["Direction"].to_numpy()[ok] == "Up", 1, -1)).all()
+
+
+def _onek1k_for_designs(data_dir, seed):
+    """onek1k monocytes + memory B, 40 donors: a random 3-level diagnosis (control / MDD / BD, 13-14 donors each)
+    and a random continuous score, both donor-level."""
+    import anndata as ad
+
+    a = ad.read_h5ad(Path(data_dir) / "onek1k" / "onek1k_40donors_4types.h5ad")
+    a = a[a.obs["cell_type"].isin(["monoc", "bmem"]).to_numpy()].copy()
+    donors = list(a.obs["donor"].cat.categories)
+    rng = np.random.default_rng(seed)
+    dx = rng.permutation(np.repeat(["control", "MDD", "BD"], [13, 13, len(donors) - 26]))
+    score = rng.normal(size=len(donors))
+    a.obs["diagnosis"] = pd.Categorical(a.obs["donor"].map(dict(zip(donors, dx))).astype(str),
+                                        categories=["control", "MDD", "BD"])
+    a.obs["score"] = a.obs["donor"].map(dict(zip(donors, score))).astype(float)
+    a.obs["age"] = a.obs["age"].astype(float)
+    return a, rng
+
+
+def _group_counts(a, group, min_cells):
+    """Pseudobulk of one cell type in the package's sample order (donor categories), samples with >= min_cells."""
+    m = (a.obs["cell_type"] == group).to_numpy()
+    counts = _pseudobulk(a, m, "donor")
+    ncell = a.obs.loc[m, "donor"].astype(str).value_counts()
+    order = [str(d) for d in a.obs["donor"].cat.categories]
+    return counts.loc[[s for s in order if s in counts.index and ncell[s] >= min_cells]]
+
+
+def test_fry_contrast_vector_equals_r(need_r, data_dir, tmp_path):
+    """A contrast that is not one design column (BD vs MDD, control the reference: c(0, -1, 1)): our
+    contrastAsCoef + voom_fry equals R's ``fry(v, index, design, contrast=c(0, -1, 1))``."""
+    from immunomood._design import contrast_as_coef
+    from immunomood._limma import voom_fry
+
+    a, rng = _onek1k_for_designs(data_dir, 20261202)
+    counts = _group_counts(a, "monoc", 10)
+    dx = a.obs.groupby("donor", observed=True)["diagnosis"].first().astype(str).loc[counts.index].to_numpy()
+    design = np.column_stack([np.ones(len(dx)), dx == "MDD", dx == "BD"]).astype(float)
+    vec = np.array([0.0, -1.0, 1.0])
+    sets = _sets_for(a, rng)
+    r = run_r_voom_fry(counts, design, sets, tmp_path / "r", contrast=vec)
+    index = {k: counts.columns.get_indexer(v) for k, v in sets.items()}
+    py = voom_fry(counts.to_numpy(), contrast_as_coef(design, vec), index, contrast=0)
+    _compare(py, r, counts, sets)
+    # the same rows with the contrast's sign flipped (MDD vs BD) swap direction and keep the p-value
+    flip = voom_fry(counts.to_numpy(), contrast_as_coef(design, -vec), index, contrast=0)["table"].loc[list(sets)]
+    ok = r["table"]["NGenes"].to_numpy() > 0
+    np.testing.assert_allclose(flip["PValue"].to_numpy()[ok], r["table"]["PValue"].to_numpy()[ok], rtol=1e-6)
+    assert (flip["Direction"].to_numpy()[ok] != r["table"]["Direction"].to_numpy()[ok]).all()
+
+
+def test_differential_activity_fry_three_levels_and_slope_equal_r(need_r, data_dir, tmp_path):
+    """The public entry point with design=: every pairwise contrast of a 3-level factor (one column or not) and a
+    continuous column with a covariate (``~ score + age``, test="score") give R's fry p-values per group."""
+    import immunomood as im
+
+    a, rng = _onek1k_for_designs(data_dir, 20261203)
+    sets = {k: v for k, v in _sets_for(a, rng, n_random=4).items() if len(v) >= 2}
+    pairs = [("diagnosis", "MDD", "control"), ("diagnosis", "BD", "control"), ("diagnosis", "BD", "MDD")]
+    r_contrast = {pairs[0]: 2, pairs[1]: 3, pairs[2]: np.array([0.0, -1.0, 1.0])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res3 = im.tl.differential_activity(a, design="~ diagnosis", contrast=pairs, sample_key="donor",
+                                           groupby="cell_type", gene_sets=sets, method="fry", min_cells=10)
+        res_c = im.tl.differential_activity(a, design="~ score + age", test="score", sample_key="donor",
+                                            groupby="cell_type", gene_sets=sets, method="fry", min_cells=10)
+    assert res3["contrast"].nunique() == 3 and res_c["contrast"].nunique() == 1
+    checked = 0
+    for group in ("monoc", "bmem"):
+        counts = _group_counts(a, group, 10)
+        tab = a.obs.groupby("donor", observed=True)[["diagnosis", "score", "age"]].first().loc[counts.index]
+        dx = tab["diagnosis"].astype(str).to_numpy()
+        cases = [(res3, pairs[i], np.column_stack([np.ones(len(dx)), dx == "MDD", dx == "BD"]).astype(float),
+                  r_contrast[pairs[i]], f"diagnosis: {pairs[i][1]} vs {pairs[i][2]}") for i in range(3)]
+        cases.append((res_c, "score", np.column_stack([np.ones(len(dx)), tab["score"], tab["age"]]).astype(float),
+                      2, "score (per unit)"))
+        for res, key, design, contrast, label in cases:
+            r = run_r_voom_fry(counts, design, sets, tmp_path / f"{group}_{checked}", contrast=contrast)["table"]
+            sub = res[(res["group"] == group) & (res["contrast"] == label)].set_index("gene_set").loc[list(sets)]
+            ok = r["NGenes"].to_numpy() > 0
+            assert ok.sum() >= 3, (group, key)
+            np.testing.assert_array_equal(sub["n_genes"].to_numpy()[ok], r["NGenes"].to_numpy()[ok])
+            np.testing.assert_allclose(sub["pvalue"].to_numpy()[ok], r["PValue"].to_numpy()[ok], rtol=1e-6,
+                                       err_msg=f"{group} {key}")
+            np.testing.assert_allclose(sub["pvalue_mixed"].to_numpy()[ok], r["PValue.Mixed"].to_numpy()[ok],
+                                       rtol=1e-6, err_msg=f"{group} {key}")
+            up = np.where(r["Direction"].to_numpy()[ok] == "Up", 1, -1)
+            assert (np.sign(sub["statistic"].to_numpy()[ok]) == up).all(), (group, key)
+            # the test-based CI excludes 0 exactly when p < 0.05
+            excl = (sub["ci_low"].to_numpy()[ok] > 0) | (sub["ci_high"].to_numpy()[ok] < 0)
+            assert (excl == (sub["pvalue"].to_numpy()[ok] < 0.05)).all()
+            checked += 1
+    assert checked == 8
