@@ -156,3 +156,68 @@ def test_composition_shows_p_values(cohort):
         im.pl.composition(cohort, result=comp.drop(columns="padj"), **KW)
     with pytest.raises(ValueError, match="none of which"):
         im.pl.composition(cohort, result=comp.assign(group="x"), **KW)
+
+
+# ---------------------------------------------------------------------------------------- clinical designs
+@pytest.fixture(scope="module")
+def design_cohort():
+    """synth_cohort with a seeded continuous score per donor and a third group (cases split in two)."""
+    a = synth_cohort(n_donors=12, effect=1.6, seed=4)
+    rng = np.random.default_rng(7)
+    donors = a.obs["donor"].cat.categories
+    score = dict(zip(donors, rng.normal(20, 5, size=len(donors)).round(1)))
+    a.obs["score"] = a.obs["donor"].map(score).astype(float)
+    three = {d: ("control" if c == "control" else ("MDD" if i % 2 else "BD"))
+             for i, (d, c) in enumerate(a.obs.groupby("donor", observed=True)["condition"].first().items())}
+    a.obs["group3"] = pd.Categorical(a.obs["donor"].map(three).astype(str), categories=["control", "MDD", "BD"])
+    return a
+
+
+def test_differential_activity_plot_continuous_draws_score_vs_value(design_cohort):
+    a = design_cohort.copy()
+    res = im.tl.differential_activity(a, design="~ score + age", test="score", method="score", gene_sets=SETS,
+                                      sample_key="donor", groupby="cell_type")
+    uns_before = set(a.uns)
+    fig, ax = plt.subplots()
+    assert im.pl.differential_activity(a, gene_set="setA", ax=ax) is ax
+    assert set(a.uns) == uns_before  # a reader: nothing computed or written
+    assert "score" in ax.get_xlabel()
+    scores = a.uns["differential_activity_scores"]
+    sa = scores[scores["gene_set"] == "setA"]
+    offsets = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    assert len(offsets) == len(sa)
+    # x is the donor's score, not a category position
+    donor_score = a.obs.groupby("donor", observed=True)["score"].first()
+    assert np.allclose(np.sort(offsets[:, 0]), np.sort(donor_score.reindex(sa["sample"]).to_numpy()))
+    # one line per tested group, its slope the stored effect per unit
+    rows = res[res["gene_set"] == "setA"].set_index("group")
+    assert len(ax.lines) == rows["effect"].notna().sum()
+    slopes = sorted(np.diff(line.get_ydata())[0] / np.diff(line.get_xdata())[0] for line in ax.lines)
+    assert np.allclose(slopes, sorted(rows["effect"].dropna()))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert all("/unit, padj" in t for t in labels)
+    plt.close(fig)
+
+
+def test_differential_activity_plot_three_levels_in_design_order(design_cohort):
+    a = design_cohort.copy()
+    im.tl.differential_activity(a, design="~ group3", contrast=[("group3", "MDD", "control"),
+                                                                ("group3", "BD", "control")],
+                                gene_sets=SETS, sample_key="donor", groupby="cell_type")
+    ax = im.pl.differential_activity(a, gene_set="setA")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["control", "MDD", "BD"]  # the design's order (reference first), not alphabetical
+    texts = [t.get_text() for t in ax.texts]
+    assert all("MDD vs control: padj" in t and "BD vs control: padj" in t for t in texts)
+    assert len(texts) == 2  # one per cell type
+    plt.close(ax.figure)
+    res = a.uns["differential_activity"]
+    ax = im.pl.volcano(res, contrast="group3: BD vs control", n_labels=2)
+    n = sum(len(c.get_offsets()) for c in ax.collections)
+    assert n == int((res["contrast"] == "group3: BD vs control").sum()) and "BD vs control" in ax.get_title()
+    plt.close(ax.figure)
+    ax = im.pl.volcano(res, n_labels=2)  # both blocks: each label names its contrast
+    assert all(t.get_text().split(" | ")[-1].startswith("group3:") for t in ax.texts)
+    plt.close(ax.figure)
+    with pytest.raises(KeyError, match="Available"):
+        im.pl.volcano(res, contrast="group3: X vs control")

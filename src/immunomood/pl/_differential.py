@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
@@ -12,7 +13,27 @@ from ._base import fmt_p, new_ax, not_measured
 
 __all__ = ["differential_activity", "volcano"]
 
-_LEVEL_COLORS = ("#4C72B0", "#DD8452")
+_LEVEL_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+_CONTRAST = re.compile(r"^(?P<var>.+?): (?P<case>.+) vs (?P<ref>.+)$")
+
+
+def _as_list(value) -> list[str]:
+    """A stored list of ``params`` (h5ad turns lists into arrays and one item into a str)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in np.ravel(np.asarray(value, dtype=object))]
+
+
+def _design_levels(params: dict, variable: str | None) -> list[str]:
+    """Levels of ``variable`` in the order of the stored contrasts (reference first, then each case)."""
+    out: list[str] = []
+    for name, kind in zip(_as_list(params.get("contrasts")), _as_list(params.get("contrast_kinds"))):
+        m = _CONTRAST.match(name)
+        if kind == "contrast" and m and (variable is None or m["var"] == variable):
+            out += [lv for lv in (m["ref"], m["case"]) if lv not in out]
+    return out
 
 
 def _stored_activity(adata: AnnData, key: str) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
@@ -81,12 +102,21 @@ def differential_activity(
         raise KeyError(f"Gene set {gene_set!r} not in the stored results. Available: {known}.")
     groups = list(pd.unique(rows["group"].astype(str))) if rows is not None and len(rows) else []
     groups += [g for g in pd.unique(s["group"].astype(str)) if g not in groups]
-    levels = [lv for lv in (params.get("reference"), params.get("case")) if lv is not None]
+    names, kinds = _as_list(params.get("contrasts")), _as_list(params.get("contrast_kinds"))
+    if kinds and kinds[0] == "continuous":
+        return _activity_vs_continuous(s, rows, groups, params, names[0] if names else "", gene_set, ax)
+    variable = params.get("condition_key") or None
+    # the rows of the shown column's level contrasts (several contrasts: one padj line each, in design order)
+    shown = [n for n, k in zip(names, kinds) if k == "contrast" and (m := _CONTRAST.match(n)) and m["var"] == variable]
+    if rows is not None and "contrast" in rows.columns and shown:
+        rows = rows[rows["contrast"].astype(str).isin(shown)]
+    levels = _design_levels(params, variable)
+    levels += [str(lv) for lv in (params.get("reference"), params.get("case")) if lv and str(lv) not in levels]
     levels += [lv for lv in sorted(pd.unique(s["condition"].astype(str))) if lv not in levels]
-    colors = {lv: _LEVEL_COLORS[i % 2] for i, lv in enumerate(levels)}
+    colors = {lv: _LEVEL_COLORS[i % len(_LEVEL_COLORS)] for i, lv in enumerate(levels)}
     ax = new_ax(ax, figsize=(max(4, 1.2 * len(groups) + 1), 4))
     rng = np.random.default_rng(0)
-    width = 0.35
+    width = 0.7 / max(len(levels), 2)
     labelled: set = set()
     for i, g in enumerate(groups):
         sg = s[s["group"].astype(str) == g]
@@ -99,19 +129,25 @@ def differential_activity(
             continue
         for j, lv in enumerate(levels):
             v = sg.loc[sg["condition"].astype(str) == str(lv), "score"].to_numpy(dtype=float)
-            x0 = i + (j - 0.5) * width
+            x0 = i + (j - (len(levels) - 1) / 2) * width
             ax.scatter(x0 + rng.uniform(-0.06, 0.06, size=len(v)), v, s=18, color=colors[lv], zorder=3,
                        label=None if lv in labelled else str(lv))
             labelled.add(lv)
             if len(v):
                 ax.hlines(np.mean(v), x0 - 0.12, x0 + 0.12, color="k", lw=1.5, zorder=4)
         if row is not None and len(row):
-            ax.text(i, 0.99, f"padj {fmt_p(row['padj'].iloc[0])}", transform=ax.get_xaxis_transform(),
-                    ha="center", va="top", fontsize=7)
+            if len(shown) > 1:  # one line per contrast: "MDD vs control: padj 0.01"
+                txt = "\n".join(f"{_CONTRAST.match(c)['case']} vs {_CONTRAST.match(c)['ref']}: padj "
+                                 f"{fmt_p(row.loc[row['contrast'].astype(str) == c, 'padj'].iloc[0])}"
+                                 for c in shown if (row["contrast"].astype(str) == c).any())
+            else:
+                txt = f"padj {fmt_p(row['padj'].iloc[0])}"
+            ax.text(i, 0.99, txt, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                    fontsize=7 if len(shown) < 2 else 5.5)
     if len(s):
         lo, hi = float(s["score"].min()), float(s["score"].max())
         pad = 0.08 * (hi - lo if hi > lo else 1.0)
-        ax.set_ylim(lo - pad, hi + 3 * pad)  # headroom for the padj text
+        ax.set_ylim(lo - pad, hi + (3 + 1.5 * max(len(shown) - 1, 0)) * pad)  # headroom for the padj text
     ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=45, ha="right")
@@ -120,10 +156,55 @@ def differential_activity(
     ax.set_ylabel(f"{gene_set} score (log2, one point per sample)")
     cond = params.get("condition_key") or "condition"
     method = params.get("method")
-    ax.set_title(f"{gene_set}: {params.get('case', '')} vs {params.get('reference', '')} ({cond}), "
-                 "donor as the unit" + (f"\npoints: set score per sample; padj: method {method!r}" if method else ""),
+    what = (f"{', '.join(_CONTRAST.match(c)['case'] for c in shown)} vs {_CONTRAST.match(shown[0])['ref']}"
+            if len(shown) > 1 and len({_CONTRAST.match(c)["ref"] for c in shown}) == 1
+            else "; ".join(c.split(": ", 1)[1] for c in shown) if len(shown) > 1
+            else f"{params.get('case', '')} vs {params.get('reference', '')}")
+    ax.set_title(f"{gene_set}: {what} ({cond}), donor as the unit" + (f"\npoints: set score per sample; padj: method {method!r}" if method else ""),
                  fontsize=9)
     ax.legend(frameon=False, fontsize=8, title=cond, title_fontsize=8)
+    return ax
+
+
+def _activity_vs_continuous(s: pd.DataFrame, rows: pd.DataFrame | None, groups: list[str], params: dict,
+                            contrast: str, gene_set: str, ax):
+    """Score vs the tested continuous column, one colour per group; each line has the stored effect as its slope."""
+    variable = params.get("condition_key") or contrast.replace(" (per unit)", "")
+    if rows is not None and "contrast" in rows.columns:
+        rows = rows[rows["contrast"].astype(str) == contrast]
+    ax = new_ax(ax, figsize=(5.5, 4))
+    x_all = pd.to_numeric(s["condition"], errors="coerce")
+    untested = []
+    for i, g in enumerate(groups):
+        sg = s[s["group"].astype(str) == g]
+        row = rows[rows["group"].astype(str) == g] if rows is not None else None
+        if sg.empty:
+            reason = str(row["reason"].iloc[0]) if row is not None and len(row) and "reason" in row else ""
+            untested.append(f"{g}" + (f" ({textwrap.shorten(reason, width=40, placeholder='...')})" if reason else ""))
+            continue
+        x = x_all[sg.index].to_numpy(dtype=float)
+        y = sg["score"].to_numpy(dtype=float)
+        color = _LEVEL_COLORS[i % len(_LEVEL_COLORS)]
+        label = g
+        effect = float(row["effect"].iloc[0]) if row is not None and len(row) and "effect" in row else np.nan
+        if row is not None and len(row):
+            label += f": {effect:.2g}/unit, padj {fmt_p(row['padj'].iloc[0])}" if np.isfinite(effect) else \
+                f": not tested ({textwrap.shorten(str(row['reason'].iloc[0]), width=40, placeholder='...')})"
+        ax.scatter(x, y, s=18, color=color, zorder=3, label=label)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if np.isfinite(effect) and ok.any():  # the stored effect as the slope, through the group's centroid
+            xs = np.array([np.nanmin(x[ok]), np.nanmax(x[ok])])
+            ax.plot(xs, y[ok].mean() + effect * (xs - x[ok].mean()), color=color, lw=1.5, zorder=4)
+    if untested:
+        ax.text(0.01, 0.01, "not tested: " + "; ".join(untested), transform=ax.transAxes, fontsize=6, color="0.4",
+                va="bottom")
+    ax.set_xlabel(f"{variable} (value per sample)")
+    ax.set_ylabel(f"{gene_set} score (log2, one point per sample)")
+    method = params.get("method")
+    ax.set_title(f"{gene_set} vs {variable}, donor as the unit\npoints: set score per sample; line slope: the "
+                 f"tested effect per unit" + (f" (method {method!r})" if method else ""), fontsize=9)
+    ax.legend(frameon=False, fontsize=7, title=params.get("groupby") or "group", title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
@@ -143,7 +224,8 @@ def _spread(pos: np.ndarray, gap: float, lo: float = 0.03, hi: float = 0.97) -> 
     return res
 
 
-def volcano(result: pd.DataFrame, *, alpha: float = 0.05, n_labels: int = 10, label: bool = True, ax=None):
+def volcano(result: pd.DataFrame, *, contrast: str | None = None, alpha: float = 0.05, n_labels: int = 10,
+            label: bool = True, ax=None):
     """Volcano plot of a result table of :func:`immunomood.tl.differential_activity` (``effect``) or
     :func:`immunomood.tl.differential_expression` (``log2fc``), with the top hits named.
 
@@ -155,6 +237,9 @@ def volcano(result: pd.DataFrame, *, alpha: float = 0.05, n_labels: int = 10, la
     ----------
     result
         The DataFrame returned by the test.
+    contrast
+        With several contrasts in ``result`` (its ``contrast`` column), the one to show (e.g.
+        ``"condition: MDD vs control"``); ``None``: every row, each label naming its contrast.
     alpha
         Adjusted p-value threshold for highlighting.
     n_labels
@@ -177,13 +262,21 @@ def volcano(result: pd.DataFrame, *, alpha: float = 0.05, n_labels: int = 10, la
         raise ValueError(f"n_labels must be an integer >= 0, got {n_labels!r}.")
     if not 0 < float(alpha) < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
+    contrasts = list(pd.unique(result["contrast"].astype(str))) if "contrast" in result.columns else []
+    if contrast is not None:
+        if contrast not in contrasts:
+            raise KeyError(f"contrast={contrast!r} is not in the result's 'contrast' column. Available: {contrasts}.")
+        result = result[result["contrast"].astype(str) == contrast]
+        contrasts = [contrast]
+    per_unit = bool(contrasts) and all(c.endswith("(per unit)") for c in contrasts)
     p_all = pd.to_numeric(result["pvalue"], errors="coerce").to_numpy(dtype=float)
     x_all = pd.to_numeric(result[x_col], errors="coerce").to_numpy(dtype=float)
     ok = np.isfinite(p_all) & np.isfinite(x_all)
     r = result[ok]
     n_untested = int((~ok).sum())
     ax = new_ax(ax)
-    ax.set_xlabel("effect (log2 fold change, case vs reference)" if x_col == "effect" else "log2 fold change")
+    ax.set_xlabel("effect per unit (log2 per unit of the tested column)" if per_unit and x_col == "effect" else
+                  "effect (log2 fold change, case vs reference)" if x_col == "effect" else "log2 fold change")
     ax.set_ylabel("-log10 p-value")
     if r.empty:
         not_measured(ax, f"no test with a p-value ({len(result)} rows, none tested)")
@@ -203,14 +296,17 @@ def volcano(result: pd.DataFrame, *, alpha: float = 0.05, n_labels: int = 10, la
         top = np.argsort(-y, kind="stable")[:n_labels]
         texts = [(f"{r.iloc[k]['group']} | {r.iloc[k][name]}" if name and "group" in r else
                   str(r.iloc[k][name]) if name else str(r.index[k])) for k in top]
+        if len(contrasts) > 1:  # several blocks in one plot: say which contrast each point is
+            texts = [f"{t} | {r.iloc[k]['contrast']}" for t, k in zip(texts, top)]
         for k, txt, ya in zip(top, texts, _spread(y[top] / ymax, gap=0.055)):
             right = x[k] > np.median(x)
             ax.annotate(txt, (x[k], y[k]), xytext=(-6 if right else 6, ya),
                         textcoords=("offset points", "axes fraction"), fontsize=6, va="center",
                         ha="right" if right else "left",
-                        arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5", shrinkA=0, shrinkB=2))
+                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 2})
     ax.axvline(0, color="grey", lw=0.5)
-    title = f"{len(r)} tests"
+    title = f"{len(r)} tests" + (f", {contrasts[0]}" if contrast is not None else
+                                 f" in {len(contrasts)} contrasts" if len(contrasts) > 1 else "")
     if n_untested:
         title += f" ({n_untested} rows not tested)"
     ax.set_title(title, fontsize=9)
