@@ -170,8 +170,15 @@ def baselines(adata, sets, *, min_cells=10):
 
 def _target_pseudobulk(adata, covariates=()):
     """TARGET pseudobulk counts (donors with >= 10 cells) and the design ``condition + covariates``."""
-    from immunomood.tl._differential import design_matrix
+    from immunomood._design import build_design
     from immunomood.tl._pseudobulk import aggregate, combos
+
+    def design_matrix(tab, condition_key, case, covariates):  # intercept, case indicator, covariates, rows of tab
+        obs = tab.rename_axis("sample__").reset_index()
+        ref = next(lv for lv in pd.unique(tab[condition_key]) if lv != case)
+        dz = build_design(obs, sample_key="sample__", condition_key=condition_key, reference=ref,
+                          covariates=covariates)
+        return dz.matrix(tab.index), dz.columns
 
     grid, code = combos(adata.obs, "donor", GROUP)
     rows = np.flatnonzero((grid[GROUP] == TARGET).to_numpy() & (grid["n_cells"] >= 10).to_numpy())

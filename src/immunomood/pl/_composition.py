@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -19,14 +21,16 @@ def composition(
     groupby: str,
     result: pd.DataFrame | None = None,
     reference=None,
+    contrast: str | None = None,
     ax=None,
 ):
     """Per cell type, each donor's (sample's) proportion, by condition, with the test's p-values.
 
-    The proportions are a count summary of ``adata.obs`` (no model). The p-values are read from ``result``, the
-    table returned by :func:`immunomood.tl.composition` (or one stored as ``adata.uns["composition"]``): ``p`` and
-    ``padj`` are written above each cell type. No test is run here; without a result the title says which call
-    gives the p-values.
+    The proportions are a count summary of ``adata.obs`` (no model); every level of ``condition_key`` is drawn,
+    the reference first. The p-values are read from ``result``, the table returned by
+    :func:`immunomood.tl.composition` (or the one it stored in ``adata.uns["composition"]["results"]``): ``p``
+    and ``padj`` of one contrast are written above each cell type. No test is run here; without a result the
+    title says which call gives the p-values.
 
     Parameters
     ----------
@@ -43,6 +47,9 @@ def composition(
         ``padj``).
     reference
         Reference condition, drawn first (default: the first category), as in :func:`immunomood.tl.composition`.
+    contrast
+        With a result of several contrasts (its ``contrast`` column), the one whose p-values are shown, e.g.
+        ``"condition: MDD vs control"``; default: the first one in the table (named in the title).
     ax
         Axes to draw into; a new figure otherwise.
 
@@ -50,16 +57,20 @@ def composition(
     -------
     The matplotlib Axes.
     """
+    from .._design import _levels, _sample_table
     from .._utils import check_obs_key
     from ..tl._composition import cell_counts
-    from ..tl._differential import _condition_levels, _sample_table
 
     if not isinstance(adata, AnnData):
         raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
     for k in (sample_key, condition_key, groupby):
         check_obs_key(adata, k)
-    if result is None and isinstance(adata.uns.get("composition"), pd.DataFrame):
-        result = adata.uns["composition"]
+    if result is None:
+        stored = adata.uns.get("composition")
+        if isinstance(stored, Mapping) and isinstance(stored.get("results"), pd.DataFrame):
+            result = stored["results"]
+        elif isinstance(stored, pd.DataFrame):  # stored by an older version
+            result = stored
     if result is not None:
         if not isinstance(result, pd.DataFrame):
             raise TypeError(f"`result` must be the DataFrame returned by im.tl.composition, got {type(result).__name__}.")
@@ -67,6 +78,15 @@ def composition(
         if missing:
             raise KeyError(f"`result` lacks the columns {missing} (has {list(result.columns)}); pass the DataFrame "
                            "returned by im.tl.composition.")
+        if "contrast" in result.columns and len(result):
+            names = list(pd.unique(result["contrast"].astype(str)))
+            if contrast is None:
+                contrast = names[0]
+            elif contrast not in names:
+                raise ValueError(f"contrast={contrast!r} is not in the result; its contrasts are {names}.")
+            result = result[result["contrast"].astype(str) == contrast]
+        elif contrast is not None:
+            raise ValueError("`contrast` selects rows of a result with a `contrast` column; this result has none.")
     counts = cell_counts(adata, sample_key, groupby)
     props = counts.div(counts.sum(axis=1), axis=0)
     if result is not None:
@@ -79,19 +99,27 @@ def composition(
             )
         by_group = result.assign(group=result["group"].astype(str)).set_index("group")
     tab = _sample_table(adata.obs, sample_key, [condition_key])
-    case, ref = _condition_levels(adata.obs, condition_key, reference)
+    levels = _levels(tab[condition_key])
+    if len(levels) < 2:
+        raise ValueError(f"adata.obs[{condition_key!r}] has a single level ({levels}); the plot compares levels.")
+    if reference is not None:
+        if reference not in levels:
+            raise ValueError(f"reference={reference!r} is not a level of adata.obs[{condition_key!r}]: {levels}.")
+        levels = [reference] + [lv for lv in levels if lv != reference]
     cond = tab[condition_key].reindex(props.index).to_numpy()
     ax = new_ax(ax, figsize=(max(4, 0.9 * props.shape[1] + 1), 4))
     rng = np.random.default_rng(0)
-    colors = {ref: "#4C72B0", case: "#DD8452"}
+    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+    colors = {lv: palette[i % len(palette)] for i, lv in enumerate(levels)}
+    width = 0.7 / len(levels)
     for i, g in enumerate(props.columns):
-        for j, lv in enumerate((ref, case)):
+        for j, lv in enumerate(levels):
             v = props.loc[cond == lv, g].to_numpy()
-            x0 = i + (j - 0.5) * 0.35
-            ax.scatter(x0 + rng.uniform(-0.06, 0.06, len(v)), v, s=14, color=colors[lv],
+            x0 = i + (j - (len(levels) - 1) / 2) * width
+            ax.scatter(x0 + rng.uniform(-0.06, 0.06, len(v)) * width / 0.35, v, s=14, color=colors[lv],
                        label=f"{lv} ({len(v)} samples)" if i == 0 else None, zorder=3)
             if len(v):
-                ax.hlines(np.median(v), x0 - 0.12, x0 + 0.12, color="k", lw=1.5)
+                ax.hlines(np.median(v), x0 - 0.12 * width / 0.35, x0 + 0.12 * width / 0.35, color="k", lw=1.5)
         if result is not None:
             if str(g) in by_group.index:
                 row = by_group.loc[str(g)]
@@ -106,7 +134,9 @@ def composition(
     ax.set_xticklabels([str(c) for c in props.columns], rotation=45, ha="right")
     ax.set_xlabel(groupby)
     ax.set_ylabel("proportion of the sample's cells")
-    title = f"Composition ({case} vs {ref}): one point per sample, median bar"
+    what = contrast if contrast is not None else (f"{levels[1]} vs {levels[0]}" if len(levels) == 2 else
+                                                  f"{condition_key}, reference {levels[0]}")
+    title = f"Composition ({what}): one point per sample, median bar"
     if result is None:
         title += "\np-values: pass result=im.tl.composition(adata, ...)"
     ax.set_title(title, fontsize=9)

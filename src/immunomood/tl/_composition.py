@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._docs import doc_adata, doc_params, doc_sample_key
-from .._utils import check_adata, check_str
-from ._differential import _as_tuple, _validate, bh, design_matrix
+from .._design import build_design
+from .._docs import doc_adata, doc_condition_key, doc_design, doc_params, doc_sample_key
+from .._stats import bh
+from .._utils import check_adata, check_not_view, check_obs_key, check_str
 
 __all__ = ["composition"]
 
@@ -55,22 +56,29 @@ def _intra_sample_correlation(counts: np.ndarray, total: np.ndarray, D: np.ndarr
     return float(np.clip(num / den, 0.0, 0.999))
 
 
-@doc_params(adata=doc_adata, sample_key=doc_sample_key)
+@doc_params(adata=doc_adata, sample_key=doc_sample_key, design=doc_design, condition_key=doc_condition_key)
 def composition(
     adata: AnnData,
     *,
     sample_key: str,
-    condition_key: str,
+    condition_key: str | None = None,
     groupby: str,
     covariates: Sequence[str] = (),
     reference: str | None = None,
+    design: str | None = None,
+    contrast=None,
+    test=None,
+    random_effect: str | None = None,
+    key_added: str = "composition",
 ) -> pd.DataFrame:
     """Change in cell-type proportions between conditions, with the sample (donor) as the unit.
 
     Method: for each cell type, a quasi-binomial GLM of the donor's cell counts (cells of the type out of the
-    donor's cells) on ``condition + covariates`` (logit link, dispersion estimated from the Pearson statistic,
-    t-tests with residual df = samples - parameters), with Dirichlet-multinomial weights ``n / (1 + (n - 1)
-    rho)``, ``rho`` the intra-sample correlation estimated once from all types (moments). Why: donor proportions
+    donor's cells) on the design matrix (``~ condition + covariates``, or ``design``; logit link, dispersion
+    estimated from the Pearson statistic, t-tests with residual df = samples - design columns), with
+    Dirichlet-multinomial weights ``n / (1 + (n - 1) rho)``, ``rho`` the intra-sample correlation estimated once
+    from all types (moments). Each contrast or continuous test is the contrast vector ``v`` of the design applied
+    to the coefficients: effect ``v @ beta``, standard error ``sqrt(v' Cov(beta) v)``. Why: donor proportions
     are overdispersed (Dirichlet-multinomial, variance ``n p (1 - p) (1 + (n - 1) rho)``), so donor-to-donor
     variation is counted, a donor with many cells weighs more than one with few but not in proportion to its
     cells (which made the test anti-conservative when donors' cell numbers differ), and zero counts need no
@@ -82,81 +90,149 @@ def composition(
     ----------
     {adata}
     {sample_key}
-    condition_key
-        Column of ``adata.obs`` with the two conditions.
+    {condition_key}
     groupby
         Column of ``adata.obs`` with the cell types.
     covariates
-        Sample-level covariates (numeric or categorical).
+        With ``condition_key``: sample-level covariates (numeric or categorical).
     reference
-        Reference condition (default: the first category).
+        With ``condition_key``: the reference condition (default: the first category).
+    {design}
+    random_effect
+        Not available: the quasi-binomial GLM has no random effect, and this function raises an error when it is
+        given. For a contrast within donors (paired conditions, visits), put the donor in the design as a fixed
+        effect (``design="~ donor + visit"``); for a donor-level contrast over repeated samples, use the donor as
+        ``sample_key`` (its cells pooled).
+    key_added
+        Key under which the result is stored in ``adata.uns``.
 
     Returns
     -------
-    DataFrame with one row per cell type: ``group``, ``effect`` (log2 odds ratio of the proportion, case vs
-    reference), ``ci_low``, ``ci_high``, ``statistic``, ``pvalue``, ``padj`` (Benjamini-Hochberg), ``prop_case``,
-    ``prop_reference`` (mean donor proportions), ``n_case``, ``n_reference``, ``method`` and ``note`` (why a
-    row was handled specially: a type absent from every sample of one condition is complete separation, where the
-    logit estimate is infinite; it gets a Haldane-Anscombe correction and a warning). Nothing is written into
-    ``adata``.
+    DataFrame with one row per cell type and contrast: ``group``, ``effect`` (log2 odds ratio of the proportion,
+    case vs reference; per unit of the column for a continuous ``test``), ``ci_low``, ``ci_high`` (95%),
+    ``statistic`` (t), ``pvalue``, ``padj`` (Benjamini-Hochberg over the whole table), ``prop_case``,
+    ``prop_reference`` (mean donor proportions at the two levels of a level contrast; for a continuous test or
+    an interaction: the mean over all samples and NaN), ``n_case``, ``n_reference`` (samples at the two levels;
+    ``n_samples`` and 0 for a continuous test or an interaction), ``method``, ``note`` (why a row was handled
+    specially: a type absent from every sample of one level of a level contrast is complete separation, where
+    the logit estimate is infinite; it gets a Haldane-Anscombe correction and a warning), then ``contrast`` (what
+    the row tests, e.g. ``"condition: MDD vs control"``), ``n_samples`` and ``reason`` (why a row is NaN: the GLM
+    failed or the standard error is not estimable; empty otherwise). With several contrasts the table has one
+    block of rows per contrast. Also written to ``adata``:
+
+    - ``uns[key_added]``: ``{{"params": {{...}}, "results": <the DataFrame>}}``; ``params`` holds the design
+      (``design``, ``design_columns``, ``contrasts``, ``contrast_kinds``), ``sample_key``, ``groupby``,
+      ``condition_key``, ``reference``, ``covariates``, ``rho`` (the intra-sample correlation) and ``method``.
     """
     import statsmodels.api as sm
     from scipy import stats
 
     check_adata(adata)
-    for name, val in (("sample_key", sample_key), ("condition_key", condition_key), ("groupby", groupby)):
+    check_not_view(adata, func="composition")
+    for name, val in (("sample_key", sample_key), ("groupby", groupby)):
         check_str(name, val, fix="Name a column of adata.obs.")
+    check_str("condition_key", condition_key, allow_none=True, fix="Name a column of adata.obs, or use `design`.")
     check_str("reference", reference, allow_none=True, fix="Name the reference level of the condition, or None.")
-    covariates = _as_tuple(covariates)
-    if not all(isinstance(c, str) for c in covariates):
-        raise TypeError(f"`covariates` must be a list of obs column names, got {covariates!r}.")
-    case, ref, tab = _validate(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
-                               covariates=covariates, random_effect=None, reference=reference)
+    check_str("key_added", key_added, fix="Name the adata.uns key for the result, e.g. 'composition'.")
+    if random_effect is not None:
+        raise ValueError(
+            f"composition (a quasi-binomial GLM) has no random effect (random_effect={random_effect!r}). For a "
+            f"contrast within donors (paired conditions, visits), put the donor in the design as a fixed effect, "
+            f"e.g. design='~ {random_effect} + <condition>'; for a donor-level contrast over repeated samples, pass "
+            f"sample_key={random_effect!r} (each donor's cells pooled).")
+    check_obs_key(adata, groupby, what="groupby column")
+    dz = build_design(adata.obs, sample_key=sample_key, design=design, contrast=contrast, test=test,
+                      condition_key=condition_key, reference=reference, covariates=covariates,
+                      reserved={"groupby": groupby})
+    tab = dz.table
     counts = cell_counts(adata, sample_key, groupby).reindex(tab.index).fillna(0)
-    D, _ = design_matrix(tab, condition_key, case, covariates)
+    D = dz.X
     total = counts.sum(axis=1).to_numpy(dtype=float)
-    is_case = tab[condition_key].to_numpy() == case
     props = counts.to_numpy(dtype=float) / total[:, None]
     df = D.shape[0] - D.shape[1]
+    q = stats.t.ppf(0.975, df)
     rho = _intra_sample_correlation(counts.to_numpy(dtype=float), total, D)
-    rows, corrected = [], []
-    for j, g in enumerate(counts.columns):
-        y = counts.iloc[:, j].to_numpy(dtype=float)
-        tot = total
-        note = ""
-        # separation: no cell of the type in every sample of an arm (or in every sample of the other cells):
-        # the logit MLE is infinite and the Wald test says p ~ 1. Haldane-Anscombe correction instead: half a cell
-        # of the type and half a cell of the rest added to every sample, which keeps the estimate finite.
-        if any((y[arm] == 0).all() or (y[arm] == total[arm]).all() for arm in (is_case, ~is_case)):
-            y, tot = y + 0.5, total + 1.0
-            note = "separation: 0.5 cell added to the type and to the rest in every sample (Haldane-Anscombe)"
-            corrected.append(str(g))
+    method = "quasi-binomial GLM of donor cell counts (logit, Dirichlet-multinomial weights), t-test"
+    arms = {}
+    for h in dz.hypotheses:
+        if h.kind == "contrast":
+            v = tab[h.variable].to_numpy()
+            arms[h.name] = (v == h.case, v == h.reference)
+        else:
+            arms[h.name] = (np.ones(len(tab), bool), np.zeros(len(tab), bool))
+
+    def fit(y, tot):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                # proportions with var_weights = cells per sample (the two-column endog form mis-scales the Pearson X2)
+                # proportions with var_weights = cells per sample (the two-column endog form mis-scales Pearson X2)
                 # Dirichlet-multinomial variance n p (1 - p) (1 + (n - 1) rho): weights n / (1 + (n - 1) rho)
                 res = sm.GLM(y / tot, D, family=sm.families.Binomial(),
                              var_weights=tot / (1.0 + (tot - 1.0) * rho)).fit(scale="X2")
-            coef, se = float(res.params[1]), float(res.bse[1])
-        except Exception:  # noqa: BLE001 - perfect separation etc. -> NaN row
-            coef, se = np.nan, np.nan
-        t = coef / se if se and np.isfinite(se) and se > 0 else np.nan
-        p = 2 * stats.t.sf(abs(t), df) if np.isfinite(t) else np.nan
-        q = stats.t.ppf(0.975, df)
-        rows.append(dict(group=str(g), effect=coef / np.log(2), ci_low=(coef - q * se) / np.log(2),
-                         ci_high=(coef + q * se) / np.log(2), statistic=t, pvalue=p,
-                         prop_case=float(props[is_case, j].mean()), prop_reference=float(props[~is_case, j].mean()),
-                         n_case=int(is_case.sum()), n_reference=int((~is_case).sum()),
-                         method="quasi-binomial GLM of donor cell counts (logit, Dirichlet-multinomial weights), t-test", note=note))
+            return np.asarray(res.params), np.asarray(res.cov_params())
+        except Exception as err:  # noqa: BLE001 - a failed fit becomes NaN rows with the reason
+            return f"GLM fit failed: {err}"
+
+    rows, corrected = [], []
+    for j, g in enumerate(counts.columns):
+        y0 = counts.iloc[:, j].to_numpy(dtype=float)
+        fits = {}
+        for h in dz.hypotheses:
+            is_case, is_ref = arms[h.name]
+            # separation: no cell of the type in every sample of an arm (or only cells of the type): the logit MLE
+            # is infinite and the Wald test says p ~ 1. Haldane-Anscombe correction instead: half a cell of the type
+            # and half a cell of the rest added to every sample, which keeps the estimate finite.
+            groups = (is_case, is_ref) if h.kind == "contrast" else (is_case,)
+            sep = any(arm.any() and ((y0[arm] == 0).all() or (y0[arm] == total[arm]).all()) for arm in groups)
+            if sep not in fits:
+                fits[sep] = fit(y0 + 0.5, total + 1.0) if sep else fit(y0, total)
+            note = "separation: 0.5 cell added to the type and to the rest in every sample (Haldane-Anscombe)"
+            base = {"group": str(g), "prop_case": float(props[is_case, j].mean()),
+                    "prop_reference": float(props[is_ref, j].mean()) if is_ref.any() else np.nan,
+                    "n_case": int(is_case.sum()), "n_reference": int(is_ref.sum()), "method": method,
+                    "note": note if sep else "", "contrast": h.name, "n_samples": len(tab)}
+            if sep:
+                corrected.append(f"{g!s} ({h.name})" if len(dz.hypotheses) > 1 else str(g))
+            f = fits[sep]
+            if isinstance(f, str):
+                rows.append(base | {"reason": f})
+                continue
+            params, cov = f
+            coef = float(h.vector @ params)
+            se = float(np.sqrt(h.vector @ cov @ h.vector)) if np.isfinite(cov).all() else np.nan
+            if not (np.isfinite(coef) and np.isfinite(se) and se > 0):
+                rows.append(base | {"reason": f"standard error not estimable (coef {coef}, se {se})"})
+                continue
+            t = coef / se
+            rows.append(base | {"effect": coef / np.log(2), "ci_low": (coef - q * se) / np.log(2),
+                                "ci_high": (coef + q * se) / np.log(2), "statistic": t,
+                                "pvalue": 2 * stats.t.sf(abs(t), df), "reason": ""})
     if corrected:
         warnings.warn(
-            f"composition: {corrected} have no cells in every sample of one condition (complete separation); "
+            f"composition: {corrected} have no cells in every sample of one level of the contrast (complete "
+            "separation); "
             "their estimates use a Haldane-Anscombe correction (0.5 cell added per sample, see the `note` column). "
             "Check that the cell type is not an artefact of one condition's processing.",
             UserWarning,
             stacklevel=2,
         )
-    res = pd.DataFrame(rows)
-    res.insert(6, "padj", bh(res["pvalue"].to_numpy()))
+    cols = ["group", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "prop_case", "prop_reference",
+            "n_case", "n_reference", "method", "note", "contrast", "n_samples", "reason"]
+    res = pd.DataFrame(rows).reindex(columns=cols)
+    res["padj"] = bh(res["pvalue"].to_numpy())
+    for c in ("note", "reason", "contrast"):
+        res[c] = res[c].fillna("").astype(str)
+    h0 = dz.hypotheses[0]
+    adata.uns[key_added] = {
+        "params": {
+            "sample_key": sample_key, "groupby": groupby,
+            "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
+            "reference": "" if h0.reference is None else str(h0.reference),
+            "case": "" if h0.case is None else str(h0.case),
+            "covariates": [covariates] if isinstance(covariates, str) else list(covariates),
+            "design": dz.formula, "design_columns": list(dz.columns), "contrasts": [h.name for h in dz.hypotheses],
+            "contrast_kinds": [h.kind for h in dz.hypotheses], "rho": float(rho), "method": method,
+        },
+        "results": res,
+    }
     return res

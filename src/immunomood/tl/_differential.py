@@ -32,63 +32,14 @@ PRIOR_COUNT = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
-# validation (all before any work)
+# legacy two-group design (the functions use immunomood._design.build_design)
 # ----------------------------------------------------------------------------------------------
-def _as_tuple(x) -> tuple[str, ...]:
-    if x is None:
-        return ()
-    if isinstance(x, str):
-        return (x,)
-    return tuple(x)
-
-
-def _condition_levels(obs: pd.DataFrame, condition_key: str, reference) -> tuple[object, object]:
-    col = obs[condition_key]
-    present = set(pd.unique(col))
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        levels = [c for c in col.cat.categories if c in present]
-    else:
-        levels = sorted(present, key=str)
-    if len(levels) < 2:
-        raise ValueError(
-            f"adata.obs[{condition_key!r}] has a single level ({levels}); a comparison needs two. Check the subset "
-            "you passed (both conditions must be present)."
-        )
-    if len(levels) > 2:
-        raise ValueError(
-            f"adata.obs[{condition_key!r}] has {len(levels)} levels {levels}; pass data with exactly two "
-            f"(e.g. `adata[adata.obs[{condition_key!r}].isin([ref, case])].copy()`)."
-        )
-    if reference is None:
-        reference = levels[0]
-    if reference not in levels:
-        raise ValueError(f"reference={reference!r} is not a level of adata.obs[{condition_key!r}]: {levels}.")
-    case = levels[1] if levels[0] == reference else levels[0]
-    return case, reference
-
-
-def _sample_table(obs: pd.DataFrame, sample_key: str, columns: Sequence[str]) -> pd.DataFrame:
-    """One row per sample with the sample-level ``columns``; error if any of them varies within a sample."""
-    g = obs.groupby(sample_key, observed=True, sort=False)
-    for c in columns:
-        nun = g[c].nunique(dropna=False)
-        bad = nun[nun > 1]
-        if len(bad):
-            s = bad.index[0]
-            vals = list(pd.unique(obs.loc[obs[sample_key] == s, c]))[:5]
-            raise ValueError(
-                f"adata.obs[{c!r}] varies within sample {s!r} of sample_key={sample_key!r} (values {vals}; "
-                f"{len(bad)} sample(s) affected). Condition and covariates must be constant within each sample. "
-                "For paired designs (the same donor measured in both conditions), set sample_key to the "
-                "donor x condition sample and pass random_effect='<donor column>' or covariates=('<donor column>',)."
-            )
-    tab = g[list(columns)].first()
-    tab.index = tab.index.astype(object)
-    return tab
-
-
 def design_matrix(tab: pd.DataFrame, condition_key: str, case, covariates: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Intercept, condition indicator (case = 1), numeric covariates (centred) and dummies (drop first)."""
+    """Intercept, condition indicator (case = 1), numeric covariates (centred) and dummies (drop first).
+
+    Legacy two-group design kept for ``tests/tl/test_differential.py``; the functions use
+    :func:`immunomood._design.build_design`.
+    """
     cols = [np.ones(len(tab)), (tab[condition_key].to_numpy() == case).astype(float)]
     names = ["Intercept", f"{condition_key}[{case}]"]
     for c in covariates:
@@ -104,96 +55,6 @@ def design_matrix(tab: pd.DataFrame, condition_key: str, case, covariates: Seque
             cols.append(x - x.mean())
             names.append(c)
     return np.column_stack(cols), names
-
-
-def _check_rank(tab: pd.DataFrame, condition_key: str, case, covariates: Sequence[str], where: str = "") -> str | None:
-    """None when the design has full column rank, else a message naming the offending covariate."""
-    D, _ = design_matrix(tab, condition_key, case, ())
-    used: list[str] = []
-    for c in covariates:
-        D1, _ = design_matrix(tab, condition_key, case, used + [c])
-        r1 = np.linalg.matrix_rank(D1)
-        if r1 < D1.shape[1]:
-            Dc, _ = design_matrix(tab, condition_key, case, [c])
-            alone = np.linalg.matrix_rank(Dc) < Dc.shape[1]
-            n_levels = tab[c].nunique()
-            categorical = pd.api.types.is_bool_dtype(tab[c]) or not pd.api.types.is_numeric_dtype(tab[c])
-            if n_levels <= 1:
-                why = "it is constant across samples"
-            elif categorical and n_levels + 1 >= len(tab):
-                numeric = pd.to_numeric(tab[c].astype(str), errors="coerce").notna().all()
-                why = (f"it is categorical with {n_levels} levels for {len(tab)} samples, which leaves no degrees of "
-                       "freedom" + (f"; its values look numeric: convert it, e.g. "
-                                    f"`adata.obs[{c!r}] = adata.obs[{c!r}].astype(float)`" if numeric else ""))
-            elif alone:
-                why = f"it is confounded with the condition {condition_key!r} (perfectly collinear with it)"
-            else:
-                why = f"it is collinear with the other covariates {used}"
-            return (f"Covariate {c!r} makes the design rank-deficient{where}: {why}. The condition effect cannot be "
-                    f"separated from it; drop {c!r} from `covariates` or collect samples that break the confounding.")
-        used.append(c)
-    if D.shape[0] <= np.linalg.matrix_rank(design_matrix(tab, condition_key, case, covariates)[0]):
-        return (f"Too few samples{where} ({D.shape[0]}) for the design (intercept, condition and covariates "
-                f"{list(covariates)}): no residual degrees of freedom. Use fewer covariates.")
-    return None
-
-
-def _validate(adata, *, condition_key, sample_key, groupby, covariates, random_effect, reference):
-    check_adata(adata)
-    for key, what in [(condition_key, "condition_key column"), (sample_key, "sample_key column"),
-                      (groupby, "groupby column")] + [(c, "covariate column") for c in covariates] + (
-            [(random_effect, "random_effect column")] if random_effect is not None else []):
-        check_obs_key(adata, key, what=what)
-    if condition_key in covariates:
-        raise ValueError(f"The condition column {condition_key!r} cannot also be a covariate.")
-    if sample_key in covariates or sample_key == condition_key:
-        raise ValueError(f"sample_key {sample_key!r} cannot be the condition or a covariate: it is the unit.")
-    if groupby in (condition_key, sample_key, random_effect) or groupby in covariates:
-        raise ValueError(
-            f"groupby {groupby!r} is also the condition, sample, random-effect or a covariate column; groupby names "
-            "the cell types (groups) tested separately, e.g. groupby='cell_type'."
-        )
-    if random_effect is not None and (random_effect == condition_key or random_effect in covariates):
-        raise ValueError(
-            f"random_effect {random_effect!r} is also the condition or a covariate; it names the donor whose "
-            "samples (visits, pools, paired conditions) share a random intercept."
-        )
-    obs = adata.obs
-    case, ref = _condition_levels(obs, condition_key, reference)
-    cols = [condition_key, *covariates] + ([random_effect] if random_effect is not None else [])
-    tab = _sample_table(obs, sample_key, list(dict.fromkeys(cols)))
-    counts = tab[condition_key].value_counts()
-    for lv in (ref, case):
-        if counts.get(lv, 0) < 2:
-            raise ValueError(
-                f"Condition {lv!r} has {counts.get(lv, 0)} sample(s) (levels of {sample_key!r}); at least 2 per arm "
-                "are needed to estimate donor-to-donor variation. Per-cell tests are not a substitute."
-            )
-    msg = _check_rank(tab, condition_key, case, covariates)
-    if msg:
-        raise ValueError(msg)
-    if random_effect is not None:
-        n_re = tab[random_effect].nunique()
-        if n_re < 2:
-            raise ValueError(f"random_effect {random_effect!r} has a single level; a random intercept needs >= 2.")
-        if n_re == len(tab):
-            raise ValueError(
-                f"random_effect {random_effect!r} has one level per sample ({n_re} levels, {len(tab)} samples of "
-                f"{sample_key!r}): there is nothing to group and the random intercept cannot be separated from the "
-                "residual. Leave random_effect=None, or set sample_key to the finer sample (visit, pool) column."
-            )
-        per_re = tab.groupby(random_effect, observed=True)[condition_key].nunique()
-        if (per_re == 1).all():  # donor-level condition: the donors are the unit of the comparison
-            arm_levels = tab.groupby(condition_key, observed=True)[random_effect].nunique()
-            for lv in (ref, case):
-                if arm_levels.get(lv, 0) < 2:
-                    raise ValueError(
-                        f"Condition {lv!r} has {arm_levels.get(lv, 0)} level(s) of random_effect {random_effect!r} "
-                        f"(its {int((tab[condition_key] == lv).sum())} samples come from one donor); at least 2 "
-                        "donors per arm are needed: repeated samples of one donor do not measure donor-to-donor "
-                        "variation."
-                    )
-    return case, ref, tab
 
 
 # ----------------------------------------------------------------------------------------------
@@ -776,14 +637,18 @@ def differential_activity(
     return res
 
 
-@doc_params(adata=doc_adata, sample_key=doc_sample_key)
+@doc_params(adata=doc_adata, sample_key=doc_sample_key, design=doc_design, condition_key=doc_condition_key)
 def differential_expression(
     adata: AnnData,
     *,
-    condition_key: str,
+    condition_key: str | None = None,
     sample_key: str,
     groupby: str,
     covariates: Sequence[str] = (),
+    design: str | None = None,
+    contrast=None,
+    test=None,
+    random_effect: str | None = None,
     genes: Sequence[str] | None = None,
     min_cells: int = 10,
     reference: str | None = None,
@@ -794,16 +659,29 @@ def differential_expression(
 ) -> pd.DataFrame:
     """Pseudobulk DESeq2 (pydeseq2) per group, with the sample as the unit.
 
+    Raw counts are summed per sample and group (samples with fewer than ``min_cells`` cells of the group are left
+    out); per group, pydeseq2 fits the negative-binomial GLM on the design matrix of the study design (built once
+    for all groups: the same columns, reference levels and contrast vectors in every group), and each requested
+    contrast or continuous test is a Wald test of its contrast vector over the design's columns
+    (``DeseqStats(contrast=<vector>)``). With a formula this gives the same numbers as pydeseq2 run directly with
+    the formula and the level contrast (checked in ``tests/tl/test_expression_designs.py``).
+
     Parameters
     ----------
     {adata}
-    condition_key
-        Column of ``adata.obs`` with the two conditions.
+    {condition_key}
     {sample_key}
+        Each sample must belong to one condition (and one value of every design column).
     groupby
         Column of ``adata.obs`` with the groups (cell types) tested separately.
     covariates
-        Sample-level columns added to the design (``~ covariates + condition``).
+        With ``condition_key``: sample-level columns added to the design (``~ condition_key + covariates``).
+    {design}
+    random_effect
+        Not available: DESeq2 has no random effect, and this function raises an error when it is given. For paired
+        or repeated samples of a donor, put the donor in the design as a fixed effect
+        (``design="~ donor + condition"``: the within-donor contrast), or use
+        :func:`immunomood.tl.differential_activity` with ``random_effect``.
     genes
         Restrict the output to these genes (``var_names`` or gene symbols). The fit still uses every expressed
         gene (size factors, dispersion trend and independent filtering as in a full DESeq2 run), so p-values do
@@ -811,7 +689,7 @@ def differential_expression(
     min_cells
         Minimum cells of a sample in a group.
     reference
-        Reference condition level (default: first category).
+        With ``condition_key``: the reference condition level (default: first category).
     layer
         Layer with raw counts (default: ``layers["counts"]`` if present, else ``X``).
     n_cpus
@@ -825,16 +703,35 @@ def differential_expression(
 
     Returns
     -------
-    DataFrame with ``group``, ``gene`` (``var_names``), ``log2fc`` (case vs reference), ``pvalue``, ``padj``
-    (DESeq2's, per group), ``base_mean``, and ``symbol`` when the symbols differ from ``var_names`` (Ensembl IDs).
-    Groups with fewer than 2 samples per arm are skipped with a warning.
+    DataFrame with one row per group x contrast x gene: ``group``, ``gene`` (``var_names``), ``log2fc`` (case vs
+    reference for a level contrast; per unit of the column for a continuous ``test``; the contrast vector applied
+    to the coefficients for an interaction or a dict), ``pvalue`` (DESeq2's Wald test), ``padj`` (DESeq2's:
+    Benjamini-Hochberg with independent filtering, per group and contrast, as DESeq2 computes it; not over the
+    whole table), ``base_mean``, ``symbol`` when the symbols differ from ``var_names`` (Ensembl IDs), then
+    ``contrast`` (what the rows test, e.g. ``"condition: MDD vs control"``, ``"hamd (per unit)"``) and
+    ``n_samples`` (samples in the group's model). Rows come in blocks of group x contrast. A group x contrast
+    that cannot be tested (fewer than 2 samples with ``min_cells`` cells in an arm, a design column absent from
+    the group's samples, a rank-deficient design there) has no rows, and a warning names it with the reason.
+    Nothing is written into ``adata``.
     """
     from pydeseq2.dds import DeseqDataSet
+    from pydeseq2.default_inference import DefaultInference
     from pydeseq2.ds import DeseqStats
 
-    covariates = _as_tuple(covariates)
-    case, ref, tab = _validate(adata, condition_key=condition_key, sample_key=sample_key, groupby=groupby,
-                               covariates=covariates, random_effect=None, reference=reference)
+    check_adata(adata)
+    if random_effect is not None:
+        raise ValueError(
+            f"differential_expression (DESeq2) has no random effect (random_effect={random_effect!r}). For paired "
+            f"or repeated samples of a donor, put the donor in the design as a fixed effect, e.g. "
+            f"design='~ {random_effect} + <condition>' (the within-donor contrast), or use "
+            f"im.tl.differential_activity(..., random_effect={random_effect!r}) for gene sets.")
+    for key, what in [(sample_key, "sample_key column"), (groupby, "groupby column")]:
+        check_obs_key(adata, key, what=what)
+    if not isinstance(min_cells, (int, np.integer)) or isinstance(min_cells, bool) or min_cells < 1:
+        raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
+    dz = build_design(adata.obs, sample_key=sample_key, design=design, contrast=contrast, test=test,
+                      condition_key=condition_key, reference=reference, covariates=covariates,
+                      reserved={"groupby": groupby})
     X, layer = resolve_counts(adata, layer, func="differential_expression", auto=True)
     symbols = _gene_symbols(adata, gene_symbols)
     names = adata.var_names.astype(str)
@@ -856,52 +753,61 @@ def differential_expression(
         genes = list(dict.fromkeys(resolved))
     grid, code = combos(adata.obs, sample_key, groupby)
     M = aggregate(X, code, len(grid))
+    inf = DefaultInference(n_cpus=n_cpus)
     out, skipped = [], []
     for group in pd.unique(grid[groupby]):
         rows = np.flatnonzero((grid[groupby].to_numpy() == group) & (grid["n_cells"].to_numpy() >= min_cells))
         samples = grid[sample_key].to_numpy()[rows]
-        st = tab.loc[samples].copy()
-        cnt = st[condition_key].value_counts()
-        if min(cnt.get(case, 0), cnt.get(ref, 0)) < 2 or _check_rank(st, condition_key, case, covariates):
-            skipped.append(str(group))
+        if len(samples) == 0:
+            skipped.append(f"{group!s} (no sample with >= {min_cells} cells)")
+            continue
+        st = dz.table.loc[samples]
+        D, vecs = dz.subset(samples)
+        testable = []
+        for h in dz.hypotheses:
+            n_case, n_ref = _arm_counts(st, h)
+            if h.kind == "contrast" and min(n_case, n_ref) < 2:
+                skipped.append(f"{group!s} / {h.name} (fewer than 2 samples with >= {min_cells} cells in an arm: "
+                               f"{n_ref} {h.reference!s}, {n_case} {h.case!s})")
+            elif isinstance(vecs[h.name], str):
+                skipped.append(f"{group!s} / {h.name} ({vecs[h.name]})")
+            else:
+                testable.append(h)
+        if not testable:
             continue
         counts = pd.DataFrame(np.round(M[rows].toarray()).astype(np.int64), index=[str(s) for s in samples],
-                              columns=adata.var_names.astype(str))
+                              columns=names)
         counts = counts.loc[:, counts.sum(axis=0) > 0]
         if genes is not None and n_anchor_genes is not None:  # approximation: requested + most expressed genes
-            top = counts.sum(axis=0).sort_values(ascending=False).index[:n_anchor_genes]
-            counts = counts.loc[:, [g for g in counts.columns if g in set(genes) or g in set(top)]]
-        meta = pd.DataFrame(index=counts.index)
-        meta["condition__"] = pd.Categorical(np.where(st[condition_key].to_numpy() == case, "case", "reference"),
-                                             categories=["reference", "case"])
-        terms = []
-        for i, c in enumerate(covariates):
-            name = f"cov{i}__"
-            v = st[c].to_numpy()
-            meta[name] = v.astype(str) if not pd.api.types.is_numeric_dtype(st[c]) or pd.api.types.is_bool_dtype(st[c]) else v.astype(float)
-            terms.append(name)
-        design = "~" + " + ".join(terms + ["condition__"])
-        from pydeseq2.default_inference import DefaultInference
-
-        inf = DefaultInference(n_cpus=n_cpus)
+            top = set(counts.sum(axis=0).sort_values(ascending=False).index[:n_anchor_genes])
+            counts = counts.loc[:, [g for g in counts.columns if g in set(genes) or g in top]]
+        kept_cols = [c for c, k in zip(dz.columns, np.abs(dz.matrix(samples)).sum(axis=0) > 0) if k]
+        dmat = pd.DataFrame(D, index=counts.index, columns=kept_cols)
+        meta = st.copy()
+        meta.index = counts.index
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dds = DeseqDataSet(counts=counts, metadata=meta, design=design, inference=inf, quiet=True)
+            dds = DeseqDataSet(counts=counts, metadata=meta, design=dmat, inference=inf, quiet=True)
             dds.deseq2()
-            ds = DeseqStats(dds, contrast=["condition__", "case", "reference"], inference=inf, quiet=True)
-            ds.summary()
-        r = ds.results_df
-        if genes is not None:
-            r = r.reindex([g for g in genes if g in r.index])
-        out.append(pd.DataFrame({"group": str(group), "gene": r.index.astype(str), "log2fc": r["log2FoldChange"].to_numpy(),
-                                 "pvalue": r["pvalue"].to_numpy(), "padj": r["padj"].to_numpy(),
-                                 "base_mean": r["baseMean"].to_numpy()}))
+        for h in testable:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = DeseqStats(dds, contrast=np.asarray(vecs[h.name], dtype=float), inference=inf, quiet=True)
+                ds.summary()
+            r = ds.results_df
+            if genes is not None:
+                r = r.reindex([g for g in genes if g in r.index])
+            out.append(pd.DataFrame({"group": str(group), "gene": r.index.astype(str),
+                                     "log2fc": r["log2FoldChange"].to_numpy(), "pvalue": r["pvalue"].to_numpy(),
+                                     "padj": r["padj"].to_numpy(), "base_mean": r["baseMean"].to_numpy(),
+                                     "contrast": h.name, "n_samples": len(samples)}))
     if skipped:
-        warn(f"differential_expression: groups with fewer than 2 samples per arm (>= {min_cells} cells) or a "
-             f"rank-deficient design were not tested: {skipped}", stacklevel=3)
+        warn(f"differential_expression: group / contrast not tested (no rows): {'; '.join(skipped)}", stacklevel=3)
+    cols = ["group", "gene", "log2fc", "pvalue", "padj", "base_mean", "contrast", "n_samples"]
     if not out:
-        return pd.DataFrame(columns=["group", "gene", "log2fc", "pvalue", "padj", "base_mean"])
+        return pd.DataFrame(columns=cols)
     res = pd.concat(out, ignore_index=True)
     if not symbols.equals(pd.Index(names)):
-        res["symbol"] = pd.Series(np.asarray(symbols), index=names).reindex(res["gene"]).to_numpy()
+        res.insert(cols.index("base_mean") + 1, "symbol",
+                   pd.Series(np.asarray(symbols), index=names).reindex(res["gene"]).to_numpy())
     return res

@@ -18,7 +18,7 @@ from anndata import AnnData
 from scipy import sparse, special, stats
 
 from .._docs import doc_adata, doc_gene_sets, doc_params, doc_random_state, doc_sample_key
-from .._settings import logger
+from .._stats import bh
 from .._utils import (
     check_adata,
     check_bool,
@@ -332,38 +332,6 @@ class _null:
 # ----------------------------------------------------------------------------------------------
 # cross_modal_associations
 # ----------------------------------------------------------------------------------------------
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN kept as NaN, not counted)."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    pv = p[ok]
-    order = np.argsort(pv)
-    ranked = pv[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    adj = np.empty(m)
-    adj[order] = np.minimum(ranked, 1.0)
-    out[ok] = adj
-    return out
-
-
-def _design(frame: pd.DataFrame) -> np.ndarray:
-    """Covariates as a numeric design (dummies for categorical, drop first), without intercept."""
-    parts = []
-    for c in frame.columns:
-        s = frame[c]
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-            parts.append(s.to_numpy(dtype=float)[:, None])
-        else:
-            d = pd.get_dummies(s.astype(str), drop_first=True, dtype=float)
-            if d.shape[1]:
-                parts.append(d.to_numpy())
-    return np.hstack(parts) if parts else np.zeros((len(frame), 0))
-
-
 def _residualise(Y: np.ndarray, Z: np.ndarray) -> np.ndarray:
     """Residuals of the columns of ``Y`` on ``[1, Z]`` (OLS)."""
     D = np.hstack([np.ones((Y.shape[0], 1)), Z])
@@ -434,11 +402,25 @@ def _dense(X) -> np.ndarray:
     return X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=float)
 
 
+def _donor_design(mdata, donors: pd.Index, formula: str, variables: Sequence[str]):
+    """The design's model matrix over ``donors`` (rows in that order) from the shared design engine."""
+    from .._design import build_design
+
+    frame = pd.DataFrame({c: _obs_frame(mdata, c).reindex(donors) for c in variables}, index=donors)
+    key = "donor" if "donor" not in frame.columns else "__donor__"
+    frame.insert(0, key, np.asarray(donors, dtype=object))
+    # no hypothesis is tested here: a custom one keeps build_design from checking levels or slopes
+    dz = build_design(frame, sample_key=key, design=formula, contrast={"Intercept": 1.0}, min_per_level=0,
+                      where="mdata.obs")
+    return dz.matrix(donors), dz.columns
+
+
 def cross_modal_associations(
     mdata,
     *,
     method: Literal["spearman", "pearson"] = "spearman",
     covariates: Sequence[str] = (),
+    design: str | None = None,
     rna_features: Sequence[str] | str | None = None,
     proteins: Sequence[str] | str | None = None,
     min_donors: int = 6,
@@ -447,9 +429,11 @@ def cross_modal_associations(
 
     Correlations use the pairwise complete donors (NaN in either feature excluded) and are computed as
     matrix products over blocks of features that share their missing-value pattern (not one test per
-    pair). With ``covariates``, the partial correlation: ranks (Spearman) or values (Pearson) are
-    residualised on the covariates by OLS, the residuals correlated, and the t test uses
-    ``n - 2 - k`` degrees of freedom (``k`` covariate columns, dummies for categories).
+    pair). With ``covariates`` or ``design``, the partial correlation: ranks (Spearman) or values (Pearson) are
+    residualised by OLS on the design matrix (intercept + the covariates' columns, dummies for categories; the
+    same model matrix as the other donor-level tests, :func:`immunomood._design.build_design`), the residuals
+    correlated, and the t test uses ``n - 2 - k`` degrees of freedom (``k`` design columns besides the
+    intercept, counted by rank among the donors of each pair).
 
     Parameters
     ----------
@@ -458,7 +442,14 @@ def cross_modal_associations(
     method
         ``"spearman"`` or ``"pearson"``.
     covariates
-        Columns of ``mdata.obs`` (or of a modality's obs) to adjust for, e.g. ``("age", "sex")``.
+        Columns of ``mdata.obs`` (or of a modality's obs) to adjust for, e.g. ``("age", "sex")`` (the design
+        ``~ age + sex``). Donors without a value of a covariate are left out of every test, with a warning that
+        names them (also in ``result.attrs["donors_excluded"]``).
+    design
+        Instead of ``covariates``: a formula on the same donor-level columns (``formulaic``, as in R), e.g.
+        ``"~ age + sex"`` or ``"~ age * sex"``; the associations are partial on all its columns (the intercept
+        takes the mean). A donor with a missing value in a design column is an error naming the donors (none is
+        dropped silently); subset the MuData or fill the column first.
     rna_features
         Features of ``mdata["rna"]`` to test (names, or a cell type / gene-set name selecting all its features);
         ``None``: all.
@@ -471,9 +462,12 @@ def cross_modal_associations(
     Returns
     -------
     DataFrame with one row per pair: ``rna_feature``, ``protein``, ``estimate`` (correlation; a partial
-    correlation when ``covariates`` are given), ``pvalue``, ``padj`` (Benjamini-Hochberg over the table), ``n``
-    (donors used), ``df`` (degrees of freedom of the test, ``n - 2 - k``), ``partial_on`` (the covariates the
-    correlation is adjusted for, comma-separated; empty for a plain correlation), sorted by ``pvalue``.
+    correlation when ``covariates`` or ``design`` are given), ``pvalue``, ``padj`` (Benjamini-Hochberg over the
+    table), ``n`` (donors used), ``df`` (degrees of freedom of the test, ``n - 2 - k``), ``partial_on`` (what the
+    correlation is adjusted for, comma-separated: the covariates, or the design's model-matrix columns except the
+    intercept, e.g. ``"age, sex[T.M]"``; empty for a plain correlation), sorted by ``pvalue``. ``attrs`` holds
+    ``method``, ``covariates``, ``design`` (the formula, ``""`` without one), ``partial_on`` (as a list) and
+    ``donors_excluded``.
     """
     check_choice("method", method, ("spearman", "pearson"))
     min_donors = check_int("min_donors", min_donors, min=3,
@@ -487,8 +481,14 @@ def cross_modal_associations(
                            "im.tl.join_proteomics.")
     if isinstance(covariates, str):
         covariates = [covariates]
+    covariates = list(covariates)
     if not all(isinstance(c, str) for c in covariates):
         raise TypeError(f"`covariates` must be a list of column names, got {covariates!r}.")
+    if design is not None:
+        if covariates:
+            raise ValueError("Pass either `covariates` or `design` (a formula such as '~ age + sex'), not both.")
+        if not isinstance(design, str) or "~" not in design:
+            raise ValueError(f"design must be a formula string such as '~ age + sex', got {design!r}.")
     rna, prot = mdata["rna"], mdata["prot"]
     donors = rna.obs_names.intersection(prot.obs_names)
     if min_donors > len(donors):
@@ -497,16 +497,35 @@ def cross_modal_associations(
                          "(or add donors).")
     ia = _pick(pd.Index(rna.var_names), rna_features, "RNA feature")
     ib = _pick(pd.Index(prot.var_names), proteins, "Protein")
-    A = _dense(rna[donors].X)[:, ia]
-    B = _dense(prot[donors].X)[:, ib]
-    if covariates:
+    excluded: list[str] = []
+    formula = design
+    if design is not None:
+        from .._design import _formula_variables
+
+        variables = _formula_variables(design)
+        for c in variables:
+            _obs_frame(mdata, c)  # KeyError naming the column, before any work
+    elif covariates:
+        variables = covariates
         cov = pd.DataFrame({c: _obs_frame(mdata, c).reindex(donors).to_numpy() for c in covariates}, index=donors)
         ok_rows = cov.notna().all(1).to_numpy()
         if not ok_rows.all():
-            logger.info("cross_modal_associations: %d donors without covariate values not used", int((~ok_rows).sum()))
-        Z_all = _design(cov[ok_rows])
-        A, B = A[ok_rows], B[ok_rows]
+            excluded = [str(d) for d in donors[~ok_rows]]
+            warn(f"cross_modal_associations: {len(excluded)} donor(s) have no value of the covariates {covariates} "
+                 f"and are left out of every test: {excluded[:20]}{' ...' if len(excluded) > 20 else ''} "
+                 "(result.attrs['donors_excluded']).", stacklevel=3)
         donors = donors[ok_rows]
+        formula = "~ " + " + ".join(covariates)
+    A = _dense(rna[donors].X)[:, ia]
+    B = _dense(prot[donors].X)[:, ib]
+    partial_on: list[str] = []
+    if formula is not None:
+        if len(donors) < 3:
+            raise ValueError(f"Only {len(donors)} donors have both modalities and covariates; need at least 3 "
+                             "(more for a meaningful test).")
+        Xd, names = _donor_design(mdata, donors, formula, variables)
+        Z_all = Xd[:, [j for j, n in enumerate(names) if n != "Intercept"]]
+        partial_on = list(covariates) if design is None else [n for n in names if n != "Intercept"]
     else:
         Z_all = np.zeros((len(donors), 0))
     if len(donors) < 3:
@@ -556,13 +575,16 @@ def cross_modal_associations(
         "n": N.ravel(),
         "df": DF.ravel(),
     })
-    res["padj"] = _bh(res["pvalue"].to_numpy())
+    res["padj"] = bh(res["pvalue"].to_numpy())
     # what the estimate is: a plain correlation, or a partial one adjusted for these covariates
-    res["partial_on"] = ", ".join(covariates)
+    res["partial_on"] = ", ".join(partial_on)
     res = res[["rna_feature", "protein", "estimate", "pvalue", "padj", "n", "df", "partial_on"]]
     res = res.sort_values("pvalue", na_position="last", kind="mergesort").reset_index(drop=True)
     res.attrs["method"] = method
     res.attrs["covariates"] = list(covariates)
+    res.attrs["design"] = design or ""
+    res.attrs["partial_on"] = partial_on
+    res.attrs["donors_excluded"] = excluded
     return res
 
 
