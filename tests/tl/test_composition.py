@@ -110,3 +110,95 @@ def test_null_calibrated_with_unequal_donor_sizes():
         p += list(im.tl.composition(_dm_cohort(s, sizes), **KW)["pvalue"])
     share = (np.asarray(p) < 0.05).mean()
     assert len(p) == 360 and 0.02 <= share <= 0.08, share
+
+
+# ------------------------------------------------------------------ designs
+def _three_arms(seed=0, n=18):
+    a = _cohort(seed, shift=2.0, n=n)
+    d = a.obs["donor"].str[1:].astype(int)
+    a.obs["arm"] = pd.Categorical(np.array(["A", "B", "C"])[d % 3], categories=["A", "B", "C"])
+    a.obs["score"] = (d % 5).astype(float) + 0.1 * d
+    return a
+
+
+def _reference_glm(a, formula, rho, group):
+    """statsmodels formula GLM of one type's donor proportions with the Dirichlet-multinomial weights."""
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+
+    counts = pd.crosstab(a.obs.donor, a.obs.ct)
+    tot = counts.sum(axis=1).astype(float)
+    cols = [c for c in ("arm", "score", "age") if c in a.obs]
+    df = a.obs.groupby("donor", observed=True)[cols].first().loc[counts.index]
+    df["y"] = counts[group] / tot
+    return smf.glm(formula, df, family=sm.families.Binomial(),
+                   var_weights=tot / (1.0 + (tot - 1.0) * rho)).fit(scale="X2")
+
+
+def test_design_three_levels_and_continuous_match_statsmodels():
+    """Each level pair of a 3-level factor = the coefficient of a statsmodels GLM refitted with the pair's
+    reference (same estimate, standard error, t); a continuous test = its slope per unit; BH over the table."""
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    a = _three_arms()
+    res = im.tl.composition(a, sample_key="donor", groupby="ct", design="~ arm + score")
+    assert list(res.columns[-3:]) == ["contrast", "n_samples", "reason"]
+    assert list(pd.unique(res["contrast"])) == ["arm: B vs A", "arm: C vs A", "arm: C vs B"]
+    assert len(res) == 3 * 8 and (res["n_samples"] == 18).all() and (res["reason"] == "").all()
+    np.testing.assert_allclose(res["padj"], multipletests(res["pvalue"], method="fdr_bh")[1])
+    stored = a.uns["composition"]
+    assert set(stored) == {"params", "results"} and stored["results"] is res
+    rho = stored["params"]["rho"]
+    assert stored["params"]["design"] == "~ arm + score" and 0 <= rho < 1
+    for case, ref in [("B", "A"), ("C", "B")]:
+        fit = _reference_glm(a, f"y ~ C(arm, Treatment('{ref}')) + score", rho, "t0")
+        name = f"C(arm, Treatment('{ref}'))[T.{case}]"
+        row = res[(res.contrast == f"arm: {case} vs {ref}") & (res.group == "t0")].iloc[0]
+        assert row["effect"] == pytest.approx(fit.params[name] / np.log(2), rel=1e-6)
+        assert row["statistic"] == pytest.approx(fit.tvalues[name], rel=1e-6)
+        assert row["pvalue"] == pytest.approx(2 * stats.t.sf(abs(fit.tvalues[name]), 18 - 4), rel=1e-6)
+        ok = a.obs.groupby("donor", observed=True)["arm"].first()
+        assert row["n_case"] == (ok == case).sum() and row["n_reference"] == (ok == ref).sum()
+    cont = im.tl.composition(a, sample_key="donor", groupby="ct", design="~ arm + score", test="score")
+    fit = _reference_glm(a, "y ~ arm + score", a.uns["composition"]["params"]["rho"], "t1")
+    row = cont[cont.group == "t1"].iloc[0]
+    assert row["contrast"] == "score (per unit)" and np.isnan(row["prop_reference"])
+    assert row["effect"] == pytest.approx(fit.params["score"] / np.log(2), rel=1e-6)
+    assert row["statistic"] == pytest.approx(fit.tvalues["score"], rel=1e-6)
+
+
+def test_legacy_form_equals_design_and_errors(tmp_path):
+    a = _cohort(3, shift=1.5)
+    legacy = im.tl.composition(a, covariates=["age"], **KW)
+    b = _cohort(3, shift=1.5)
+    formula = im.tl.composition(b, sample_key="donor", groupby="ct", design="~ condition + age")
+    pd.testing.assert_frame_equal(legacy, formula)
+    assert (legacy["contrast"] == "condition: MDD vs control").all()
+    a.write_h5ad(tmp_path / "c.h5ad")  # the stored result is writable
+    back = ad.read_h5ad(tmp_path / "c.h5ad")
+    np.testing.assert_allclose(back.uns["composition"]["results"]["pvalue"], legacy["pvalue"])
+    with pytest.raises(ValueError, match=r"no random effect.*fixed effect"):
+        im.tl.composition(a, sample_key="donor", groupby="ct", design="~ condition", random_effect="age")
+    c = _cohort(3)
+    c.obs["bmi"] = np.where(c.obs["donor"] == "d4", np.nan, 25.0 + (c.obs["donor"].str[1:].astype(int) % 4))
+    with pytest.raises(ValueError, match=r"missing values.*\['d4'\]"):
+        im.tl.composition(c, sample_key="donor", groupby="ct", design="~ condition + bmi")
+    assert "composition" not in c.uns
+    with pytest.raises(ValueError, match="view"):
+        im.tl.composition(c[:100], **KW)
+
+
+def test_separation_corrected_per_level_contrast():
+    """A type absent from every arm-C donor: the contrasts with C get the Haldane-Anscombe correction (finite,
+    negative, small p), the B vs A contrast of that type does not."""
+    a = _three_arms(1)
+    b = a[~((a.obs["arm"] == "C").to_numpy() & (a.obs["ct"] == "t3").to_numpy())].copy()
+    with pytest.warns(UserWarning, match=r"t3 \(arm: C vs A\).*complete separation"):
+        res = im.tl.composition(b, sample_key="donor", groupby="ct", design="~ arm")
+    r = res[res.group == "t3"].set_index("contrast")
+    assert "Haldane" in r.loc["arm: C vs A", "note"] and "Haldane" in r.loc["arm: C vs B", "note"]
+    assert r.loc["arm: B vs A", "note"] == "" and (res[res.group != "t3"]["note"] == "").all()
+    assert r.loc["arm: C vs A", "effect"] < -2 and r.loc["arm: C vs A", "pvalue"] < 1e-3
+    plain = im.tl.composition(b, sample_key="donor", groupby="ct", design="~ arm", contrast=("arm", "B", "A"))
+    assert plain.set_index("group").loc["t3", "effect"] == pytest.approx(r.loc["arm: B vs A", "effect"])

@@ -205,6 +205,51 @@ def test_too_few_donors_give_nan(mdata):
     assert res.loc[res["rna_feature"] == other, "estimate"].notna().all()
 
 
+def test_design_partial_associations(mdata):
+    """design='~ age + sex' = covariates=('age', 'sex'); '~ age * sex' = residualisation on [1, age, sex, age x
+    sex] (numpy), with df n - 2 - 3; partial_on names the design columns."""
+    kw = {"method": "pearson", "rna_features": f"{CM}|proportion", "proteins": ["GDF15", "C5"]}
+    cov = im.tl.cross_modal_associations(mdata, covariates=("age", "sex"), **kw)
+    des = im.tl.cross_modal_associations(mdata, design="~ age + sex", **kw)
+    pd.testing.assert_frame_equal(cov.drop(columns="partial_on"), des.drop(columns="partial_on"))
+    assert set(des["partial_on"]) == {"age, sex[T.M]"} and set(cov["partial_on"]) == {"age, sex"}
+    assert des.attrs["design"] == "~ age + sex" and des.attrs["partial_on"] == ["age", "sex[T.M]"]
+    inter = im.tl.cross_modal_associations(mdata, design="~ age * sex", **kw)
+    donors = mdata["rna"].obs_names
+    age = mdata.obs.loc[donors, "age"].astype(float).to_numpy()
+    male = (mdata.obs.loc[donors, "sex"].astype(str) == "M").astype(float).to_numpy()
+    Z = np.column_stack([np.ones(len(donors)), age, male, age * male])
+    x = mdata["rna"][donors, f"{CM}|proportion"].X.ravel()
+    y = mdata["prot"][donors, "C5"].X.ravel()
+    rx = x - Z @ np.linalg.lstsq(Z, x, rcond=None)[0]
+    ry = y - Z @ np.linalg.lstsq(Z, y, rcond=None)[0]
+    r = np.corrcoef(rx, ry)[0, 1]
+    df = len(donors) - 2 - 3
+    row = inter[inter.protein == "C5"].iloc[0]
+    assert row["estimate"] == pytest.approx(r, abs=1e-10) and row["df"] == df
+    assert row["pvalue"] == pytest.approx(2 * stats.t.sf(abs(r) * np.sqrt(df / (1 - r**2)), df), rel=1e-8)
+
+
+def test_design_missing_values_named(mdata):
+    """A donor without a value: an error naming it with design=, a warning naming it (and attrs) with
+    covariates= (its documented behaviour: left out of every test)."""
+    m = mdata.copy()
+    d0 = m.obs_names[0]
+    age = m.obs["age"].astype(float).to_numpy()
+    age[0] = np.nan
+    m.obs["age"] = age
+    kw = {"method": "pearson", "rna_features": f"{CM}|proportion", "proteins": ["C5"]}
+    with pytest.raises(ValueError, match=rf"missing values.*{d0}"):
+        im.tl.cross_modal_associations(m, design="~ age + sex", **kw)
+    with pytest.warns(UserWarning, match=rf"1 donor\(s\).*left out.*{d0}"):
+        res = im.tl.cross_modal_associations(m, covariates=("age",), **kw)
+    assert res.attrs["donors_excluded"] == [d0] and res["n"].max() <= m.n_obs - 1
+    with pytest.raises(ValueError, match="either `covariates` or `design`"):
+        im.tl.cross_modal_associations(m, covariates=("sex",), design="~ sex", **kw)
+    with pytest.raises(KeyError, match="'nope' not found"):
+        im.tl.cross_modal_associations(m, design="~ nope", **kw)
+
+
 # ------------------------------------------------------------------ biomarker_panel
 def test_biomarker_panel_planted(mdata):
     r = im.tl.biomarker_panel(mdata, condition_key="condition", features=["DCLK3", "CALY"], n_repeats=5)
