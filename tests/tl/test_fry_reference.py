@@ -225,7 +225,8 @@ def test_method_fry_of_differential_activity_equals_r(need_r, data_dir, tmp_path
         ok = r["NGenes"].to_numpy() > 0
         np.testing.assert_allclose(sub["pvalue"].to_numpy()[ok], r["PValue"].to_numpy()[ok], rtol=1e-6)
         np.testing.assert_allclose(sub["pvalue_mixed"].to_numpy()[ok], r["PValue.Mixed"].to_numpy()[ok], rtol=1e-6)
-        assert (np.sign(sub["statistic"].to_numpy()[ok]) == np.where(r["Direction"].to_numpy()[ok] == "Up", 1, -1)).all()
+        up = np.where(r["Direction"].to_numpy()[ok] == "Up", 1, -1)
+        assert (np.sign(sub["statistic"].to_numpy()[ok]) == up).all()
 
 
 def _onek1k_for_designs(data_dir, seed):
