@@ -244,14 +244,27 @@ def test_pbmc3k_against_seurat(pbmc3k_annotated):
     # of the parallel kNN search moves it by about +-0.002 between runs, so the guard sits just below the target
     # (0.895) to keep CI deterministic; the measured figure is what the notes report.
     assert ok[assigned].mean() >= 0.895
-    # confidence for correctness: measured AUROC 0.761 (issue target 0.8 not reached on pbmc3k)
-    assert _auroc(ok[assigned], o["cell_type_confidence"].to_numpy()[assigned]) >= 0.72
-    hi = assigned & (o["cell_type_confidence"].to_numpy() >= 0.8)
-    assert ok[hi].mean() > ok[assigned & ~hi].mean() + 0.1  # measured 0.96 vs 0.78
+    # confidence for correctness: AUROC 0.837 (0.761 before the kNN-agreement factor; issue target 0.8)
+    conf = o["cell_type_confidence"].to_numpy()
+    assert _auroc(ok[assigned], conf[assigned]) >= 0.8
+    hi = assigned & (conf >= 0.8)
+    assert ok[hi].mean() > ok[assigned & ~hi].mean() + 0.15  # measured 0.96 vs 0.70
     assert ok[hi].mean() >= 0.92
+    # calibrated without labels (Platt on the calls' cross-validated agreement): mean confidence 0.867 against
+    # accuracy 0.904; expected calibration error 0.045 (0.235 before calibration)
+    assert abs(conf[assigned].mean() - ok[assigned].mean()) <= 0.06
+    assert _ece(ok[assigned], conf[assigned]) <= 0.08
+    cal = a.uns["cell_type"]["params"]["calibration"]
+    assert cal["slope"] > 0 and 0.7 <= cal["cv_agreement"] <= 1 and cal["n_cells"] >= 2000
     # CD4 vs CD8 is decided per T sub-cluster: Seurat's CD8 T cells are called CD8 (or MAIT / gamma-delta)
     cd8 = (s == "CD8 T").to_numpy() & assigned
     assert np.isin(fine[cd8], list(SEURAT_OK["CD8 T"])).mean() >= 0.85
+
+
+def _ece(correct: np.ndarray, conf: np.ndarray) -> float:
+    """Expected calibration error: |accuracy - mean confidence| over ten equal-width bins, weighted by size."""
+    b = np.clip((conf * 10).astype(int), 0, 9)
+    return float(sum(abs(correct[b == k].mean() - conf[b == k].mean()) * (b == k).mean() for k in np.unique(b)))
 
 
 def _auroc(correct: np.ndarray, score: np.ndarray) -> float:
@@ -315,6 +328,15 @@ def test_kang2018_few_genes_ensembl(kang2018):
     mono = a.obs["cluster_id"].isin(list(KANG_FINE)).to_numpy() & (lin == "Monocyte").to_numpy()
     ok = np.array([f in KANG_FINE[t] for f, t in zip(fine[mono], a.obs["cluster_id"].astype(str)[mono])])
     assert ok.mean() >= 0.90  # measured 0.93
+    # confidence for correctness over all assigned cells (lineage-level calls judged on their lineage; the
+    # reference's "CD8 T cells" hold its NK cells): AUROC 0.814 (0.784 before the kNN-agreement factor)
+    fine_ok = {**KANG_FINE, "CD4 T cells": {"CD4 naive T", "CD4 memory T", "Treg"},
+               "CD8 T cells": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T", "NK"},
+               "B cells": {"B naive", "B memory", "Plasmablast"}}
+    truth = a.obs["cluster_id"].astype(str)
+    level = fine.isin(LINEAGE_CALLS).to_numpy()
+    correct = np.where(level, agree.to_numpy(), [f in fine_ok[t] for f, t in zip(fine, truth)])
+    assert _auroc(correct[assigned.to_numpy()], a.obs["cell_type_confidence"].to_numpy()[assigned.to_numpy()]) >= 0.8
 
 
 def test_kang2018_without_cd8_genes(kang2018):
@@ -336,8 +358,8 @@ def test_onek1k_real_donors(data_dir):
     Mapping: monoc -> classical (or intermediate), mononc -> non-classical (or intermediate), cd4nc -> CD4
     naive or memory (the label is naive + central memory), bmem -> B cell lineage. The panel has one B memory
     marker (AIM2): B cells stop at "B cell". Measured: lineage 0.995, fine 0.963 on fine calls, Unassigned
-    0.7%, AUROC of confidence for correctness 0.76 (target 0.8 not reached: the CD4 naive/memory
-    continuum at cd4nc is called with confidence as high as correct calls).
+    0.7%, AUROC of confidence for correctness 0.890 (0.762 before the kNN-agreement factor: the Treg calls
+    among cd4nc, counted wrong here as OneK1K has no Treg label, sit on the edge of their neighbourhood).
     """
     path = data_dir / "onek1k" / "onek1k_40donors_4types.h5ad"
     if not path.exists():
@@ -363,7 +385,7 @@ def test_onek1k_real_donors(data_dir):
     assert (fine[b] == "B cell").all()
     assert a.obs["cell_type_reason"].astype(str)[b].str.contains("AIM2").all()
     correct = np.where(lineage_level, lin_ok, fine_ok)[assigned]
-    assert _auroc(correct, a.obs["cell_type_confidence"].to_numpy()[assigned]) >= 0.72
+    assert _auroc(correct, a.obs["cell_type_confidence"].to_numpy()[assigned]) >= 0.85
 
 
 def test_csle_real_donors(data_dir):
@@ -373,7 +395,8 @@ def test_csle_real_donors(data_dir):
     intermediate B sit between both); CD4 TCM*/TEM* -> CD4 memory T; CD4 Naive -> CD4 naive T; Treg* -> Treg;
     CD8 TEM -> CD8 memory T; gdT -> gamma-delta T; MAIT -> MAIT; dnT -> no fine label; ILC -> NK cell lineage.
     Measured: lineage 0.996, fine 0.809 (target 0.93 not reached: Azimuth CD4 TCM_1 cells called CD4 naive,
-    TCM_2 called Treg), Unassigned 3.6% (9.1% before the Erythrocyte negatives: ambient haemoglobin), AUROC 0.835.
+    TCM_2 called Treg), Unassigned 3.6% (9.1% before the Erythrocyte negatives: ambient haemoglobin), AUROC 0.862
+    (0.835 before the kNN-agreement factor).
     """
     path = data_dir / "csle" / "csle_44donors_B_CD4mem_Treg.h5ad"
     if not path.exists():
@@ -492,6 +515,65 @@ def test_set_scores_scale_with_markers_present():
     S, used = _set_scores(Z, col, sets, min_markers=3)
     assert np.allclose(S[:, 0], 1.0) and np.allclose(S[:, 1], 1 / 3)
     assert used["ery"] == ["HBB"]
+
+
+def test_neighbour_agreement_hand_computed():
+    """Share of the row-normalised neighbourhood (self included) with the cell's own label."""
+    from immunomood.tl._annotate import _neighbour_agreement, _row_normalised
+
+    # path graph 0-1-2-3 with unit connectivities; labels a a b b
+    C = sparse.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0]], dtype=float))
+    got = _neighbour_agreement(np.array(["a", "a", "b", "b"]), _row_normalised(C))
+    assert np.allclose(got, [1.0, 2 / 3, 2 / 3, 1.0])
+
+
+def test_calibration_on_cross_validated_agreement():
+    """Two overlapping populations: the Platt map is increasing and its mean matches the CV agreement rate."""
+    from immunomood.tl._annotate import _calibration, _platt
+
+    rng = np.random.default_rng(0)
+    n = 600
+    y = np.repeat(["A", "B"], n // 2)
+    E = rng.normal(size=(n, 6)).astype(np.float32)
+    E[y == "B", :3] += 1.0  # overlapping classes: some calls are not reproducible from the features
+    margin = np.abs(E[:, :3].mean(axis=1) - 0.5)
+    raw = 1 / (1 + np.exp(-4 * margin))  # a raw confidence that grows with the distance from the boundary
+    out = {"fine": y.astype(object), "unassigned": np.zeros(n, dtype=bool), "confidence": raw}
+    cal = _calibration(out, E, rng.normal(size=(n, 2)), 0)
+    assert cal["n_cells"] == n and 0.6 < cal["cv_agreement"] < 0.99
+    assert cal["slope"] > 0
+    assert abs(_platt(raw, cal["slope"], cal["intercept"]).mean() - cal["cv_agreement"]) < 0.01
+    # perfectly reproducible calls: nothing to calibrate on
+    E2 = E.copy()
+    E2[y == "B", :3] += 20.0
+    assert _calibration(out, E2, rng.normal(size=(n, 2)), 0)["slope"] == 0.0
+
+
+def test_calibration_keeps_the_ranking(pbmc3k_annotated, monkeypatch):
+    """Platt scaling moves the confidence values but not their order (pbmc3k: raw vs calibrated, same run)."""
+    from scipy.stats import spearmanr
+
+    import immunomood.tl._annotate as mod
+
+    seen = {}
+    original = mod._calibration
+
+    def spy(out, *args, **kw):
+        seen["raw"] = np.asarray(out["confidence"], dtype=float).copy()
+        seen["cal"] = original(out, *args, **kw)
+        return seen["cal"]
+
+    monkeypatch.setattr(mod, "_calibration", spy)
+    a0 = pbmc3k_annotated
+    b = ad.AnnData(a0.X.copy(), obs=pd.DataFrame(index=a0.obs_names), var=pd.DataFrame(index=a0.var_names))
+    im.tl.annotate(b)
+    cal = seen["cal"]
+    assert cal["slope"] > 0 and b.uns["cell_type"]["params"]["calibration"] == cal
+    m = (b.obs["cell_lineage"] != "Unassigned").to_numpy()
+    raw, calibrated = seen["raw"][m], b.obs["cell_type_confidence"].to_numpy()[m]
+    assert np.allclose(calibrated, mod._platt(raw, cal["slope"], cal["intercept"]))
+    assert spearmanr(raw, calibrated).statistic > 0.999
+    assert not np.allclose(raw, calibrated)
 
 
 def test_cd8_posterior_mixture_model():
