@@ -67,8 +67,9 @@ def _run(cfg, **kw) -> str:
 
 
 def _ran(logtext: str) -> list[str]:
-    return [s for s in ("load", "qc", "integrate", "annotate", "score", "differential", "proteomics", "report")
-            if f"stage {s}: started" in logtext]
+    from immunomood._config import STAGES
+
+    return [s for s in STAGES if f"stage {s}: started" in logtext]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def finished_run(cohort_files, tmp_path_factory):
     shutil.copytree(cohort_files, indir)
     cfg = _cfg(indir, base / "out")
     assert _ran(_run(cfg)) == ["load", "qc", "integrate", "annotate", "score", "differential", "proteomics",
-                               "report"]
+                               "predict", "report"]
     return cfg, indir
 
 
@@ -122,7 +123,7 @@ def test_changed_input_file_makes_resume_rerun_load_and_report_new_results(finis
     plasma.X = plasma.X * 2.0 + 1.0
     plasma.write_h5ad(indir / "plasma.h5ad")
     log = _run(cfg, resume=True)
-    assert _ran(log) == ["proteomics", "report"]
+    assert _ran(log) == ["proteomics", "predict", "report"]  # predict may use the proteomics
     assert "stage proteomics: checkpoint made from other input files (proteomics changed), rerun" in log
 
     # the input h5ad changed (one donor removed): load and everything after it run again, the report shows it
@@ -131,7 +132,8 @@ def test_changed_input_file_makes_resume_rerun_load_and_report_new_results(finis
     a = a[a.obs["donor"].astype(str) != gone].copy()
     a.write_h5ad(indir / "cohort.h5ad")
     log = _run(cfg, resume=True)
-    assert _ran(log) == ["load", "qc", "integrate", "annotate", "score", "differential", "proteomics", "report"]
+    assert _ran(log) == ["load", "qc", "integrate", "annotate", "score", "differential", "proteomics", "predict",
+                         "report"]
     assert "stage load: checkpoint made from other input files (input changed), rerun" in log
     after = pd.read_csv(rep / "qc_report.csv")
     assert len(after) == 7 and gone not in set(after.iloc[:, 0].astype(str))

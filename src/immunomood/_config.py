@@ -10,22 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("load", "qc", "integrate", "annotate", "score", "differential", "proteomics", "report")
+STAGES = ("load", "qc", "integrate", "annotate", "score", "differential", "proteomics", "predict", "report")
 
 # section -> key -> (default, type(s), help). `None` default means optional.
 SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
     "input": {
-        "h5ad": (None, (str,), "One .h5ad with all cells (raw counts in X or in the layer `counts_layer`). "
-                 "Either this or `sample_sheet`."),
-        "sample_sheet": (None, (str,), "CSV with one row per sample: a `path` column (10x folder, 10x .h5 or "
-                         ".h5ad of that sample), the `sample_key` column and donor-level metadata columns."),
+        "h5ad": (None, (str,), ("One .h5ad with all cells (raw counts in X or in the layer `counts_layer`). "
+                 "Either this or `sample_sheet`.")),
+        "sample_sheet": (None, (str,), ("CSV with one row per sample: a `path` column (10x folder, 10x .h5 or "
+                         ".h5ad of that sample), the `sample_key` column and donor-level metadata columns.")),
         "counts_layer": (None, (str,), "Layer of the input .h5ad holding raw counts (default: X)."),
         "gene_symbols": (None, (str,), "var column with gene symbols when var_names are Ensembl IDs."),
         "sample_key": ("donor", (str,), "obs column / sample-sheet column that identifies the donor (sample)."),
         "condition_key": ("condition", (str,), "Donor-level condition column (e.g. control / MDD)."),
         "reference": (None, (str,), "Reference condition level (default: the first category)."),
         "batch_key": (None, (str,), "Batch column (sequencing run, site); integration uses it."),
-        "covariates": ([], (list,), "Donor-level covariates of the differential models (e.g. ['sex', 'age'])."),
+        "covariates": ([], (list,), ("Donor-level covariates of the differential models (e.g. ['sex', 'age']). "
+                       "With [differential] design, write them in the formula instead.")),
     },
     "qc": {
         "nmads": (5.0, (int, float), "MADs (median absolute deviation, unscaled) for counts/genes/top-20 outliers."),
@@ -54,19 +55,52 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "groupby": ("cell_type", (str,), "Cell-type column to test within."),
         "min_cells": (10, (int,), "Minimum cells per donor x cell type for a pseudobulk."),
         "expression": (False, (bool,), "Also run pseudobulk DESeq2 per cell type (slower)."),
+        "design": (None, (str,), ("Study design as a formula on sample-level columns, e.g. '~ condition + age + sex' "
+                   "or '~ severity + age' (formulaic, R syntax; first level of a factor = reference). Drives "
+                   "differential_activity, composition, differential_expression and cross_modal_associations. "
+                   "Without it: '~ condition_key + covariates', case vs reference.")),
+        "contrasts": ([], (list,), ("With design: level contrasts [column, case, reference], e.g. "
+                      "[['condition', 'MDD', 'control'], ['condition', 'BD', 'control']]; one table, BH over all. "
+                      "Empty (and no tests): every pair of levels of the formula's first column.")),
+        "tests": ([], (list,), ("With design: continuous columns (effect per unit, with its CI), e.g. ['severity'], "
+                  "or one-column interactions 'a:b' (e.g. 'visit:responder') to test.")),
+        "random_effect": (None, (str,), ("Column grouping the samples of one donor (visits, pools, pairs): a random "
+                          "intercept per donor, between-within df. Then [input] sample_key is the sample "
+                          "(donor x visit) column.")),
     },
     "proteomics": {
-        "path": (None, (str,), "Olink NPX export (.csv/.csv.gz/.zip/.parquet), SomaScan .adat or .h5ad "
-                 "(donors x proteins). Optional."),
+        "path": (None, (str,), ("Olink NPX export (.csv/.csv.gz/.zip/.parquet), SomaScan .adat or .h5ad "
+                 "(donors x proteins). Optional.")),
         "platform": ("auto", (str,), "'auto', 'olink', 'somascan' or 'h5ad'."),
         "sample_key": (None, (str,), "obs column of the proteomics holding the donor ID (default: the index)."),
         "max_below_lod": (0.5, (int, float), "Assays with a larger share below LOD are removed."),
         "association_method": ("spearman", (str,), "'spearman' or 'pearson'."),
         "biomarker_repeats": (20, (int,), "Repeats of the stratified cross-validation of the biomarker panel."),
     },
+    "predict": {
+        "outcome": ("", (str,), ("Donor-level outcome to predict from baseline features (e.g. 'responder', or a "
+                    "change score); empty: the predict stage does nothing.")),
+        "features": ([], (list,), ("Feature kinds or names: 'proportion' and/or 'gene_set' (cell types' shares and "
+                     "donor-level pathway scores); with [proteomics] path, modality names ('rna', 'prot') or "
+                     "feature names. Empty: all.")),
+        "baseline": (None, (str, dict), ("Rows (samples) to predict from: 'column=value' (e.g. 'visit=baseline') or "
+                     "a table {visit = 'baseline'}; each donor must appear once among them. Empty: every row.")),
+        "exclude_values": ([], (list,), ("Outcome values treated as missing (left out), e.g. ['control'] when "
+                           "controls have no response.")),
+        "donor_key": (None, (str,), "Column identifying the donor (default: 'donor' when present)."),
+        "outcome_type": ("auto", (str,), "'auto', 'binary' or 'continuous'."),
+        "positive": (None, (str, int), "Positive class of a binary outcome (default: the second level)."),
+        "model": ("ridge", (str,), "'ridge', 'l1' or 'elasticnet' (penalty chosen by an inner CV)."),
+        "n_splits": (5, (int,), "Outer cross-validation folds (by donor)."),
+        "n_repeats": (5, (int,), "Repeats of the outer cross-validation."),
+        "max_features": (10, (int,), "Features kept by the univariate filter inside each training fold."),
+        "n_permutations": (200, (int,), ("Permutations of the outcome for the p-value of the AUC / R^2 (each reruns "
+                           "the nested CV); 0 skips the test.")),
+        "n_bins": (5, (int,), "Bins of the calibration table (binary outcome)."),
+    },
     "compute": {
-        "n_jobs": (1, (int,), "Worker threads for parallel steps: sets im.settings.n_jobs (-1: all cores). When "
-                   "absent, im.settings.n_jobs is left as it is (1, or the value of `--n-jobs`)."),
+        "n_jobs": (1, (int,), ("Worker threads for parallel steps: sets im.settings.n_jobs (-1: all cores). When "
+                   "absent, im.settings.n_jobs is left as it is (1, or the value of `--n-jobs`).")),
     },
     "output": {
         "outdir": ("immunomood_out", (str,), "Folder for checkpoints, report and log (relative to the config)."),
@@ -83,6 +117,7 @@ STAGE_SECTIONS = {
     "score": ("score",),
     "differential": ("differential",),
     "proteomics": ("proteomics",),
+    "predict": ("predict",),
     "report": (),
 }
 
@@ -99,6 +134,8 @@ REMOVED_KEYS: dict[tuple[str, str], str] = {
 }
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PREDICT_MODELS = ("ridge", "l1", "elasticnet")
+OUTCOME_TYPES = ("auto", "binary", "continuous")
 
 
 def _known_markers() -> list[str]:
@@ -185,7 +222,121 @@ def _check_values(data: dict[str, dict[str, Any]]) -> list[str]:
             out.append(f"[{sec}] {key} must be a list of column names (strings), got {data[sec][key]!r}.")
     if not d["groupby"]:
         out.append("[differential] groupby must name a column, got ''.")
+    out += _check_design(data)
+    out += _check_predict(data)
     return [p for p in out if p]
+
+
+def _check_design(data: dict[str, dict[str, Any]]) -> list[str]:
+    """The design keys of [differential], on their own (columns are checked against the input later)."""
+    d, inp = data["differential"], data["input"]
+    out: list[str] = []
+    for i, c in enumerate(d["contrasts"]):
+        if not (isinstance(c, list) and len(c) == 3 and all(isinstance(x, (str, int, float)) for x in c)
+                and isinstance(c[0], str)):
+            out.append(f"[differential] contrasts[{i}] must be [column, case, reference], e.g. "
+                       f"['condition', 'MDD', 'control'], got {c!r}.")
+    for t in d["tests"]:
+        if not isinstance(t, str) or not t.strip():
+            out.append(f"[differential] tests must be a list of column names or interactions 'a:b', got "
+                       f"{d['tests']!r}.")
+            break
+    if d["random_effect"] is not None and not d["random_effect"].strip():
+        out.append("[differential] random_effect must name a column, got ''. Omit it for no random effect.")
+    if d["design"] is None:
+        if d["contrasts"] or d["tests"]:
+            out.append("[differential] contrasts and tests need a design formula: add e.g. "
+                       f"design = \"~ {inp['condition_key']}\" (with the covariates in it).")
+        return out
+    if inp["covariates"]:
+        out.append(f"[input] covariates = {inp['covariates']!r} and [differential] design are both set: write the "
+                   f"covariates in the formula (e.g. design = \"{d['design'].strip()} + "
+                   f"{' + '.join(map(str, inp['covariates']))}\") and remove covariates.")
+    from ._design import _formula_variables
+
+    try:
+        variables = _formula_variables(d["design"]) if "~" in d["design"] else None
+    except ValueError as e:
+        return out + [f"[differential] design: {_plain(str(e))}"]
+    if variables is None:
+        return out + [f"[differential] design must be a formula such as '~ condition + age', got {d['design']!r}."]
+    for i, c in enumerate(d["contrasts"]):
+        if isinstance(c, list) and c and isinstance(c[0], str) and c[0] not in variables:
+            out.append(f"[differential] contrasts[{i}]: {c[0]!r} is not in design {d['design']!r}.{_suggest(c[0], variables)}")
+    for t in d["tests"]:
+        for part in (str(t).split(":") if isinstance(t, str) else []):
+            if part.strip() not in variables:
+                out.append(f"[differential] tests: {part.strip()!r} is not in design {d['design']!r}."
+                           f"{_suggest(part.strip(), variables)}")
+    if d["random_effect"] and d["random_effect"] in variables:
+        out.append(f"[differential] random_effect {d['random_effect']!r} is also in the design formula; keep it in "
+                   "one place (random_effect for a random intercept, the formula for a fixed effect).")
+    return out
+
+
+def _plain(msg: str) -> str:
+    """A message on one line without terminal colour codes (formulaic's parser colours the bad token)."""
+    import re
+
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", msg).split())
+
+
+def parse_baseline(value: Any) -> dict[str, str] | None:
+    """``[predict] baseline`` ('column=value' or a one-entry table) as ``{column: value}``; None when unset."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, dict):
+        if len(value) != 1:
+            raise ValueError(f"[predict] baseline as a table must have exactly one entry {{column = value}}, got "
+                             f"{value!r}.")
+        return {str(k): v for k, v in value.items()}
+    if "=" not in value:
+        raise ValueError(f"[predict] baseline must be 'column=value' (e.g. 'visit=baseline') or a table "
+                         f"{{visit = 'baseline'}}, got {value!r}.")
+    col, val = value.split("=", 1)
+    if not col.strip() or not val.strip():
+        raise ValueError(f"[predict] baseline must be 'column=value' with both parts, got {value!r}.")
+    return {col.strip(): val.strip()}
+
+
+def _check_predict(data: dict[str, dict[str, Any]]) -> list[str]:
+    p = data["predict"]
+    out = [
+        _range("predict", "n_splits", p["n_splits"], 2, integer=True, fix="Usually 5."),
+        _range("predict", "n_repeats", p["n_repeats"], 1, integer=True, fix="Usually 5-20."),
+        _range("predict", "max_features", p["max_features"], 1, integer=True, fix="Usually 5-20."),
+        _range("predict", "n_permutations", p["n_permutations"], 0, integer=True,
+               fix="Usually 200-1000 (0 skips the test)."),
+        _range("predict", "n_bins", p["n_bins"], 2, integer=True, fix="Usually 5."),
+    ]
+    if p["model"] not in PREDICT_MODELS:
+        out.append(f"[predict] model must be one of {list(PREDICT_MODELS)}, got {p['model']!r}."
+                   f"{_suggest(str(p['model']), list(PREDICT_MODELS))}")
+    if p["outcome_type"] not in OUTCOME_TYPES:
+        out.append(f"[predict] outcome_type must be one of {list(OUTCOME_TYPES)}, got {p['outcome_type']!r}."
+                   f"{_suggest(str(p['outcome_type']), list(OUTCOME_TYPES))}")
+    if any(not isinstance(f, str) or not f for f in p["features"]):
+        out.append(f"[predict] features must be a list of feature kinds or names (strings), got {p['features']!r}.")
+    if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in p["exclude_values"]):
+        out.append(f"[predict] exclude_values must be a list of outcome values, got {p['exclude_values']!r}.")
+    try:
+        parse_baseline(p["baseline"])
+    except ValueError as e:
+        out.append(str(e))
+    return out
+
+
+def design_kwargs(cfg: Config) -> dict[str, Any]:
+    """The design arguments shared by every donor-level test (``design`` / ``contrast`` / ``test`` /
+    ``random_effect``, or the two-group form ``condition_key`` / ``reference`` / ``covariates``)."""
+    d, inp = cfg["differential"], cfg["input"]
+    if d["design"] is None:
+        return {"condition_key": inp["condition_key"], "reference": inp["reference"],
+                "covariates": tuple(inp["covariates"]), "random_effect": d["random_effect"]}
+    return {"design": d["design"].strip(),
+            "contrast": [tuple(c) for c in d["contrasts"]] or None,
+            "test": list(d["tests"]) or None,
+            "random_effect": d["random_effect"]}
 
 
 @dataclass

@@ -282,6 +282,7 @@ def validate_inputs(cfg: Config) -> None:
         problems.append(out_problem)
     n_vars: list[int | None] = []
     obs_columns: set[str] | None = None
+    samples: pd.DataFrame | None = None  # the input's obs (h5ad) or sample sheet, for the design check
     needed = [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else []) + list(
         inp["covariates"])
     if inp["h5ad"] is not None:
@@ -290,6 +291,7 @@ def validate_inputs(cfg: Config) -> None:
             problems.append(f"[input] h5ad file not found: {p}")
         else:
             obs = _obs_columns_of_h5ad(p)
+            samples = obs
             obs_columns = set(map(str, obs.columns))
             n_vars.append(_n_vars_of(p))
             missing = [c for c in needed if c not in obs.columns]
@@ -316,6 +318,7 @@ def validate_inputs(cfg: Config) -> None:
 
                 sheet, base = _read_sheet(p, [inp["sample_key"]])
                 obs_columns = set(map(str, sheet.columns))
+                samples = sheet
                 for sp in sheet["path"]:
                     q = Path(str(sp)).expanduser()
                     n_vars.append(_n_vars_of(q if q.is_absolute() else base / q))
@@ -334,8 +337,62 @@ def validate_inputs(cfg: Config) -> None:
     if obs_columns is not None and groupby != "cell_type" and groupby not in obs_columns:
         problems.append(f"[differential] groupby {groupby!r} will not exist: it must be 'cell_type' (written by the "
                         f"annotate stage) or a column of the input. Available: {sorted(obs_columns)}.")
+    if samples is not None and not problems:
+        problems += _check_design_on_input(cfg, samples)
     if problems:
         raise ConfigError("Cannot start the run:\n  - " + "\n  - ".join(problems))
+
+
+def _check_design_on_input(cfg: Config, samples: pd.DataFrame) -> list[str]:
+    """The study design and the predict keys checked against the input's columns and samples (no work done).
+
+    ``samples`` is the input's obs (one row per cell) or its sample sheet (one row per sample). The design is
+    built exactly as the differential stage builds it (:func:`immunomood._design.build_design`, with the sample,
+    condition and batch IDs as strings, as the load stage casts them), so a design error stops the run before
+    integration. Samples that QC removes later may still change the design; those errors come from the stage.
+    """
+    from ._config import _plain, design_kwargs, parse_baseline
+    from ._design import build_design
+
+    inp, d, pr = cfg["input"], cfg["differential"], cfg["predict"]
+    out: list[str] = []
+    obs = samples.copy()
+    for c in [inp["sample_key"], inp["condition_key"], inp["batch_key"]]:
+        if c and c in obs.columns:
+            obs[c] = obs[c].astype(str).astype("category")
+    kw = design_kwargs(cfg)
+    if kw.get("reference") is not None and inp["condition_key"] in obs.columns:
+        cats = list(obs[inp["condition_key"]].cat.categories)
+        if kw["reference"] in cats:  # the load stage puts the reference first
+            obs[inp["condition_key"]] = obs[inp["condition_key"]].cat.reorder_categories(
+                [kw["reference"]] + [c for c in cats if c != kw["reference"]])
+    groupby = d["groupby"]
+    try:
+        build_design(obs, sample_key=inp["sample_key"], reserved={"groupby": groupby}, where="the input",
+                     **{k: v for k, v in kw.items() if v is not None})
+    except (ValueError, KeyError, TypeError) as e:
+        what = "design" if d["design"] is not None else "condition_key / covariates"
+        msg = _plain(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+        out.append(f"[differential] {what}: {msg}")
+    if pr["outcome"].strip():
+        cols = list(map(str, obs.columns))
+        if pr["outcome"] not in cols and cfg["proteomics"]["path"] is None:
+            from ._config import _suggest
+
+            out.append(f"[predict] outcome {pr['outcome']!r} is not a column of the input.{_suggest(pr['outcome'], cols)}"
+                       f" Available: {cols[:20]}")
+        for key in ("donor_key",):
+            if pr[key] is not None and pr[key] not in cols:
+                out.append(f"[predict] {key} {pr[key]!r} is not a column of the input. Available: {cols[:20]}")
+        base = parse_baseline(pr["baseline"])
+        if base is not None:
+            (col, val), = base.items()
+            if col not in cols:
+                out.append(f"[predict] baseline column {col!r} is not a column of the input. Available: {cols[:20]}")
+            elif not (obs[col].astype(str) == str(val)).any():
+                out.append(f"[predict] baseline {col}={val}: no sample has {col} == {val!r} (values: "
+                           f"{sorted(map(str, pd.unique(obs[col].dropna())))[:10]}).")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,21 +544,46 @@ def stage_score(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     state["adata"] = adata
 
 
+def _with_design(func, name: str, holder, design: dict[str, Any], **kwargs):
+    """Call a donor-level test with the run's design; a test that cannot take it, or fails on it, is a listed
+    problem (``record_problem`` on ``holder``) and gives None, never a silent fallback."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    given = {k: v for k, v in design.items() if v not in (None, (), [])}
+    unsupported = [k for k in given if k not in params]
+    if unsupported:
+        record_problem(holder, f"{name}: not run: this version of im.tl.{name} does not accept {unsupported} of the "
+                               "configured design ([differential] design / contrasts / tests / random_effect).")
+        return None
+    try:
+        return func(**kwargs, **given)
+    except (ValueError, KeyError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        record_problem(holder, f"{name}: not run with the configured design: {type(e).__name__}: {msg}")
+        return None
+
+
 def stage_differential(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     from . import tl
+    from ._config import design_kwargs
 
     inp, d = cfg["input"], cfg["differential"]
     adata = state["adata"]
-    common = dict(condition_key=inp["condition_key"], sample_key=inp["sample_key"], groupby=d["groupby"])
-    res = tl.differential_activity(adata, gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
-                                   covariates=tuple(inp["covariates"]), min_cells=d["min_cells"],
-                                   reference=inp["reference"], **common)
-    comp = tl.composition(adata, sample_key=inp["sample_key"], condition_key=inp["condition_key"],
-                          groupby=d["groupby"], covariates=tuple(inp["covariates"]))
-    tables = {"differential_activity": res, "composition": comp}
+    design = design_kwargs(cfg)
+    common = {"sample_key": inp["sample_key"], "groupby": d["groupby"]}
+    # the main result: a design error here is an error of the run (it was checked on the input before any work)
+    res = tl.differential_activity(adata, gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]), min_cells=d["min_cells"],
+                                   **common, **{k: v for k, v in design.items() if v not in (None, (), [])})
+    tables = {"differential_activity": res}
+    comp = _with_design(tl.composition, "composition", adata, design, adata=adata, **common)
+    if comp is not None:
+        tables["composition"] = comp
     if d["expression"]:
-        tables["differential_expression"] = tl.differential_expression(
-            adata, covariates=tuple(inp["covariates"]), min_cells=d["min_cells"], **common)
+        de = _with_design(tl.differential_expression, "differential_expression", adata, design, adata=adata,
+                          min_cells=d["min_cells"], **common)
+        if de is not None:
+            tables["differential_expression"] = de
     state["tables"] = tables
     ck.write("differential", h, adata=adata, tables=tables)
     state["adata"] = adata
@@ -541,39 +623,164 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     donors = tl.donor_view(adata, sample_key=inp["sample_key"], groupby=cfg["differential"]["groupby"],
                            gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]), min_cells=cfg["differential"]["min_cells"])
     mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
-    try:
-        assoc = tl.cross_modal_associations(mdata, method=pr["association_method"], covariates=tuple(
-            c for c in inp["covariates"] if c in mdata.obs.columns))
-    except ValueError as e:  # e.g. too few donors with both modalities: a listed problem, the run goes on
-        record_problem(mdata, f"cross-modal associations not estimated: {e}")
+    from ._config import design_kwargs
+
+    design = design_kwargs(cfg)
+    if cfg["differential"]["design"] is None:  # the two-group form: covariates that the donor table carries
+        design = {"covariates": tuple(c for c in inp["covariates"] if c in mdata.obs.columns)}
+    else:  # partial associations adjusted by the design's covariates
+        design = {k: v for k, v in design.items() if k in ("design", "contrast", "test")}
+    assoc = _with_design(tl.cross_modal_associations, "cross_modal_associations", mdata, design, mdata=mdata,
+                         method=pr["association_method"])
+    if assoc is None:  # e.g. too few donors with both modalities: a listed problem, the run goes on
         assoc = pd.DataFrame()
     from .tl._proteomics import MIN_DONORS_PER_CLASS_PANEL, _obs_frame
 
     both = mdata["rna"].obs_names.intersection(mdata["prot"].obs_names)  # the panel uses donors with both modalities
-    n_min = int(_obs_frame(mdata, inp["condition_key"]).reindex(both).value_counts().min())
-    n_splits = min(5, n_min)
-    if n_min < MIN_DONORS_PER_CLASS_PANEL:
-        record_problem(mdata, f"biomarker panel: only {n_min} donors with both modalities in the smaller condition; "
-                       "its cross-validated AUC is very uncertain (exploratory only).", warn_user=False)
-    if n_splits < 5:
-        logger.warning("biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
-                       "cross-validation instead of 5", n_min, n_splits)
-    panel = tl.biomarker_panel(mdata, condition_key=inp["condition_key"], n_splits=n_splits,
-                               n_repeats=pr["biomarker_repeats"], random_state=rs)
-    preds = panel.predictions.reset_index() if isinstance(panel.predictions, pd.DataFrame) else pd.DataFrame(
-        panel.predictions)
-    tables = {
-        "cross_modal_associations": assoc,
-        "biomarker_features": panel.features.reset_index(),
-        "biomarker_predictions": preds,
-        "biomarker_auc": pd.DataFrame({"auc": [panel.auc], "ci_low": [panel.auc_ci[0]], "ci_high": [panel.auc_ci[1]]}),
-    }
+    counts = _obs_frame(mdata, inp["condition_key"]).reindex(both).value_counts()
+    tables = {"cross_modal_associations": assoc}
+    panel = None
+    if len(counts) != 2:
+        record_problem(mdata, f"biomarker panel: not run: it separates two levels of {inp['condition_key']!r}, and "
+                       f"the donors with both modalities have {len(counts)} ({sorted(map(str, counts.index))}).")
+    else:
+        n_min = int(counts.min())
+        n_splits = min(5, n_min)
+        if n_min < MIN_DONORS_PER_CLASS_PANEL:
+            record_problem(mdata, f"biomarker panel: only {n_min} donors with both modalities in the smaller "
+                           "condition; its cross-validated AUC is very uncertain (exploratory only).", warn_user=False)
+        if n_splits < 5:
+            logger.warning("biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
+                           "cross-validation instead of 5", n_min, n_splits)
+        panel = tl.biomarker_panel(mdata, condition_key=inp["condition_key"], n_splits=n_splits,
+                                   n_repeats=pr["biomarker_repeats"], random_state=rs)
+        preds = panel.predictions.reset_index() if isinstance(panel.predictions, pd.DataFrame) else pd.DataFrame(
+            panel.predictions)
+        tables.update({
+            "biomarker_features": panel.features.reset_index(),
+            "biomarker_predictions": preds,
+            "biomarker_auc": pd.DataFrame({"auc": [panel.auc], "ci_low": [panel.auc_ci[0]],
+                                           "ci_high": [panel.auc_ci[1]]}),
+        })
     state["tables"] = {**state.get("tables", {}), **tables}
     state["mdata"] = mdata
     state["panel"] = panel
     # the out-of-fold predictions too (not a report table): a resumed report redraws the ROC figure from them
-    ck.write("proteomics", h, mdata=mdata, tables={**tables, "biomarker_oof": panel.oof.reset_index()},
-             extra={"biomarker_params": panel.params})
+    extra_tables = {"biomarker_oof": panel.oof.reset_index()} if panel is not None else {}
+    ck.write("proteomics", h, mdata=mdata, tables={**tables, **extra_tables},
+             extra={"biomarker_params": panel.params if panel is not None else {}})
+
+
+def _jsonable(value: Any) -> Any:
+    """Metrics and parameters of a prediction as JSON (arrays as lists, numpy scalars as numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in np.asarray(value, dtype=object).ravel()] if not isinstance(
+            value, (list, tuple)) else [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (pd.DataFrame, pd.Series)):
+        return None
+    return value
+
+
+def _with_index(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``df`` with its index as the first column (named ``name``, or ``row`` when a column has that name)."""
+    name = name if name not in df.columns else "row"
+    return df.rename_axis(name).reset_index()
+
+
+PREDICT_TABLES = ("predict_results", "predict_features", "predict_calibration", "predict_null")
+
+
+def stage_predict(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
+    """Response prediction (``[predict] outcome``) from baseline donor features: the proteomics MuData when the run
+    has one (features: modalities or feature names), else the donor view of the cells (features: ``"proportion"``
+    and / or ``"gene_set"``). A prediction that cannot run is a listed problem, and the run goes on."""
+    from . import tl
+    from ._config import parse_baseline
+
+    p, inp = cfg["predict"], cfg["input"]
+    if not p["outcome"].strip():
+        logger.info("no [predict] outcome: skipping the predict stage")
+        ck.write("predict", h, extra={"skipped": True})
+        return
+    adata = state["adata"]
+    mdata = state.get("mdata")
+    if mdata is None and cfg["proteomics"]["path"] is not None and (ck.path("proteomics") / "data.h5mu").is_file():
+        mdata = ck.read_mdata("proteomics")
+    base = parse_baseline(p["baseline"])
+    if base is not None:  # "visit=0" on a numeric column compares as a number
+        (col, val), = base.items()
+        where = mdata.obs if mdata is not None else adata.obs
+        if col in where.columns and pd.api.types.is_numeric_dtype(where[col]):
+            try:
+                base = {col: float(val)}
+            except ValueError:
+                pass
+    kw = {"outcome": p["outcome"], "features": list(p["features"]) or None, "baseline": base, "donor_key": p["donor_key"],
+              "outcome_type": p["outcome_type"], "positive": p["positive"], "model": p["model"], "n_splits": p["n_splits"],
+              "n_repeats": p["n_repeats"], "max_features": p["max_features"], "n_permutations": p["n_permutations"],
+              "n_bins": p["n_bins"], "random_state": cfg["output"]["random_state"]}
+    problems: list[str] = []
+    if p["exclude_values"]:  # e.g. controls, who have no response: their rows leave the prediction
+        drop = {str(v) for v in p["exclude_values"]}
+        if mdata is not None:
+            from .tl._predict import _obs_column
+
+            col = _obs_column(mdata, p["outcome"], True) if p["outcome"] in mdata.obs.columns or any(
+                p["outcome"] in mdata[m].obs.columns for m in mdata.mod) else None
+            if col is not None:
+                mdata = mdata[~col.astype(str).isin(drop).to_numpy()].copy()
+        elif p["outcome"] in adata.obs.columns:
+            adata = adata[~adata.obs[p["outcome"]].astype(str).isin(drop).to_numpy()]
+    try:
+        if mdata is not None:
+            res = tl.predict_response(mdata, **kw)
+        else:  # the donor view built here: predict_response writes its result into it, never into the cells
+            donors = tl.donor_view(adata, sample_key=inp["sample_key"], groupby=cfg["differential"]["groupby"],
+                                   gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
+                                   min_cells=cfg["differential"]["min_cells"])
+            res = tl.predict_response(donors, **kw)
+    except (ValueError, KeyError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        problems.append(f"predict: response prediction of {p['outcome']!r} not run: {type(e).__name__}: {msg}")
+        logger.warning(problems[-1])
+        ck.write("predict", h, extra={"problems": problems})
+        state["prediction"] = None
+        state["predict_problems"] = problems
+        return
+    tables = {
+        "predict_results": _with_index(res.results, "donor"),
+        "predict_features": _with_index(res.features, "feature"),
+        "predict_calibration": res.calibration,
+        "predict_null": pd.DataFrame({"null": np.asarray(res.null, dtype=float)}),
+    }
+    stored = {"params": _jsonable(res.params), "metrics": _jsonable(res.metrics)}
+    state["tables"] = {**state.get("tables", {}), **{k: v for k, v in tables.items() if k != "predict_null"}}
+    state["prediction"] = res.as_dict()
+    state["predict_problems"] = problems
+    ck.write("predict", h, tables=tables, extra={"prediction": stored, "problems": problems})
+
+
+def prediction_from_checkpoint(ck: Checkpoints) -> tuple[dict | None, list[str]]:
+    """The stored prediction (the dict :func:`immunomood.pl.predict_response` reads) and the stage's problems."""
+    info = ck.info("predict") or {}
+    problems = [str(m) for m in info.get("problems", [])]
+    stored = info.get("prediction")
+    res = ck.read_table("predict", "predict_results")
+    if info.get("skipped") or not stored or res is None:
+        return None, problems
+    res = res.set_index(res.columns[0])
+    res.index = res.index.astype(str)
+    feats = ck.read_table("predict", "predict_features")
+    null = ck.read_table("predict", "predict_null")
+    cal = ck.read_table("predict", "predict_calibration")
+    return {"params": stored.get("params", {}), "metrics": stored.get("metrics", {}), "results": res,
+            "features": feats.set_index(feats.columns[0]) if feats is not None and len(feats.columns) else pd.DataFrame(),
+            "calibration": cal if cal is not None else pd.DataFrame(),
+            "null": null["null"].to_numpy(dtype=float) if null is not None and "null" in null else np.zeros(0)}, problems
 
 
 def _panel_from_checkpoint(ck: Checkpoints):
@@ -604,13 +811,16 @@ def stage_report(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
 
     if state.get("panel") is None and cfg["proteomics"]["path"] is not None:
         state["panel"] = _panel_from_checkpoint(ck)  # resumed after the proteomics stage: no figure may be missing
+    if "prediction" not in state:  # resumed after the predict stage
+        state["prediction"], state["predict_problems"] = prediction_from_checkpoint(ck)
     write_report(cfg, ck, state)
     ck.write("report", h, extra={"report": str(cfg.outdir / "report")})
 
 
 STAGE_FUNCS: dict[str, Callable[[Config, Checkpoints, str, dict], None]] = {
     "load": stage_load, "qc": stage_qc, "integrate": stage_integrate, "annotate": stage_annotate,
-    "score": stage_score, "differential": stage_differential, "proteomics": stage_proteomics, "report": stage_report,
+    "score": stage_score, "differential": stage_differential, "proteomics": stage_proteomics,
+    "predict": stage_predict, "report": stage_report,
 }
 _ADATA_STAGES = ("load", "qc", "integrate", "annotate", "score", "differential")
 
