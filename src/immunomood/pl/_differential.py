@@ -137,13 +137,13 @@ def differential_activity(
                 ax.hlines(np.mean(v), x0 - 0.12, x0 + 0.12, color="k", lw=1.5, zorder=4)
         if row is not None and len(row):
             if len(shown) > 1:  # one line per contrast: "MDD vs control: padj 0.01"
-                txt = "\n".join(f"{_CONTRAST.match(c)['case']} vs {_CONTRAST.match(c)['ref']}: padj "
+                txt = "\n".join(f"{_CONTRAST.match(c)['case']}: padj "
                                  f"{fmt_p(row.loc[row['contrast'].astype(str) == c, 'padj'].iloc[0])}"
                                  for c in shown if (row["contrast"].astype(str) == c).any())
             else:
                 txt = f"padj {fmt_p(row['padj'].iloc[0])}"
             ax.text(i, 0.99, txt, transform=ax.get_xaxis_transform(), ha="center", va="top",
-                    fontsize=7 if len(shown) < 2 else 5.5)
+                    fontsize=7 if len(shown) < 2 else 6)
     if len(s):
         lo, hi = float(s["score"].min()), float(s["score"].max())
         pad = 0.08 * (hi - lo if hi > lo else 1.0)
@@ -156,10 +156,13 @@ def differential_activity(
     ax.set_ylabel(f"{gene_set} score (log2, one point per sample)")
     cond = params.get("condition_key") or "condition"
     method = params.get("method")
-    what = (f"{', '.join(_CONTRAST.match(c)['case'] for c in shown)} vs {_CONTRAST.match(shown[0])['ref']}"
-            if len(shown) > 1 and len({_CONTRAST.match(c)["ref"] for c in shown}) == 1
+    refs = {_CONTRAST.match(c)["ref"] for c in shown}
+    what = (f"{', '.join(_CONTRAST.match(c)['case'] for c in shown)} vs {next(iter(refs))}"
+            if len(shown) > 1 and len(refs) == 1
             else "; ".join(c.split(": ", 1)[1] for c in shown) if len(shown) > 1
             else f"{params.get('case', '')} vs {params.get('reference', '')}")
+    if len(shown) > 1 and len(refs) > 1:  # several references: the padj lines name the case only, so say it here
+        what += " (padj lines: case level)"
     ax.set_title(f"{gene_set}: {what} ({cond}), donor as the unit" + (f"\npoints: set score per sample; padj: method {method!r}" if method else ""),
                  fontsize=9)
     ax.legend(frameon=False, fontsize=8, title=cond, title_fontsize=8)
@@ -179,8 +182,7 @@ def _activity_vs_continuous(s: pd.DataFrame, rows: pd.DataFrame | None, groups: 
         sg = s[s["group"].astype(str) == g]
         row = rows[rows["group"].astype(str) == g] if rows is not None else None
         if sg.empty:
-            reason = str(row["reason"].iloc[0]) if row is not None and len(row) and "reason" in row else ""
-            untested.append(f"{g}" + (f" ({textwrap.shorten(reason, width=40, placeholder='...')})" if reason else ""))
+            untested.append(g)  # the reasons are in the result table's `reason` column
             continue
         x = x_all[sg.index].to_numpy(dtype=float)
         y = sg["score"].to_numpy(dtype=float)
@@ -196,13 +198,13 @@ def _activity_vs_continuous(s: pd.DataFrame, rows: pd.DataFrame | None, groups: 
             xs = np.array([np.nanmin(x[ok]), np.nanmax(x[ok])])
             ax.plot(xs, y[ok].mean() + effect * (xs - x[ok].mean()), color=color, lw=1.5, zorder=4)
     if untested:
-        ax.text(0.01, 0.01, "not tested: " + "; ".join(untested), transform=ax.transAxes, fontsize=6, color="0.4",
-                va="bottom")
+        ax.text(0.01, 0.01, textwrap.fill("not tested (see the `reason` column): " + ", ".join(untested), 70),
+                transform=ax.transAxes, fontsize=6, color="0.4", va="bottom")
     ax.set_xlabel(f"{variable} (value per sample)")
     ax.set_ylabel(f"{gene_set} score (log2, one point per sample)")
     method = params.get("method")
-    ax.set_title(f"{gene_set} vs {variable}, donor as the unit\npoints: set score per sample; line slope: the "
-                 f"tested effect per unit" + (f" (method {method!r})" if method else ""), fontsize=9)
+    ax.set_title(f"{gene_set} vs {variable}, donor as the unit\npoints: set score per sample; line slope: "
+                 "tested effect per unit" + (f"\n(padj: method {method!r})" if method else ""), fontsize=9)
     ax.legend(frameon=False, fontsize=7, title=params.get("groupby") or "group", title_fontsize=7,
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
