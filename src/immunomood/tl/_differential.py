@@ -32,33 +32,7 @@ PRIOR_COUNT = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
-# legacy two-group design (the functions use immunomood._design.build_design)
-# ----------------------------------------------------------------------------------------------
-def design_matrix(tab: pd.DataFrame, condition_key: str, case, covariates: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Intercept, condition indicator (case = 1), numeric covariates (centred) and dummies (drop first).
-
-    Legacy two-group design kept for ``tests/tl/test_differential.py``; the functions use
-    :func:`immunomood._design.build_design`.
-    """
-    cols = [np.ones(len(tab)), (tab[condition_key].to_numpy() == case).astype(float)]
-    names = ["Intercept", f"{condition_key}[{case}]"]
-    for c in covariates:
-        v = tab[c]
-        if pd.api.types.is_bool_dtype(v) or not pd.api.types.is_numeric_dtype(v):
-            levels = list(v.cat.categories) if isinstance(v.dtype, pd.CategoricalDtype) else sorted(pd.unique(v), key=str)
-            levels = [lv for lv in levels if (v == lv).any()]
-            for lv in levels[1:]:
-                cols.append((v.to_numpy() == lv).astype(float))
-                names.append(f"{c}[{lv}]")
-        else:
-            x = v.to_numpy(dtype=float)
-            cols.append(x - x.mean())
-            names.append(c)
-    return np.column_stack(cols), names
-
-
-# ----------------------------------------------------------------------------------------------
-# pseudobulk -> logCPM -> gene-wise variances (limma-style moderation)
+# pseudobulk -> logCPM -> gene-wise variances (limma-style moderation); designs: immunomood._design
 # ----------------------------------------------------------------------------------------------
 def filter_by_expr(counts: np.ndarray, min_n: int, *, min_count: float = 3.0, min_total: float = 4.5) -> np.ndarray:
     """edgeR ``filterByExpr``-like: CPM >= min_count / median library (in millions) in >= ``min_n`` samples.
