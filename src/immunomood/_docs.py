@@ -46,7 +46,8 @@ design
 contrast
     With ``design``: a level pair ``(column, case, reference)``, e.g. ``("condition", "MDD", "control")``, a list
     of them, or a dict ``{design-matrix column: weight}``. Every requested contrast and test is one block of rows
-    in one table (``contrast`` column), with Benjamini-Hochberg over the whole table.
+    in one table (``contrast`` column); how ``padj`` is adjusted is said under Returns (Benjamini-Hochberg over
+    the whole table, except DESeq2's own per group and contrast in ``differential_expression``).
 test
     With ``design``: a numeric column of the formula (effect per unit, e.g. ``"hamd"``) or a one-column
     interaction (``"time:responder"``), or a list of them.""")
