@@ -623,13 +623,10 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     donors = tl.donor_view(adata, sample_key=inp["sample_key"], groupby=cfg["differential"]["groupby"],
                            gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]), min_cells=cfg["differential"]["min_cells"])
     mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
-    from ._config import design_kwargs
 
-    design = design_kwargs(cfg)
-    if cfg["differential"]["design"] is None:  # the two-group form: covariates that the donor table carries
-        design = {"covariates": tuple(c for c in inp["covariates"] if c in mdata.obs.columns)}
-    else:  # partial associations adjusted by the design's covariates
-        design = {k: v for k, v in design.items() if k in ("design", "contrast", "test")}
+    # partial associations adjusted for the design's covariates (its columns that are not tested), as the
+    # two-group form adjusts for [input] covariates and not for the condition
+    design = {"covariates": tuple(c for c in design_covariates(cfg) if c in mdata.obs.columns)}
     assoc = _with_design(tl.cross_modal_associations, "cross_modal_associations", mdata, design, mdata=mdata,
                          method=pr["association_method"])
     if assoc is None:  # e.g. too few donors with both modalities: a listed problem, the run goes on
@@ -669,6 +666,21 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     extra_tables = {"biomarker_oof": panel.oof.reset_index()} if panel is not None else {}
     ck.write("proteomics", h, mdata=mdata, tables={**tables, **extra_tables},
              extra={"biomarker_params": panel.params if panel is not None else {}})
+
+
+def design_covariates(cfg: Config) -> list[str]:
+    """The covariates of the run's design: ``[input] covariates``, or the formula's columns that are not tested
+    (not in a contrast or a test; without either, the first column is the tested one)."""
+    d = cfg["differential"]
+    if d["design"] is None:
+        return list(cfg["input"]["covariates"])
+    from ._design import _formula_variables
+
+    variables = _formula_variables(d["design"])
+    tested = {c[0] for c in d["contrasts"]} | {p.strip() for t in d["tests"] for p in str(t).split(":")}
+    if not tested and variables:
+        tested = {variables[0]}
+    return [v for v in variables if v not in tested]
 
 
 def _jsonable(value: Any) -> Any:

@@ -185,7 +185,7 @@ def contrast_sections(table: pd.DataFrame, kinds: dict[str, str], columns: list[
 
 def _baseline_text(value: Any) -> str:
     """``params["baseline"]`` of a prediction (a (column, value) pair, a dict or None) as ``column = value``."""
-    if value is None or (isinstance(value, str) and not value):
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "none")):
         return ""
     if isinstance(value, dict) and len(value) == 1:
         (k, v), = value.items()
@@ -458,7 +458,9 @@ def write_report(cfg, ck, state: dict) -> Path:
         comp = tables["composition"]
         lines += ["## Composition", ""]
         if "contrast" in comp.columns and comp["contrast"].nunique() > 1:
-            lines += contrast_sections(comp, contrast_kinds(comp, {}), list(comp.columns), level="###")
+            cols = [c for c in ("group", "effect", "ci_low", "ci_high", "pvalue", "padj", "prop_case",
+                                "prop_reference", "note") if c in comp.columns]
+            lines += contrast_sections(comp, contrast_kinds(comp, {}), cols, level="###")
         else:
             lines += [_fmt_table(comp.sort_values("pvalue"), 10)]
     if "cross_modal_associations" in tables:
