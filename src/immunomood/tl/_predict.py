@@ -205,20 +205,30 @@ def _parse_baseline(baseline) -> tuple[str, object] | None:
 # the nested cross-validation
 # ----------------------------------------------------------------------------------------------
 def _preprocess(Xtr, ytr, Xte, k, binary):
-    """Median imputation, standardisation and (k < features) univariate filter, fitted on the training fold."""
-    from sklearn.feature_selection import SelectKBest, f_classif, f_regression
+    """Median imputation, standardisation and (k < features) univariate filter, fitted on the training fold.
+
+    The steps of a ``Pipeline([SimpleImputer, StandardScaler, SelectKBest])``, called one by one (the Pipeline's
+    own bookkeeping doubled the time of a fold).
+    """
+    from sklearn.feature_selection import f_classif, f_regression
     from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    steps = [("scale", StandardScaler())]
     if np.isnan(Xtr).any() or np.isnan(Xte).any():  # without missing values the imputer is the identity: skipped
-        steps.insert(0, ("impute", SimpleImputer(strategy="median", keep_empty_features=True)))
+        imp = SimpleImputer(strategy="median", keep_empty_features=True).fit(Xtr)
+        Xtr, Xte = imp.transform(Xtr), imp.transform(Xte)
+    sc = StandardScaler().fit(Xtr)
+    Ztr, Zte = sc.transform(Xtr), sc.transform(Xte)
+    support = np.ones(Xtr.shape[1], bool)
     if k < Xtr.shape[1]:
-        steps.append(("select", SelectKBest(f_classif if binary else f_regression, k=k)))
-    pre = Pipeline(steps).fit(Xtr, ytr)
-    support = pre.named_steps["select"].get_support() if k < Xtr.shape[1] else np.ones(Xtr.shape[1], bool)
-    return pre.transform(Xtr), pre.transform(Xte), support
+        with np.errstate(invalid="ignore", divide="ignore"):
+            F = (f_classif if binary else f_regression)(Ztr, ytr)[0]
+        F = np.where(np.isfinite(F), F, -np.inf)  # constant features (F undefined) come last
+        keep = np.sort(np.argsort(-F, kind="stable")[:k])  # the k largest F (SelectKBest's rule, ties by order)
+        support = np.zeros(Xtr.shape[1], bool)
+        support[keep] = True
+        Ztr, Zte = Ztr[:, keep], Zte[:, keep]
+    return Ztr, Zte, support
 
 
 def _logistic(C, l1_ratio, seed):
