@@ -27,7 +27,10 @@ Parts (``--parts``, default all):
     monocytes per 10 severity points, patients only, ``design="~ severity"``) and a time x responder interaction
     (``n_visits=2``, ``treatment_effect``, patients only, ``sample_key="sample"``, ``random_effect="donor"``,
     ``design="~ visit * responder"``, ``test="visit:responder"``): share of cohorts with p < 0.05 for the union of
-    the complement arms in classical monocytes, and the same with the effect set to 0 (calibration).
+    the complement arms in classical monocytes (``--cohorts`` cohorts per point), and the same with the effect set
+    to 0 (``null=True``, half as many cohorts: calibration). Defaults: 0.3 log2 per 10 points, -0.3 log2
+    interaction, 120 cells per sample, 2,000 genes, patients only (the simulator makes half controls, which are
+    dropped).
 
 Run ``python benchmarks/bench_designs.py [--quick] [--parts onek1k,csle,combat,sim] [--draws N] [--cohorts M]
 [--sizes 8,16,24,32] [--seed S]`` with ``IMMUNOMOOD_DATA_DIR`` pointing at the shared data (real parts are skipped
@@ -283,14 +286,18 @@ def sim_interaction(n_patients: int, effect: float, seed: int, n_cells: int) -> 
     return float(row["pvalue"].iloc[0]) if len(row) else np.nan
 
 
-def run_sim(sizes, cohorts: int, seed: int, n_cells: int, severity_effect: float, treatment_effect: float):
+def run_sim(sizes, cohorts: int, seed: int, n_cells: int, severity_effect: float, treatment_effect: float,
+            null_cohorts: int | None = None):
     rows = []
     t0 = time.time()
     for kind, fn, eff in [("severity slope", sim_continuous, severity_effect),
                           ("visit x responder", sim_interaction, treatment_effect)]:
         for n in sizes:
             for e in (eff, 0.0):
-                ps = [fn(n, e, seed + 1000 * n + i, n_cells) for i in range(cohorts)]
+                k = cohorts if e else (max(cohorts // 2, 1) if null_cohorts is None else null_cohorts)
+                if k == 0:
+                    continue
+                ps = [fn(n, e, seed + 1000 * n + i, n_cells) for i in range(k)]
                 ps = np.asarray(ps, float)
                 rows.append({"kind": kind, "patients": n, "effect": e, "cohorts": int(np.isfinite(ps).sum()),
                              "share_p05": float(np.nanmean(ps < 0.05))})
@@ -311,16 +318,20 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few draws / cohorts (a smoke run of a few minutes)")
     p.add_argument("--parts", default="onek1k,csle,combat,sim")
-    p.add_argument("--draws", type=int, default=None, help="onek1k null draws (default 60, quick 8)")
-    p.add_argument("--cohorts", type=int, default=None, help="simulated cohorts per point (default 20, quick 4)")
+    p.add_argument("--draws", type=int, default=None, help="onek1k null draws (default 50, quick 8)")
+    p.add_argument("--cohorts", type=int, default=None,
+                   help="simulated cohorts per point with an effect (default 20, quick 4); half as many null ones")
     p.add_argument("--sizes", default=None, help="patients per simulated cohort (default 8,16,24,32; quick 8,16)")
-    p.add_argument("--cells", type=int, default=150, help="median cells per simulated sample")
-    p.add_argument("--severity-effect", type=float, default=1.0, help="log2 per 10 severity points")
-    p.add_argument("--treatment-effect", type=float, default=-1.0, help="log2 time x responder interaction")
+    p.add_argument("--null-cohorts", type=int, default=None,
+                   help="simulated null cohorts per point (default half of --cohorts; --cohorts 0 --null-cohorts N: "
+                        "calibration only)")
+    p.add_argument("--cells", type=int, default=120, help="median cells per simulated sample")
+    p.add_argument("--severity-effect", type=float, default=0.3, help="log2 per 10 severity points")
+    p.add_argument("--treatment-effect", type=float, default=-0.3, help="log2 time x responder interaction")
     p.add_argument("--seed", type=int, default=20261202)
     args = p.parse_args(argv)
-    draws = args.draws or (8 if args.quick else 60)
-    cohorts = args.cohorts or (4 if args.quick else 20)
+    draws = args.draws or (8 if args.quick else 50)
+    cohorts = args.cohorts if args.cohorts is not None else (4 if args.quick else 20)
     sizes = [int(s) for s in (args.sizes or ("8,16" if args.quick else "8,16,24,32")).split(",")]
     parts = args.parts.split(",")
     root = data_dir()
@@ -334,7 +345,8 @@ def main(argv=None) -> None:
     if root is not None and "combat" in parts:
         run_combat(root)
     if "sim" in parts:
-        run_sim(sizes, cohorts, args.seed, args.cells, args.severity_effect, args.treatment_effect)
+        run_sim(sizes, cohorts, args.seed, args.cells, args.severity_effect, args.treatment_effect,
+                args.null_cohorts)
     print(f"\ntotal {time.time() - t0:.0f} s")
 
 
