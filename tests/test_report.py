@@ -10,7 +10,13 @@ import pytest
 
 from immunomood._config import parse_config
 from immunomood._pipeline import Checkpoints
-from immunomood._report import activity_counts, problems_section, report_problems, unassigned_share, write_report
+from immunomood._report import (
+    activity_counts,
+    problems_section,
+    report_problems,
+    unassigned_share,
+    write_report,
+)
 from immunomood._utils import PROBLEMS_KEY, record_problem
 
 
@@ -123,3 +129,91 @@ def test_write_report_summary_opens_with_problems(tmp_path):
     assert "16.7% of 60 cells Unassigned" in text
     assert "- 3 tests (cell type x gene set) run; 1 with FDR < 0.05. 1 cell type x gene set" in text
     assert (out / "composition.png").is_file() and "`composition.png`" in text
+
+
+# ---------------------------------------------------------------------------------------- clinical designs
+def _design_activity() -> pd.DataFrame:
+    """Two level contrasts and a continuous test, as differential_activity(design=...) returns them."""
+    blocks = []
+    for k, c in enumerate(["condition: MDD vs control", "condition: BD vs control", "hamd (per unit)"]):
+        b = _activity().assign(contrast=c, pvalue=lambda d, k=k: d["pvalue"] * (k + 1), n_samples=6)
+        if c.endswith("(per unit)"):
+            b = b.assign(n_case=6, n_reference=0)
+        blocks.append(b)
+    return pd.concat(blocks, ignore_index=True)
+
+
+def _prediction(binary: bool = True) -> dict:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 5) if binary else rng.normal(size=10)
+    res = pd.DataFrame({"outcome": y, "y": y, "prediction": np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.1, 10),
+                                                                   0, 1)},
+                       index=pd.Index([f"d{i}" for i in range(10)], name="donor"))
+    metrics = ({"statistic": "auc", "auc": 0.81, "auc_repeat_spread": [0.7, 0.9], "pvalue": 0.02,
+                "n_permutations": 50, "brier": 0.2, "calibration_intercept": 0.1, "calibration_slope": 0.9}
+               if binary else {"statistic": "r2", "r2": 0.3, "r2_repeat_spread": [0.2, 0.4], "pvalue": 0.04,
+                               "n_permutations": 50, "pearson_r": 0.6})
+    return {"params": {"outcome": "responder", "outcome_type": "binary" if binary else "continuous",
+                       "positive": "responder", "n_donors": 10, "model": "ridge", "n_splits": 5, "n_repeats": 2,
+                       "baseline": ["visit", "baseline"]},
+            "results": res, "metrics": metrics,
+            "features": pd.DataFrame({"selection_frequency": [1.0, 0.4]}, index=["Mono|complement", "T|proportion"]),
+            "calibration": pd.DataFrame({"bin": [0, 1], "mean_predicted": [0.3, 0.7], "observed_fraction": [0.2, 0.8],
+                                         "n": [5, 5]}) if binary else pd.DataFrame(),
+            "null": rng.uniform(0.3, 0.7, size=50)}
+
+
+def test_report_one_section_per_contrast_and_the_prediction(tmp_path):
+    from immunomood._report import contrast_kinds
+
+    a = _cells()
+    da = _design_activity()
+    a.uns["differential_activity_params"] = {
+        "design": "~ condition + hamd", "method": "score", "random_effect": "",
+        "contrasts": ["condition: MDD vs control", "condition: BD vs control", "hamd (per unit)"],
+        "contrast_kinds": ["contrast", "contrast", "continuous"]}
+    assert contrast_kinds(da, a.uns["differential_activity_params"]) == {
+        "condition: MDD vs control": "contrast", "condition: BD vs control": "contrast",
+        "hamd (per unit)": "continuous"}
+    cfg = parse_config({"input": {"h5ad": "x.h5ad"}, "predict": {"outcome": "responder"},
+                        "output": {"outdir": str(tmp_path / "out")}})
+    state = {"adata": a, "tables": {"differential_activity": da}, "prediction": _prediction(),
+             "predict_problems": ["predict: 2 donors without an outcome were left out"]}
+    out = write_report(cfg, Checkpoints(cfg.outdir), state)
+    text = (out / "summary.md").read_text()
+    assert "Design `~ condition + hamd`" in text
+    assert "- 9 tests (cell type x gene set x contrast) run" in text  # 3 testable rows x 3 contrasts
+    secs = {c: text.split(f"### {c}")[1].split("###")[0].split("## ")[0] for c in contrast_kinds(da, {})}
+    assert "n_case" in secs["condition: BD vs control"] and "n_samples" not in secs["condition: BD vs control"]
+    assert "Effect per unit" in secs["hamd (per unit)"] and "n_samples" in secs["hamd (per unit)"]
+    assert "n_case" not in secs["hamd (per unit)"]
+    # each section lists its own rows, smallest p first
+    rows = [ln for ln in secs["hamd (per unit)"].splitlines() if ln.startswith("| ")]
+    assert rows[1].startswith("| T cell | s1 | 0.5") and len(rows) == 1 + 4
+    # the prediction: statistic, its spread (not a CI), permutation p, calibration, stable features, figure
+    pred = text.split("## Response prediction")[1]
+    assert "Cross-validated AUC 0.81 (spread over CV repeats 0.70-0.90" in pred and "permutation p = 0.02" in pred
+    assert "baseline rows visit = baseline" in pred and "intercept 0.1, slope 0.9" in pred
+    assert "Mono|complement" in pred and "| feature |" in pred
+    assert (out / "predict_response.png").is_file() and "`predict_response.png`" in text
+    for name in ("predict_results", "predict_features", "predict_calibration"):
+        assert (out / f"{name}.csv").is_file()
+    assert "- predict: 2 donors without an outcome were left out" in text.split("## Cohort")[0]
+    # one volcano per contrast
+    assert all((out / f"{n}.png").is_file() for n in ("volcano", "volcano_2", "volcano_3"))
+
+
+def test_report_prediction_continuous_and_not_run(tmp_path):
+    from immunomood._report import prediction_lines
+
+    lines = "\n".join(prediction_lines(_prediction(binary=False)))
+    assert "Cross-validated R^2 0.3" in lines and "Pearson r of observed vs predicted 0.6" in lines
+    assert "Calibration" not in lines  # no calibration table for a continuous outcome
+    a = _cells()
+    cfg = parse_config({"input": {"h5ad": "x.h5ad"}, "predict": {"outcome": "responder"},
+                        "output": {"outdir": str(tmp_path / "out")}})
+    state = {"adata": a, "tables": {"differential_activity": _activity()}, "prediction": None,
+             "predict_problems": ["predict: response prediction of 'responder' not run: ValueError: too few"]}
+    text = (write_report(cfg, Checkpoints(cfg.outdir), state) / "summary.md").read_text()
+    assert "- predict: response prediction of 'responder' not run" in text.split("## Cohort")[0]
+    assert "Not run for 'responder': see the problems above." in text
