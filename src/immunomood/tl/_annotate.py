@@ -775,7 +775,8 @@ def _transfer(
     classes = np.unique(fine_s[train])
     if len(classes) >= 2:
         clf = LogisticRegression(C=0.1, max_iter=200, tol=1e-3)
-        clf.fit((feats_s[train] - mu) / sd, fine_s[train])
+        with _one_blas_thread():
+            clf.fit((feats_s[train] - mu) / sd, fine_s[train])
         P = clf.predict_proba((feats_r - mu) / sd)
         lin_of = pd.Series(lin_s[train]).groupby(fine_s[train]).first().reindex(clf.classes_).to_numpy()
         P = P * (lin_of[None, :] == lin_rest[:, None].astype(str))
@@ -814,6 +815,14 @@ def _transfer(
     return new
 
 
+def _one_blas_thread():
+    """BLAS limited to one thread: the logistic models here work on small matrices (a few thousand cells x a few
+    hundred features), where a second BLAS thread on 2 busy cores made the fit 30x slower (11 s vs 0.34 s)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4)
     return np.log(p / (1 - p))
@@ -849,12 +858,14 @@ def _calibration(out: Mapping[str, Any], E: np.ndarray, rep: np.ndarray, rs: int
     F = np.hstack([E[cand], rep[cand]]).astype(np.float64)
     F = (F - F.mean(axis=0)) / (F.std(axis=0) + 1e-6)
     cv = StratifiedKFold(_CV_FOLDS, shuffle=True, random_state=rs)
-    pred = cross_val_predict(LogisticRegression(C=0.1, max_iter=200, tol=1e-3), F, y, cv=cv)
+    with _one_blas_thread():
+        pred = cross_val_predict(LogisticRegression(C=0.1, max_iter=200, tol=1e-3), F, y, cv=cv)
     agree = pred == y
     if agree.all() or not agree.any():
         return none
     conf = np.asarray(out["confidence"], dtype=np.float64)[cand]
-    pl = LogisticRegression(C=1e4).fit(_logit(conf)[:, None], agree)
+    with _one_blas_thread():
+        pl = LogisticRegression(C=1e4).fit(_logit(conf)[:, None], agree)
     return {"slope": float(pl.coef_[0, 0]), "intercept": float(pl.intercept_[0]), "cv_agreement": float(agree.mean()),
             "n_cells": len(cand)}
 
