@@ -36,7 +36,7 @@ import time
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
 STEPS = (
     "_log_normalised", "_dense_cols", "_pca_rep", "_annotate_cells", "_graph_and_clusters", "_subcluster",
-    "_t_subsets", "_transfer", "knn_lists", "_leiden", "_threads",
+    "_t_subsets", "_transfer", "knn_lists", "_leiden", "_threads", "_calibration",
 )
 
 
@@ -282,6 +282,9 @@ def real(name: str, dump: str | None = None) -> dict:
         f"seconds={dt:.1f}"
     )
     print("  accuracy per confidence bin: " + "  ".join(f"{k} n={n} acc={m:.3f}" for k, (n, m) in out["bins"].items()))
+    per = pd.DataFrame({"t": t, "ok": np.where(level, lin_ok, fine_ok), "a": assigned}).groupby("t")
+    print("  per label (assigned cells correct / n): " + "  ".join(
+        f"{k}={g['ok'][g['a']].mean():.2f}/{int(g['a'].sum())}" for k, g in per if g["a"].any()))
     if os.environ.get("BENCH_CONFUSION"):
         print(conf_tab.to_string())
     return out
