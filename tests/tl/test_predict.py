@@ -113,6 +113,12 @@ def test_continuous_outcome():
     assert res.metrics["r2_mean_prediction"] == pytest.approx(r2_score(res.results["y"], res.results["prediction"]))
     null = _run(_donors(n=40, p=30, effect=0.0, continuous=True, seed=4), outcome="change")
     assert null.metrics["r2"] < 0.1
+    lasso = _run(a, outcome="change", model="l1", max_features=None)  # sparse, without the filter
+    assert lasso.metrics["r2"] > 0.3
+    f = lasso.features
+    assert (f.loc[["f0", "f1"], "selection_frequency"] == 1).all()
+    assert set(f["mean_coefficient"].abs().nlargest(2).index) == {"f0", "f1"}
+    assert f.drop(["f0", "f1"])["selection_frequency"].mean() < 0.6
 
 
 def test_missing_values_and_missing_outcome():

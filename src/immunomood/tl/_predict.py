@@ -414,7 +414,6 @@ def predict_response(
     sample_key: str | None = None,
     groupby: str = "cell_type",
     gene_sets: str | Mapping[str, Sequence[str]] = "complement",
-    n_jobs: int | None = None,
     random_state: int | None = 0,
     key_added: str = "predict_response",
 ) -> ResponsePrediction:
@@ -477,7 +476,8 @@ def predict_response(
     max_features
         Features kept by the univariate filter in each training fold; ``None``: no filter.
     n_permutations
-        Permutations of the outcome (each reruns the whole nested CV); 0 skips the test (``pvalue`` NaN).
+        Permutations of the outcome (each reruns the whole nested CV); 0 skips the test (``pvalue`` NaN). They run
+        in parallel over ``im.settings.n_jobs`` workers (joblib); the result does not depend on the number of workers.
     n_bins
         Quantile bins of the calibration table (binary).
     sample_key
@@ -486,8 +486,6 @@ def predict_response(
         Cell-level input only: column with the cell types (passed to :func:`immunomood.tl.donor_view`).
     {gene_sets}
         Cell-level input only (passed to :func:`immunomood.tl.donor_view`).
-    n_jobs
-        Parallel workers for the permutations (joblib); ``None``: ``im.settings.n_jobs``.
     {random_state}
         Used for every split, inner CV and permutation.
     key_added
@@ -517,7 +515,7 @@ def predict_response(
     n_permutations = check_int("n_permutations", n_permutations, min=0, fix="Usually 200-1000 (0 skips the test).")
     n_bins = check_int("n_bins", n_bins, min=2, fix="Usually 5 bins for tens of donors.")
     check_random_state(random_state)
-    n_jobs = resolve_n_jobs(settings.n_jobs if n_jobs is None else n_jobs)
+    n_jobs = resolve_n_jobs(settings.n_jobs)
     seed = resolve_random_state(random_state)
     base = _parse_baseline(baseline)
 
@@ -587,7 +585,8 @@ def predict_response(
         Xdf = _mudata_features(data, features)
     else:
         Xdf = _anndata_features(data, features)
-    Xdf = Xdf.reindex([r for r in y_raw.index if r in set(Xdf.index)])
+    have = set(Xdf.index)
+    Xdf = Xdf.reindex([r for r in y_raw.index if r in have])
     y_raw = y_raw.reindex(Xdf.index)
     donors = donors.reindex(Xdf.index)
     missing = y_raw.isna().to_numpy()
@@ -652,6 +651,10 @@ def predict_response(
         warn(f"predict_response: the smaller class has only {n_min} donors. The cross-validated AUC is very uncertain "
              f"and the selected features unstable; treat the result as exploratory (at least {MIN_DONORS_PER_CLASS} "
              "donors per class are advised).")
+    if not binary and len(y) < 2 * MIN_DONORS_PER_CLASS:
+        warn(f"predict_response: only {len(y)} donors. The cross-validated R^2 is very uncertain and the selected "
+             f"features unstable; treat the result as exploratory (at least {2 * MIN_DONORS_PER_CLASS} donors are "
+             "advised).")
     if excluded:
         warn(f"predict_response: {len(excluded)} donors left out (missing outcome in {outcome!r} or no feature "
              f"value): {excluded[:10]}{' ...' if len(excluded) > 10 else ''}; listed in params['excluded_donors'].")
