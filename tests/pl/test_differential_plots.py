@@ -150,6 +150,12 @@ def test_composition_shows_p_values(cohort):
     assert n_points == cohort.obs["donor"].nunique() * cohort.obs["cell_type"].nunique()
     plt.close(fig)
     ax = im.pl.composition(cohort, sample_key="donor", condition_key="condition", groupby="cell_type")
+    # tl.composition stored its result in uns: the plot reads it without result=
+    assert sorted(t.get_text() for t in ax.texts) == sorted(texts)
+    plt.close(ax.figure)
+    bare = cohort.copy()
+    del bare.uns["composition"]
+    ax = im.pl.composition(bare, sample_key="donor", condition_key="condition", groupby="cell_type")
     assert "im.tl.composition" in ax.get_title() and len(ax.texts) == 0
     plt.close(ax.figure)
     with pytest.raises(KeyError, match="lacks the columns"):

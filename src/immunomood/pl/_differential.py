@@ -137,7 +137,9 @@ def differential_activity(
                 ax.hlines(np.mean(v), x0 - 0.12, x0 + 0.12, color="k", lw=1.5, zorder=4)
         if row is not None and len(row):
             if len(shown) > 1:  # one line per contrast: "MDD vs control: padj 0.01"
-                txt = "\n".join(f"{_CONTRAST.match(c)['case']}: padj "
+                one_ref = len({_CONTRAST.match(c)["ref"] for c in shown}) == 1
+                txt = "\n".join(f"{_CONTRAST.match(c)['case']}"
+                                 f"{'' if one_ref else '/' + _CONTRAST.match(c)['ref']}: padj "
                                  f"{fmt_p(row.loc[row['contrast'].astype(str) == c, 'padj'].iloc[0])}"
                                  for c in shown if (row["contrast"].astype(str) == c).any())
             else:
@@ -161,8 +163,8 @@ def differential_activity(
             if len(shown) > 1 and len(refs) == 1
             else "; ".join(c.split(": ", 1)[1] for c in shown) if len(shown) > 1
             else f"{params.get('case', '')} vs {params.get('reference', '')}")
-    if len(shown) > 1 and len(refs) > 1:  # several references: the padj lines name the case only, so say it here
-        what += " (padj lines: case level)"
+    if len(shown) > 1 and len(refs) > 1:  # several references: each padj line names case and reference
+        what += " (padj lines: case/reference)"
     ax.set_title(f"{gene_set}: {what} ({cond}), donor as the unit" + (f"\npoints: set score per sample; padj: method {method!r}" if method else ""),
                  fontsize=9)
     ax.legend(frameon=False, fontsize=8, title=cond, title_fontsize=8)
