@@ -57,7 +57,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "expression": (False, (bool,), "Also run pseudobulk DESeq2 per cell type (slower)."),
         "design": (None, (str,), ("Study design as a formula on sample-level columns, e.g. '~ condition + age + sex' "
                    "or '~ severity + age' (formulaic, R syntax; first level of a factor = reference). Drives "
-                   "differential_activity, composition, differential_expression and cross_modal_associations. "
+                   "differential_activity, composition and differential_expression; cross_modal_associations are "
+                   "partial on its untested columns. "
                    "Without it: '~ condition_key + covariates', case vs reference.")),
         "contrasts": ([], (list,), ("With design: level contrasts [column, case, reference], e.g. "
                       "[['condition', 'MDD', 'control'], ['condition', 'BD', 'control']]; one table, BH over all. "
@@ -81,8 +82,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "outcome": ("", (str,), ("Donor-level outcome to predict from baseline features (e.g. 'responder', or a "
                     "change score); empty: the predict stage does nothing.")),
         "features": ([], (list,), ("Feature kinds or names: 'proportion' and/or 'gene_set' (cell types' shares and "
-                     "donor-level pathway scores); with [proteomics] path, modality names ('rna', 'prot') or "
-                     "feature names. Empty: all.")),
+                     "donor-level pathway scores of the cells); with [proteomics] path the prediction uses the joined "
+                     "donors x (cells, plasma) data: modality names ('rna', 'prot') or feature names. Empty: all.")),
         "baseline": (None, (str, dict), ("Rows (samples) to predict from: 'column=value' (e.g. 'visit=baseline') or "
                      "a table {visit = 'baseline'}; each donor must appear once among them. Empty: every row.")),
         "exclude_values": ([], (list,), ("Outcome values treated as missing (left out), e.g. ['control'] when "
