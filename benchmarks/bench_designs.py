@@ -28,13 +28,16 @@ Parts (``--parts``, default all):
     (``n_visits=2``, ``treatment_effect``, patients only, ``sample_key="sample"``, ``random_effect="donor"``,
     ``design="~ visit * responder"``, ``test="visit:responder"``): share of cohorts with p < 0.05 for the union of
     the complement arms in classical monocytes (``--cohorts`` cohorts per point), and the same with the effect set
-    to 0 (``null=True``, half as many cohorts: calibration). Defaults: 0.3 log2 per 10 points, -0.3 log2
+    to 0 (``null=True``, half as many cohorts: calibration), plus the share of p < 0.05 in the three other cell
+    types tested (CD4 naive / memory T, naive B: no planted effect). Defaults: 0.3 log2 per 10 points, -0.3 log2
     interaction, 120 cells per sample, 2,000 genes, patients only (the simulator makes half controls, which are
     dropped).
 
 Run ``python benchmarks/bench_designs.py [--quick] [--parts onek1k,csle,combat,sim] [--draws N] [--cohorts M]
-[--sizes 8,16,24,32] [--seed S]`` with ``IMMUNOMOOD_DATA_DIR`` pointing at the shared data (real parts are skipped
-when it is absent). Prints tables and ``RESULT`` lines. Results of the last run: ``docs/validation_designs.md``.
+[--sizes 8,16,24,32] [--null-cohorts K] [--seed S] [--out DIR]`` with ``IMMUNOMOOD_DATA_DIR`` pointing at the
+shared data (real parts are skipped when it is absent). Prints tables and ``RESULT`` lines; ``--out`` also writes
+the raw tables as CSV. Default run: about 6 min for the real parts and 15 min for ``sim`` on a shared 2-core
+machine (``--quick``: about 3 min). Results of the last run: ``docs/validation_designs.md``.
 """
 
 from __future__ import annotations
@@ -263,18 +266,17 @@ def _complement_all() -> dict[str, list[str]]:
     return {"complement_all": sorted({g for v in arms.values() for g in v})}
 
 
-def sim_continuous(n_patients: int, effect: float, seed: int, n_cells: int) -> float:
+def sim_continuous(n_patients: int, effect: float, seed: int, n_cells: int) -> pd.Series:
     a, _ = im.datasets.simulate_cohort(2 * n_patients, n_cells, complement_effect=1.0, composition_shift=1.0,
                                        severity_effect=effect or 1.0, null=not effect, n_genes=2000,
                                        random_state=seed)
     a = a[(a.obs["condition"] == "MDD").to_numpy() & a.obs[SIM_GROUP].isin(SIM_TYPES).to_numpy()].copy()
     r = _call(a, design="~ severity", test="severity", sample_key="donor", groupby=SIM_GROUP,
               gene_sets=_complement_all(), min_cells=10)
-    row = r[(r["group"] == SIM_TARGET)]
-    return float(row["pvalue"].iloc[0]) if len(row) else np.nan
+    return r.set_index("group")["pvalue"]  # one set: p per cell type (the effect is planted in SIM_TARGET only)
 
 
-def sim_interaction(n_patients: int, effect: float, seed: int, n_cells: int) -> float:
+def sim_interaction(n_patients: int, effect: float, seed: int, n_cells: int) -> pd.Series:
     a, _ = im.datasets.simulate_cohort(2 * n_patients, n_cells, complement_effect=1.0, composition_shift=1.0,
                                        n_visits=2, treatment_effect=effect or -1.0, null=not effect, n_genes=2000,
                                        random_state=seed)
@@ -282,8 +284,7 @@ def sim_interaction(n_patients: int, effect: float, seed: int, n_cells: int) -> 
     a.obs["responder"] = a.obs["responder"].cat.remove_unused_categories()
     r = _call(a, design="~ visit * responder", test="visit:responder", sample_key="sample", random_effect="donor",
               groupby=SIM_GROUP, gene_sets=_complement_all(), min_cells=10)
-    row = r[(r["group"] == SIM_TARGET)]
-    return float(row["pvalue"].iloc[0]) if len(row) else np.nan
+    return r.set_index("group")["pvalue"]  # one set: p per cell type (the effect is planted in SIM_TARGET only)
 
 
 def run_sim(sizes, cohorts: int, seed: int, n_cells: int, severity_effect: float, treatment_effect: float,
@@ -297,20 +298,33 @@ def run_sim(sizes, cohorts: int, seed: int, n_cells: int, severity_effect: float
                 k = cohorts if e else (max(cohorts // 2, 1) if null_cohorts is None else null_cohorts)
                 if k == 0:
                     continue
-                ps = [fn(n, e, seed + 1000 * n + i, n_cells) for i in range(k)]
-                ps = np.asarray(ps, float)
-                rows.append({"kind": kind, "patients": n, "effect": e, "cohorts": int(np.isfinite(ps).sum()),
-                             "share_p05": float(np.nanmean(ps < 0.05))})
-                print(f"  sim {kind} n={n} effect={e}: {rows[-1]['share_p05']:.2f} ({time.time() - t0:.0f} s)",
-                      flush=True)
+                ps = pd.DataFrame([fn(n, e, seed + 1000 * n + i, n_cells) for i in range(k)])
+                target = ps[SIM_TARGET].to_numpy(float) if SIM_TARGET in ps else np.full(k, np.nan)
+                other = ps.drop(columns=[SIM_TARGET], errors="ignore").to_numpy(float).ravel()
+                other = other[np.isfinite(other)]
+                rows.append({"kind": kind, "patients": n, "effect": e, "cohorts": int(np.isfinite(target).sum()),
+                             "share_p05": float(np.nanmean(target < 0.05)),
+                             "other_types_p05": float(np.mean(other < 0.05)) if other.size else np.nan,
+                             "other_tests": int(other.size)})
+                print(f"  sim {kind} n={n} effect={e}: {rows[-1]['share_p05']:.2f} (other cell types "
+                      f"{rows[-1]['other_types_p05']:.3f}; {time.time() - t0:.0f} s)", flush=True)
     tab = pd.DataFrame(rows)
     print(f"\nsimulated power (share of cohorts with p < 0.05, complement_all in {SIM_TARGET}); effect 0 = "
           "calibration")
     print(tab.pivot_table(index=["kind", "effect"], columns="patients", values="share_p05").to_string(
         float_format=lambda x: f"{x:.2f}"))
+    print("\nfalse positives in the other cell types (no planted effect there), share of p < 0.05:")
+    print(tab.pivot_table(index=["kind", "effect"], columns="patients", values="other_types_p05").to_string(
+        float_format=lambda x: f"{x:.3f}"))
+    for kind, g in tab.groupby("kind"):
+        null = g[g["effect"] == 0]
+        hits = (null["share_p05"] * null["cohorts"]).sum() + (g["other_types_p05"] * g["other_tests"]).sum()
+        n = null["cohorts"].sum() + g["other_tests"].sum()
+        print(f"RESULT sim_null kind={kind!r} share_p05={hits / max(n, 1):.4f} tests={int(n)} (null cohorts, all "
+              "cell types, and the other cell types of the power cohorts)")
     for r in tab.itertuples():
         print(f"RESULT sim kind={r.kind!r} patients={r.patients} effect={r.effect} share_p05={r.share_p05:.3f} "
-              f"cohorts={r.cohorts}")
+              f"cohorts={r.cohorts} other_types_p05={r.other_types_p05:.3f}")
     return tab
 
 
@@ -329,6 +343,7 @@ def main(argv=None) -> None:
     p.add_argument("--severity-effect", type=float, default=0.3, help="log2 per 10 severity points")
     p.add_argument("--treatment-effect", type=float, default=-0.3, help="log2 time x responder interaction")
     p.add_argument("--seed", type=int, default=20261202)
+    p.add_argument("--out", default=None, help="folder for the raw tables (onek1k p-values, csle rows, sim)")
     args = p.parse_args(argv)
     draws = args.draws or (8 if args.quick else 50)
     cohorts = args.cohorts if args.cohorts is not None else (4 if args.quick else 20)
@@ -338,15 +353,26 @@ def main(argv=None) -> None:
     t0 = time.time()
     if root is None and any(x in parts for x in ("onek1k", "csle", "combat")):
         print("real data not found (set IMMUNOMOOD_DATA_DIR): real parts skipped")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     if root is not None and "onek1k" in parts:
-        report_onek1k(run_onek1k(root, draws, args.seed), args.seed)
+        raw = run_onek1k(root, draws, args.seed)
+        tab = report_onek1k(raw, args.seed)
+        if out is not None:
+            raw.to_csv(out / "onek1k_null_pvalues.csv", index=False)
+            tab.to_csv(out / "onek1k_null_fpr.csv", index=False)
     if root is not None and "csle" in parts:
-        run_csle(root)
+        res = run_csle(root)
+        if out is not None:
+            res.to_csv(out / "csle_interferon.csv", index=False)
     if root is not None and "combat" in parts:
         run_combat(root)
     if "sim" in parts:
-        run_sim(sizes, cohorts, args.seed, args.cells, args.severity_effect, args.treatment_effect,
-                args.null_cohorts)
+        tab = run_sim(sizes, cohorts, args.seed, args.cells, args.severity_effect, args.treatment_effect,
+                      args.null_cohorts)
+        if out is not None:
+            tab.to_csv(out / "sim_power.csv", index=False)
     print(f"\ntotal {time.time() - t0:.0f} s")
 
 
