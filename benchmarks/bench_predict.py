@@ -14,7 +14,7 @@
 
 Usage::
 
-    IMMUNOMOOD_DATA_DIR=../shared/data python benchmarks/bench_predict.py [quick|full]
+    IMMUNOMOOD_DATA_DIR=../shared/data python benchmarks/bench_predict.py [quick|full] [--no-timing]
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from scipy import stats
 import immunomood as im
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "full"
-N_NULL = 40 if MODE == "full" else 6
-N_NULL_CONT = 20 if MODE == "full" else 4
-N_PERM = 99 if MODE == "full" else 19
+TIMING = "--no-timing" not in sys.argv
+N_NULL = 24 if MODE == "full" else 6
+N_NULL_CONT = 12 if MODE == "full" else 4
+N_PERM = 49 if MODE == "full" else 19
 SETS = ("complement", "interferon_alpha", "interferon_gamma", "inflammatory", "tnfa_nfkb", "il6_jak_stat3",
         "kynurenine")
 
@@ -103,7 +104,7 @@ def null_cohorts(X: pd.DataFrame, label: str, n_binary: int, n_cont: int) -> dic
     return out
 
 
-def planted(X: pd.DataFrame, effects=(0.5, 1.0), n_seeds: int = 3) -> list[dict]:
+def planted(X: pd.DataFrame, effects=(0.5, 1.0), n_seeds: int = 2) -> list[dict]:
     rows = []
     sd = X.std()
     cols = list(X.columns[X.notna().all()][:3])
@@ -172,7 +173,8 @@ def timing() -> dict:
 
 def main() -> None:
     results = {"mode": MODE, "n_permutations_null": N_PERM}
-    results["timing"] = timing()
+    if TIMING:
+        results["timing"] = timing()
     X = real_donor_features()
     if X is not None:
         print(f"onek1k donor view: {X.shape[0]} donors x {X.shape[1]} features", flush=True)

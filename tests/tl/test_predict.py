@@ -184,6 +184,10 @@ def test_mudata_and_cell_level(cohort):
     assert "predict_response" in md.uns and set(md.uns["predict_response"]) >= {"params", "results", "null"}
     with pytest.raises(ValueError, match="looks like cell-level data.*sample_key="):
         im.tl.predict_response(cells, outcome="condition")
+    with pytest.raises(KeyError, match="outcome column 'respond' not found in adata.obs"):
+        im.tl.predict_response(cells, outcome="respond", sample_key="donor")  # before any donor_view work
+    with pytest.raises(ValueError, match="varies within samples"):
+        im.tl.predict_response(cells, outcome="cell_type_true", sample_key="donor")
     before = set(cells.uns)
     res_c = _run(cells, outcome="condition", sample_key="donor", groupby="cell_type_true",
                  features="proportion", key_added="pr_cells")

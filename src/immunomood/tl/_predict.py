@@ -527,6 +527,17 @@ def predict_response(
         if sample_key not in adata.obs.columns:
             raise KeyError(f"sample_key {sample_key!r} not found in adata.obs. "
                            f"Available: {list(map(str, adata.obs.columns))}.")
+        for what, col in (("outcome", outcome), ("donor_key", donor_key)):
+            if col is None:
+                continue
+            if col not in adata.obs.columns:
+                raise KeyError(f"{what} column {col!r} not found in adata.obs. "
+                               f"Available: {list(map(str, adata.obs.columns))}.")
+            varies = adata.obs.groupby(sample_key, observed=True)[col].nunique(dropna=False) > 1
+            if varies.any():
+                raise ValueError(f"adata.obs[{col!r}] varies within samples of {sample_key!r} (e.g. "
+                                 f"{list(map(str, varies.index[varies]))[:5]}): the {what} must be one value per "
+                                 "sample (a donor-level column).")
         cells = adata
         if base is not None:
             col, val = base
