@@ -37,7 +37,7 @@ MIN_DONORS_PER_CLASS = 10
 #: Inverse L1 penalties tried by the inner CV of the logistic models (features standardised in the fold).
 LOGISTIC_CS = (0.05, 0.15, 0.5, 1.5, 5.0)
 #: Ridge penalties tried by the (efficient leave-one-out) inner CV of the ridge models.
-RIDGE_ALPHAS = tuple(np.logspace(-2, 4, 13))
+RIDGE_ALPHAS = tuple(np.logspace(-2, 4, 9))
 KINDS = ("proportion", "gene_set")
 
 
@@ -285,6 +285,20 @@ def _fit_fold(Xtr, ytr, Xte, spec, seed):
     return model.predict(Zte), coef, float(model.alpha_)
 
 
+def _per_repeat(y, oof, binary) -> np.ndarray:
+    """The statistic of every repeat (column of ``oof``) in one vectorised call.
+
+    AUC as the Mann-Whitney U of the positives over ``n1 * n0`` (ties as midranks: equal to ``roc_auc_score``);
+    R^2 by ``r2_score(..., multioutput="raw_values")``.
+    """
+    from sklearn.metrics import r2_score
+
+    if binary:
+        pos, neg = oof[y == 1], oof[y == 0]
+        return stats.mannwhitneyu(pos, neg, axis=0, method="asymptotic").statistic / (len(pos) * len(neg))
+    return np.atleast_1d(r2_score(np.repeat(y[:, None], oof.shape[1], 1), oof, multioutput="raw_values"))
+
+
 def _statistic(y, pred, binary) -> float:
     from sklearn.metrics import r2_score, roc_auc_score
 
@@ -311,7 +325,7 @@ def _nested_cv(X, y, spec, seed, n_repeats, keep: bool):
             if keep:
                 coefs[i] = coef
                 penalties.append(pen)
-    per_repeat = np.array([_statistic(y, oof[:, r], spec["binary"]) for r in range(n_repeats)])
+    per_repeat = _per_repeat(y, oof, spec["binary"])
     return per_repeat, oof, coefs, np.asarray(penalties, dtype=float)
 
 
