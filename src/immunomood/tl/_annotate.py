@@ -14,7 +14,7 @@ Outline
 5. Level 2, per lineage, on the lineage's own sub-clusters (its cells re-clustered on their own HVGs, or on
    ``use_rep``): subsets are population properties. T cells: CD4 vs CD8 from a CD8A/CD8B detection mixture
    model per coarse sub-cluster (the cluster decides, a cell departs only on strong evidence); naive vs
-   memory from naive (CCR7, SELL, LEF1, TCF7 ...) and memory (S100A4, ANXA1, VIM, LGALS1, AHNAK, IL32 ...)
+   memory from naive (CCR7, SELL, LEF1, TCF7 ...) and memory (S100A4, ANXA1, IL32, ITGB1, AQP3)
    axes smoothed over sub-clusters, cells re-ranked with the data's own expanded signature; Treg, MAIT,
    gamma-delta and proliferating T where their markers are clearly up. Other lineages: softmax over the
    subset scores smoothed over their sub-clusters.
@@ -630,7 +630,7 @@ def _t_subsets(
     """Fine labels and their probability for T cells (rows of ``E``), decided per sub-cluster (``codes``).
 
     1. Axis scores from genes scaled between the lowest and highest sub-cluster mean: naive (CCR7, SELL, LEF1,
-       TCF7 ...) vs memory/effector (S100A4, ANXA1, VIM, LGALS1, AHNAK, GZMK ...); smoothed mostly by the
+       TCF7 ...) vs memory (S100A4, ANXA1, IL32, ITGB1, AQP3); smoothed mostly by the
        sub-cluster mean, a little by the kNN neighbourhood and the cell itself.
     2. CD4 vs CD8: Bayesian CD8A/CD8B detection model with the sub-cluster as prior (:func:`_cd8_posterior`),
        on coarser sub-clusters (``coarse_codes``): CD4 vs CD8 is the major split of T cells, naive vs memory a
