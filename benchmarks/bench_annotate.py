@@ -21,6 +21,22 @@ Last runs (2 cores shared with other sessions, load average 3-5, ``settings.n_jo
   _annotate_cells 9.5, thread set-up 7.6, HVG + PCA 6.1, normalisation 5.4.
 - 1,000,000 cells: not run here (the simulated cohort alone exceeds this machine's 23 GB).
 
+After the confidence/calibration change and one BLAS thread for the logistic models (load average 4-6):
+9,965 cells 15.3 s (profile: _annotate_cells 6.7 s, HVG + PCA 3.4, Leiden 1.9, _calibration 0.3); 19,926 cells
+21.0 s profiled (38.6 s before the BLAS-thread limit: the transfer's and the calibration's small logistic fits ran
+30x slower with 2 BLAS threads on 2 busy cores); 100,000 cells 35.9 s = 2,786 cells/s (the previous code took
+44.2 s in the same hour); labels identical to the previous code (lineage 0.985, fine 0.883, Unassigned 1.4% at
+100k with the current simulator).
+
+Real labelled sets (``python benchmarks/bench_annotate.py real [SET ...] [--dump=DIR]``, needs
+IMMUNOMOOD_DATA_DIR): per set lineage accuracy, fine accuracy on fine calls, Unassigned, lineage-level calls,
+AUROC of confidence for correctness, expected calibration error, accuracy per confidence bin and per label.
+Last run (lineage / fine / Unassigned / lineage-level / AUROC / ECE): pbmc3k 0.992 / 0.904 / 0.3% / 0% /
+0.837 / 0.045; kang2018 0.995 / 0.942 / 3.0% / 55% / 0.814 / 0.028; csle (Azimuth l3) 0.996 / 0.809 / 3.6% /
+0% / 0.862 / 0.035; csle (author labels) 1.000 / 0.806 / 3.6% / 0% / 0.834 / 0.037; onek1k 0.995 / 0.963 /
+0.7% / 22% / 0.890 / 0.030. Before the kNN-agreement factor and the calibration the AUROCs were 0.761 / 0.784 /
+0.835 / - / 0.762 and the ECEs 0.15-0.24.
+
 Before issue 15 the 16,000-cell call took 93 s, 43 s of it compiling umap's numba kernels for the connectivities
 (now computed in numpy) and 15 s importing.
 """
