@@ -14,7 +14,7 @@ import pytest
 
 import immunomood as im
 from immunomood._config import parse_config
-from immunomood._pipeline import run_pipeline
+from immunomood._pipeline import Checkpoints, run_pipeline
 
 FIGURES = ["qc_violins", "qc_report", "annotation", "annotation_confidence", "differential_activity", "volcano",
            "composition", "cross_modal", "biomarker_roc"]
@@ -96,7 +96,7 @@ def test_report_resumed_after_a_kill_draws_every_figure(finished_run):
     assert _ran(_run(cfg, resume=True)) == ["report"]
     assert (rep / "summary.md").is_file()
     # a kill during the report stage leaves no report checkpoint (and possibly a half-written report folder)
-    shutil.rmtree(cfg.outdir / "checkpoints" / "07_report")
+    shutil.rmtree(Checkpoints(cfg.outdir).path("report"))
     shutil.rmtree(rep)
     assert _ran(_run(cfg, resume=True)) == ["report"]
     summary = (rep / "summary.md").read_text()
