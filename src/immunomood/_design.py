@@ -183,7 +183,8 @@ def _formula_variables(formula: str) -> list[str]:
     try:
         f = Formula(formula)
     except Exception as err:
-        raise ValueError(f"design={formula!r} is not a valid formula ({err}). Write it as in R, e.g. "
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # formulaic colours its parser errors
+        raise ValueError(f"design={formula!r} is not a valid formula ({msg}). Write it as in R, e.g. "
                          "'~ condition + age + sex' or '~ time * responder'.") from err
     rhs = f.rhs if hasattr(f, "rhs") else f
     names: list[str] = []
