@@ -35,8 +35,9 @@ import immunomood as im
 MODE = sys.argv[1] if len(sys.argv) > 1 else "full"
 TIMING = "--no-timing" not in sys.argv
 N_NULL = 24 if MODE == "full" else 6
-N_NULL_CONT = 12 if MODE == "full" else 4
-N_PERM = 49 if MODE == "full" else 19
+N_NULL_CONT = 20 if MODE == "full" else 4
+N_NULL_GAUSS = 20 if MODE == "full" else 3
+N_PERM = 99 if MODE == "full" else 19
 SETS = ("complement", "interferon_alpha", "interferon_gamma", "inflammatory", "tnfa_nfkb", "il6_jak_stat3",
         "kynurenine")
 
@@ -185,8 +186,8 @@ def main() -> None:
     rng = np.random.default_rng(1)
     Xs = pd.DataFrame(rng.normal(size=(40, 30)), index=[f"S{i}" for i in range(40)],
                       columns=[f"g{j}" for j in range(30)])
-    results["null_gaussian"] = null_cohorts(Xs, "gaussian 40 x 30", N_NULL // 2, 0)
-    results["simulated_trial"] = simulated_trial()
+    results["null_gaussian"] = null_cohorts(Xs, "gaussian 40 x 30", N_NULL_GAUSS, 0)
+    results["simulated_trial"] = [simulated_trial(effect) for effect in (0.25, 0.5, 1.0)]
     print(json.dumps(results, indent=1, default=str))
 
 
