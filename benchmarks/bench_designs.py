@@ -37,7 +37,7 @@ Run ``python benchmarks/bench_designs.py [--quick] [--parts onek1k,csle,combat,s
 [--sizes 8,16,24,32] [--null-cohorts K] [--seed S] [--out DIR]`` with ``IMMUNOMOOD_DATA_DIR`` pointing at the
 shared data (real parts are skipped when it is absent). Prints tables and ``RESULT`` lines; ``--out`` also writes
 the raw tables as CSV. Default run: about 6 min for the real parts and 15 min for ``sim`` on a shared 2-core
-machine (``--quick``: about 3 min). Results of the last run: ``docs/validation_designs.md``.
+machine (``--quick``: about 4 min). Results of the last run: ``docs/validation_designs.md``.
 """
 
 from __future__ import annotations
