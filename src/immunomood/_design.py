@@ -193,10 +193,28 @@ def _formula_variables(formula: str) -> list[str]:
             expr = str(factor.expr)
             if expr in ("1", "0"):
                 continue
-            for tok in _TERM_SPLIT.split(expr):
-                if tok and tok not in names and not tok.isdigit() and tok not in ("C", "Treatment", "np", "log"):
+            for tok in _expression_names(expr):
+                if tok not in names:
                     names.append(tok)
     return names
+
+
+def _expression_names(expr: str) -> list[str]:
+    """Column names in one formula factor: the bare names of a Python expression, not the functions or modules it
+    calls (``scale(age)`` -> ``age``, ``np.log(crp)`` -> ``crp``, ``C(dx, Treatment('MDD'))`` -> ``dx``)."""
+    import ast
+
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return [t for t in _TERM_SPLIT.split(expr) if t and not t.isdigit()]
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            skip.add(id(node.func))
+        elif isinstance(node, ast.Attribute):
+            skip.add(id(node.value))
+    return list(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in skip))
 
 
 def _sample_table(obs: pd.DataFrame, sample_key: str, columns: Sequence[str]) -> pd.DataFrame:

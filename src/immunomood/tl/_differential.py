@@ -266,8 +266,14 @@ def _fit_set(score: np.ndarray, D: np.ndarray, vector: np.ndarray, groups: np.nd
         res = sm.MixedLM(score, D, groups=groups).fit(reml=True)
     p = D.shape[1]
     cov = np.asarray(res.cov_params())[:p, :p]
-    return (float(vector @ np.asarray(res.fe_params)), float(np.sqrt(vector @ cov @ vector)),
-            between_within_df(D, groups, vector))
+    var = float(vector @ cov @ vector)
+    df = between_within_df(D, groups, vector)
+    if not (np.isfinite(var) and var > 0):
+        # random-intercept variance on the boundary (estimated ~0): statsmodels' covariance can have negative
+        # diagonal entries; the model is then the OLS fit, so use its estimate and standard error (same df)
+        B, s2, XtXi, _ = ols(D, score[:, None])
+        return float(vector @ B[:, 0]), float(np.sqrt(s2[0] * (vector @ XtXi @ vector))), df
+    return float(vector @ np.asarray(res.fe_params)), float(np.sqrt(var)), df
 
 
 def between_within_df(D: np.ndarray, groups: np.ndarray, col: int | np.ndarray = 1) -> int:
@@ -587,6 +593,12 @@ def differential_activity(
     if skipped:
         warn(f"differential_activity: groups not tested (rows with NaN and a reason): {'; '.join(skipped)}",
              stacklevel=3)
+    single = res.loc[(res["n_genes"] == 1) & res["pvalue"].notna(), ["group", "gene_set"]].drop_duplicates()
+    if len(single) and method != "score":
+        warn("differential_activity: these sets keep a single gene after edgeR's filterByExpr, so their fry test is a "
+             "one-gene test (on onek1k a bimodal gene made such a test anti-conservative, 0.11 at p < 0.05): "
+             f"{', '.join(f'{g}/{k}' for g, k in single.itertuples(index=False))}. method='score' keeps low-count "
+             "set members (n_genes column).", stacklevel=3)
     h0 = dz.hypotheses[0]
     adata.uns[key_added] = res
     adata.uns[key_added + "_scores"] = pd.DataFrame(
