@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import warnings
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -252,3 +254,44 @@ def test_legacy_condition_key_equals_design_call():
         pd.testing.assert_frame_equal(old, new)
         assert old["contrast"].unique().tolist() == ["condition: case vs control"]
         assert old["pvalue"].notna().sum() >= 4
+
+
+def test_formula_transforms_find_their_columns():
+    """Functions and modules in a formula are not columns: scale(age) uses 'age', np.log(crp) uses 'crp', and the
+    per-unit test of a scaled column is the effect per unit of the original column."""
+    from immunomood._design import _formula_variables, build_design
+
+    assert _formula_variables("~ scale(age) + np.log(crp) + I(x ** 2)") == ["age", "crp", "x"]
+    assert _formula_variables('~ C(dx, Treatment("MDD")) + age') == ["dx", "age"]
+    rng = np.random.default_rng(3)
+    obs = pd.DataFrame({"d": [f"d{i}" for i in range(12)], "age": rng.normal(40, 10, 12),
+                        "dx": ["MDD", "ctrl", "BD"] * 4})
+    D = build_design(obs, sample_key="d", design="~ scale(age) + dx", test="age", contrast=("dx", "BD", "ctrl"))
+    h_age = next(h for h in D.hypotheses if h.kind == "continuous")
+    assert h_age.vector[D.columns.index("scale(age)")] == pytest.approx(1 / obs["age"].std(ddof=1))
+
+
+def test_mixed_model_on_the_boundary_falls_back_to_ols(monkeypatch):
+    """A random-intercept variance estimated at 0 can give a covariance with a negative diagonal; the fit then uses
+    the OLS estimate and standard error, keeping the between-within df."""
+    import statsmodels.api as sm
+
+    from immunomood._stats import ols
+    from immunomood.tl._differential import _fit_set
+
+    class Fake:
+        def __init__(self, *a, **k):
+            pass
+
+        def fit(self, **k):
+            return types.SimpleNamespace(fe_params=np.array([0.0, 9.0]), cov_params=lambda: -np.eye(2))
+
+    monkeypatch.setattr(sm, "MixedLM", Fake)
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(6), 2)
+    D = np.column_stack([np.ones(12), np.tile([0.0, 1.0], 6)])
+    y = rng.normal(size=12) + D[:, 1]
+    coef, se, df = _fit_set(y, D, np.array([0.0, 1.0]), groups)
+    B, s2, XtXi, _ = ols(D, y[:, None])
+    assert coef == pytest.approx(B[1, 0]) and se == pytest.approx(np.sqrt(s2[0] * XtXi[1, 1]))
+    assert df == 12 - 6 - 1  # within-donor contrast
