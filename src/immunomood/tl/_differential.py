@@ -375,7 +375,7 @@ def differential_activity(
     - ``"score"`` (the default with ``random_effect``, the only method that fits one): a precision-weighted set
       score per sample, t-tested by OLS or by a mixed model; the only one with a confidence interval.
 
-    Which method ran is in the ``method`` column of the result and in ``uns[key_added + "_params"]["method"]``.
+    Which method ran is in the ``method`` column of the result and in ``uns[key_added]["params"]["method"]``.
     On real donors (onek1k, 40 healthy donors, random 4v4 / 8v8 / 20v20 splits; ``benchmarks/bench_differential.py
     --real``, 140 null and 90 power splits per size, see ``docs/tour.md``) ``"fry_pooled"`` was calibrated and at
     least as powerful as R limma-voom + fry at every effect and split size; ``"score"`` was calibrated but less
@@ -488,10 +488,10 @@ def differential_activity(
     the table has one block of rows per contrast and ``padj`` is over all of them.
     Also written to ``adata``:
 
-    - ``uns[key_added]``: the DataFrame;
-    - ``uns[key_added + "_scores"]``: donor-level set scores of the ``"score"`` method (long table: sample, group,
+    - ``uns[key_added]["results"]``: the DataFrame;
+    - ``uns[key_added]["scores"]``: donor-level set scores of the ``"score"`` method (long table: sample, group,
       gene_set, condition, score) used by :func:`immunomood.pl.differential_activity`, whatever ``method`` ran;
-    - ``uns[key_added + "_params"]``: the parameters, with ``method`` and ``method_description`` (the method
+    - ``uns[key_added]["params"]``: the parameters, with ``method`` and ``method_description`` (the method
       that ran) and ``method_requested`` (``"default"`` or the value passed).
     """
     check_adata(adata)
@@ -600,11 +600,9 @@ def differential_activity(
              f"{', '.join(f'{g}/{k}' for g, k in single.itertuples(index=False))}. method='score' keeps low-count "
              "set members (n_genes column).", stacklevel=3)
     h0 = dz.hypotheses[0]
-    adata.uns[key_added] = res
-    adata.uns[key_added + "_scores"] = pd.DataFrame(
-        score_rows, columns=["sample", "group", "gene_set", "condition", "score"]).astype(
+    scores = pd.DataFrame(score_rows, columns=["sample", "group", "gene_set", "condition", "score"]).astype(
         {"sample": str, "group": str, "condition": str})
-    adata.uns[key_added + "_params"] = {
+    params = {
         "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
         "sample_key": sample_key, "groupby": groupby,
         "case": "" if h0.case is None else str(h0.case), "reference": "" if h0.reference is None else str(h0.reference),
@@ -618,6 +616,7 @@ def differential_activity(
         "ci": "t interval of the score contrast" if method == "score" else
               "test-based (effect +- t quantile x |effect / statistic|): agrees with fry's p-value",
     }
+    adata.uns[key_added] = {"params": params, "results": res, "scores": scores}
     logger.info("differential_activity: %d tests, %d with padj < 0.05", res["pvalue"].notna().sum(),
                 int((res["padj"] < 0.05).sum()))
     return res
@@ -642,6 +641,7 @@ def differential_expression(
     n_cpus: int = 1,
     n_anchor_genes: int | None = None,
     gene_symbols: str | None = None,
+    key_added: str = "differential_expression",
 ) -> pd.DataFrame:
     """Pseudobulk DESeq2 (pydeseq2) per group, with the sample as the unit.
 
@@ -686,6 +686,8 @@ def differential_expression(
         full fit (default ``None``: full fit).
     gene_symbols
         Column of ``adata.var`` with gene symbols (found automatically when ``var_names`` are Ensembl IDs).
+    key_added
+        Key under which the result is stored in ``adata.uns``.
 
     Returns
     -------
@@ -698,13 +700,16 @@ def differential_expression(
     ``n_samples`` (samples in the group's model). Rows come in blocks of group x contrast. A group x contrast
     that cannot be tested (fewer than 2 samples with ``min_cells`` cells in an arm, a design column absent from
     the group's samples, a rank-deficient design there) has no rows, and a warning names it with the reason.
-    Nothing is written into ``adata``.
+    Also written to ``adata``: ``uns[key_added]`` = ``{"params": ..., "results": <the DataFrame>}`` (the
+    parameters: ``condition_key``, ``sample_key``, ``groupby``, ``covariates``, ``design``, ``contrasts``,
+    ``contrast_kinds``, ``min_cells``, ``layer``, ``genes``, ``n_anchor_genes``).
     """
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.default_inference import DefaultInference
     from pydeseq2.ds import DeseqStats
 
     check_adata(adata)
+    check_not_view(adata, func="differential_expression")
     if random_effect is not None:
         raise ValueError(
             f"differential_expression (DESeq2) has no random effect (random_effect={random_effect!r}). For paired "
@@ -791,9 +796,20 @@ def differential_expression(
         warn(f"differential_expression: group / contrast not tested (no rows): {'; '.join(skipped)}", stacklevel=3)
     cols = ["group", "gene", "log2fc", "pvalue", "padj", "base_mean", "contrast", "n_samples"]
     if not out:
-        return pd.DataFrame(columns=cols)
-    res = pd.concat(out, ignore_index=True)
-    if not symbols.equals(pd.Index(names)):
-        res.insert(cols.index("base_mean") + 1, "symbol",
-                   pd.Series(np.asarray(symbols), index=names).reindex(res["gene"]).to_numpy())
+        res = pd.DataFrame(columns=cols)
+    else:
+        res = pd.concat(out, ignore_index=True)
+        if not symbols.equals(pd.Index(names)):
+            res.insert(cols.index("base_mean") + 1, "symbol",
+                       pd.Series(np.asarray(symbols), index=names).reindex(res["gene"]).to_numpy())
+    h0 = dz.hypotheses[0]
+    adata.uns[key_added] = {"params": {
+        "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
+        "sample_key": sample_key, "groupby": groupby,
+        "covariates": list(covariates) if isinstance(covariates, (list, tuple)) else [covariates],
+        "design": dz.formula, "contrasts": [h.name for h in dz.hypotheses],
+        "contrast_kinds": [h.kind for h in dz.hypotheses], "min_cells": int(min_cells),
+        "layer": "X" if layer is None else layer, "genes": [] if genes is None else list(genes),
+        "n_anchor_genes": -1 if n_anchor_genes is None else int(n_anchor_genes),
+    }, "results": res}
     return res
