@@ -700,7 +700,7 @@ def differential_expression(
     ``n_samples`` (samples in the group's model). Rows come in blocks of group x contrast. A group x contrast
     that cannot be tested (fewer than 2 samples with ``min_cells`` cells in an arm, a design column absent from
     the group's samples, a rank-deficient design there) has no rows, and a warning names it with the reason.
-    Also written to ``adata``: ``uns[key_added]`` = ``{"params": ..., "results": <the DataFrame>}`` (the
+    Also written to ``adata``: ``uns[key_added]`` = ``{{"params": ..., "results": <the DataFrame>}}`` (the
     parameters: ``condition_key``, ``sample_key``, ``groupby``, ``covariates``, ``design``, ``contrasts``,
     ``contrast_kinds``, ``min_cells``, ``layer``, ``genes``, ``n_anchor_genes``).
     """
