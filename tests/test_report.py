@@ -164,17 +164,23 @@ def _prediction(binary: bool = True) -> dict:
 
 
 def test_report_one_section_per_contrast_and_the_prediction(tmp_path):
-    from immunomood._report import contrast_kinds
+    from immunomood._report import _stored_params, contrast_kinds
 
     a = _cells()
     da = _design_activity()
-    a.uns["differential_activity_params"] = {
+    params = {
         "design": "~ condition + hamd", "method": "score", "random_effect": "",
         "contrasts": ["condition: MDD vs control", "condition: BD vs control", "hamd (per unit)"],
         "contrast_kinds": ["contrast", "contrast", "continuous"]}
-    assert contrast_kinds(da, a.uns["differential_activity_params"]) == {
+    a.uns["differential_activity"] = {"params": params, "results": da}
+    assert contrast_kinds(da, _stored_params(a, "differential_activity")) == {
         "condition: MDD vs control": "contrast", "condition: BD vs control": "contrast",
         "hamd (per unit)": "continuous"}
+    # an h5ad of the previous layout (sibling keys key, key + "_params") gives the same parameters
+    old = a.copy()
+    old.uns["differential_activity"] = da
+    old.uns["differential_activity_params"] = params
+    assert _stored_params(old, "differential_activity") == params
     cfg = parse_config({"input": {"h5ad": "x.h5ad"}, "predict": {"outcome": "responder"},
                         "output": {"outdir": str(tmp_path / "out")}})
     state = {"adata": a, "tables": {"differential_activity": da}, "prediction": _prediction(),

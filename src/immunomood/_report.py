@@ -135,6 +135,14 @@ def activity_counts(da: pd.DataFrame, alpha: float = 0.05) -> tuple[int, int, in
     return n_tests, int((padj < alpha).sum()), int(len(da) - n_tests)
 
 
+def _stored_params(adata, key: str) -> dict:
+    """``adata.uns[key]["params"]`` of a stored ``tl`` result (``{}`` when absent); an h5ad written before the
+    one-result convention kept them in ``adata.uns[key + "_params"]`` (differential_activity), read as well."""
+    st = adata.uns.get(key)
+    params = st.get("params", {}) if isinstance(st, dict) else adata.uns.get(key + "_params", {})
+    return dict(params) if isinstance(params, dict) else {}
+
+
 def contrast_kinds(table: pd.DataFrame | None, params: dict) -> dict[str, str]:
     """``{contrast: kind}`` in the order of the table (kinds from ``params``; "continuous" for a "(per unit)"
     name when ``params`` has none)."""
@@ -344,8 +352,7 @@ def write_report(cfg, ck, state: dict) -> Path:
     fig("annotation_confidence", "Annotation confidence per cell type",
         lambda: pl.annotation_confidence(adata, key="cell_type"))
     da = tables.get("differential_activity")
-    da_params = adata.uns.get("differential_activity_params", {})
-    da_params = dict(da_params) if isinstance(da_params, dict) else {}
+    da_params = _stored_params(adata, "differential_activity")
     kinds = contrast_kinds(da, da_params)
     if da is not None and len(da) and pd.to_numeric(da["pvalue"], errors="coerce").notna().any():
         first = next(iter(kinds), None)

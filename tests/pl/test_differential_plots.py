@@ -33,7 +33,7 @@ def cohort():
 
 
 def test_differential_activity_plot_reads_stored(cohort):
-    res = cohort.uns["differential_activity"]
+    res = cohort.uns["differential_activity"]["results"]
     fig, ax = plt.subplots()
     out = im.pl.differential_activity(cohort, gene_set="setA", ax=ax)
     assert out is ax
@@ -45,7 +45,7 @@ def test_differential_activity_plot_reads_stored(cohort):
     assert [t.get_text() for t in ax.get_xticklabels()] == list(rows["group"])
     # one point per sample: all stored scores of the set are drawn
     n_points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
-    scores = cohort.uns["differential_activity_scores"]
+    scores = cohort.uns["differential_activity"]["scores"]
     assert n_points == int((scores["gene_set"] == "setA").sum())
     plt.close(fig)
 
@@ -62,14 +62,42 @@ def test_differential_activity_plot_computes_nothing(cohort):
         im.pl.differential_activity(cohort, gene_set="nope")
 
 
+def test_differential_activity_plot_reads_previous_layout(cohort):
+    """An h5ad written before the one-result convention (sibling keys key, key_scores, key_params) still plots,
+    with the same points and texts."""
+    old = cohort.copy()
+    st = old.uns.pop("differential_activity")
+    old.uns["differential_activity"] = st["results"]
+    old.uns["differential_activity_scores"] = st["scores"]
+    old.uns["differential_activity_params"] = st["params"]
+    new_ax = im.pl.differential_activity(cohort, gene_set="setA")
+    old_ax = im.pl.differential_activity(old, gene_set="setA")
+    assert [t.get_text() for t in old_ax.texts] == [t.get_text() for t in new_ax.texts]
+    assert old_ax.get_title() == new_ax.get_title()
+    for c_old, c_new in zip(old_ax.collections, new_ax.collections):
+        np.testing.assert_array_equal(c_old.get_offsets(), c_new.get_offsets())
+    plt.close("all")
+
+
+def test_volcano_reads_stored_table(cohort):
+    res = cohort.uns["differential_activity"]["results"]
+    ax = im.pl.volcano(cohort, n_labels=3)
+    ref = im.pl.volcano(res, n_labels=3)
+    assert [t.get_text() for t in ax.texts] == [t.get_text() for t in ref.texts]
+    plt.close("all")
+    b = synth_cohort(n_donors=6, seed=2)
+    with pytest.raises(KeyError, match=r"im\.tl\.differential_expression"):
+        im.pl.volcano(b, key="differential_expression")
+
+
 def test_differential_activity_untested_group_says_so(cohort):
     a = cohort.copy()
-    sc = a.uns["differential_activity_scores"]
-    a.uns["differential_activity_scores"] = sc[sc["group"] != "T"].copy()
-    res = a.uns["differential_activity"].copy()
+    sc = a.uns["differential_activity"]["scores"]
+    a.uns["differential_activity"]["scores"] = sc[sc["group"] != "T"].copy()
+    res = a.uns["differential_activity"]["results"].copy()
     res.loc[res["group"] == "T", ["padj", "pvalue"]] = np.nan
     res.loc[res["group"] == "T", "reason"] = "3 samples (need 4)"
-    a.uns["differential_activity"] = res
+    a.uns["differential_activity"]["results"] = res
     ax = im.pl.differential_activity(a, gene_set="setA")
     texts = [t.get_text() for t in ax.texts]
     assert any(t.startswith("not tested") and "need 4" in t for t in texts)
@@ -78,7 +106,7 @@ def test_differential_activity_untested_group_says_so(cohort):
 
 
 def test_volcano_names_top_hits(cohort):
-    res = cohort.uns["differential_activity"]
+    res = cohort.uns["differential_activity"]["results"]
     fig, ax = plt.subplots()
     assert im.pl.volcano(res, ax=ax, n_labels=3) is ax
     texts = [t.get_text() for t in ax.texts]
@@ -123,7 +151,7 @@ def test_volcano_untested_rows_and_empty():
 def test_volcano_image(cohort, tmp_path):
     from matplotlib.testing.compare import compare_images
 
-    res = cohort.uns["differential_activity"]
+    res = cohort.uns["differential_activity"]["results"]
     fig, ax = plt.subplots(figsize=(4, 3))
     im.pl.volcano(res, ax=ax, label=False)
     out = tmp_path / "volcano.png"
@@ -188,7 +216,7 @@ def test_differential_activity_plot_continuous_draws_score_vs_value(design_cohor
     assert im.pl.differential_activity(a, gene_set="setA", ax=ax) is ax
     assert set(a.uns) == uns_before  # a reader: nothing computed or written
     assert "score" in ax.get_xlabel()
-    scores = a.uns["differential_activity_scores"]
+    scores = a.uns["differential_activity"]["scores"]
     sa = scores[scores["gene_set"] == "setA"]
     offsets = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
     assert len(offsets) == len(sa)
@@ -218,7 +246,7 @@ def test_differential_activity_plot_three_levels_in_design_order(design_cohort):
     assert "MDD, BD vs control" in ax.get_title()
     assert len(texts) == 2  # one per cell type
     plt.close(ax.figure)
-    res = a.uns["differential_activity"]
+    res = a.uns["differential_activity"]["results"]
     ax = im.pl.volcano(res, contrast="group3: BD vs control", n_labels=2)
     n = sum(len(c.get_offsets()) for c in ax.collections)
     assert n == int((res["contrast"] == "group3: BD vs control").sum()) and "BD vs control" in ax.get_title()

@@ -25,8 +25,13 @@ def test_result_table_and_stored_keys(planted):
     res = im.tl.differential_activity(a, gene_sets=SETS, method="score", **KW)
     assert list(res.columns[: len(COLS)]) == COLS
     assert len(res) == 2 * 3
-    assert set(a.uns) >= {"differential_activity", "differential_activity_scores", "differential_activity_params"}
-    pd.testing.assert_frame_equal(a.uns["differential_activity"], res)
+    new_keys = set(a.uns) - set(planted.uns)
+    assert new_keys == {"differential_activity"}  # one key, derived from key_added
+    assert set(a.uns["differential_activity"]) == {"params", "results", "scores"}
+    pd.testing.assert_frame_equal(a.uns["differential_activity"]["results"], res)
+    b = planted.copy()
+    im.tl.differential_activity(b, gene_sets=SETS, method="score", key_added="da2", **KW)
+    assert set(b.uns) - set(planted.uns) == {"da2"}
     r = res.set_index(["group", "gene_set"])
     assert r.loc[("Mono", "setA"), "padj"] < 0.01
     # effect in log2 units near log2(1.6) (the prior count shrinks low-count genes slightly towards 0)
@@ -45,7 +50,7 @@ def test_statistic_equals_independent_ols(planted):
 
     a = planted.copy()
     res = im.tl.differential_activity(a, gene_sets=SETS, covariates=["age"], method="score", **KW)
-    sc = a.uns["differential_activity_scores"]
+    sc = a.uns["differential_activity"]["scores"]
     s = sc[(sc.group == "Mono") & (sc.gene_set == "setA")].copy()
     s["age"] = a.obs.groupby("donor", observed=True)["age"].first().reindex(s["sample"]).to_numpy()
     s["case"] = (s["condition"] == "case").astype(float)
@@ -164,6 +169,13 @@ def test_differential_expression_pydeseq2(planted):
     mono = res[res.group == "Mono"].set_index("gene")
     assert set(mono.index) <= set(genes)
     assert mono.loc[[g for g in SETS["setA"][:5] if g in mono.index], "log2fc"].mean() > 0.3
+    # stored under key_added only, as {params, results}
+    assert set(a.uns) - set(planted.uns) == {"differential_expression"}
+    st = a.uns["differential_expression"]
+    pd.testing.assert_frame_equal(st["results"], res)
+    assert st["params"]["sample_key"] == KW["sample_key"] and st["params"]["n_anchor_genes"] == 60
+    with pytest.raises(ValueError, match="view"):
+        im.tl.differential_expression(a[:, :200], genes=genes, **KW)
     with pytest.raises(ValueError, match="single level"):
         im.tl.differential_expression(a[a.obs.condition == "case"].copy(), **KW)
 
@@ -378,7 +390,7 @@ def test_method_fry_table_and_errors(planted):
     assert hit["pvalue"] < 0.01 and hit["statistic"] > 0 and hit["pvalue_mixed"] < 0.05
     assert 0.5 * np.log2(1.6) < hit["effect"] < 1.5 * np.log2(1.6)
     assert (res["df"].dropna() == 12 - 2).all() and "fry" in res["method"].iloc[0]
-    assert a.uns["differential_activity_params"]["method"] == "fry"
+    assert a.uns["differential_activity"]["params"]["method"] == "fry"
     with pytest.raises(ValueError, match="method must be None.*'fry_pooled'.*got 'camera'"):
         im.tl.differential_activity(planted.copy(), gene_sets=SETS, method="camera", **KW)
     with pytest.raises(ValueError, match="method='fry' has no random effect"):
@@ -439,7 +451,7 @@ def test_default_method_is_fry_pooled_and_score_with_random_effect(planted):
     excl = (res["ci_low"] > 0) | (res["ci_high"] < 0)
     assert res["ci_low"].notna().all() and ((res["pvalue"] < 0.05) == excl).all()
     assert ((res["ci_low"] < res["effect"]) & (res["effect"] < res["ci_high"])).all()
-    params = a.uns["differential_activity_params"]
+    params = a.uns["differential_activity"]["params"]
     assert params["method"] == "fry_pooled" and params["method_requested"] == "default"
     assert res.set_index(["group", "gene_set"]).loc[("Mono", "setA"), "pvalue"] < 0.01
     b = synth_cohort(n_donors=8, seed=5)
@@ -448,7 +460,7 @@ def test_default_method_is_fry_pooled_and_score_with_random_effect(planted):
     kw = dict(condition_key="condition", sample_key="sample", groupby="cell_type", gene_sets=SETS)
     r = im.tl.differential_activity(b, random_effect="donor", **kw)
     assert r["method"].str.contains("MixedLM random intercept").all() and (r["df"] == 6).all()
-    assert b.uns["differential_activity_params"]["method"] == "score"
+    assert b.uns["differential_activity"]["params"]["method"] == "score"
     assert (r["ci_low"] < r["ci_high"]).all()
     with pytest.raises(ValueError, match="method='fry_pooled' has no random effect"):
         im.tl.differential_activity(b, random_effect="donor", method="fry_pooled", **kw)

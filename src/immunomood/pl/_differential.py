@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._base import fmt_p, new_ax, not_measured
+from ._base import DEFAULT_COLORS as _LEVEL_COLORS
+from ._base import fmt_p, new_ax, not_measured, palette, stored_result
 
 __all__ = ["differential_activity", "volcano"]
 
-_LEVEL_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 _CONTRAST = re.compile(r"^(?P<var>.+?): (?P<case>.+) vs (?P<ref>.+)$")
 
 
@@ -41,15 +41,14 @@ def _stored_activity(adata: AnnData, key: str) -> tuple[pd.DataFrame, pd.DataFra
            f"key_added={key!r}) first: the plot reads the donor scores it stores and computes no test.")
     if not isinstance(adata, AnnData):
         raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
-    scores = adata.uns.get(key + "_scores")
-    if not isinstance(scores, pd.DataFrame):
-        raise KeyError(f"No donor scores in adata.uns[{key + '_scores'!r}] (found {type(scores).__name__}). {run}")
+    st = stored_result(adata, key, parts=("scores",),
+                       run=f"im.tl.differential_activity(adata, ..., key_added={key!r})")
+    scores = st["scores"]
     missing = [c for c in ("sample", "group", "gene_set", "condition", "score") if c not in scores.columns]
     if missing:
-        raise KeyError(f"adata.uns[{key + '_scores'!r}] lacks the columns {missing}. {run}")
-    res = adata.uns.get(key)
-    params = adata.uns.get(key + "_params", {})
-    return scores, res if isinstance(res, pd.DataFrame) else None, dict(params) if isinstance(params, dict) else {}
+        raise KeyError(f"adata.uns[{key!r}]['scores'] lacks the columns {missing}. {run}")
+    res = st.get("results")
+    return scores, res if isinstance(res, pd.DataFrame) else None, st["params"]
 
 
 def differential_activity(
@@ -65,9 +64,10 @@ def differential_activity(
     """Per cell type, one point per donor (sample) with its set score, by condition, with the test's padj.
 
     Reads only what :func:`immunomood.tl.differential_activity` stored (``key_added=key``): the donor scores in
-    ``adata.uns[key + "_scores"]``, the result table in ``adata.uns[key]`` (its ``padj`` is written above each cell
-    type) and the parameters in ``adata.uns[key + "_params"]``. It computes no test: when they are missing it raises
-    an error naming the call to run. Cell types that were not tested (too few samples or genes) are shown as
+    ``adata.uns[key]["scores"]``, the result table in ``adata.uns[key]["results"]`` (its ``padj`` is written above
+    each cell type) and the parameters in ``adata.uns[key]["params"]`` (an h5ad written before this layout, with the
+    sibling keys ``key``, ``key + "_scores"`` and ``key + "_params"``, is read too). It computes no test: when they
+    are missing it raises an error naming the call to run. Cell types that were not tested (too few samples or genes) are shown as
     "not tested" with the reason, rather than as an empty column.
 
     Parameters
@@ -113,7 +113,7 @@ def differential_activity(
     levels = _design_levels(params, variable)
     levels += [str(lv) for lv in (params.get("reference"), params.get("case")) if lv and str(lv) not in levels]
     levels += [lv for lv in sorted(pd.unique(s["condition"].astype(str))) if lv not in levels]
-    colors = {lv: _LEVEL_COLORS[i % len(_LEVEL_COLORS)] for i, lv in enumerate(levels)}
+    colors = palette(levels, adata=adata, key=variable)
     ax = new_ax(ax, figsize=(max(4, 1.2 * len(groups) + 1), 4))
     rng = np.random.default_rng(0)
     width = 0.7 / max(len(levels), 2)
@@ -228,8 +228,8 @@ def _spread(pos: np.ndarray, gap: float, lo: float = 0.03, hi: float = 0.97) -> 
     return res
 
 
-def volcano(result: pd.DataFrame, *, contrast: str | None = None, alpha: float = 0.05, n_labels: int = 10,
-            label: bool = True, ax=None):
+def volcano(result: pd.DataFrame | AnnData, *, key: str = "differential_activity", contrast: str | None = None,
+            alpha: float = 0.05, n_labels: int = 10, label: bool = True, ax=None):
     """Volcano plot of a result table of :func:`immunomood.tl.differential_activity` (``effect``) or
     :func:`immunomood.tl.differential_expression` (``log2fc``), with the top hits named.
 
@@ -240,7 +240,10 @@ def volcano(result: pd.DataFrame, *, contrast: str | None = None, alpha: float =
     Parameters
     ----------
     result
-        The DataFrame returned by the test.
+        The DataFrame returned by the test, or the AnnData it was stored in (``adata.uns[key]["results"]``).
+    key
+        With an AnnData: ``key_added`` of the test (``"differential_activity"`` or
+        ``"differential_expression"``).
     contrast
         With several contrasts in ``result`` (its ``contrast`` column), the one to show (e.g.
         ``"condition: MDD vs control"``); ``None``: every row, each label naming its contrast.
@@ -257,8 +260,12 @@ def volcano(result: pd.DataFrame, *, contrast: str | None = None, alpha: float =
     -------
     The matplotlib Axes.
     """
+    if isinstance(result, AnnData):
+        func = "differential_expression" if "expression" in key else "differential_activity"
+        result = stored_result(result, key, run=f"im.tl.{func}(adata, ..., key_added={key!r})")["results"]
     if not isinstance(result, pd.DataFrame):
-        raise TypeError(f"`result` must be the DataFrame returned by a test, got {type(result).__name__}.")
+        raise TypeError(f"`result` must be the DataFrame returned by a test (or the AnnData holding it), got "
+                        f"{type(result).__name__}.")
     x_col = "effect" if "effect" in result else "log2fc" if "log2fc" in result else None
     if x_col is None or "pvalue" not in result:
         raise KeyError(f"`result` needs columns 'effect' (or 'log2fc') and 'pvalue'; has {list(result.columns)}.")
