@@ -18,9 +18,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse, stats
 
-from .._docs import doc_gene_sets, doc_params, doc_random_state
-from .._settings import logger
-from .._utils import (
+from immunomood._docs import doc_gene_sets, doc_params, doc_random_state
+from immunomood._settings import logger
+from immunomood._utils import (
     check_adata,
     check_choice,
     check_int,
@@ -102,7 +102,7 @@ def _mudata_features(mdata, features) -> pd.DataFrame:
     mods = list(mdata.mod)
     sel: dict[str, list[str] | None] = {}
     if features is None:
-        sel = {m: None for m in mods}
+        sel = dict.fromkeys(mods)
     elif isinstance(features, str):
         features = [features]
     if isinstance(features, Mapping):
@@ -511,7 +511,7 @@ def predict_response(
     The same content is written, as a dict, to ``adata.uns[key_added]`` (``mdata.uns`` for a MuData); nothing else
     in ``adata`` changes.
     """
-    from .._settings import resolve_n_jobs, settings
+    from immunomood._settings import resolve_n_jobs, settings
 
     # ---------------------------------------------------------------- checks (before any work)
     is_mudata = hasattr(adata, "mod") and not isinstance(adata, AnnData)
@@ -698,7 +698,7 @@ def predict_response(
     # ---------------------------------------------------------------- permutation null
     null = np.zeros(0)
     if n_permutations:
-        from .._settings import progress
+        from immunomood._settings import progress
 
         perm_seeds = np.random.SeedSequence(seed).generate_state(n_permutations)
         if n_jobs > 1:
