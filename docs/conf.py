@@ -6,10 +6,11 @@ Two things make this build work on a machine without internet access, with ``-W`
   ``docs/_build``); when the online one cannot be fetched, Sphinx uses the local one and says so at INFO level
   instead of warning. Offline, links to the objects of the local inventories still work; other references to
   those projects render as plain text.
-* tutorials: executed during the build (myst-nb, cached in ``docs/_build/.jupyter_cache``; re-run only when a
-  notebook changes). Notebooks that need the real data are rendered without outputs when the data folder
-  (``IMMUNOMOOD_DATA_DIR``, else ``../shared/data``) is absent. ``IMMUNOMOOD_DOCS_EXECUTE=off`` skips execution;
-  notebooks already executed by ``tests/test_tutorials.py`` (``IMMUNOMOOD_TUTORIALS_OUT``) are reused.
+* tutorials: jupytext percent scripts (``tutorials/*.py``, linked into ``docs/tutorials/``) read as notebooks
+  (``nb_custom_formats``) and executed during the build (myst-nb, cached in ``docs/_build/.jupyter_cache``; re-run
+  only when a notebook's code changes). Notebooks that need the real data are rendered without outputs when the
+  data folder (``IMMUNOMOOD_DATA_DIR``, else ``../shared/data``) is absent. ``IMMUNOMOOD_DOCS_EXECUTE=off`` skips
+  execution; notebooks already executed by ``tests/test_tutorials.py`` (``IMMUNOMOOD_TUTORIALS_OUT``) are reused.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ napoleon_custom_sections = [("Writes", "returns_style")]
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 # .rst first: autosummary writes its generated API pages with the first suffix (they are reST)
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "conf.py"]  # conf.py: .py files are notebooks here
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 nitpicky = False
 html_theme = "furo" if __import__("importlib").util.find_spec("furo") else "alabaster"
@@ -57,7 +58,9 @@ html_title = f"immunomood {version}"
 templates_path = ["_templates"]
 
 # ---------------------------------------------------------------------------------------------- tutorials
-NEEDS_DATA = ["tutorials/01_pbmc3k_qc_annotation.ipynb", "tutorials/03_plasma_proteomics.ipynb"]
+# the tutorials are jupytext percent scripts, read as notebooks the same way as tests/test_tutorials.py reads them
+nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
+NEEDS_DATA = ["tutorials/01_pbmc3k_qc_annotation.py", "tutorials/03_plasma_proteomics.py"]
 
 
 def _data_dir() -> Path | None:
@@ -86,8 +89,8 @@ def _reuse_executed_notebooks(folder: str | None) -> None:
     """Put notebooks that ``tests/test_tutorials.py`` executed (``IMMUNOMOOD_TUTORIALS_OUT``) into the cache.
 
     CI runs the tutorials in the test suite; with ``IMMUNOMOOD_TUTORIALS_OUT`` set there, the docs build reuses those
-    outputs instead of executing the notebooks a second time. A notebook whose code differs from the one in
-    ``tutorials/`` does not match in the cache and is executed as usual.
+    outputs instead of executing the notebooks a second time. The cache matches a notebook by its code cells and
+    kernelspec, so a notebook whose code differs from ``tutorials/*.py`` does not match and is executed as usual.
     """
     if not folder or nb_execution_mode == "off" or not Path(folder).is_dir():
         return

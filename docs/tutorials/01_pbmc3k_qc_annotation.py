@@ -1,0 +1,1 @@
+../../tutorials/01_pbmc3k_qc_annotation.py

@@ -1,0 +1,1 @@
+../../tutorials/02_depression_cohort.py

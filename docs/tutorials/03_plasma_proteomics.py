@@ -1,0 +1,1 @@
+../../tutorials/03_plasma_proteomics.py
