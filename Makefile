@@ -14,7 +14,7 @@ STAMP := $(VENV)/.immunomood-installed
 OUTDIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-newest install docs bench clean
+.PHONY: demo test test-newest install docs bench lint clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -56,6 +56,10 @@ test-newest:
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# ruff check + ruff format --check over the tree (rules in pyproject.toml); changes nothing
+lint:
+	.ci/lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --suite quick
