@@ -49,6 +49,11 @@ def test_binary_two_panels_and_ax(donors):
     plt.close(fig)
     out = im.pl.predict_response(a, null=None)
     assert isinstance(out, plt.Axes) and not out.child_axes
+    fig, axes = plt.subplots(1, 2)  # two Axes given: the main panel and the null
+    assert im.pl.predict_response(a, ax=axes) is fig
+    assert axes[0].get_xlabel() == "false positive rate" and axes[1].get_ylabel() == "permutations"
+    with pytest.raises(ValueError, match="unless null='panel'"):
+        im.pl.predict_response(a, ax=axes, null="inset")
     plt.close("all")
 
 
@@ -94,13 +99,15 @@ def test_plot_fits_nothing(donors, monkeypatch):
 
 def test_errors(donors):
     a, _, _ = donors
-    with pytest.raises(KeyError, match=r"No prediction in uns\['nope'\].*im.tl.predict_response"):
+    with pytest.raises(KeyError, match=r"No stored result in .uns\['nope'\].*im.tl.predict_response"):
         im.pl.predict_response(a, "nope")
     with pytest.raises(ValueError, match="`null` must be"):
         im.pl.predict_response(a, null="side")
     b = a.copy()
     b.uns["bad"] = {"params": {}}
-    with pytest.raises(KeyError, match="missing"):
+    with pytest.raises(KeyError, match=r"\['results'\] is not a DataFrame"):
         im.pl.predict_response(b, "bad")
+    with pytest.raises(KeyError, match=r"missing \['metrics', 'null'\]"):
+        im.pl.predict_response({"params": {}, "results": pd.DataFrame()})
     with pytest.raises(TypeError, match="must be an AnnData"):
         im.pl.predict_response(np.zeros(3))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from ._base import fmt, fmt_p, new_ax, not_measured
+from ._base import fmt, fmt_p, new_ax, new_axes, not_measured, stored_result
 
 __all__ = ["predict_response"]
 
@@ -15,21 +16,21 @@ _KEYS = ("params", "results", "metrics", "null")
 
 
 def _stored(adata, key: str) -> dict:
-    """The stored result: from ``uns[key]`` of an AnnData / MuData, a ResponsePrediction or its dict."""
+    """The stored result of :func:`immunomood.tl.predict_response`.
+
+    From ``uns[key]`` of an AnnData / MuData (``_base.stored_result``), a ResponsePrediction or its dict (as the
+    command line's report keeps it).
+    """
     if hasattr(adata, "as_dict") and hasattr(adata, "metrics"):
-        return adata.as_dict()
-    if isinstance(adata, dict):
-        stored = adata
+        stored = adata.as_dict()
+    elif isinstance(adata, Mapping):
+        stored = dict(adata)
     elif hasattr(adata, "uns"):
-        if key not in adata.uns:
-            raise KeyError(f"No prediction in uns[{key!r}] (keys: {sorted(map(str, adata.uns))}). Run "
-                           f"`im.tl.predict_response(adata, outcome=..., key_added={key!r})` first (the plot fits "
-                           "nothing).")
-        stored = adata.uns[key]
+        stored = stored_result(adata, key, run=f"im.tl.predict_response(adata, outcome=..., key_added={key!r})")
     else:
         raise TypeError("`adata` must be an AnnData / MuData holding uns[key] from im.tl.predict_response, or its "
                         f"ResponsePrediction; got {type(adata).__name__}.")
-    missing = [k for k in _KEYS if k not in stored] if isinstance(stored, dict) else list(_KEYS)
+    missing = [k for k in _KEYS if k not in stored]
     if missing:
         raise KeyError(f"uns[{key!r}] is not a result of im.tl.predict_response (missing {missing}).")
     return stored
@@ -83,10 +84,11 @@ def predict_response(
     key
         Key of ``uns``.
     ax
-        Axes to draw the main panel on; a new figure when ``None``. With ``ax`` given the null is an inset.
+        ``None``: a new figure. One Axes: the main panel is drawn there and the null, if any, as an inset. Two Axes
+        (a sequence) with ``null="panel"``: the main panel and the null.
     null
-        ``"panel"``: a second panel next to the main one (new figure only); ``"inset"``: an inset histogram in the
-        main panel; ``None``: not drawn.
+        ``"panel"``: a second panel next to the main one; ``"inset"``: an inset histogram in the main panel;
+        ``None``: not drawn.
     show_repeats
         Draw each repeat's ROC curve (binary).
     color
@@ -96,7 +98,6 @@ def predict_response(
     -------
     The matplotlib Axes (one panel), or the Figure when the null is a second panel.
     """
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve  # a curve of stored predictions: nothing is fitted
 
     if null not in ("panel", "inset", None):
@@ -107,12 +108,15 @@ def predict_response(
         raise KeyError(f"uns[{key!r}]['results'] lacks the 'y' / 'prediction' columns of im.tl.predict_response.")
     binary = params.get("outcome_type") == "binary"
     null_vals = np.asarray(st["null"], dtype=float).ravel()
-    fig = None
-    if ax is None and null == "panel":
-        fig, (ax, ax_null) = plt.subplots(1, 2, figsize=(8.5, 4), gridspec_kw={"width_ratios": [1.1, 1]})
+    fig = ax_null = None
+    several = isinstance(ax, Sequence | np.ndarray)
+    if null == "panel" and (ax is None or several):
+        fig, (ax, ax_null) = new_axes(ax, 2, what="ROC or observed vs predicted, and the permutation null",
+                                      figsize=(8.5, 4), gridspec_kw={"width_ratios": [1.1, 1]})
     else:
+        if several:
+            raise ValueError("Pass one Axes (or ax=None) unless null='panel', which takes two.")
         ax = new_ax(ax, figsize=(4.5, 4.2))
-        ax_null = None
     y = res["y"].to_numpy(dtype=float)
     pred = res["prediction"].to_numpy(dtype=float)
     rep_cols = [c for c in res.columns if str(c).startswith("oof_")]
@@ -157,6 +161,7 @@ def predict_response(
             inset = ax.inset_axes(where)
             _null_hist(inset, null_vals, float(stat), pvalue, stat_name, color, small=True)
     if fig is not None:
-        fig.tight_layout()
+        if not several:  # a figure made here
+            fig.tight_layout()
         return fig
     return ax
