@@ -8,6 +8,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._utils import check_adata, check_obs_key, count_matrix_problem, gene_symbols, match_genes
+from ._base import new_ax
 
 
 def _check_annotated(adata: AnnData, key: str) -> None:
@@ -83,16 +84,13 @@ def annotation_confidence(adata: AnnData, *, key: str = "cell_type", ax=None):
     -------
     The matplotlib Axes.
     """
-    import matplotlib.pyplot as plt
-
     _check_annotated(adata, key)
     check_obs_key(adata, f"{key}_confidence", what="confidence column")
     lab = adata.obs[key]
     conf = adata.obs[f"{key}_confidence"].to_numpy(dtype=float)
     labels = [c for c in lab.cat.categories if (lab == c).any()]
     data = [conf[(lab == c).to_numpy()] for c in labels]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(labels) + 1.5), 3.5))
+    ax = new_ax(ax, figsize=(max(4.0, 0.45 * len(labels) + 1.5), 3.5))
     ax.boxplot(data, vert=True, showfliers=False, widths=0.6)
     for i, d in enumerate(data, start=1):
         jitter = np.random.default_rng(i).uniform(-0.2, 0.2, size=len(d))

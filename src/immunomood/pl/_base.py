@@ -36,8 +36,7 @@ def new_axes(ax, n: int, *, what: str, nrows: int = 1, figsize: tuple[float, flo
         return fig, list(np.ravel(axes))[:n]
     axes = list(np.ravel(np.asarray(ax, dtype=object))) if isinstance(ax, Sequence | np.ndarray) else [ax]
     if len(axes) != n:
-        raise ValueError(f"`ax` has {len(axes)} Axes but the plot has {n} panels ({what}); pass one Axes per panel "
-                         "or leave ax=None.")
+        raise ValueError(f"`ax` has {len(axes)} Axes but the plot has {n} panels; pass {what}, or leave ax=None.")
     return axes[0].figure, axes
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._base import fmt_p, new_ax
+from ._base import fmt_p, new_ax, palette
 
 __all__ = ["composition"]
 
@@ -22,13 +22,14 @@ def composition(
     result: pd.DataFrame | None = None,
     reference=None,
     contrast: str | None = None,
+    key: str = "composition",
     ax=None,
 ):
     """Per cell type, each donor's (sample's) proportion, by condition, with the test's p-values.
 
     The proportions are a count summary of ``adata.obs`` (no model); every level of ``condition_key`` is drawn,
     the reference first. The p-values are read from ``result``, the table returned by
-    :func:`immunomood.tl.composition` (or the one it stored in ``adata.uns["composition"]["results"]``): ``p``
+    :func:`immunomood.tl.composition` (or the one it stored in ``adata.uns[key]["results"]``): ``p``
     and ``padj`` of one contrast are written above each cell type. No test is run here; without a result the
     title says which call gives the p-values.
 
@@ -50,6 +51,8 @@ def composition(
     contrast
         With a result of several contrasts (its ``contrast`` column), the one whose p-values are shown, e.g.
         ``"condition: MDD vs control"``; default: the first one in the table (named in the title).
+    key
+        ``key_added`` of :func:`immunomood.tl.composition`, read when ``result`` is ``None``.
     ax
         Axes to draw into; a new figure otherwise.
 
@@ -66,7 +69,7 @@ def composition(
     for k in (sample_key, condition_key, groupby):
         check_obs_key(adata, k)
     if result is None:
-        stored = adata.uns.get("composition")
+        stored = adata.uns.get(key)
         if isinstance(stored, Mapping) and isinstance(stored.get("results"), pd.DataFrame):
             result = stored["results"]
         elif isinstance(stored, pd.DataFrame):  # stored by an older version
@@ -109,8 +112,7 @@ def composition(
     cond = tab[condition_key].reindex(props.index).to_numpy()
     ax = new_ax(ax, figsize=(max(4, 0.9 * props.shape[1] + 1), 4))
     rng = np.random.default_rng(0)
-    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
-    colors = {lv: palette[i % len(palette)] for i, lv in enumerate(levels)}
+    colors = dict(zip(levels, palette(levels, adata=adata, key=condition_key).values()))
     width = 0.7 / len(levels)
     for i, g in enumerate(props.columns):
         for j, lv in enumerate(levels):

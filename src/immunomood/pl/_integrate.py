@@ -10,19 +10,20 @@ from anndata import AnnData
 
 from .._docs import doc_adata, doc_params
 from .._utils import check_adata, check_obs_key
-from ._base import fmt
+from ._base import fmt, new_axes, palette
 
 
-def _palette(n: int) -> list:
+def _default_palette(n: int) -> list:
     import matplotlib.pyplot as plt
 
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _scatter(ax, xy, values: pd.Series, title: str, legend: bool, size: float) -> None:
+def _scatter(ax, xy, values: pd.Series, title: str, legend: bool, size: float, adata=None, key=None) -> None:
     cats = pd.Categorical(values.astype(str))
-    cols = _palette(len(cats.categories))
+    by_level = palette(cats.categories, adata=adata, key=key, default=_default_palette(len(cats.categories)))
+    cols = [by_level[str(c)] for c in cats.categories]
     order = np.random.default_rng(0).permutation(len(xy))  # no batch drawn on top of the others
     codes = cats.codes[order]
     ax.scatter(xy[order, 0], xy[order, 1], c=[cols[c] for c in codes], s=size, linewidths=0, rasterized=True)
@@ -97,8 +98,6 @@ def integration(
     -------
     The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
-
     check_adata(adata, min_obs=3, min_vars=0)
     stored, params = _stored(adata, key)
     if metrics is None:
@@ -144,15 +143,10 @@ def integration(
     before = np.asarray(adata.obsm[before_key])
     after = np.asarray(adata.obsm["X_umap"])
 
+    fig, axes = new_axes(ax, 4, nrows=2, what="4 Axes (before/batch, before/label, after/batch, after/label)",
+                         figsize=(9, 7.5), constrained_layout=True)
     if ax is None:
-        fig, axes = plt.subplots(2, 2, figsize=(9, 7.5), constrained_layout=True)
-        axes = list(np.ravel(axes))
         fig.suptitle("Integration metrics: scib-metrics scaling, 0-1, higher is better", fontsize=9)
-    else:
-        axes = list(np.ravel(np.asarray(ax, dtype=object)))
-        if len(axes) != 4:
-            raise ValueError(f"`ax` must hold 4 Axes (before/batch, before/label, after/batch, after/label); got {len(axes)}.")
-        fig = axes[0].figure
     size = point_size if point_size is not None else float(np.clip(3e4 / adata.n_obs, 1, 30))
 
     def titles(row: str, name: str) -> tuple[str, str]:
@@ -165,10 +159,10 @@ def integration(
 
     tb, tl_ = titles(UNINTEGRATED, "unintegrated PCA")
     ta, tl2 = titles(embedding, embedding)
-    _scatter(axes[0], before, adata.obs[batch_key], tb, False, size)
-    _scatter(axes[1], before, adata.obs[label_key], tl_, True, size)
-    _scatter(axes[2], after, adata.obs[batch_key], ta, True, size)
-    _scatter(axes[3], after, adata.obs[label_key], tl2, True, size)
+    _scatter(axes[0], before, adata.obs[batch_key], tb, False, size, adata, batch_key)
+    _scatter(axes[1], before, adata.obs[label_key], tl_, True, size, adata, label_key)
+    _scatter(axes[2], after, adata.obs[batch_key], ta, True, size, adata, batch_key)
+    _scatter(axes[3], after, adata.obs[label_key], tl2, True, size, adata, label_key)
     for a in axes:
         a.set_xlabel("UMAP1", fontsize=8)
         a.set_ylabel("UMAP2", fontsize=8)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ._base import new_ax
+
 __all__ = ["biomarker_roc", "cross_modal"]
 
 
@@ -46,7 +48,6 @@ def cross_modal(
     -------
     The matplotlib Axes.
     """
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
     if hasattr(result, "mod") and not isinstance(result, pd.DataFrame):
@@ -82,10 +83,8 @@ def cross_modal(
     keep_r, keep_p = est.notna().any(axis=1), est.notna().any(axis=0)
     est, padj = est.loc[keep_r, keep_p], padj.loc[keep_r, keep_p]
     marks = np.where(padj.to_numpy() < alpha / 10, "**", np.where(padj.to_numpy() < alpha, "*", ""))
-    if ax is None:
-        w = min(2 + 0.35 * est.shape[1], 16)
-        h = min(1.5 + 0.3 * est.shape[0], 14)
-        _, ax = plt.subplots(figsize=(max(w, 4), max(h, 3)))
+    w, h = min(2 + 0.35 * est.shape[1], 16), min(1.5 + 0.3 * est.shape[0], 14)
+    ax = new_ax(ax, figsize=(max(w, 4), max(h, 3)))
     sns.heatmap(est, ax=ax, cmap=cmap, vmin=-1, vmax=1, center=0, annot=marks, fmt="",
                 annot_kws={"color": "black", "fontsize": 8}, cbar_kws={"label": "estimate"},
                 linewidths=0.3, linecolor="white")
@@ -118,7 +117,6 @@ def biomarker_roc(result, *, ax=None, show_repeats: bool = True, color: str = "C
     -------
     The matplotlib Axes.
     """
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
     for attr in ("oof", "predictions", "auc", "auc_ci"):
@@ -128,8 +126,7 @@ def biomarker_roc(result, *, ax=None, show_repeats: bool = True, color: str = "C
     oof = result.oof.to_numpy()
     grid = np.linspace(0, 1, 101)
     tprs = []
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
+    ax = new_ax(ax, figsize=(4, 4))
     for r in range(oof.shape[1]):
         fpr, tpr, _ = roc_curve(y, oof[:, r])
         if show_repeats:

@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from .._docs import doc_adata, doc_params, doc_sample_key
 from .._utils import check_adata, check_obs_key
-from ._base import not_measured
+from ._base import new_ax, new_axes, not_measured
 
 _DEFAULT_METRICS = ("log1p_total_counts", "log1p_n_genes_by_counts", "pct_counts_in_top_20_genes", "pct_counts_mt")
 #: y-axis labels of the usual metrics
@@ -67,8 +67,6 @@ def qc(
     -------
     The :class:`~matplotlib.figure.Figure` holding the panels (never shown or saved here).
     """
-    import matplotlib.pyplot as plt
-
     check_adata(adata)
     check_obs_key(adata, sample_key, what="sample_key column")
     if isinstance(metrics, str):
@@ -80,16 +78,8 @@ def qc(
             f"Metric column(s) {missing} not found in adata.obs: run im.pp.qc_metrics first. "
             f"Available: {list(map(str, adata.obs.columns))}."
         )
-    if ax is None:
-        fig, axes = plt.subplots(
-            1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False, layout="constrained"
-        )
-        axes = list(axes.ravel())
-    else:
-        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
-        if len(axes) != len(metrics):
-            raise ValueError(f"`ax` has {len(axes)} Axes but {len(metrics)} metrics are plotted; pass one per metric.")
-        fig = axes[0].figure
+    fig, axes = new_axes(ax, len(metrics), what=f"one per metric ({len(metrics)})",
+                         figsize=(3.2 * len(metrics), 3.4), layout="constrained")
 
     if sample_key is None:
         groups = np.zeros(adata.n_obs, dtype=int)
@@ -167,8 +157,6 @@ def qc_report(adata: AnnData, *, normalize: bool = False, ax=None):
     -------
     The :class:`~matplotlib.axes.Axes` (never shown or saved here).
     """
-    import matplotlib.pyplot as plt
-
     qcu = adata.uns.get("qc", {}) if isinstance(adata, AnnData) else {}
     if not isinstance(adata, AnnData):
         raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
@@ -182,8 +170,7 @@ def qc_report(adata: AnnData, *, normalize: bool = False, ax=None):
     if normalize:
         denom = np.maximum(rep["cells_before"].to_numpy(float), 1)
         parts = {k: v / denom for k, v in parts.items()}
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 0.35 * len(rep) + 1.5), layout="constrained")
+    ax = new_ax(ax, figsize=(6.5, 0.35 * len(rep) + 1.5), layout="constrained")
     y = np.arange(len(rep))
     left = np.zeros(len(rep))
     for k, v in parts.items():
