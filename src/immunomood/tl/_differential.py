@@ -24,7 +24,7 @@ from .._stats import bh, ols, test_based_ci
 from .._utils import check_adata, check_not_view, check_obs_key, match_genes, symbols_for_sets, warn
 from .._utils import gene_symbols as _gene_symbols
 from ._gene_sets import resolve_gene_sets
-from ._pseudobulk import aggregate, combos, resolve_counts
+from ._pseudobulk import resolve_counts, sum_by_sample_group
 
 __all__ = ["differential_activity", "differential_expression"]
 
@@ -188,8 +188,7 @@ def _prepare(adata, *, sample_key, groupby, gene_sets, design, contrast, test, c
             f"None of the genes of the gene sets {list(sets)} is in adata (e.g. var_names {list(adata.var_names[:3])}). "
             "If var_names are Ensembl IDs, pass the symbol column with `gene_symbols=`."
         )
-    grid, code = combos(adata.obs, sample_key, groupby)
-    M = aggregate(X, code, len(grid))
+    grid, M = sum_by_sample_group(X, adata.obs, sample_key, groupby, func=func)  # tl.pseudobulk's core
     return dict(design=D, sets=sets, members=members, grid=grid, M=M, symbols=symbols, layer=layer)
 
 
@@ -742,8 +741,8 @@ def differential_expression(
             raise KeyError(f"genes not in adata.var_names nor in the gene symbols: {miss[:10]}"
                            f"{' ...' if len(miss) > 10 else ''}.")
         genes = list(dict.fromkeys(resolved))
-    grid, code = combos(adata.obs, sample_key, groupby)
-    M = aggregate(X, code, len(grid))
+    grid, M = sum_by_sample_group(X, adata.obs, sample_key, groupby,  # tl.pseudobulk's core
+                                  func="differential_expression")
     inf = DefaultInference(n_cpus=n_cpus)
     out, skipped = [], []
     for group in pd.unique(grid[groupby]):

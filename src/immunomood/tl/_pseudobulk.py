@@ -7,6 +7,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .._dask import count_problem, map_row_blocks, require_row_chunks
 from .._docs import doc_adata, doc_params, doc_sample_key
 from .._settings import logger
 from .._utils import (
@@ -14,7 +15,6 @@ from .._utils import (
     check_int,
     check_obs_key,
     check_str,
-    count_matrix_problem,
     get_matrix,
     sample_level_columns,
     warn,
@@ -26,12 +26,12 @@ SEP = "|"
 
 
 def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool = False,
-                   problem_of=count_matrix_problem, fallback_to_x: bool = False):
+                   problem_of=count_problem, fallback_to_x: bool = False):
     """The raw-count matrix to aggregate, with errors that name the fix.
 
     ``layer=None`` uses ``adata.X``. With ``auto=True`` a ``"counts"`` layer is used when present, else ``X``.
-    ``problem_of`` describes why a matrix is not raw counts (``None`` if it is); the Dask path passes a check
-    on a sample of blocks. ``fallback_to_x``: a missing ``layer`` falls back to ``X`` when ``X`` holds raw counts.
+    ``problem_of`` describes why a matrix is not raw counts (``None`` if it is); the default checks a sample of
+    blocks of a Dask matrix (:func:`immunomood._dask.count_problem`). ``fallback_to_x``: a missing ``layer`` falls back to ``X`` when ``X`` holds raw counts.
     """
     if auto and layer is None:
         layer = "counts" if "counts" in adata.layers else None
@@ -61,17 +61,47 @@ def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool =
     return X, layer
 
 
-def aggregate(X, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
-    """Sum the rows of ``X`` by integer ``codes`` (one sparse indicator-matrix product; codes < 0 ignored)."""
+def _block_sums(block, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
+    """Rows of one row block summed by ``codes`` (a sparse indicator-matrix product; codes < 0 ignored)."""
     keep = codes >= 0
-    n = X.shape[0]
     G = sparse.csr_matrix(
-        (np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))), shape=(n_groups, n)
+        (np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))), shape=(n_groups, block.shape[0])
     )
-    if hasattr(X, "compute") and not isinstance(X, np.ndarray) and not sparse.issparse(X):  # dask
-        X = X.compute()
-    out = G @ X
-    return sparse.csr_matrix(out, dtype=np.float64) if sparse.issparse(out) else sparse.csr_matrix(np.asarray(out, dtype=np.float64))
+    out = G @ block
+    return sparse.csr_matrix(out, dtype=np.float64) if sparse.issparse(out) else sparse.csr_matrix(
+        np.asarray(out, dtype=np.float64)
+    )
+
+
+def aggregate(X, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
+    """Sum the rows of ``X`` by integer ``codes`` (codes < 0 ignored): ``n_groups`` x genes, sparse float64.
+
+    Block by block for a Dask ``X`` (the per-block products are added up; the matrix is never loaded whole);
+    an in-memory ``X`` is one block.
+    """
+    parts = map_row_blocks(_block_sums, X, n_groups, row_args=np.asarray(codes, dtype=np.int64))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return sparse.csr_matrix(out, dtype=np.float64)
+
+
+def sum_by_sample_group(X, obs: pd.DataFrame, sample_key: str, groupby: str, *, min_cells: int = 0,
+                        func: str = "pseudobulk") -> tuple[pd.DataFrame, sparse.csr_matrix]:
+    """The aggregation core of :func:`pseudobulk` (and of the functions that start from a pseudobulk).
+
+    Returns the grid of every sample x group combination (:func:`combos`: ``sample_key``, ``groupby``,
+    ``n_cells``; empty combinations included) and the summed rows of ``X`` for the combinations with at least
+    ``min_cells`` cells, in grid order (all of them with the default ``min_cells=0``). ``X`` may be a Dask array
+    chunked in whole cells (``func``, the caller's name, is in the error otherwise).
+    """
+    require_row_chunks(X, func=func)
+    grid, code = combos(obs, sample_key, groupby)
+    keep = grid["n_cells"].to_numpy() >= min_cells
+    kept_idx = np.flatnonzero(keep)
+    remap = -np.ones(len(grid), dtype=np.int64)
+    remap[kept_idx] = np.arange(len(kept_idx))
+    return grid, aggregate(X, remap[code], len(kept_idx))
 
 
 def combos(obs: pd.DataFrame, sample_key: str, groupby: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -136,24 +166,14 @@ def pseudobulk(
     check_str("layer", layer, allow_none=True, fix="Name the layer with raw counts, or None for adata.X.")
     min_cells = check_int("min_cells", min_cells, min=1,
                           fix="It is the number of cells a sample x group needs to be kept, e.g. 10.")
-    from .._dask import uses_dask
-
     default_missing = layer == "counts" and "counts" not in adata.layers  # then X, if it holds raw counts
-    lazy = uses_dask(adata, None if default_missing else layer)  # Dask input: the same steps, counts checked on sampled blocks, summed per block
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
     if sample_key == groupby:
         raise ValueError(f"`sample_key` and `groupby` are the same column ({sample_key!r}); pass two columns.")
-    if lazy:
-        from ._dask_paths import _problem_of_sampled, aggregate_dask
-
-        X, layer = resolve_counts(adata, layer, func="pseudobulk", problem_of=_problem_of_sampled,
-                                  fallback_to_x=default_missing)
-        agg = aggregate_dask
-    else:
-        X, layer = resolve_counts(adata, layer, func="pseudobulk", fallback_to_x=default_missing)
-        agg = aggregate
-    grid, code = combos(adata.obs, sample_key, groupby)
+    # Dask input: the same steps, the counts checked on a sample of blocks and the sums taken block by block
+    X, layer = resolve_counts(adata, layer, func="pseudobulk", fallback_to_x=default_missing)
+    grid, M = sum_by_sample_group(X, adata.obs, sample_key, groupby, min_cells=min_cells)
     keep = grid["n_cells"].to_numpy() >= min_cells
     dropped = grid.loc[~keep].reset_index(drop=True)
     dropped["reason"] = f"fewer than {min_cells} cells"
@@ -163,10 +183,6 @@ def pseudobulk(
                                                     "reason": list(empty.values())})], ignore_index=True)
     for c in (sample_key, groupby):  # strings: an object column of ints cannot be written to h5ad
         dropped[c] = dropped[c].astype(str)
-    kept_idx = np.flatnonzero(keep)
-    remap = -np.ones(len(grid), dtype=np.int64)
-    remap[kept_idx] = np.arange(len(kept_idx))
-    M = agg(X, remap[code], len(kept_idx))
     obs = grid.loc[keep].copy()
     meta_cols = [c for c in sample_level_columns(adata.obs, sample_key) if c not in (groupby, "n_cells")]
     if meta_cols:
