@@ -106,6 +106,7 @@ def test_simulated_truth_and_keys(sim):
     assert set(a.obs.columns) == {"truth", "cell_lineage", "cell_type", "cell_type_confidence", "cell_type_reason"}
     assert u["cluster_label_counts"].to_numpy().sum() == a.n_obs
     assert u["params"]["input"].startswith("raw counts")
+
     # conventional T labels are decided by CD8A/CD8B and the naive / memory axes: those are the genes reported
     assert u["markers_used"]["CD8 memory T"][:2] == ["CD8A", "CD8B"]
     assert "CCR7" in u["markers_used"]["CD4 naive T"] and u["n_t_subclusters"] >= 1
@@ -115,12 +116,37 @@ def test_simulated_truth_and_keys(sim):
     assert pol.loc[~cd4].isna().all().all()
 
 
+def test_key_added_derives_every_key():
+    """A non-default key_added renames every written key (no fixed "cell_lineage"); the calls are the same, and
+    every tuning constant is recorded with its current value."""
+    from immunomood.tl._annotate import _constants as const
+
+    a = _simulate(n_per_type=40, seed=3, split=True)
+    b = a.copy()
+    im.tl.annotate(a)
+    im.tl.annotate(b, key_added="ct2")
+    assert set(b.obs.columns) == {"truth", "ct2_lineage", "ct2", "ct2_confidence", "ct2_reason"}
+    assert set(b.obsm) == {"ct2_cd4_polarization"} and set(b.uns) == {"ct2"}
+    assert (b.obs["ct2_lineage"] == a.obs["cell_lineage"]).all() and (b.obs["ct2"] == a.obs["cell_type"]).all()
+    assert np.array_equal(b.obs["ct2_confidence"], a.obs["cell_type_confidence"])
+    pd.testing.assert_frame_equal(b.obsm["ct2_cd4_polarization"], a.obsm["cd4_polarization"])
+    p = b.uns["ct2"]["params"]
+    assert (p["lineage_key"], p["polarization_key"]) == ("ct2_lineage", "ct2_cd4_polarization")
+    assert a.uns["cell_type"]["params"]["lineage_key"] == "cell_lineage"
+    rec = p["constants"]
+    assert len(rec) == len(const.TUNING) >= 24
+    for name in const.TUNING:
+        v = getattr(const, name)
+        assert rec[name.lstrip("_").lower()] == (list(v) if isinstance(v, tuple) else v), name
+    assert rec["n_neighbors"] == p["n_neighbors"] and rec["resolution"] == p["leiden_resolution"]
+
+
 def test_large_input_sketch_and_transfer(sim, monkeypatch):
     """Above _SKETCH_CELLS cells a random sketch is annotated in full and the other cells learn from it."""
-    import immunomood.tl._annotate as mod
+    import immunomood.tl._annotate._constants as const
 
-    monkeypatch.setattr(mod, "_SKETCH_CELLS", 300)
-    monkeypatch.setattr(mod, "_N_TRAIN", 250)
+    monkeypatch.setattr(const, "_SKETCH_CELLS", 300)
+    monkeypatch.setattr(const, "_N_TRAIN", 250)
     a = sim.copy()
     im.tl.annotate(a)
     p = a.uns["cell_type"]["params"]
@@ -507,7 +533,7 @@ def test_citeseq_cd4_memory_not_called_cd8(citeseq_annotated):
 
 def test_set_scores_scale_with_markers_present():
     """A lineage with one marker in the data cannot reach the score of a set whose three markers agree."""
-    from immunomood.tl._annotate import _set_scores
+    from immunomood.tl._annotate._scoring import _set_scores
 
     Z = np.ones((4, 4), dtype=np.float32)
     col = {"A": 0, "B": 1, "C": 2, "HBB": 3}
@@ -519,7 +545,7 @@ def test_set_scores_scale_with_markers_present():
 
 def test_neighbour_agreement_hand_computed():
     """Share of the row-normalised neighbourhood (self included) with the cell's own label."""
-    from immunomood.tl._annotate import _neighbour_agreement, _row_normalised
+    from immunomood.tl._annotate._graph import _neighbour_agreement, _row_normalised
 
     # path graph 0-1-2-3 with unit connectivities; labels a a b b
     C = sparse.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0]], dtype=float))
@@ -529,7 +555,7 @@ def test_neighbour_agreement_hand_computed():
 
 def test_calibration_on_cross_validated_agreement():
     """Two overlapping populations: the Platt map is increasing and its mean matches the CV agreement rate."""
-    from immunomood.tl._annotate import _calibration, _platt
+    from immunomood.tl._annotate._calibration import _calibration, _platt
 
     rng = np.random.default_rng(0)
     n = 600
@@ -553,7 +579,7 @@ def test_calibration_keeps_the_ranking(pbmc3k_annotated, monkeypatch):
     """Platt scaling moves the confidence values but not their order (pbmc3k: raw vs calibrated, same run)."""
     from scipy.stats import spearmanr
 
-    import immunomood.tl._annotate as mod
+    import immunomood.tl._annotate._core as mod  # annotate looks _calibration up here
 
     seen = {}
     original = mod._calibration
@@ -578,7 +604,7 @@ def test_calibration_keeps_the_ranking(pbmc3k_annotated, monkeypatch):
 
 def test_cd8_posterior_mixture_model():
     """Per-cluster CD8 fraction recovered from detection rates; cells follow their cluster unless ambiguous."""
-    from immunomood.tl._annotate import _cd8_posterior
+    from immunomood.tl._annotate._tcell import _cd8_posterior
 
     rng = np.random.default_rng(0)
     fracs = [0.0, 0.0, 0.1, 1.0, 0.9]  # CD4 clusters, CD4 cluster with a few CD8, CD8 clusters

@@ -92,18 +92,18 @@ def gene_coverage(
     check_str("key_added", key_added)
     check_bool("inplace", inplace)
     if gene_symbols is None:
-        from ..tl._annotate import _marker_symbols
+        from .._markers import marker_symbols
 
-        symbols = _marker_symbols(adata)
+        symbols = marker_symbols(adata)
     else:
         symbols = _symbols(adata, gene_symbols)
     found = set(pd.Index(symbols).astype(str).str.upper())
     rows: list[dict] = []
 
     if markers is not None:
-        from ..tl._annotate import _MIN_MARKERS_LINEAGE, _resolve_markers
+        from .._markers import MIN_MARKERS_LINEAGE, resolve_markers
 
-        res = _resolve_markers(markers)
+        res = resolve_markers(markers)
         rname = f"markers:{res.get('name', 'custom')}"
         for s in res["lineages"]:
             pos = s.get("positive", [])
@@ -115,8 +115,8 @@ def gene_coverage(
                     s["label"],
                     pos,
                     found,
-                    n >= _MIN_MARKERS_LINEAGE,
-                    f">= {_MIN_MARKERS_LINEAGE} positive markers",
+                    n >= MIN_MARKERS_LINEAGE,
+                    f">= {MIN_MARKERS_LINEAGE} positive markers",
                 )
             )
         for s in res["subsets"]:
