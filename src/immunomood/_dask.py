@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from ._kernels import count_matrix_problem
+
 
 def is_dask(X: Any) -> bool:
     try:
@@ -83,14 +85,17 @@ def sample_blocks(X: Any, n_blocks: int = 3, rows: int = 2_000) -> list[Any]:
 
 
 def count_problem_sampled(X: Any, n_blocks: int = 3) -> str | None:
-    """:func:`immunomood._utils.count_matrix_problem` on a sample of row blocks of a Dask array."""
-    from ._utils import count_matrix_problem
-
+    """:func:`immunomood._kernels.count_matrix_problem` on a sample of row blocks of a Dask array."""
     for b in sample_blocks(X, n_blocks):
         problem = count_matrix_problem(b)
         if problem is not None:
             return problem
     return None
+
+
+def count_problem(X: Any) -> str | None:
+    """Why ``X`` is not raw counts, or ``None``: on a sample of blocks for a Dask array, else on ``X`` itself."""
+    return count_problem_sampled(X) if is_dask(X) else count_matrix_problem(X)
 
 
 def block_value_problem(block: Any) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
+from ._kernels import count_matrix_problem, is_count_matrix  # noqa: F401  (the one implementation; re-exported)
 from ._settings import logger, mark_logged
 
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -131,42 +131,6 @@ def get_matrix(adata: Any, layer: str | None = None):
     """``adata.X`` or ``adata.layers[layer]``, after checking the layer exists."""
     check_layer(adata, layer)
     return adata.X if layer is None else adata.layers[layer]
-
-
-def _values_sample(X, max_values: int = 2_000_000) -> np.ndarray:
-    """Stored values of ``X`` (all of them, or an evenly spaced sample for very large matrices)."""
-    if sparse.issparse(X):
-        data = X.data
-    elif hasattr(X, "compute") and not isinstance(X, np.ndarray):  # dask
-        block = X[: min(X.shape[0], 10_000)]
-        block = block.compute()
-        return _values_sample(block, max_values)
-    else:
-        data = np.asarray(X).ravel()
-    if data.size > max_values:
-        step = data.size // max_values + 1
-        data = data[::step]
-    return np.asarray(data)
-
-
-def count_matrix_problem(X) -> str | None:
-    """Return a description of why ``X`` is not raw counts, or ``None`` if it looks like counts."""
-    vals = _values_sample(X)
-    if vals.size == 0:
-        return None
-    if not np.all(np.isfinite(vals)):
-        return "it contains NaN or infinite values"
-    if (vals < 0).any():
-        return f"it contains negative values (min {vals.min():.3g})"
-    frac = np.abs(vals - np.round(vals)) > 1e-6
-    if frac.any():
-        ex = vals[frac][:3]
-        return f"it contains non-integer values (e.g. {', '.join(f'{v:.4g}' for v in ex)})"
-    return None
-
-
-def is_count_matrix(X) -> bool:
-    return count_matrix_problem(X) is None
 
 
 def check_counts(adata: Any, layer: str | None, *, func: str) -> None:

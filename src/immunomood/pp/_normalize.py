@@ -2,55 +2,21 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
-from .._dask import count_problem_sampled, is_dask, require_row_chunks
+from .._dask import count_problem, is_dask, require_row_chunks
 from .._docs import doc_adata, doc_copy, doc_params
+from .._kernels import log1p_cp10k
 from .._settings import logger
-from .._utils import check_adata, check_bool, check_not_view, check_number, check_str, count_matrix_problem
+from .._utils import check_adata, check_bool, check_not_view, check_number, check_str
 from ._qc import _check_unique_var_names
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _csr_scale_data(data, indptr, target_sum):  # pragma: no cover - compiled
-    n = indptr.size - 1
-    out = np.empty(data.size, dtype=np.float32)
-    for i in numba.prange(n):
-        start, end = indptr[i], indptr[i + 1]
-        t = 0.0
-        for k in range(start, end):
-            t += data[k]
-        scale = np.float32(target_sum / t) if t > 0 else np.float32(0.0)
-        for k in range(start, end):
-            out[k] = np.float32(data[k]) * scale
-    return out
-
-
-def _csr_normalize_log1p(X: sparse.csr_matrix, target_sum: float) -> sparse.csr_matrix:
-    new = _csr_scale_data(X.data, X.indptr, float(target_sum))
-    np.log1p(new, out=new)  # numpy's vectorised float32 log1p
-    return sparse.csr_matrix((new, X.indices.copy(), X.indptr.copy()), shape=X.shape)
-
-
-def _dense_normalize_log1p(X, target_sum: float) -> np.ndarray:
-    Xf = np.asarray(X, dtype=np.float32)
-    totals = Xf.sum(1, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        scale = np.where(totals > 0, target_sum / totals, 0.0).astype(np.float32)
-    new = Xf * scale[:, None]
-    np.log1p(new, out=new)
-    return new
 
 
 def _normalize_block(block, target_sum: float):
     """One row block of a Dask array: the same arithmetic as the in-memory path, row by row."""
-    if sparse.issparse(block):
-        Xc = block if block.format == "csr" else sparse.csr_matrix(block)
-        return _csr_normalize_log1p(Xc, target_sum)
-    return _dense_normalize_log1p(block, target_sum)
+    return log1p_cp10k(block, target_sum=target_sum, dtype=np.float32)
 
 
 def _normalize_lazy(X, target_sum: float):
@@ -61,10 +27,6 @@ def _normalize_lazy(X, target_sum: float):
     else:
         meta = np.empty((0, 0), dtype=np.float32)
     return X.map_blocks(_normalize_block, float(target_sum), dtype=np.float32, meta=meta)
-
-
-def _count_problem(X) -> str | None:
-    return count_problem_sampled(X) if is_dask(X) else count_matrix_problem(X)
 
 
 @doc_params(adata=doc_adata, copy=doc_copy)
@@ -114,10 +76,10 @@ def normalize(
     _check_unique_var_names(adata)
     if is_dask(adata.X):
         require_row_chunks(adata.X, func="normalize")
-    problem = _count_problem(adata.X)
+    problem = count_problem(adata.X)
     if problem is not None:
         layers = list(adata.layers.keys())
-        if counts_layer in adata.layers and _count_problem(adata.layers[counts_layer]) is None:
+        if counts_layer in adata.layers and count_problem(adata.layers[counts_layer]) is None:
             raise ValueError(
                 f"`normalize` needs raw counts in adata.X, but adata.X {problem.replace('it ', '', 1)}: it looks "
                 f"already normalised, and adata.layers[{counts_layer!r}] holds counts. Nothing to do if X is what "
@@ -136,14 +98,10 @@ def normalize(
     if is_dask(X):
         counts = X  # the original lazy array becomes the counts layer
         new = _normalize_lazy(X, target_sum)
-    elif sparse.issparse(X):
-        Xc = X if X.format == "csr" else sparse.csr_matrix(X)
-        # the original matrix object becomes the counts layer (never modified); X gets new arrays
-        counts = X
-        new = _csr_normalize_log1p(Xc, float(target_sum))
     else:
-        counts = X  # the original array becomes the counts layer (never modified)
-        new = _dense_normalize_log1p(X, target_sum)
+        # the original matrix object becomes the counts layer (never modified); X gets new arrays (CSR if sparse)
+        counts = X
+        new = log1p_cp10k(X, target_sum=float(target_sum), dtype=np.float32)
     adata.layers[counts_layer] = counts
     adata.X = new
     adata.uns["log1p"] = {"base": None}

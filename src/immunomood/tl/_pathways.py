@@ -9,7 +9,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .._dask import count_problem, map_row_blocks, require_row_chunks
 from .._docs import doc_adata, doc_gene_sets, doc_inplace, doc_layer, doc_params
+from .._kernels import log1p_cp10k, row_totals
 from .._settings import logger
 from .._utils import (
     check_adata,
@@ -17,14 +19,11 @@ from .._utils import (
     check_layer,
     check_not_view,
     check_str,
-    count_matrix_problem,
     get_matrix,
     identifier_kind,
     match_genes,
-    warn,
-)
-from .._utils import (
     symbols_for_sets,
+    warn,
 )
 from ._gene_sets import resolve_gene_sets
 
@@ -33,33 +32,15 @@ __all__ = ["score_pathways"]
 MIN_GENES_WARN = 3
 
 
-def _is_dask(X) -> bool:
-    return hasattr(X, "compute") and hasattr(X, "chunks") and not isinstance(X, np.ndarray)
-
-
 def _log_normalised_columns(X, cols: np.ndarray, *, is_counts: bool, target_sum: float = 1e4):
-    """Columns ``cols`` of ``X`` on the log1p(counts per ``target_sum``) scale, without touching ``X``.
+    """Columns ``cols`` of ``X`` on the log1p(counts per ``target_sum``) scale (float64), without touching ``X``.
 
-    Only the selected columns are materialised (a small sparse matrix); library sizes need one pass over the data.
+    Only the selected columns are materialised (a small matrix); the library sizes are the row sums of all of ``X``.
     """
-    if _is_dask(X):
-        lib = np.asarray(X.sum(axis=1).compute()).ravel() if is_counts else None
-        sub = X[:, cols].compute()
-    else:
-        lib = np.asarray(X.sum(axis=1)).ravel() if is_counts else None
-        sub = X[:, cols]
-    if sparse.issparse(sub):
-        sub = sparse.csr_matrix(sub, dtype=np.float64)
-        if is_counts:
-            scale = np.divide(target_sum, lib, out=np.zeros_like(lib, dtype=np.float64), where=lib > 0)
-            sub.data *= np.repeat(scale, np.diff(sub.indptr))
-            np.log1p(sub.data, out=sub.data)
-    else:
-        sub = np.asarray(sub, dtype=np.float64)
-        if is_counts:
-            scale = np.divide(target_sum, lib, out=np.zeros_like(lib, dtype=np.float64), where=lib > 0)
-            sub = np.log1p(sub * scale[:, None])
-    return sub
+    sub = X[:, cols]
+    if is_counts:
+        return log1p_cp10k(sub, target_sum=target_sum, totals=row_totals(X), dtype=np.float64)
+    return sparse.csr_matrix(sub, dtype=np.float64) if sparse.issparse(sub) else np.asarray(sub, dtype=np.float64)
 
 
 try:  # one fused pass over a CSR matrix (numba is a scanpy dependency)
@@ -143,7 +124,7 @@ def _match_sets(symbols, sets: Mapping[str, Sequence[str]]):
     allg = list(dict.fromkeys(str(g) for v in sets.values() for g in v))
     idx, miss = match_genes(symbols, allg)
     missing_set = set(miss)
-    pos = dict(zip([g for g in allg if g not in missing_set], idx.tolist()))
+    pos = dict(zip([g for g in allg if g not in missing_set], idx.tolist(), strict=False))
     found, missing = {}, {}
     for name, genes in sets.items():
         found[name] = np.asarray([pos[str(g)] for g in genes if str(g) in pos], dtype=int)
@@ -151,19 +132,8 @@ def _match_sets(symbols, sets: Mapping[str, Sequence[str]]):
     return found, missing
 
 
-def _looks_like_counts(X, n_values: int = 200_000) -> bool:
-    """Raw counts (non-negative integers) or not, from a sample of the stored values (cheap on large matrices)."""
-    if sparse.issparse(X) and hasattr(X, "data"):
-        data = X.data
-        if data.size > n_values:
-            step = data.size // n_values + 1
-            data = np.concatenate([data[:n_values // 2], data[::step]])
-        return count_matrix_problem(np.asarray(data)) is None
-    return count_matrix_problem(X) is None
-
-
 def set_weight_matrix(col_of_gene: dict[int, int], members: dict[str, np.ndarray], n_cols: int) -> np.ndarray:
-    """genes x sets matrix W with W[j, k] = 1 / |set k| for the genes found in set k (0 elsewhere)."""
+    """Genes x sets matrix W with W[j, k] = 1 / |set k| for the genes found in set k (0 elsewhere)."""
     W = np.zeros((n_cols, len(members)))
     for k, idx in enumerate(members.values()):
         if len(idx):
@@ -230,31 +200,42 @@ def score_pathways(
     if gene_symbols is not None and gene_symbols not in adata.var.columns:
         raise KeyError(f"gene_symbols={gene_symbols!r} not found in adata.var columns. "
                        f"Available: {list(map(str, adata.var.columns))}. Pass the column with gene symbols, or None.")
-    from ._dask_paths import score_pathways_dask, uses_dask
-
-    if uses_dask(adata, layer):
-        return score_pathways_dask(
-            adata, gene_sets, layer=layer, gene_symbols=gene_symbols, key_added=key_added, inplace=inplace
-        )
     if inplace:
         check_not_view(adata, func="score_pathways")
     X = get_matrix(adata, layer)
+    require_row_chunks(X, func="score_pathways")
     sets, symbols, found, missing, union = _prepare_sets(adata, gene_sets, gene_symbols)
-    is_counts = _looks_like_counts(X)
+    is_counts = count_problem(X) is None  # on a sample of blocks (first, middle, last) for Dask input
     if is_counts:
         logger.info("score_pathways: the matrix holds raw counts; log-normalising the set genes internally")
-    fast = _fast_csr_sums(X, union, found, is_counts)
-    if fast is None:
-        sub = _log_normalised_columns(X, union, is_counts=is_counts)
-        nnz = np.asarray((sub != 0).sum(axis=0)).ravel()
-        expressed_mask = nnz > 0
+    # one pass over the row blocks (an in-memory matrix is one block): per-set sums, or the set-gene columns
+    parts = map_row_blocks(_block_set_sums, X, union, found, is_counts)
+    fast = all(p[0] == "fast" for p in parts)
+    if fast:
+        sums = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, len(found)))
+        expressed_mask = np.logical_or.reduce([p[2] for p in parts])
+        sub = None
     else:
-        sums, expressed_mask = fast
+        if any(p[0] != "sub" for p in parts):
+            raise TypeError("score_pathways: the Dask array mixes sparse and dense blocks; make them one type.")
+        subs = [p[1] for p in parts]
+        sub = sparse.vstack(subs, format="csr") if sparse.issparse(subs[0]) else np.vstack(subs)
+        expressed_mask = np.asarray((sub != 0).sum(axis=0)).ravel() > 0
+        sums = None
     used = _used_genes(found, missing, union, expressed_mask, symbols, sets, stacklevel=4)
-    S = _set_means(used, union, sums=None if fast is None else sums, sub=sub if fast is None else None)
+    S = _set_means(used, union, sums=sums, sub=sub)
     return _finish(adata, S, used, symbols, missing, gene_sets=gene_sets, layer=layer, is_counts=is_counts,
                    key_added=key_added, inplace=inplace)
 
+
+def _block_set_sums(block, union: np.ndarray, found: dict[str, np.ndarray], is_counts: bool):
+    """One row block: ("fast", per-set sums, expressed flags) or ("sub", the log-normalised union columns)."""
+    if not sparse.issparse(block):
+        block = np.asarray(block)
+    fast = _fast_csr_sums(block, union, found, is_counts)
+    if fast is not None:
+        return ("fast", *fast)
+    return ("sub", _log_normalised_columns(block, union, is_counts=is_counts))
 
 
 def _prepare_sets(adata, gene_sets, gene_symbols):
@@ -262,7 +243,7 @@ def _prepare_sets(adata, gene_sets, gene_symbols):
     sets = resolve_gene_sets(gene_sets)
     symbols = symbols_for_sets(adata, gene_symbols, sets)
     found, missing = _match_sets(symbols, sets)
-    union = np.unique(np.concatenate([v for v in found.values()] + [np.array([], int)])).astype(int)
+    union = np.unique(np.concatenate([*found.values(), np.array([], int)])).astype(int)
     if union.size == 0:
         raise ValueError(
             f"None of the genes of the gene sets {list(sets)} was found in adata ({adata.n_vars} genes, "
@@ -298,6 +279,7 @@ def _set_means(used, union, *, sums=None, sub=None):
     # unexpressed genes added 0 to the sums: divide by the number of expressed genes
     n_used = np.array([max(len(v), 1) for v in used.values()], dtype=float)
     return sums / n_used
+
 
 def _finish(adata, S, used, symbols, missing, *, gene_sets, layer, is_counts, key_added, inplace):
     """Centre the per-cell set means, assemble the DataFrame and the ``uns`` record, write or return them."""
