@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import numpy as np
@@ -60,10 +59,6 @@ def _assert_same_csr(A, B):
     np.testing.assert_array_equal(A.indptr, B.indptr)
     np.testing.assert_array_equal(A.indices, B.indices)
     np.testing.assert_array_equal(A.data, B.data)
-
-
-def _dispatched(func) -> bool:
-    return "_dask_paths" in inspect.getsource(inspect.unwrap(func))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,57 +175,55 @@ def test_highly_variable_genes_equal(h5ad_path, batch_key):
 
 @pytest.mark.parametrize("layer", [None, "counts"])
 def test_score_pathways_equal(h5ad_path, layer):
-    from immunomood.tl._dask_paths import score_pathways_dask
-
     mem, lazy = _pair(h5ad_path)
     for a in (mem, lazy):
         im.pp.normalize(a)
     sets = _gene_sets()
     ref = _quiet(im.tl.score_pathways, mem, sets, layer=layer, inplace=False)
-    got = _quiet(score_pathways_dask, lazy, sets, layer=layer, inplace=False)
+    got = _quiet(im.tl.score_pathways, lazy, sets, layer=layer, inplace=False)
     pd.testing.assert_frame_equal(got, ref, check_exact=False, rtol=1e-10, atol=1e-12)
     assert got.attrs == ref.attrs
-    _quiet(score_pathways_dask, lazy, sets, layer=layer, key_added="ps")
+    _quiet(im.tl.score_pathways, lazy, sets, layer=layer, key_added="ps")
     pd.testing.assert_frame_equal(lazy.obsm["ps"], ref, check_exact=False, rtol=1e-10, atol=1e-12)
     assert lazy.uns["ps"]["genes_used"] == ref.attrs["genes_used"]
 
 
 def test_pseudobulk_equal(h5ad_path):
-    from immunomood.tl._dask_paths import pseudobulk_dask
-
     mem, lazy = _pair(h5ad_path)
     for a in (mem, lazy):
         im.pp.normalize(a)
     ref = _quiet(im.tl.pseudobulk, mem, sample_key="donor", groupby="cell_type_true", min_cells=10)
-    got = _quiet(pseudobulk_dask, lazy, sample_key="donor", groupby="cell_type_true", min_cells=10)
+    got = _quiet(im.tl.pseudobulk, lazy, sample_key="donor", groupby="cell_type_true", min_cells=10)
     assert sparse.issparse(got.X) and got.X.dtype == np.float64
     np.testing.assert_array_equal(got.X.toarray(), ref.X.toarray())
     pd.testing.assert_frame_equal(got.obs, ref.obs)
     pd.testing.assert_frame_equal(got.uns["dropped"], ref.uns["dropped"])
     assert got.uns["pseudobulk"] == ref.uns["pseudobulk"]
     with pytest.raises(ValueError, match="is not raw counts"):
-        pseudobulk_dask(lazy, sample_key="donor", groupby="cell_type_true", layer=None)
+        im.tl.pseudobulk(lazy, sample_key="donor", groupby="cell_type_true", layer=None)
 
 
-@pytest.mark.skipif(not (_dispatched(im.tl.score_pathways) and _dispatched(im.tl.pseudobulk)),
-                    reason="tl.score_pathways / tl.pseudobulk do not dispatch to tl._dask_paths yet")
-def test_public_tl_functions_dispatch(h5ad_path):
+def test_differential_aggregates_block_by_block(h5ad_path, monkeypatch):
+    """differential_activity on Dask input: tl.pseudobulk's core sums block by block (never X.compute()).
+
+    The result equals the in-memory one.
+    """
     mem, lazy = _pair(h5ad_path)
-    for a in (mem, lazy):
-        im.pp.normalize(a)
-    sets = _gene_sets()
-    pd.testing.assert_frame_equal(_quiet(im.tl.score_pathways, lazy, sets, inplace=False),
-                                  _quiet(im.tl.score_pathways, mem, sets, inplace=False),
-                                  check_exact=False, rtol=1e-10, atol=1e-12)
-    got = _quiet(im.tl.pseudobulk, lazy, sample_key="donor", groupby="cell_type_true")
-    ref = _quiet(im.tl.pseudobulk, mem, sample_key="donor", groupby="cell_type_true")
-    np.testing.assert_array_equal(got.X.toarray(), ref.X.toarray())
+    kw = {"sample_key": "donor", "groupby": "cell_type_true", "gene_sets": "complement", "condition_key": "condition",
+          "layer": None, "method": "score", "min_cells": 5}
+    ref = _quiet(im.tl.differential_activity, mem, **kw)
+
+    def no_whole_compute(self, *args, **kwargs):
+        raise AssertionError("the whole Dask matrix was computed")
+
+    monkeypatch.setattr(da.Array, "compute", no_whole_compute)
+    got = _quiet(im.tl.differential_activity, lazy, **kw)
+    pd.testing.assert_frame_equal(got, ref)
 
 
 def test_distributed_cluster(h5ad_path):
     """With a dask.distributed client started by the user, the same results (the client does the work)."""
     distributed = pytest.importorskip("distributed")
-    from immunomood.tl._dask_paths import pseudobulk_dask
 
     mem, lazy = _pair(h5ad_path, chunk_size=1500)
     _quiet(im.pp.qc_metrics, mem, sample_key="donor")
@@ -246,7 +239,7 @@ def test_distributed_cluster(h5ad_path):
         _quiet(im.pp.qc_metrics, lazy, sample_key="donor")
         im.pp.normalize(lazy)
         im.pp.highly_variable_genes(lazy, n_top_genes=500, batch_key="batch")
-        got = _quiet(pseudobulk_dask, lazy, sample_key="donor", groupby="cell_type_true")
+        got = _quiet(im.tl.pseudobulk, lazy, sample_key="donor", groupby="cell_type_true")
     assert len(ts.data) >= 4 * 2  # the blocks of 4 passes ran on the cluster's workers
     pd.testing.assert_frame_equal(lazy.obs, mem.obs, check_exact=True)
     pd.testing.assert_frame_equal(lazy.var, mem.var, check_exact=False, rtol=1e-9)
