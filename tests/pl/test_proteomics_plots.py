@@ -47,13 +47,16 @@ def test_cross_modal_from_result_and_mdata(mdata):
     assert len(ax.get_xticklabels()) == 8
     plt.close(fig)
     # a MuData: only a stored table is read, no test is computed inside the plot
+    bare = mdata.copy()
+    bare.uns.pop("cross_modal_associations", None)
     with pytest.raises(KeyError, match=r"im\.tl\.cross_modal_associations"):
-        im.pl.cross_modal(mdata)
+        im.pl.cross_modal(bare)
     m2 = mdata.copy()
-    m2.uns["cross_modal_associations"] = res
-    ax2 = im.pl.cross_modal(m2, rna_features="Classical monocyte", proteins=["C5", "DCLK3", "CALY"])
-    assert {t.get_text() for t in ax2.get_xticklabels()} == {"C5", "DCLK3", "CALY"}
-    plt.close(ax2.figure)
+    for stored in ({"params": {}, "results": res}, res):  # the one-result convention, and the bare table before it
+        m2.uns["cross_modal_associations"] = stored
+        ax2 = im.pl.cross_modal(m2, rna_features="Classical monocyte", proteins=["C5", "DCLK3", "CALY"])
+        assert {t.get_text() for t in ax2.get_xticklabels()} == {"C5", "DCLK3", "CALY"}
+        plt.close(ax2.figure)
     with pytest.raises(TypeError, match="must be a DataFrame"):
         im.pl.cross_modal(np.zeros(3))
     with pytest.raises(ValueError, match="lacks the columns"):

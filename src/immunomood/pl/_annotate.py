@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -9,6 +11,10 @@ from scipy import sparse
 
 from .._utils import check_adata, check_obs_key, count_matrix_problem, gene_symbols, match_genes
 from ._base import new_ax
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 
 
 def _check_annotated(adata: AnnData, key: str) -> None:
@@ -68,7 +74,7 @@ def annotation(adata: AnnData, *, key: str = "cell_type", ax=None, n_genes: int 
     return dp
 
 
-def annotation_confidence(adata: AnnData, *, key: str = "cell_type", ax=None):
+def annotation_confidence(adata: AnnData, *, key: str = "cell_type", ax=None) -> Axes:
     """Distribution of the annotation confidence per label (box plot, labels ordered as the vocabulary).
 
     Parameters

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from ._base import fmt_p, new_ax, palette
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 
 __all__ = ["composition"]
 
@@ -24,7 +29,7 @@ def composition(
     contrast: str | None = None,
     key: str = "composition",
     ax=None,
-):
+) -> Axes:
     """Per cell type, each donor's (sample's) proportion, by condition, with the test's p-values.
 
     The proportions are a count summary of ``adata.obs`` (no model); every level of ``condition_key`` is drawn,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,10 @@ from anndata import AnnData
 
 from ._base import DEFAULT_COLORS as _LEVEL_COLORS
 from ._base import fmt_p, new_ax, not_measured, palette, stored_result
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 
 __all__ = ["differential_activity", "volcano"]
 
@@ -60,7 +65,7 @@ def differential_activity(
     condition_key: str | None = None,
     sample_key: str | None = None,
     ax=None,
-):
+) -> Axes:
     """Per cell type, one point per donor (sample) with its set score, by condition, with the test's padj.
 
     Reads only what :func:`immunomood.tl.differential_activity` stored (``key_added=key``): the donor scores in
@@ -229,7 +234,7 @@ def _spread(pos: np.ndarray, gap: float, lo: float = 0.03, hi: float = 0.97) -> 
 
 
 def volcano(result: pd.DataFrame | AnnData, *, key: str = "differential_activity", contrast: str | None = None,
-            alpha: float = 0.05, n_labels: int = 10, label: bool = True, ax=None):
+            alpha: float = 0.05, n_labels: int = 10, label: bool = True, ax=None) -> Axes:
     """Volcano plot of a result table of :func:`immunomood.tl.differential_activity` (``effect``) or
     :func:`immunomood.tl.differential_expression` (``log2fc``), with the top hits named.
 

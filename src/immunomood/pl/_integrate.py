@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,10 @@ from anndata import AnnData
 from .._docs import doc_adata, doc_params
 from .._utils import check_adata, check_obs_key
 from ._base import fmt, new_axes, palette
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 
 def _default_palette(n: int) -> list:
@@ -62,7 +67,7 @@ def integration(
     metrics: pd.DataFrame | None = None,
     point_size: float | None = None,
     ax: Sequence | None = None,
-):
+) -> Figure:
     """UMAPs before (unintegrated PCA) and after integration, coloured by batch and by label, with metrics.
 
     Panels: top row unintegrated PCA, bottom row ``embedding``; left column coloured by the batch, right column by

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ._base import new_ax
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 
 __all__ = ["biomarker_roc", "cross_modal"]
 
@@ -23,14 +28,14 @@ def cross_modal(
     key: str = "cross_modal_associations",
     ax=None,
     cmap: str = "RdBu_r",
-):
+) -> Axes:
     """Heatmap of cross-modal association estimates, with significance marks.
 
     Parameters
     ----------
     result
         The DataFrame returned by :func:`immunomood.tl.cross_modal_associations`, or a MuData holding that table in
-        ``mdata.uns[key]``. Nothing is computed here: a MuData without the table raises an error naming the call.
+        ``mdata.uns[key]["results"]`` (or, as stored before the one-result convention, ``mdata.uns[key]``). Nothing is computed here: a MuData without the table raises an error naming the call.
     rna_features, proteins
         Restrict the rows / columns shown.
     max_rows, max_cols
@@ -52,7 +57,9 @@ def cross_modal(
 
     if hasattr(result, "mod") and not isinstance(result, pd.DataFrame):
         stored = result.uns.get(key)
-        if not isinstance(stored, pd.DataFrame):
+        if isinstance(stored, Mapping):  # the one-result convention: {"params": ..., "results": DataFrame}
+            stored = stored.get("results")
+        if not isinstance(stored, pd.DataFrame):  # (a bare DataFrame: the layout before the convention)
             raise KeyError(
                 f"No association table in mdata.uns[{key!r}] (found {type(stored).__name__}). Run "
                 "`res = im.tl.cross_modal_associations(mdata, ...)` and pass `res` (the plot computes no test)."
@@ -95,7 +102,7 @@ def cross_modal(
     return ax
 
 
-def biomarker_roc(result, *, ax=None, show_repeats: bool = True, color: str = "C0"):
+def biomarker_roc(result, *, ax=None, show_repeats: bool = True, color: str = "C0") -> Axes:
     """Mean ROC curve of the out-of-fold predictions of :func:`immunomood.tl.biomarker_panel`.
 
     One ROC curve per repeat (thin, when ``show_repeats``), their vertical average on a common

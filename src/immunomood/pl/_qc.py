@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,11 @@ from anndata import AnnData
 from .._docs import doc_adata, doc_params, doc_sample_key
 from .._utils import check_adata, check_obs_key
 from ._base import new_ax, new_axes, not_measured
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 
 _DEFAULT_METRICS = ("log1p_total_counts", "log1p_n_genes_by_counts", "pct_counts_in_top_20_genes", "pct_counts_mt")
 #: y-axis labels of the usual metrics
@@ -40,7 +46,7 @@ def qc(
     show_thresholds: bool = True,
     max_cells_per_sample: int = 5000,
     ax=None,
-):
+) -> Figure:
     """Violins of QC metrics per sample, with the outlier thresholds drawn.
 
     Reads the metrics written by :func:`immunomood.pp.qc_metrics` and, when present, the per-sample
@@ -140,7 +146,7 @@ def qc(
 
 
 @doc_params(adata=doc_adata)
-def qc_report(adata: AnnData, *, normalize: bool = False, ax=None):
+def qc_report(adata: AnnData, *, normalize: bool = False, ax=None) -> Axes:
     """Cells kept and removed per sample, the removed ones split by reason (stacked bars).
 
     Reads ``adata.uns["qc"]["report"]`` written by :func:`immunomood.pp.filter_cells`.
