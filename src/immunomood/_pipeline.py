@@ -631,7 +631,8 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
                          method=pr["association_method"])
     if assoc is None:  # e.g. too few donors with both modalities: a listed problem, the run goes on
         assoc = pd.DataFrame()
-    from .tl._proteomics import MIN_DONORS_PER_CLASS_PANEL, _obs_frame
+    from .tl._donor_data import MIN_DONORS_PER_CLASS_PANEL
+    from .tl._donor_data import obs_frame as _obs_frame
 
     both = mdata["rna"].obs_names.intersection(mdata["prot"].obs_names)  # the panel uses donors with both modalities
     counts = _obs_frame(mdata, inp["condition_key"]).reindex(both).value_counts()

@@ -11,8 +11,11 @@ from ._pathways import score_pathways
 from ._pseudobulk import pseudobulk
 from ._differential import differential_activity, differential_expression
 from ._composition import composition
-from ._proteomics import BiomarkerResult  # noqa: F401  (result type of biomarker_panel; a class, not in __all__)
-from ._proteomics import biomarker_panel, cross_modal_associations, donor_view, join_proteomics
+from ._associations import cross_modal_associations
+from ._biomarker import BiomarkerResult  # noqa: F401  (result type of biomarker_panel; a class, not in __all__)
+from ._biomarker import biomarker_panel
+from ._donor_view import donor_view
+from ._join import join_proteomics
 from ._predict import ResponsePrediction  # noqa: F401  (result type of predict_response; a class, not in __all__)
 from ._predict import predict_response
 
