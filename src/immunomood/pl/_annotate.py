@@ -9,7 +9,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .._utils import check_adata, check_obs_key, count_matrix_problem, gene_symbols, match_genes
+from .._kernels import count_matrix_problem, log1p_cp10k, row_totals
+from .._utils import check_adata, check_obs_key, gene_symbols, match_genes
 from ._base import new_ax
 
 if TYPE_CHECKING:
@@ -61,8 +62,7 @@ def annotation(adata: AnnData, *, key: str = "cell_type", ax=None, n_genes: int 
     X = adata.X[:, idx]
     X = X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=float)
     if count_matrix_problem(adata.X) is None:  # raw counts: log1p CP10k for display (marker columns only)
-        totals = np.asarray(adata.X.sum(axis=1)).ravel()
-        X = np.log1p(X / np.maximum(totals, 1)[:, None] * 1e4)
+        X = log1p_cp10k(X, totals=row_totals(adata.X), dtype=np.float64)
     found = [g for g in all_genes if g.upper() in {s.upper() for s in np.asarray(gene_symbols(adata))[idx]}]
     small = AnnData(X=X.astype(np.float32), obs=pd.DataFrame({key: adata.obs[key].array}, index=adata.obs_names))
     small.var_names = found
