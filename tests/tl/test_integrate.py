@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
-import warnings
-
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
 
 import immunomood as im
 from immunomood.tl import _integrate as I
+from immunomood.tl import _scvi_fast as F
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+# synthetic data with known truth: cell types under a gene-wise batch effect
+def _toy_batches(n_cells: int = 600, n_genes: int = 200, n_types: int = 4, n_batches: int = 2, *,
+                 batch_effect: float = 1.0, random_state: int = 0) -> ad.AnnData:
+    """Negative-binomial counts of ``n_types`` cell types with gene-wise log-normal batch effects.
+
+    ``obs``: ``batch``, ``cell_type``; raw counts in ``X`` and ``layers["counts"]``.
+    """
+    rng = np.random.default_rng(random_state)
+    base = rng.gamma(0.6, 1.0, size=n_genes)
+    profiles = np.stack([base * rng.lognormal(0, 1.0, n_genes) for _ in range(n_types)])
+    profiles /= profiles.sum(1, keepdims=True)
+    beff = rng.lognormal(0, batch_effect, size=(n_batches, n_genes))
+    ct = rng.integers(0, n_types, n_cells)
+    b = rng.integers(0, n_batches, n_cells)
+    lib = rng.lognormal(np.log(1500), 0.3, n_cells) * (1 + 0.3 * b)
+    mu = profiles[ct] * beff[b]
+    mu = mu / mu.sum(1, keepdims=True) * lib[:, None]
+    theta = 5.0
+    X = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float32)
+    obs = pd.DataFrame({"batch": pd.Categorical([f"b{i}" for i in b]),
+                        "cell_type": pd.Categorical([f"type{i}" for i in ct])},
+                       index=[f"c{i}" for i in range(n_cells)])
+    out = ad.AnnData(X=sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
+    out.layers["counts"] = out.X.copy()
+    return out
+
+
 @pytest.fixture
 def toy():
-    a = I._toy_batches(160, 40, 3, 2, batch_effect=1.0, random_state=0)
+    a = _toy_batches(160, 40, 3, 2, batch_effect=1.0, random_state=0)
     a.obs["pct_mt"] = np.linspace(0, 5, a.n_obs)
     return a
 
@@ -83,8 +111,8 @@ def test_device_matrix_sparse_gather_equals_dense(toy):
 
     X = toy.layers["counts"]
     idx = torch.tensor([5, 0, 77, 5, 159])
-    d = I._DeviceMatrix(X, torch.device("cpu"), dense=True).rows(idx)
-    s = I._DeviceMatrix(X, torch.device("cpu"), dense=False).rows(idx)
+    d = F.DeviceMatrix(X, torch.device("cpu"), dense=True).rows(idx)
+    s = F.DeviceMatrix(X, torch.device("cpu"), dense=False).rows(idx)
     np.testing.assert_array_equal(d.numpy(), s.numpy())
     np.testing.assert_array_equal(d.numpy(), X[idx.numpy()].toarray())
 
@@ -144,7 +172,7 @@ def test_multi_gpu_arguments_reach_lightning(toy, monkeypatch):
 
 def test_fast_path_same_quality_and_mixing_improves():
     """Batch effect: both paths mix batches clearly better than PCA, with equal quality (tolerance)."""
-    a = I._toy_batches(500, 100, 3, 2, batch_effect=0.5, random_state=3)
+    a = _toy_batches(500, 100, 3, 2, batch_effect=0.5, random_state=3)
     for fast, key in [(False, "X_std"), (True, "X_fast")]:
         im.tl.integrate(a, batch_key="batch", max_epochs=40, n_latent=8, n_hidden=64, fast=fast, key_added=key)
     m = im.tl.integration_metrics(a, batch_key="batch", label_key="cell_type", embedding=["X_std", "X_fast"])
@@ -156,3 +184,27 @@ def test_fast_path_same_quality_and_mixing_improves():
     assert abs(m.loc["X_std", "ilisi"] - m.loc["X_fast", "ilisi"]) < 0.15
     for col in ["silhouette_batch", "silhouette_label", "graph_connectivity", "bio_mean"]:
         assert abs(m.loc["X_std", col] - m.loc["X_fast", col]) < 0.05, col
+
+
+def test_fast_path_bound_to_tested_scvi_versions(toy, monkeypatch, caplog):
+    """Outside the scvi-tools versions the loop was tested with, fast=True trains with SCVI.train, logged."""
+    import logging
+
+    import scvi
+
+    assert F.unsupported_reason() is None, scvi.__version__  # the installed version is a tested one
+    lo, hi = F.SCVI_TESTED
+    assert F.unsupported_reason(lo) is None and F.unsupported_reason(hi) is not None
+    assert "1.3.0" in F.unsupported_reason("1.3.0") and F.unsupported_reason("not-a-version") is not None
+    monkeypatch.setattr(scvi, "__version__", "9.0.0")
+    a = toy.copy()
+    with caplog.at_level(logging.WARNING, logger="immunomood"):
+        _run(a, fast=True)
+    u = a.uns["integration"]
+    assert u["path"] == "standard" and "9.0.0" in u["path_reason"] and u["params"]["fast"] is True
+    assert any("fast path not used" in r.getMessage() for r in caplog.records)
+    b = toy.copy()
+    monkeypatch.undo()
+    _run(b, fast=True)
+    assert b.uns["integration"]["path"] == "fast" and b.uns["integration"]["path_reason"] == ""
+

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,18 +15,18 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._docs import doc_adata, doc_params, doc_random_state
-from .._settings import logger, progress, settings
+from .._settings import logger, settings
 from .._utils import (
     check_adata,
     check_bool,
     check_choice,
     check_counts,
     check_int,
-    check_random_state,
-    check_str,
     check_layer,
     check_not_view,
     check_obs_key,
+    check_random_state,
+    check_str,
     get_matrix,
     resolve_random_state,
     warn,
@@ -34,9 +34,6 @@ from .._utils import (
 
 #: above this many cells, ``fast=None`` selects the device-resident training loop
 FAST_PATH_MIN_CELLS = 50_000
-#: dense device copy of the training matrix when it takes at most this many bytes (else sparse CSR on device)
-_DENSE_MAX_BYTES_CPU = 2 * 1024**3
-_DENSE_FRACTION_GPU = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,192 +264,6 @@ def _seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# the fast path: data resident on the device, a compact loop over the SCVI module
-# ----------------------------------------------------------------------------------------------
-class _DeviceMatrix:
-    """The training matrix on the device: one dense tensor, or CSR arrays with an on-device row gather."""
-
-    def __init__(self, X, device, *, dense: bool | None = None):
-        import torch
-
-        n, g = X.shape
-        nbytes = 4 * n * g
-        if dense is None:
-            if device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(device)
-                dense = nbytes <= _DENSE_FRACTION_GPU * free
-            else:
-                dense = nbytes <= _DENSE_MAX_BYTES_CPU
-        self.dense = bool(dense)
-        self.shape = (n, g)
-        self.device = device
-        if self.dense:
-            if sparse.issparse(X):
-                # build the dense tensor in row chunks to bound host memory
-                self.X = torch.empty((n, g), dtype=torch.float32, device=device)
-                step = max(1, int(2**28 // max(g, 1) // 4))
-                for s in range(0, n, step):
-                    self.X[s:s + step] = torch.from_numpy(X[s:s + step].toarray()).to(device)
-            else:
-                self.X = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32, device=device)
-        else:
-            X = sparse.csr_matrix(X)
-            self.indptr = torch.as_tensor(X.indptr.astype(np.int64), device=device)
-            self.indices = torch.as_tensor(X.indices.astype(np.int64), device=device)
-            self.data = torch.as_tensor(X.data.astype(np.float32), device=device)
-
-    def rows(self, idx):
-        import torch
-
-        if self.dense:
-            return self.X.index_select(0, idx)
-        starts = self.indptr.index_select(0, idx)
-        lens = self.indptr.index_select(0, idx + 1) - starts
-        b = idx.shape[0]
-        out = torch.zeros((b, self.shape[1]), dtype=torch.float32, device=self.device)
-        total = int(lens.sum())
-        if total == 0:
-            return out
-        row_of = torch.repeat_interleave(torch.arange(b, device=self.device), lens, output_size=total)
-        offs = torch.cumsum(lens, 0) - lens
-        pos = torch.arange(total, device=self.device) - offs.index_select(0, row_of) + starts.index_select(0, row_of)
-        out[row_of, self.indices.index_select(0, pos)] = self.data.index_select(0, pos)
-        return out
-
-
-def _registry_tensors(model, device) -> tuple[_DeviceMatrix | None, dict]:
-    """Every registered field except X as a device tensor with scvi-tools' loader dtypes."""
-    import torch
-    from scvi import REGISTRY_KEYS
-    from scvi.data._utils import registry_key_to_default_dtype
-
-    mgr = model.adata_manager
-    out = {}
-    for key in mgr.data_registry:
-        if key == REGISTRY_KEYS.X_KEY:
-            continue
-        val = mgr.get_from_registry(key)
-        if isinstance(val, pd.DataFrame):
-            val = val.to_numpy()
-        val = np.asarray(val)
-        dtype = registry_key_to_default_dtype(key)
-        out[key] = torch.as_tensor(val.astype(dtype), device=device)
-    return out
-
-
-def _split(n: int, rng: np.random.Generator, train_size: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """Random train/validation split as scvi-tools' DataSplitter (``ceil(0.9 n)`` training cells)."""
-    n_train = int(math.ceil(train_size * n))
-    perm = rng.permutation(n)
-    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
-
-
-def _fast_train(model, *, sched: TrainingDefaults, device, random_state: int, early_stopping: bool = True,
-                dense: bool | None = None) -> dict[str, Any]:
-    """Train ``model.module`` with mini-batches gathered on the device from a device-resident matrix.
-
-    Same objective, optimiser (Adam, ``eps=0.01``, ``weight_decay=1e-6``), KL warm-up and validation ELBO
-    as scvi-tools' ``TrainingPlan``; no DataLoader, no collate, no host-to-device copy per step.
-    """
-    import torch
-    from scvi import REGISTRY_KEYS
-
-    module = model.module
-    module.to(device)
-    Xdev = _DeviceMatrix(model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), device, dense=dense)
-    other = _registry_tensors(model, device)
-    n = Xdev.shape[0]
-    rng = np.random.default_rng(random_state)
-    train_idx, val_idx = _split(n, rng)
-    train_t = torch.as_tensor(train_idx, device=device)
-    val_t = torch.as_tensor(val_idx, device=device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(random_state))
-
-    params = filter(lambda p: p.requires_grad, module.parameters())
-    opt = torch.optim.Adam(params, lr=sched.lr, eps=0.01, weight_decay=1e-6)
-    bs = sched.batch_size
-    n_train = len(train_idx)
-    n_full, rem = divmod(n_train, bs)
-    # as scvi-tools: keep the last partial batch unless it is tiny (batch norm needs > 1 cell)
-    bounds = [(i * bs, (i + 1) * bs) for i in range(n_full)]
-    if rem >= 3 or n_full == 0:
-        bounds.append((n_full * bs, n_train))
-
-    def batch(idx):
-        t = {k: v.index_select(0, idx) for k, v in other.items()}
-        t[REGISTRY_KEYS.X_KEY] = Xdev.rows(idx)
-        return t
-
-    history: dict[str, list[float]] = {"elbo_train": [], "elbo_validation": [], "kl_weight": []}
-    best, wait, epochs_run, stopped = math.inf, 0, 0, False
-    bar = progress(total=sched.max_epochs, desc="scVI epochs", unit="epoch")
-    for epoch in range(sched.max_epochs):
-        bar.update(1)
-        kl_weight = min(1.0, epoch / sched.n_epochs_kl_warmup) if sched.n_epochs_kl_warmup else 1.0
-        module.train()
-        perm = train_t.index_select(0, torch.randperm(n_train, generator=gen, device=device))
-        elbo_sum = torch.zeros((), device=device)
-        for s, e in bounds:
-            _, _, losses = module(batch(perm[s:e]), loss_kwargs={"kl_weight": kl_weight})
-            opt.zero_grad(set_to_none=True)
-            losses.loss.backward()
-            opt.step()
-            elbo_sum += (losses.reconstruction_loss_sum + losses.kl_local_sum).detach()
-        epochs_run = epoch + 1
-        history["elbo_train"].append(float(elbo_sum) / n_train)
-        history["kl_weight"].append(float(kl_weight))
-        if len(val_idx) and (epoch + 1) % sched.check_val_every_n_epoch == 0:
-            module.eval()
-            v = torch.zeros((), device=device)
-            with torch.no_grad():
-                for s in range(0, len(val_idx), 8192):
-                    _, _, losses = module(batch(val_t[s:s + 8192]), loss_kwargs={"kl_weight": 1.0})
-                    v += losses.reconstruction_loss_sum + losses.kl_local_sum
-            val = float(v) / len(val_idx)
-            history["elbo_validation"].append(val)
-            if early_stopping and epoch + 1 > sched.n_epochs_kl_warmup:
-                if val < best:
-                    best, wait = val, 0
-                else:
-                    wait += 1
-                    if wait >= sched.early_stopping_patience:
-                        stopped = True
-                        break
-            elif val < best:
-                best = val
-    bar.close()
-    module.eval()
-    model.is_trained_ = True
-    model.train_indices, model.validation_indices, model.test_indices = train_idx, val_idx, np.array([], dtype=int)
-    model.history_ = {k: pd.DataFrame({k: v}) for k, v in history.items()}
-    model._immunomood_device_data = (Xdev, other)
-    return {"epochs_run": epochs_run, "early_stopped": stopped, "history": history,
-            "dense_on_device": Xdev.dense}
-
-
-def _fast_latent(model, device, chunk: int = 16384) -> np.ndarray:
-    """Posterior means (``qz.loc``) computed on the device in large chunks from the resident data."""
-    import torch
-    from scvi import REGISTRY_KEYS
-
-    Xdev, other = model._immunomood_device_data
-    module = model.module
-    module.eval()
-    n = Xdev.shape[0]
-    out = []
-    with torch.no_grad():
-        for s in range(0, n, chunk):
-            idx = torch.arange(s, min(n, s + chunk), device=device)
-            t = {k: v.index_select(0, idx) for k, v in other.items()}
-            t[REGISTRY_KEYS.X_KEY] = Xdev.rows(idx)
-            inf = module.inference(**module._get_inference_input(t))
-            out.append(inf["qz"].loc.detach().cpu().numpy())
-    del model._immunomood_device_data
-    return np.concatenate(out, 0)
-
-
-# ----------------------------------------------------------------------------------------------
 # public function
 # ----------------------------------------------------------------------------------------------
 @doc_params(adata=doc_adata, random_state=doc_random_state)
@@ -497,7 +308,9 @@ def integrate(
     collate), and steps the SCVI module with its own loss, the same Adam settings, KL warm-up and
     validation ELBO as scvi-tools' ``TrainingPlan``. Both give a normal :class:`scvi.model.SCVI`
     (``get_latent_representation``, ``save``/``load`` work). ``fast=None`` picks the fast path above
-    50,000 cells on one device, ``True``/``False`` force it.
+    50,000 cells on one device, ``True``/``False`` force it. The fast loop (:mod:`immunomood.tl._scvi_fast`) uses
+    private scvi-tools APIs and runs only with the scvi-tools versions it was tested with (1.4.x); with another
+    version the standard path is used instead, with the reason logged and stored in ``path_reason``.
 
     **Devices.** ``accelerator`` and ``devices`` are passed to Lightning as in scvi-tools
     (``"auto"``: the GPU when one is visible, else the CPU, with no change to the call). ``devices=2``
@@ -548,7 +361,8 @@ def integrate(
 
     - ``adata.obsm[key_added]``: cells x ``n_latent`` posterior means of SCVI's latent space;
     - ``adata.uns["integration"]``: ``params`` (all arguments and the resolved schedule), ``epochs_run``,
-      ``early_stopped``, ``path`` (``"fast"``/``"standard"``), ``device``, ``accelerator``, ``n_devices``,
+      ``early_stopped``, ``path`` (``"fast"``/``"standard"``), ``path_reason`` (empty, or why a fast path that
+      was asked for was not used), ``device``, ``accelerator``, ``n_devices``,
       ``time_s`` (whole call), ``train_s`` (training loop), ``n_genes``, ``history`` (per-epoch ``elbo_train``/``elbo_validation``), ``versions``
       and ``model_dir`` when saved.
     """
@@ -574,6 +388,15 @@ def integrate(
             "Use devices=1 with fast=True, or fast=False for multi-GPU DDP."
         )
     use_fast = (adata.n_obs > FAST_PATH_MIN_CELLS and not multi) if fast is None else bool(fast)
+    fallback = ""
+    if use_fast:
+        from ._scvi_fast import unsupported_reason
+
+        why = unsupported_reason()
+        if why is not None:  # the loop is bound to the scvi-tools versions it was tested with
+            fallback = f"fast path not used: {why}; trained with scvi-tools' own SCVI.train"
+            logger.warning("integrate: %s", fallback)
+            use_fast = False
 
     import scvi
 
@@ -582,14 +405,14 @@ def integrate(
             adata, scvi=scvi, batch_key=batch_key, layer=layer, categorical_covariates=categorical_covariates,
             continuous_covariates=continuous_covariates, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden,
             max_epochs=max_epochs, batch_size=batch_size, accelerator=accelerator, devices=devices, seed=seed,
-            key_added=key_added, model_dir=model_dir, fast=fast, use_fast=use_fast, dev=dev,
+            key_added=key_added, model_dir=model_dir, fast=fast, use_fast=use_fast, fallback=fallback, dev=dev,
             early_stopping=early_stopping,
         )
 
 
 def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, continuous_covariates, n_latent,
                     n_layers, n_hidden, max_epochs, batch_size, accelerator, devices, seed, key_added, model_dir,
-                    fast, use_fast, dev, early_stopping) -> None:
+                    fast, use_fast, fallback, dev, early_stopping) -> None:
     t0 = time.perf_counter()
     priv, n_genes = _training_copy(
         adata, batch_key=batch_key, layer=layer,
@@ -606,10 +429,12 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
 
     t_train = time.perf_counter()
     if use_fast:
-        info = _fast_train(model, sched=sched, device=dev["device"], random_state=seed,
+        from ._scvi_fast import fast_latent, fast_train
+
+        info = fast_train(model, sched=sched, device=dev["device"], random_state=seed,
                            early_stopping=early_stopping)
         train_s = time.perf_counter() - t_train
-        latent = _fast_latent(model, dev["device"])
+        latent = fast_latent(model, dev["device"])
         history = info["history"]
         epochs_run, early_stopped = info["epochs_run"], info["early_stopped"]
     else:
@@ -664,6 +489,7 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
         "params": params,
         "method": "scvi-tools SCVI",
         "path": "fast" if use_fast else "standard",
+        "path_reason": fallback,
         "epochs_run": int(epochs_run),
         "early_stopped": bool(early_stopped),
         "device": str(dev["device"]),
@@ -682,32 +508,3 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
         epochs_run, sched.max_epochs, dev["device"], elapsed,
     )
     return None
-
-
-# ----------------------------------------------------------------------------------------------
-# synthetic data with known truth (tests, benchmarks, until the cohort simulator is used)
-# ----------------------------------------------------------------------------------------------
-def _toy_batches(n_cells: int = 600, n_genes: int = 200, n_types: int = 4, n_batches: int = 2, *,
-                 batch_effect: float = 1.0, random_state: int = 0) -> AnnData:
-    """Negative-binomial counts of ``n_types`` cell types with gene-wise log-normal batch effects.
-
-    ``obs``: ``batch``, ``cell_type``; raw counts in ``X`` and ``layers["counts"]``.
-    """
-    rng = np.random.default_rng(random_state)
-    base = rng.gamma(0.6, 1.0, size=n_genes)
-    profiles = np.stack([base * rng.lognormal(0, 1.0, n_genes) for _ in range(n_types)])
-    profiles /= profiles.sum(1, keepdims=True)
-    beff = rng.lognormal(0, batch_effect, size=(n_batches, n_genes))
-    ct = rng.integers(0, n_types, n_cells)
-    b = rng.integers(0, n_batches, n_cells)
-    lib = rng.lognormal(np.log(1500), 0.3, n_cells) * (1 + 0.3 * b)
-    mu = profiles[ct] * beff[b]
-    mu = mu / mu.sum(1, keepdims=True) * lib[:, None]
-    theta = 5.0
-    X = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float32)
-    obs = pd.DataFrame({"batch": pd.Categorical([f"b{i}" for i in b]),
-                        "cell_type": pd.Categorical([f"type{i}" for i in ct])},
-                       index=[f"c{i}" for i in range(n_cells)])
-    ad = AnnData(X=sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
-    ad.layers["counts"] = ad.X.copy()
-    return ad
