@@ -1,5 +1,4 @@
 import numpy as np
-import pandas as pd
 import pytest
 
 import immunomood as im
@@ -62,3 +61,27 @@ def test_integer_sample_ids_with_drops_write_to_h5ad(cells, tmp_path):
         pb = im.tl.pseudobulk(cells, sample_key="sid", groupby="cell_type", min_cells=10_000)
     assert len(pb.uns["dropped"]) == 6 and pb.n_obs == 0
     pb.write_h5ad(tmp_path / "pb.h5ad")
+
+
+def test_aggregation_core_shared_and_blockwise(cells):
+    """sum_by_sample_group (the core that pseudobulk and differential_* use): every combination by default, the
+    kept ones with min_cells, the same sums on Dask input (block by block), errors naming the caller."""
+    da = pytest.importorskip("dask.array")
+    from immunomood.tl._pseudobulk import sum_by_sample_group
+
+    grid, M = sum_by_sample_group(cells.X, cells.obs, "sample", "cell_type")
+    X = cells.X.toarray()
+    assert M.shape == (len(grid), cells.n_vars) and M.dtype == np.float64
+    for i, (s, g, n) in enumerate(grid[["sample", "cell_type", "n_cells"]].itertuples(index=False)):
+        m = ((cells.obs["sample"] == s) & (cells.obs["cell_type"] == g)).to_numpy()
+        assert n == m.sum()
+        np.testing.assert_array_equal(M[i].toarray().ravel(), X[m].sum(0))
+    pb = im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", min_cells=5)
+    _, K = sum_by_sample_group(cells.X, cells.obs, "sample", "cell_type", min_cells=5)
+    np.testing.assert_array_equal(K.toarray(), pb.X.toarray())
+    lazy = da.from_array(X, chunks=(7, X.shape[1]))
+    _, L = sum_by_sample_group(lazy, cells.obs, "sample", "cell_type")
+    np.testing.assert_array_equal(L.toarray(), M.toarray())
+    with pytest.raises(ValueError, match="`differential_expression` processes Dask arrays in blocks of whole cells"):
+        sum_by_sample_group(da.from_array(X, chunks=(7, 3)), cells.obs, "sample", "cell_type",
+                            func="differential_expression")
