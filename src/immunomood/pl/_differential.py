@@ -72,8 +72,8 @@ def differential_activity(
     ``adata.uns[key]["scores"]``, the result table in ``adata.uns[key]["results"]`` (its ``padj`` is written above
     each cell type) and the parameters in ``adata.uns[key]["params"]`` (an h5ad written before this layout, with the
     sibling keys ``key``, ``key + "_scores"`` and ``key + "_params"``, is read too). It computes no test: when they
-    are missing it raises an error naming the call to run. Cell types that were not tested (too few samples or genes) are shown as
-    "not tested" with the reason, rather than as an empty column.
+    are missing it raises an error naming the call to run. Cell types that were not tested (too few samples or
+    genes) are shown as "not tested" with the reason, rather than as an empty column.
 
     Parameters
     ----------

@@ -35,7 +35,8 @@ def cross_modal(
     ----------
     result
         The DataFrame returned by :func:`immunomood.tl.cross_modal_associations`, or a MuData holding that table in
-        ``mdata.uns[key]["results"]`` (or, as stored before the one-result convention, ``mdata.uns[key]``). Nothing is computed here: a MuData without the table raises an error naming the call.
+        ``mdata.uns[key]["results"]`` (or, as stored before the one-result convention, ``mdata.uns[key]``).
+        Nothing is computed here: a MuData without the table raises an error naming the call.
     rna_features, proteins
         Restrict the rows / columns shown.
     max_rows, max_cols
