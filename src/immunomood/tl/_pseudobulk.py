@@ -31,7 +31,8 @@ def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool =
 
     ``layer=None`` uses ``adata.X``. With ``auto=True`` a ``"counts"`` layer is used when present, else ``X``.
     ``problem_of`` describes why a matrix is not raw counts (``None`` if it is); the default checks a sample of
-    blocks of a Dask matrix (:func:`immunomood._dask.count_problem`). ``fallback_to_x``: a missing ``layer`` falls back to ``X`` when ``X`` holds raw counts.
+    blocks of a Dask matrix (:func:`immunomood._dask.count_problem`). ``fallback_to_x``: a missing ``layer``
+    falls back to ``X`` when ``X`` holds raw counts.
     """
     if auto and layer is None:
         layer = "counts" if "counts" in adata.layers else None
@@ -194,7 +195,9 @@ def pseudobulk(
             obs[c] = vals
     for c in (sample_key, groupby):
         cats = adata.obs[c].cat.categories if isinstance(adata.obs[c].dtype, pd.CategoricalDtype) else None
-        obs[c] = pd.Categorical(obs[c].to_numpy(), categories=[x for x in (cats if cats is not None else pd.unique(obs[c])) if x in set(obs[c])])
+        present = set(obs[c])
+        levels = [x for x in (cats if cats is not None else pd.unique(obs[c])) if x in present]
+        obs[c] = pd.Categorical(obs[c].to_numpy(), categories=levels)
     obs.index = obs.index.astype(str)
     out = AnnData(M, obs=obs, var=adata.var.copy())
     out.uns["dropped"] = dropped
