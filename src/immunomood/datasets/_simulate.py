@@ -61,19 +61,12 @@ DESIGN_DEFAULTS: dict[str, Any] = {
     "responder_fraction": 0.5, "treatment_effect": 0.0, "response_baseline_effect": 0.0,
 }
 
-# complement pathway by arm (GENESETS_AND_MARKERS.md; immunoglobulin segments left out on purpose)
-COMPLEMENT_ARMS: dict[str, list[str]] = {
-    "classical": ["C1QA", "C1QB", "C1QC", "C1R", "C1S", "C2", "C4A", "C4B"],
-    "lectin": ["MBL2", "FCN1", "FCN2", "FCN3", "COLEC10", "COLEC11", "MASP1", "MASP2"],
-    "alternative": ["C3", "CFB", "CFD", "CFP"],
-    "convertases": ["C2", "C3", "C4A", "C4B", "C5", "CFB"],
-    "terminal": ["C5", "C6", "C7", "C8A", "C8B", "C8G", "C9"],
-    "receptors": ["C3AR1", "C5AR1", "C5AR2", "CR1", "CR2", "ITGAM", "ITGB2", "ITGAX", "VSIG4", "C1QBP", "CD93"],
-    "regulators": [
-        "CD46", "CD55", "CD59", "CR1", "CFH", "CFHR1", "CFHR2", "CFHR3", "CFHR4", "CFHR5", "CFI", "C4BPA",
-        "C4BPB", "SERPING1", "CLU", "VTN", "CPN1", "CPN2", "CPB2",
-    ],
-}
+# complement pathway by arm: read from the packaged gene sets (resources/gene_sets/complement.gmt, Reactome; set
+# ``complement_<arm>``; immunoglobulin segments left out on purpose). ``convertases`` is not a set of the resource: the
+# C3/C5 convertase components, every one a member of the classical, alternative or terminal arm, kept as a grouping of
+# the planted genes in ``effects["complement_arms"]``.
+_COMPLEMENT_ARM_ORDER = ("classical", "lectin", "alternative", "convertases", "terminal", "receptors", "regulators")
+_CONVERTASES = ("C2", "C3", "C4A", "C4B", "C5", "CFB")
 
 PLASMA_PLANTED = ("C5", "DCLK3", "CALY")
 PLASMA_NAMED = ("C5", "DCLK3", "CALY", "CRP", "IL6", "TNF")
@@ -125,10 +118,30 @@ def _load_reference() -> dict[str, Any]:
     return ref
 
 
+@lru_cache(maxsize=1)
+def _complement_arms() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    from ..tl._gene_sets import gene_sets
+
+    sets = gene_sets("complement")
+    arms = []
+    for arm in _COMPLEMENT_ARM_ORDER:
+        genes = _CONVERTASES if arm == "convertases" else tuple(sets[f"complement_{arm}"])
+        arms.append((arm, genes))
+    members = {g for arm, genes in arms if arm != "convertases" for g in genes}
+    if not set(_CONVERTASES) <= members:  # the resource changed: the grouping must follow it
+        raise RuntimeError(f"Convertase genes {sorted(set(_CONVERTASES) - members)} are not in complement.gmt.")
+    return tuple(arms)
+
+
+def complement_arms() -> dict[str, list[str]]:
+    """The complement arms (arm -> gene symbols) of the packaged ``complement`` gene sets, plus ``convertases``."""
+    return {arm: list(genes) for arm, genes in _complement_arms()}
+
+
 def complement_genes() -> list[str]:
     """Union of the complement arms, in arm order, without duplicates."""
     seen: dict[str, None] = {}
-    for genes in COMPLEMENT_ARMS.values():
+    for genes in complement_arms().values():
         for g in genes:
             seen.setdefault(g, None)
     return list(seen)
@@ -964,7 +977,7 @@ def simulate_cohort(
         "complement_log_effect": log_effect,
         "complement_cell_type": COMPLEMENT_CELL_TYPE,
         "complement_genes": planted,
-        "complement_arms": {k: [g for g in v if g in planted_set] for k, v in COMPLEMENT_ARMS.items()},
+        "complement_arms": {k: [g for g in v if g in planted_set] for k, v in complement_arms().items()},
         "complement_genes_not_planted": [g for g in not_planted if g in kept_set],
         "complement_planted_min_mean": PLANTED_MIN_MEAN,
         "composition_shift": composition_shift,
