@@ -229,9 +229,7 @@ def test_composition_docstring_rendered():
 # ------------------------------------------------------------------------------------------ copy / ax / api.md
 #: functions known to break a rule, with what to change: they xfail while they break it, and fail once fixed
 #: (remove the entry then)
-PENDING = {
-    ("pp", "proteomics_qc"): "copy=: annotate the return as `AnnData | None` (src/immunomood/pp/_proteomics.py)",
-}
+PENDING: dict = {}
 
 
 def _copy_functions():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from anndata import AnnData
+
 import numpy as np
 import pandas as pd
 
@@ -40,7 +42,7 @@ def proteomics_qc(
     drop_failed_samples: bool = True,
     log2: bool | None = None,
     copy: bool = False,
-):
+) -> AnnData | None:
     """Remove failed samples, control samples and assays mostly below LOD; log2-transform RFU.
 
     Samples removed (with ``drop_failed_samples=True``): control samples (``obs["is_control"]``, as set
