@@ -90,15 +90,11 @@ def make_h5ad(n_cells: int, n_genes: int = 20_000, path: Path | None = None) -> 
 
 
 OURS = r"""
-import inspect, sys, time, json, resource
+import sys, time, json, resource
 import immunomood as im
-from immunomood.tl import _dask_paths
 
-def _dispatching(func, fallback):  # the public tl function once it dispatches Dask input, else the Dask path
-    return func if "_dask_paths" in inspect.getsource(inspect.unwrap(func)) else fallback
-
-score_pathways = _dispatching(im.tl.score_pathways, _dask_paths.score_pathways_dask)
-pseudobulk = _dispatching(im.tl.pseudobulk, _dask_paths.pseudobulk_dask)
+score_pathways = im.tl.score_pathways  # one code path for Dask and in-memory input
+pseudobulk = im.tl.pseudobulk
 t0 = time.perf_counter()
 a = im.io.read_lazy(sys.argv[1], chunk_size=20_000)
 im.pp.qc_metrics(a, sample_key="donor")

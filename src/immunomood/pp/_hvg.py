@@ -8,10 +8,10 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .._dask import count_problem_sampled, is_dask, map_row_blocks, require_row_chunks
+from .._dask import count_problem, is_dask, map_row_blocks, require_row_chunks
 from .._docs import doc_adata, doc_inplace, doc_params
 from .._settings import logger
-from .._utils import check_adata, check_bool, check_int, check_not_view, check_obs_key, check_str, count_matrix_problem
+from .._utils import check_adata, check_bool, check_int, check_not_view, check_obs_key, check_str
 from ._qc import _check_unique_var_names
 
 #: seurat_v3 fits a loess of log variance on log mean within each batch; skmisc's loess crashes the interpreter
@@ -252,7 +252,7 @@ def highly_variable_genes(
     lazy = is_dask(C)
     if lazy:
         require_row_chunks(C, func="highly_variable_genes")
-    problem = count_problem_sampled(C) if lazy else count_matrix_problem(C)
+    problem = count_problem(C)
     if problem is not None:
         raise ValueError(
             f"seurat_v3 needs raw counts, but adata.layers[{counts_layer!r}] {problem.replace('it ', '', 1)}. "

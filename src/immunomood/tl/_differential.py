@@ -644,8 +644,8 @@ def differential_expression(
 ) -> pd.DataFrame:
     """Pseudobulk DESeq2 (pydeseq2) per group, with the sample as the unit.
 
-    Raw counts are summed per sample and group (samples with fewer than ``min_cells`` cells of the group are left
-    out); per group, pydeseq2 fits the negative-binomial GLM on the design matrix of the study design (built once
+    Raw counts are summed per sample and group by :func:`immunomood.tl.pseudobulk` (samples with fewer than
+    ``min_cells`` cells of the group are left out); per group, pydeseq2 fits the negative-binomial GLM on the design matrix of the study design (built once
     for all groups: the same columns, reference levels and contrast vectors in every group), and each requested
     contrast or continuous test is a Wald test of its contrast vector over the design's columns
     (``DeseqStats(contrast=<vector>)``). With a formula this gives the same numbers as pydeseq2 run directly with
