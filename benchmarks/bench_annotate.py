@@ -71,7 +71,7 @@ def _anchor(adata):
     import scanpy as sc
 
     from immunomood._neighbors import neighbors
-    from immunomood.tl._annotate import load_markers
+    from immunomood._markers import load_markers
 
     a = adata.copy()
     sc.pp.normalize_total(a, target_sum=1e4)
@@ -251,7 +251,7 @@ def real(name: str, dump: str | None = None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     import immunomood as im
-    from immunomood.tl._annotate import LINEAGE_CALLS
+    from immunomood._markers import LINEAGE_CALLS
 
     data_dir = Path(os.environ.get("IMMUNOMOOD_DATA_DIR", "../shared/data"))
     a, truth, fine_map, lin_map = _real_data(name, data_dir)

@@ -74,9 +74,11 @@ def resolve_markers(markers: str | Mapping[str, Any]) -> dict[str, Any]:
 # expression
 # ----------------------------------------------------------------------------------------------
 def marker_symbols(adata: AnnData) -> pd.Index:
-    """Gene symbols to match markers against: ``var_names`` or the symbol column (Ensembl IDs); when the
-    ``var_names`` are symbols made unique with suffixes (``HLA-DRA_ENSG...``) and a symbol column exists, the
-    column is used so that those genes are found too."""
+    """Gene symbols to match markers against: ``var_names`` or the symbol column (Ensembl IDs).
+
+    When the ``var_names`` are symbols made unique with suffixes (``HLA-DRA_ENSG...``) and a symbol column exists, the
+    column is used so that those genes are found too.
+    """
     symbols = gene_symbols(adata)
     if identifier_kind(adata) == "gene symbols":
         col = find_symbol_column(adata)

@@ -62,7 +62,7 @@ def _pick(names: pd.Index, wanted, what: str) -> np.ndarray:
         wanted = [wanted]
     wanted = list(wanted)
     pos = names.get_indexer(wanted)
-    bad = [w for w, p in zip(wanted, pos) if p < 0]
+    bad = [w for w, p in zip(wanted, pos, strict=True) if p < 0]
     if bad:
         # allow a cell type or gene-set name as a prefix/suffix ("Classical monocyte" -> all its features)
         extra = []

@@ -149,7 +149,7 @@ def biomarker_panel(
         )
     if mofa:
         try:
-            import mofapy2  # noqa: F401
+            import mofapy2  # noqa: F401  (availability check)
             import muon as mu
         except ImportError as e:
             raise ImportError("mofa=True needs mofapy2: pip install mofapy2 (or immunomood[mofa]).") from e

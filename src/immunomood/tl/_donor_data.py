@@ -1,6 +1,7 @@
 """Donor-level data shared by the donor-level features (associations, biomarker panel, response prediction).
 
-The feature separator, the donor columns of a MuData and its donors x features matrix."""
+The feature separator, the donor columns of a MuData and its donors x features matrix.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def feature_matrix(mdata, features) -> tuple[pd.DataFrame, list[str]]:
     mods = list(mdata.mod)
     sel: dict[str, list[str] | None] = {}
     if features is None:
-        sel = {m: None for m in mods}
+        sel = dict.fromkeys(mods)
     elif isinstance(features, str):
         features = [features]
     if isinstance(features, Mapping):

@@ -1,5 +1,7 @@
-"""Donor view: cells to one row per donor (gene-set activity per cell type from pseudobulk, and cell-type
-proportions)."""
+"""Donor view: cells to one row per donor.
+
+Gene-set activity per cell type from pseudobulk, and cell-type proportions.
+"""
 
 from __future__ import annotations
 

@@ -189,8 +189,10 @@ def _check_devices(devices) -> None:
 
 def _check_params(*, n_latent, n_layers, n_hidden, max_epochs, batch_size, accelerator, devices, random_state,
                   fast, early_stopping, layer, model_dir) -> None:
-    """Every scalar parameter of :func:`integrate`, before any work (scvi-tools would fail deep inside, or train
-    a meaningless model: ``n_latent=0``, ``max_epochs=0``)."""
+    """Check every scalar parameter of :func:`integrate` before any work.
+
+    scvi-tools would fail deep inside, or train a meaningless model (``n_latent=0``, ``max_epochs=0``).
+    """
     check_int("n_latent", n_latent, min=1, fix="The latent space needs at least 1 dimension (usually 10-30).")
     check_int("n_layers", n_layers, min=1, fix="SCVI needs at least 1 hidden layer (usually 1-2).")
     check_int("n_hidden", n_hidden, min=1, fix="Usually 128.")

@@ -5,4 +5,4 @@ Kept only while ``tl/_predict.py`` still imports ``donor_view`` from here; the c
 imports from ``._donor_view``.
 """
 
-from ._donor_view import donor_view  # noqa: F401
+from ._donor_view import donor_view as donor_view

@@ -7,8 +7,13 @@ The marker resources and their vocabulary live in :mod:`immunomood._markers` (sh
 """
 
 # the label vocabulary and the marker resources, re-exported for tests, benchmarks and plots
-from ..._markers import CD4_LABELS, CELL_TYPES, LABELS, LINEAGE_CALLS, LINEAGES, load_markers  # noqa: F401
-from ._constants import MIN_CELLS  # noqa: F401
+from ..._markers import CD4_LABELS as CD4_LABELS
+from ..._markers import CELL_TYPES as CELL_TYPES
+from ..._markers import LABELS as LABELS
+from ..._markers import LINEAGE_CALLS as LINEAGE_CALLS
+from ..._markers import LINEAGES as LINEAGES
+from ..._markers import load_markers as load_markers
+from ._constants import MIN_CELLS as MIN_CELLS
 from ._core import annotate
 
 __all__ = ["annotate"]

@@ -11,8 +11,10 @@ from . import _constants as const
 
 
 def _one_blas_thread():
-    """BLAS limited to one thread: the logistic models here work on small matrices (a few thousand cells x a few
-    hundred features), where a second BLAS thread on 2 busy cores made the fit 30x slower (11 s vs 0.34 s)."""
+    """BLAS limited to one thread.
+
+    The logistic models here work on small matrices (a few thousand cells x a few hundred features), where a second BLAS thread on 2 busy cores made the fit 30x slower (11 s vs 0.34 s).
+    """
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")

@@ -155,8 +155,10 @@ def _smooth_scores(Z, col, sets, W, codes, n_clusters, min_markers=1) -> tuple[n
 
 
 def _neighbour_agreement(labels: np.ndarray, W: sparse.csr_matrix) -> np.ndarray:
-    """Weighted share of each cell's kNN neighbourhood (row-normalised graph ``W``, self included) that has the
-    cell's own label."""
+    """Weighted share of each cell's kNN neighbourhood that has the cell's own label.
+
+    ``W`` is the row-normalised graph, the cell itself included.
+    """
     cat = pd.Categorical(labels)
     codes = cat.codes.astype(np.int64)
     onehot = sparse.csr_matrix(
@@ -182,7 +184,7 @@ def _subcluster(
     random_state: int,
     resolutions: tuple[float, ...] = (const._SUB_RESOLUTION,),
 ) -> tuple[sparse.csr_matrix, list[np.ndarray]]:
-    """kNN graph (row-normalised, self included) and Leiden sub-clusters of the cells ``rows`` on their own.
+    """KNN graph (row-normalised, self included) and Leiden sub-clusters of the cells ``rows`` on their own.
 
     The cells' own highly variable genes (unit variance, sparse, implicitly centred PCA) or ``use_rep``
     restricted to them; with ``groupby`` the user's clusters restricted to them.

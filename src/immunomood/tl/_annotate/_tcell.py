@@ -100,10 +100,12 @@ def _memory_axis(
     codes: np.ndarray,
     mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
-    """P(memory) per cell from the naive and memory axis genes, scaled between the sub-cluster means of the
-    cells in ``mask`` (one compartment, CD4 or CD8: effector CD8 cells would otherwise set the memory end for
+    """P(memory) per cell from the naive and memory axis genes.
+
+    The genes are scaled between the sub-cluster means of the cells in ``mask`` (one compartment, CD4 or CD8: effector CD8 cells would otherwise set the memory end for
     CD4 cells) and smoothed over the kNN graph and the sub-cluster; also returns the smoothed (naive, memory)
-    scores and the genes used."""
+    scores and the genes used.
+    """
     n_cl = int(codes.max()) + 1
     Z = _scale(E, codes, mask=mask, floor=const._FLOOR_SUBSET)
     axis_sets = [{"label": "naive", "positive": axes["naive"]}, {"label": "memory", "positive": axes["memory"]}]
