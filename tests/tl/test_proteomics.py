@@ -286,6 +286,10 @@ def test_biomarker_panel_errors(mdata):
         im.tl.biomarker_panel(mdata, condition_key="nope")
     with pytest.raises(KeyError, match="Feature 'XYZ' not found"):
         im.tl.biomarker_panel(mdata, condition_key="condition", features=["XYZ"])
+    with pytest.raises(ValueError, match="selects no feature"):  # was an IndexError from deep inside
+        im.tl.biomarker_panel(mdata, condition_key="condition", features=[])
+    with pytest.raises(KeyError, match=r"Modality 'atac' not in mdata.*\{modality: \[feature names\]\}"):
+        im.tl.biomarker_panel(mdata, condition_key="condition", features={"atac": None})
     with pytest.raises(ValueError, match="fewer than n_splits"):
         im.tl.biomarker_panel(mdata, condition_key="condition", n_splits=10)
     m = mdata.copy()

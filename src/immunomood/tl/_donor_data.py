@@ -43,17 +43,21 @@ class null_context:
         return False
 
 
-def obs_frame(mdata, key: str) -> pd.Series:
-    if key in mdata.obs.columns:
-        return mdata.obs[key]
-    for mod in ("rna", "prot"):
-        if key in mdata[mod].obs.columns:
-            return mdata[mod].obs[key].reindex(mdata.obs_names)
-    cols = sorted(set(mdata.obs.columns) | set(mdata["rna"].obs.columns) | set(mdata["prot"].obs.columns))
+def obs_frame(data, key: str) -> pd.Series:
+    """A donor column: ``obs[key]`` of an AnnData; of a MuData ``mdata.obs`` first, then each modality's obs."""
+    if key in data.obs.columns:
+        return data.obs[key]
+    if not hasattr(data, "mod"):
+        raise KeyError(f"Column {key!r} not found in adata.obs. Available: {list(map(str, data.obs.columns))}.")
+    for mod in data.mod:
+        if key in data[mod].obs.columns:
+            return data[mod].obs[key].reindex(data.obs_names)
+    cols = sorted(set(map(str, data.obs.columns)).union(*[set(map(str, data[m].obs.columns)) for m in data.mod]))
     raise KeyError(f"Column {key!r} not found in mdata.obs nor in the modalities' obs. Available: {cols}.")
 
 
 def dense(X) -> np.ndarray:
+    """A dense float array of ``X`` (sparse or array-like)."""
     return X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=float)
 
 
@@ -68,7 +72,8 @@ def feature_matrix(mdata, features) -> tuple[pd.DataFrame, list[str]]:
     if isinstance(features, Mapping):
         for m, names in features.items():
             if m not in mdata.mod:
-                raise KeyError(f"Modality {m!r} not in mdata (modalities: {mods}).")
+                raise KeyError(f"Modality {m!r} not in mdata (modalities: {mods}). Pass features as a dict "
+                               "{modality: [feature names]}.")
             sel[m] = None if names is None else ([names] if isinstance(names, str) else list(names))
     elif features is not None:
         for f in features:
@@ -86,6 +91,8 @@ def feature_matrix(mdata, features) -> tuple[pd.DataFrame, list[str]]:
             if sel.get(m, []) is None:
                 continue
             sel.setdefault(m, []).append(name)
+    if not sel:
+        raise ValueError("`features` selects no feature. Pass None (all), modality names or feature names.")
     frames = []
     for m, names in sel.items():
         ad_ = mdata[m]
