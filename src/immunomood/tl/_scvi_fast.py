@@ -11,16 +11,13 @@ tested for (:data:`SCVI_TESTED`); with any other version :func:`unsupported_reas
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 from .._settings import progress
-
-if TYPE_CHECKING:
-    from ._integrate import TrainingDefaults
 
 #: scvi-tools versions the loop was written and tested for: ``(lowest, first version not covered)``.
 SCVI_TESTED = ("1.4", "1.5")
@@ -128,12 +125,15 @@ def _split(n: int, rng: np.random.Generator, train_size: float = 0.9) -> tuple[n
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
-def fast_train(model, *, sched: TrainingDefaults, device, random_state: int, early_stopping: bool = True,
+def fast_train(model, *, sched: Any, device, random_state: int, early_stopping: bool = True,
                 dense: bool | None = None) -> dict[str, Any]:
     """Train ``model.module`` with mini-batches gathered on the device from a device-resident matrix.
 
     Same objective, optimiser (Adam, ``eps=0.01``, ``weight_decay=1e-6``), KL warm-up and validation ELBO
     as scvi-tools' ``TrainingPlan``; no DataLoader, no collate, no host-to-device copy per step.
+    ``sched`` is the schedule of ``tl._integrate.default_training`` (``lr``, ``batch_size``, ``max_epochs``,
+    ``n_epochs_kl_warmup``, ``check_val_every_n_epoch``, ``early_stopping_patience``); it is not imported here, so
+    that this module does not import ``_integrate`` back.
     """
     import torch
     from scvi import REGISTRY_KEYS
