@@ -740,9 +740,9 @@ def stage_predict(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     if p["exclude_values"]:  # e.g. controls, who have no response: their rows leave the prediction
         drop = {str(v) for v in p["exclude_values"]}
         if mdata is not None:
-            from .tl._predict import _obs_column
+            from .tl._donor_data import obs_frame
 
-            col = _obs_column(mdata, p["outcome"], True) if p["outcome"] in mdata.obs.columns or any(
+            col = obs_frame(mdata, p["outcome"]) if p["outcome"] in mdata.obs.columns or any(
                 p["outcome"] in mdata[m].obs.columns for m in mdata.mod) else None
             if col is not None:
                 mdata = mdata[~col.astype(str).isin(drop).to_numpy()].copy()

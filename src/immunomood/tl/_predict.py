@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse, stats
+from scipy import stats
 
 from immunomood._docs import doc_gene_sets, doc_params, doc_random_state
 from immunomood._settings import logger
@@ -29,6 +29,7 @@ from immunomood._utils import (
     resolve_random_state,
     warn,
 )
+from immunomood.tl._donor_data import dense, feature_matrix, obs_frame
 
 __all__ = ["ResponsePrediction", "predict_response"]
 
@@ -89,60 +90,6 @@ class ResponsePrediction:
 # ----------------------------------------------------------------------------------------------
 # input: donors x features and the outcome
 # ----------------------------------------------------------------------------------------------
-def _dense(X) -> np.ndarray:
-    return X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=float)
-
-
-def _mudata_features(mdata, features) -> pd.DataFrame:
-    """Donors (in every selected modality) x features named ``"<modality>:<feature>"``.
-
-    The same parsing as ``biomarker_panel``'s ``features=`` (None, modality names, feature names,
-    ``"<modality>:<feature>"``, or a dict ``{modality: [features]}``).
-    """
-    mods = list(mdata.mod)
-    sel: dict[str, list[str] | None] = {}
-    if features is None:
-        sel = dict.fromkeys(mods)
-    elif isinstance(features, str):
-        features = [features]
-    if isinstance(features, Mapping):
-        for m, names in features.items():
-            if m not in mdata.mod:
-                raise KeyError(f"Modality {m!r} not in mdata (modalities: {mods}). Pass features as a dict "
-                               "{modality: [feature names]}.")
-            sel[m] = None if names is None else ([names] if isinstance(names, str) else list(names))
-    elif features is not None:
-        for f in features:
-            if f in mdata.mod:
-                sel[f] = None
-                continue
-            if ":" in f and f.split(":", 1)[0] in mdata.mod:
-                m, name = f.split(":", 1)
-            else:
-                hits = [m for m in mods if f in mdata[m].var_names]
-                if not hits:
-                    raise KeyError(f"Feature {f!r} not found in any modality ({mods}); pass a modality name, a "
-                                   "feature name, '<modality>:<feature>' or a dict {modality: [features]}.")
-                m, name = hits[0], f
-            if sel.get(m, []) is None:
-                continue
-            sel.setdefault(m, []).append(name)
-    if not sel:
-        raise ValueError("`features` selects no feature. Pass None (all), modality names or feature names.")
-    frames = []
-    for m, names in sel.items():
-        ad_ = mdata[m]
-        if names is not None:
-            bad = [n for n in names if n not in ad_.var_names]
-            if bad:
-                raise KeyError(f"Features {bad} not found in mdata[{m!r}].var_names.")
-            ad_ = ad_[:, names]
-        frames.append(pd.DataFrame(_dense(ad_.X), index=ad_.obs_names.astype(str),
-                                   columns=[f"{m}:{v}" for v in ad_.var_names]))
-    X = pd.concat(frames, axis=1, join="inner") if len(frames) > 1 else frames[0]
-    return X
-
-
 def _anndata_features(adata: AnnData, features) -> pd.DataFrame:
     """Rows x features of a donor-level AnnData; ``features``: None, var names and/or kinds (var["kind"])."""
     names = list(map(str, adata.var_names))
@@ -169,20 +116,7 @@ def _anndata_features(adata: AnnData, features) -> pd.DataFrame:
     if not cols:
         raise ValueError("`features` selects no feature.")
     sub = adata[:, cols]
-    return pd.DataFrame(_dense(sub.X), index=adata.obs_names.astype(str), columns=cols)
-
-
-def _obs_column(data, key: str, is_mudata: bool) -> pd.Series:
-    """A column of ``obs`` (for a MuData: ``mdata.obs`` first, then each modality's obs)."""
-    if key in data.obs.columns:
-        return data.obs[key]
-    if is_mudata:
-        for m in data.mod:
-            if key in data[m].obs.columns:
-                return data[m].obs[key].reindex(data.obs_names)
-        cols = sorted(set(map(str, data.obs.columns)).union(*[set(map(str, data[m].obs.columns)) for m in data.mod]))
-        raise KeyError(f"Column {key!r} not found in mdata.obs nor in the modalities' obs. Available: {cols}.")
-    raise KeyError(f"Column {key!r} not found in adata.obs. Available: {list(map(str, data.obs.columns))}.")
+    return pd.DataFrame(dense(sub.X), index=adata.obs_names.astype(str), columns=cols)
 
 
 def _parse_baseline(baseline) -> tuple[str, object] | None:
@@ -536,7 +470,7 @@ def predict_response(
     # ---------------------------------------------------------------- donor-level rows
     data = adata
     if not is_mudata and sample_key is not None:
-        from ._proteomics import donor_view
+        from ._donor_view import donor_view
 
         if sample_key not in adata.obs.columns:
             raise KeyError(f"sample_key {sample_key!r} not found in adata.obs. "
@@ -580,13 +514,13 @@ def predict_response(
     keep_rows = np.ones(len(rows), bool)
     if base is not None and data is adata:
         col, val = base
-        colv = _obs_column(data, col, is_mudata)
+        colv = obs_frame(data, col)
         keep_rows = (colv == val).to_numpy()
         if not keep_rows.any():
             raise ValueError(f"No row has {col!r} == {val!r} (values: "
                              f"{sorted(map(str, pd.unique(colv.dropna())))[:10]}). Fix `baseline`.")
     if donor_key is not None:
-        donors = _obs_column(data, donor_key, is_mudata).astype(str)
+        donors = obs_frame(data, donor_key).astype(str)
     elif "donor" in obs_all.columns:
         donor_key = "donor"
         donors = obs_all["donor"].astype(str)
@@ -602,12 +536,12 @@ def predict_response(
                if base is None else f"Rows with {base[0]!r} == {base[1]!r} still repeat donors: check donor_key "
                "or the baseline column.")
         )
-    y_raw = _obs_column(data, outcome, is_mudata)
+    y_raw = obs_frame(data, outcome)
     y_raw = pd.Series(y_raw.to_numpy(), index=rows)[keep_rows]
 
     # ---------------------------------------------------------------- features
     if is_mudata:
-        Xdf = _mudata_features(data, features)
+        Xdf, _ = feature_matrix(data, features)
     else:
         Xdf = _anndata_features(data, features)
     have = set(Xdf.index)

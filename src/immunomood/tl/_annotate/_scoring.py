@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ..._utils import (
-    count_matrix_problem,
-    warn,
-)
+from ..._kernels import count_matrix_problem, log1p_cp10k
+from ..._utils import warn
 from . import _constants as const
 
 
@@ -20,13 +18,7 @@ def _log_normalised(X) -> tuple[Any, bool]:
     """Return a log1p-CP10k version of ``X`` (a new object when counts; ``X`` itself when already log)."""
     problem = count_matrix_problem(X)
     if problem is None:
-        X = sparse.csr_matrix(X, dtype=np.float32, copy=True)
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        totals[totals == 0] = 1.0
-        X = sparse.diags((1e4 / totals).astype(np.float32)) @ X
-        X = X.tocsr()
-        np.log1p(X.data, out=X.data)
-        return X, True
+        return log1p_cp10k(sparse.csr_matrix(X), dtype=np.float32), True
     if "negative" in problem or "NaN" in problem:
         raise ValueError(
             f"The expression matrix cannot be used for annotation: {problem}. Pass raw counts or log-normalised "
