@@ -259,10 +259,10 @@ def test_legacy_condition_key_equals_design_call():
 def test_formula_transforms_find_their_columns():
     """Functions and modules in a formula are not columns: scale(age) uses 'age', np.log(crp) uses 'crp', and the
     per-unit test of a scaled column is the effect per unit of the original column."""
-    from immunomood._design import _formula_variables, build_design
+    from immunomood._design import formula_variables, build_design
 
-    assert _formula_variables("~ scale(age) + np.log(crp) + I(x ** 2)") == ["age", "crp", "x"]
-    assert _formula_variables('~ C(dx, Treatment("MDD")) + age') == ["dx", "age"]
+    assert formula_variables("~ scale(age) + np.log(crp) + I(x ** 2)") == ["age", "crp", "x"]
+    assert formula_variables('~ C(dx, Treatment("MDD")) + age') == ["dx", "age"]
     rng = np.random.default_rng(3)
     obs = pd.DataFrame({"d": [f"d{i}" for i in range(12)], "age": rng.normal(40, 10, 12),
                         "dx": ["MDD", "ctrl", "BD"] * 4})

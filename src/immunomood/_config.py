@@ -253,10 +253,10 @@ def _check_design(data: dict[str, dict[str, Any]]) -> list[str]:
         out.append(f"[input] covariates = {inp['covariates']!r} and [differential] design are both set: write the "
                    f"covariates in the formula (e.g. design = \"{d['design'].strip()} + "
                    f"{' + '.join(map(str, inp['covariates']))}\") and remove covariates.")
-    from ._design import _formula_variables
+    from ._design import formula_variables
 
     try:
-        variables = _formula_variables(d["design"]) if "~" in d["design"] else None
+        variables = formula_variables(d["design"]) if "~" in d["design"] else None
     except ValueError as e:
         return out + [f"[differential] design: {_plain(str(e))}"]
     if variables is None:

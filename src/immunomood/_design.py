@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["Design", "Hypothesis", "build_design", "contrast_as_coef"]
+__all__ = ["Design", "Hypothesis", "build_design", "contrast_as_coef", "formula_variables"]
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def rank_problem(D: np.ndarray, names: Sequence[str]) -> str | None:
 _TERM_SPLIT = re.compile(r"[~+*:()\-/|^,\s]+")
 
 
-def _formula_variables(formula: str) -> list[str]:
+def formula_variables(formula: str) -> list[str]:
     """The column names a formula uses, in order (via formulaic's parser)."""
     from formulaic import Formula
 
@@ -316,7 +316,7 @@ def build_design(
         if not isinstance(design, str) or "~" not in design:
             raise ValueError(f"design must be a formula string such as '~ condition + age', got {design!r}.")
         formula = design.strip()
-    variables = _formula_variables(formula)
+    variables = formula_variables(formula)
     for v in variables + ([random_effect] if random_effect else []):
         if v not in obs.columns:
             raise KeyError(f"Column {v!r} of the design is not in {where}.{_suggest(v, obs.columns)} "

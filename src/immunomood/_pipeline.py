@@ -675,9 +675,9 @@ def design_covariates(cfg: Config) -> list[str]:
     d = cfg["differential"]
     if d["design"] is None:
         return list(cfg["input"]["covariates"])
-    from ._design import _formula_variables
+    from ._design import formula_variables
 
-    variables = _formula_variables(d["design"])
+    variables = formula_variables(d["design"])
     tested = {c[0] for c in d["contrasts"]} | {p.strip() for t in d["tests"] for p in str(t).split(":")}
     if not tested and variables:
         tested = {variables[0]}

@@ -350,3 +350,17 @@ def test_spearman_pvalue_floor_with_few_donors():
     assert res.loc[("Mono|set", "C5"), "estimate"] == pytest.approx(-1.0)
     assert res.loc[("Mono|set", "C5"), "pvalue"] == pytest.approx(2 / 720)
     assert res["pvalue"].min() >= 2 / 720 * (1 - 1e-9)
+
+
+def test_cross_modal_result_stored_in_uns():
+    """The result convention: mdata.uns[key_added] = {"params", "results"}, results equal to the returned table."""
+    import mudata  # noqa: F401
+
+    adata, plasma = im.datasets.simulate_cohort(n_donors=8, n_cells_per_donor=80, random_state=2, n_genes=400)
+    donors = im.tl.donor_view(adata, sample_key="donor", groupby="cell_type_true", min_cells=3)
+    mdata = im.tl.join_proteomics(donors, plasma)
+    res = im.tl.cross_modal_associations(mdata, proteins=["C5", "IL6"], key_added="cma", min_donors=4)
+    stored = mdata.uns["cma"]
+    assert set(stored) == {"params", "results"}
+    pd.testing.assert_frame_equal(stored["results"], res)
+    assert stored["params"]["method"] == "spearman" and stored["params"]["min_donors"] == 4

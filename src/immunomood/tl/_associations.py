@@ -13,6 +13,7 @@ from .._stats import bh
 from .._utils import (
     check_choice,
     check_int,
+    check_str,
     warn,
 )
 from ._donor_data import SEP, dense, obs_frame
@@ -98,6 +99,7 @@ def cross_modal_associations(
     rna_features: Sequence[str] | str | None = None,
     proteins: Sequence[str] | str | None = None,
     min_donors: int = 6,
+    key_added: str = "cross_modal_associations",
 ) -> pd.DataFrame:
     """Association of every donor-level RNA feature with every protein, across donors.
 
@@ -132,6 +134,8 @@ def cross_modal_associations(
     min_donors
         Pairs with fewer pairwise complete donors get ``NaN`` (the t approximation is meaningless for 3 donors)
         and are left out of the multiple-testing correction.
+    key_added
+        Key of ``mdata.uns`` where the result is stored.
 
     Returns
     -------
@@ -141,9 +145,11 @@ def cross_modal_associations(
     correlation is adjusted for, comma-separated: the covariates, or the design's model-matrix columns except the
     intercept, e.g. ``"age, sex[T.M]"``; empty for a plain correlation), sorted by ``pvalue``. ``attrs`` holds
     ``method``, ``covariates``, ``design`` (the formula, ``""`` without one), ``partial_on`` (as a list) and
-    ``donors_excluded``.
+    ``donors_excluded``. Also written to ``mdata.uns[key_added]``: ``{"params": {...}, "results": DataFrame}``
+    (the package's result convention; ``params`` holds the ``attrs`` and ``min_donors``).
     """
     check_choice("method", method, ("spearman", "pearson"))
+    check_str("key_added", key_added)
     min_donors = check_int("min_donors", min_donors, min=3,
                            fix="A correlation test needs at least 3 donors (6 or more to mean something).")
     if not hasattr(mdata, "mod"):
@@ -174,9 +180,9 @@ def cross_modal_associations(
     excluded: list[str] = []
     formula = design
     if design is not None:
-        from .._design import _formula_variables
+        from .._design import formula_variables
 
-        variables = _formula_variables(design)
+        variables = formula_variables(design)
         for c in variables:
             obs_frame(mdata, c)  # KeyError naming the column, before any work
     elif covariates:
@@ -259,4 +265,9 @@ def cross_modal_associations(
     res.attrs["design"] = design or ""
     res.attrs["partial_on"] = partial_on
     res.attrs["donors_excluded"] = excluded
+    mdata.uns[key_added] = {
+        "params": {"method": method, "covariates": list(covariates), "design": design or "",
+                   "partial_on": list(partial_on), "donors_excluded": list(excluded), "min_donors": int(min_donors)},
+        "results": res.copy(),
+    }
     return res
