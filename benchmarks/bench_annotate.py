@@ -70,8 +70,8 @@ def _anchor(adata):
     transformer fails above 4,096 cells with pynndescent 0.7 + scipy >= 1.15)."""
     import scanpy as sc
 
-    from immunomood._neighbors import neighbors
     from immunomood._markers import load_markers
+    from immunomood._neighbors import neighbors
 
     a = adata.copy()
     sc.pp.normalize_total(a, target_sum=1e4)

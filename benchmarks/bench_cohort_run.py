@@ -111,13 +111,13 @@ def main(argv=None) -> int:
             return 0
         sheet, _ = write_combat_cohort(Path(data_dir), work / "cohort", conditions=("Healthy", "Covid_Critical"))
         inp, reference = f'sample_sheet = "{sheet}"', "Healthy"
-        load = lambda: im.io.read_cohort(sheet, sample_key="donor")  # noqa: E731
+        load = lambda: im.io.read_cohort(sheet, sample_key="donor")
     else:
         adata, _ = im.datasets.simulate_cohort(n_donors=8, n_cells_per_donor=2_600, random_state=0)
         h5 = work / "cohort.h5ad"
         adata.write_h5ad(h5)
         inp, reference = f'h5ad = "{h5}"', "control"
-        load = lambda: ad.read_h5ad(h5)  # noqa: E731
+        load = lambda: ad.read_h5ad(h5)
     out = work / "cli_out"
     cfg = work / "config.toml"
     cfg.write_text(_config(inp, out, max_epochs=args.max_epochs, reference=reference))

@@ -930,7 +930,7 @@ def run_variants(n_splits=30, min_cells=10, seed=0, log=print) -> pd.DataFrame:
             for s in range(n_splits):
                 pick = rng.choice(donors, 2 * n, replace=False)
                 case, ctrl = set(pick[:n]), set(pick[n:])
-                for (g, k), r in _variant_ps(pb, ncell, donors, case, ctrl, genes, {k: v for k, v in sets.items()},
+                for (g, k), r in _variant_ps(pb, ncell, donors, case, ctrl, genes, dict(sets),
                                              min_cells).items():
                     rows += [dict(kind="null", size=n, split=s, group=g, gene_set=k, method=mm, p=p)
                              for mm, p in r.items()]

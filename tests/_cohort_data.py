@@ -70,7 +70,7 @@ def write_combat_cohort(
     formats: tuple[str, ...] | None = None,
     n_cells: int | None = None,
     conditions: tuple[str, ...] | None = None,
-) -> tuple[Path, "object"]:
+) -> tuple[Path, object]:
     """Write the COMBAT donors under ``dest``; return (sample sheet path, the source AnnData it was written from).
 
     ``formats`` gives, per donor, ``"v3"``, ``"v2"``, ``"h5"`` or ``"h5ad"`` (default: :data:`DEFAULT_FORMATS`, cycled

@@ -17,7 +17,6 @@ import textwrap
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import immunomood as im

@@ -10,12 +10,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _cohort_data import write_combat_cohort
 
 import immunomood as im
 from immunomood._config import load_config, parse_config
 from immunomood._pipeline import ANNOTATED_H5AD, run_pipeline, versions
-
-from _cohort_data import write_combat_cohort
 
 _FAST = """
 [qc]

@@ -3,9 +3,8 @@ between-within df, and the legacy two-group form as a thin layer over ``design=`
 
 from __future__ import annotations
 
-import warnings
-
 import types
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -259,7 +258,7 @@ def test_legacy_condition_key_equals_design_call():
 def test_formula_transforms_find_their_columns():
     """Functions and modules in a formula are not columns: scale(age) uses 'age', np.log(crp) uses 'crp', and the
     per-unit test of a scaled column is the effect per unit of the original column."""
-    from immunomood._design import formula_variables, build_design
+    from immunomood._design import build_design, formula_variables
 
     assert formula_variables("~ scale(age) + np.log(crp) + I(x ** 2)") == ["age", "crp", "x"]
     assert formula_variables('~ C(dx, Treatment("MDD")) + age') == ["dx", "age"]

@@ -442,7 +442,7 @@ def describe_keys() -> str:
     lines = ["Configuration keys (TOML), with defaults:"]
     for sec, keys in SCHEMA.items():
         lines.append(f"\n[{sec}]")
-        for k, (default, types, text) in keys.items():
+        for k, (default, _types, text) in keys.items():
             d = "(optional, no default)" if default is None else f"= {json.dumps(default)}"
             lines.append(f"  {k} {d}\n      {text}")
     return "\n".join(lines)

@@ -243,7 +243,7 @@ def warnings_to_logger() -> Iterator[None]:
     """
     old_show = warnings.showwarning
 
-    def _show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings API
+    def _show(message, category, filename, lineno, file=None, line=None):
         if getattr(message, LOGGED_ATTR, False):
             return
         logger.warning("%s: %s", category.__name__, message)

@@ -87,6 +87,7 @@ def demo(outdir: str | Path = "demo_output", *, n_donors: int = 16, cells_per_do
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``immunomood`` command line with ``argv`` (default: ``sys.argv``); returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "example-config":
         print(EXAMPLE_CONFIG.read_text())

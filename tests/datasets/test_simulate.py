@@ -149,7 +149,7 @@ def test_uns_truth(cohort, tmp_path):
     counts = adata.obs.groupby(["donor", "cell_type_true"], observed=True).size()
     for (d, t), n in counts.items():
         assert sim["cell_counts"][d][t] == n
-    for d, comp in sim["composition"].items():
+    for comp in sim["composition"].values():
         assert np.isclose(sum(comp.values()), 1.0)
     act = pd.Series(sim["complement_activity"])
     lat = pd.Series(sim["latent_complement_activity"])

@@ -10,12 +10,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _cohort_data import write_combat_cohort
 from scipy import sparse
 
 import immunomood as im
 from immunomood.io import _cohort
-
-from _cohort_data import write_combat_cohort
 
 
 # ---------------------------------------------------------------------------------------- real cohort

@@ -8,13 +8,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import importlib.util
+
 import matplotlib.pyplot as plt
 import pytest
 from matplotlib.testing.compare import compare_images
 
 import immunomood as im
-
-import importlib.util
 
 _spec = importlib.util.spec_from_file_location("_ann_tl", Path(__file__).parents[1] / "tl" / "test_annotate.py")
 _mod = importlib.util.module_from_spec(_spec)

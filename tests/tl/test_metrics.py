@@ -26,7 +26,7 @@ def _reference_lisi(dist, idx, labels, perplexity):
     for d, nb in zip(dist, idx):
         beta, bmin, bmax = 1.0, -np.inf, np.inf
 
-        def hb(b):
+        def hb(b, d=d):
             P = np.exp(-d * b)
             s = P.sum()
             return (0.0, np.zeros_like(P)) if s == 0 else (np.log(s) + b * (d * P).sum() / s, P / s)

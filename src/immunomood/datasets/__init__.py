@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._loaders import load, list_datasets, pbmc3k, kang2018, zheng2017, citeseq_pbmc5k
+from ._loaders import citeseq_pbmc5k, kang2018, list_datasets, load, pbmc3k, zheng2017
 from ._manifest import read_manifest, validate_manifest
 from ._simulate import simulate_cohort
 

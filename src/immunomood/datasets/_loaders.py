@@ -138,7 +138,7 @@ def _locate(m: Mapping[str, Any], entry: Mapping[str, Any], data_dir, verify: bo
                     f"{e}. The remote file differs from the version recorded in the manifest."
                 ) from e
             problems.append(f"download from {url} failed: {type(e).__name__}: {e}")
-        except Exception as e:  # network down, DNS, HTTP errors, broken archive
+        except Exception as e:  # noqa: BLE001 - network down, DNS, HTTP errors, broken archive
             problems.append(f"download from {url} failed: {type(e).__name__}: {e}")
         else:
             if verify:

@@ -713,7 +713,7 @@ def simulate_cohort(
     has_responder = n_visits == 2 or response_baseline_effect != 0
     if null:
         complement_effect, composition_shift, plasma_association, plasma_effect = 1.0, 1.0, 0.0, 0.0
-        group_effects = {g: 1.0 for g in group_effects}
+        group_effects = dict.fromkeys(group_effects, 1.0)
         severity_effect, treatment_effect, response_baseline_effect = 0.0, 0.0, 0.0
 
     ref = _load_reference()

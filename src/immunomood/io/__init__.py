@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ._cohort import read_cohort
 from ._coverage import gene_coverage
+from ._export import write_pseudobulk
+from ._lazy import read_lazy
 from ._olink import read_olink
 from ._somascan import read_somascan
-from ._lazy import read_lazy
-from ._export import write_pseudobulk
 
 __all__ = ["gene_coverage", "read_cohort", "read_lazy", "read_olink", "read_somascan", "write_pseudobulk"]

@@ -40,7 +40,7 @@ def _read_sheet(sample_sheet, id_columns: Sequence[str]) -> tuple[pd.DataFrame, 
     # ID columns stay text: '101' must not become 101.0 because another row is empty
     try:
         sheet = pd.read_csv(
-            io.StringIO(text.lstrip("\ufeff")), sep=sep, dtype={c: str for c in id_columns}, index_col=False
+            io.StringIO(text.lstrip("\ufeff")), sep=sep, dtype=dict.fromkeys(id_columns, str), index_col=False
         )
     except pd.errors.ParserError as e:
         raise ValueError(

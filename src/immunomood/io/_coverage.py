@@ -84,7 +84,8 @@ def gene_coverage(
     """
     from anndata import AnnData
 
-    from .._utils import check_bool, check_number, check_str, gene_symbols as _symbols
+    from .._utils import check_bool, check_number, check_str
+    from .._utils import gene_symbols as _symbols
 
     if not isinstance(adata, AnnData):
         raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")

@@ -316,8 +316,8 @@ def _read_long(path: Path, value_column: str = "NPX") -> tuple[pd.DataFrame, dic
             return df, info
         return _text_info(_read_text_table(buf, data[0], value_column), info, "csv (zip)")
     # plain or gzip/bz2/xz compressed text
-    import gzip
     import bz2
+    import gzip
     import lzma
 
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)

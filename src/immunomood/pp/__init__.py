@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ._qc import qc_metrics, flag_outliers, filter_cells
 from ._doublets import detect_doublets
-from ._normalize import normalize
 from ._hvg import highly_variable_genes
+from ._normalize import normalize
 from ._proteomics_qc import proteomics_qc
+from ._qc import filter_cells, flag_outliers, qc_metrics
 
 __all__ = ["detect_doublets", "filter_cells", "flag_outliers", "highly_variable_genes", "normalize", "proteomics_qc", "qc_metrics"]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from anndata import AnnData
-
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 
 from .._docs import doc_copy, doc_params
 from .._settings import logger

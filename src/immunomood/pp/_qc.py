@@ -12,7 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._dask import block_value_problem, count_problem_sampled, is_dask, map_row_blocks, require_row_chunks
-from .._docs import doc_adata, doc_copy, doc_inplace, doc_layer, doc_params, doc_sample_key
+from .._docs import doc_adata, doc_copy, doc_inplace, doc_layer, doc_params
 from .._settings import logger
 from .._utils import (
     check_adata,
@@ -20,12 +20,14 @@ from .._utils import (
     check_int,
     check_not_view,
     check_number,
-    check_str,
     check_obs_key,
+    check_str,
     count_matrix_problem,
-    gene_symbols as _gene_symbols,
     get_matrix,
     warn,
+)
+from .._utils import (
+    gene_symbols as _gene_symbols,
 )
 
 #: Metrics tested by :func:`flag_outliers`, in the order used for ``qc_reason`` (first failing metric wins).
@@ -622,7 +624,7 @@ def filter_cells(
             qr = adata.obs["qc_reason"].astype(str).to_numpy()
             sel = masks[c] & (reason == "")
             reason[sel] = qr[sel]
-            reason_cols += [m for m in OUTLIER_METRICS]
+            reason_cols += list(OUTLIER_METRICS)
             extra = sorted(set(qr[sel]) - set(OUTLIER_METRICS))
             reason_cols += [e for e in extra if e not in reason_cols]
         else:

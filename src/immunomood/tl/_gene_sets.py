@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 __all__ = ["gene_sets"]
@@ -16,7 +16,7 @@ def _manifest() -> dict:
     return json.loads(path.read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_gmt(fname: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     path = resources.files("immunomood") / "resources" / "gene_sets" / fname
     out = []

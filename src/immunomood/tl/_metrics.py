@@ -155,7 +155,7 @@ def _graph_connectivity(idx: np.ndarray, labels: np.ndarray) -> float:
 def _scib_metrics_available() -> bool:
     try:
         import scib_metrics  # noqa: F401
-    except Exception:  # jax missing, or broken install
+    except Exception:  # noqa: BLE001 - jax missing, or broken install
         return False
     return True
 

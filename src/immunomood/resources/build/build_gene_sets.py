@@ -58,7 +58,7 @@ def build(db: dict) -> dict[str, dict]:
                   "C4BPA", "C4BPB", "SERPING1", "CLU", "VTN", "CPN1", "CPN2", "CPB2"]
     # consistency with the database extracts (fail loudly if the reference changed)
     assert not sub(classical, r_init), sub(classical, r_init)
-    assert not sub([g for g in lectin], r_lectin + r_init), sub(lectin, r_lectin + r_init)
+    assert not sub(list(lectin), r_lectin + r_init), sub(lectin, r_lectin + r_init)
     assert not sub(["C3", "CFB", "CFD"], r_alt)
     assert not sub(terminal, r_term), sub(terminal, r_term)
     rv = "Reactome GMT (release as extracted; complement cascade R-HSA-166658 and children)"
@@ -84,7 +84,7 @@ def build(db: dict) -> dict[str, dict]:
                                            "SERPING1, CLU, VTN) and anaphylatoxin inactivators (CPN1 CPN2 CPB2); "
                                            "immunoglobulin segments left out"),
     }
-    for name, s in complement.items():
+    for s in complement.values():
         s["genes"] = list(dict.fromkeys(s["genes"]))
         assert not [g for g in s["genes"] if IG_RE.match(g)]
     hallmark = "MSigDB Hallmark"

@@ -45,8 +45,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from immunomood._utils import file_sha256
 from scipy import sparse, special
+
+from immunomood._utils import file_sha256
 
 SCRIPT_VERSION = "1.0.0"
 ONEK1K = "onek1k/onek1k_40donors_4types.h5ad"
