@@ -51,8 +51,18 @@ import time
 
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
 STEPS = (
-    "_log_normalised", "_dense_cols", "_pca_rep", "_annotate_cells", "_graph_and_clusters", "_subcluster",
-    "_t_subsets", "_transfer", "knn_lists", "_leiden", "_threads", "_calibration",
+    "_log_normalised",
+    "_dense_cols",
+    "_pca_rep",
+    "_annotate_cells",
+    "_graph_and_clusters",
+    "_subcluster",
+    "_t_subsets",
+    "_transfer",
+    "knn_lists",
+    "_leiden",
+    "_threads",
+    "_calibration",
 )
 
 
@@ -122,7 +132,9 @@ def _worker(path: str, n: int) -> dict:
     out = {"seconds": dt, "peak_gb": _rss_gb(), "added_gb": _rss_gb() - before, "n_obs": adata.n_obs}
     if path == "ours":
         truth = adata.obs["cell_type_true"].astype(str)
-        out["lineage_acc"] = float((adata.obs["cell_lineage"].astype(str) == adata.obs["lineage_true"].astype(str)).mean())
+        out["lineage_acc"] = float(
+            (adata.obs["cell_lineage"].astype(str) == adata.obs["lineage_true"].astype(str)).mean()
+        )
         out["fine_acc"] = float((adata.obs["cell_type"].astype(str) == truth).mean())
         out["unassigned"] = float((adata.obs["cell_lineage"] == "Unassigned").mean())
     return out
@@ -172,38 +184,72 @@ def run(size: str = "small", profile: bool = True) -> list[dict]:
 # How published labels are matched to our types (the same maps as tests/tl/test_annotate.py). A fine call is
 # correct when it is in the label's set; a lineage-level call ("T cell" ...) is judged on its lineage only.
 SEURAT_FINE = {
-    "Naive CD4 T": {"CD4 naive T"}, "Memory CD4 T": {"CD4 memory T", "Treg"},
+    "Naive CD4 T": {"CD4 naive T"},
+    "Memory CD4 T": {"CD4 memory T", "Treg"},
     "CD14+ Mono": {"Classical monocyte", "Intermediate monocyte"},
     "FCGR3A+ Mono": {"Non-classical monocyte", "Intermediate monocyte"},
-    "CD8 T": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T"}, "NK": {"NK"},
-    "B": {"B naive", "B memory", "Plasmablast"}, "DC": {"cDC", "pDC"}, "Platelet": {"Platelet"},
+    "CD8 T": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T"},
+    "NK": {"NK"},
+    "B": {"B naive", "B memory", "Plasmablast"},
+    "DC": {"cDC", "pDC"},
+    "Platelet": {"Platelet"},
 }
-SEURAT_LIN = {"Naive CD4 T": "T cell", "Memory CD4 T": "T cell", "CD14+ Mono": "Monocyte", "FCGR3A+ Mono": "Monocyte",
-              "CD8 T": "T cell", "NK": "NK cell", "B": "B cell", "DC": "Dendritic cell", "Platelet": "Platelet"}
+SEURAT_LIN = {
+    "Naive CD4 T": "T cell",
+    "Memory CD4 T": "T cell",
+    "CD14+ Mono": "Monocyte",
+    "FCGR3A+ Mono": "Monocyte",
+    "CD8 T": "T cell",
+    "NK": "NK cell",
+    "B": "B cell",
+    "DC": "Dendritic cell",
+    "Platelet": "Platelet",
+}
 # kang2018: its "CD8 T cells" cluster holds the NK cells too (no NK label in that reference)
-KANG_FINE = {"CD14+ Monocytes": {"Classical monocyte", "Intermediate monocyte"},
-             "FCGR3A+ Monocytes": {"Non-classical monocyte", "Intermediate monocyte"},
-             "CD4 T cells": {"CD4 naive T", "CD4 memory T", "Treg"},
-             "CD8 T cells": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T", "NK"},
-             "B cells": {"B naive", "B memory", "Plasmablast"}}
-KANG_LIN = {"CD14+ Monocytes": {"Monocyte"}, "FCGR3A+ Monocytes": {"Monocyte"}, "CD4 T cells": {"T cell"},
-            "CD8 T cells": {"T cell", "NK cell"}, "B cells": {"B cell"}}
-ONEK1K_FINE = {"monoc": {"Classical monocyte", "Intermediate monocyte"},
-               "mononc": {"Non-classical monocyte", "Intermediate monocyte"},
-               "cd4nc": {"CD4 naive T", "CD4 memory T"}, "bmem": {"B memory"}}
+KANG_FINE = {
+    "CD14+ Monocytes": {"Classical monocyte", "Intermediate monocyte"},
+    "FCGR3A+ Monocytes": {"Non-classical monocyte", "Intermediate monocyte"},
+    "CD4 T cells": {"CD4 naive T", "CD4 memory T", "Treg"},
+    "CD8 T cells": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T", "NK"},
+    "B cells": {"B naive", "B memory", "Plasmablast"},
+}
+KANG_LIN = {
+    "CD14+ Monocytes": {"Monocyte"},
+    "FCGR3A+ Monocytes": {"Monocyte"},
+    "CD4 T cells": {"T cell"},
+    "CD8 T cells": {"T cell", "NK cell"},
+    "B cells": {"B cell"},
+}
+ONEK1K_FINE = {
+    "monoc": {"Classical monocyte", "Intermediate monocyte"},
+    "mononc": {"Non-classical monocyte", "Intermediate monocyte"},
+    "cd4nc": {"CD4 naive T", "CD4 memory T"},
+    "bmem": {"B memory"},
+}
 ONEK1K_LIN = {"monoc": "Monocyte", "mononc": "Monocyte", "bmem": "B cell", "cd4nc": "T cell"}
 CSLE = {  # Azimuth level-3 label prefix -> (fine types, lineage)
-    "B naive": ({"B naive"}, "B cell"), "B memory": ({"B memory"}, "B cell"),
-    "B intermediate": ({"B naive", "B memory"}, "B cell"), "CD4 TCM": ({"CD4 memory T"}, "T cell"),
-    "CD4 TEM": ({"CD4 memory T"}, "T cell"), "CD4 Naive": ({"CD4 naive T"}, "T cell"),
-    "Treg": ({"Treg"}, "T cell"), "CD8 TEM": ({"CD8 memory T"}, "T cell"),
-    "gdT": ({"gamma-delta T"}, "T cell"), "MAIT": ({"MAIT"}, "T cell"), "dnT": (set(), "T cell"),
+    "B naive": ({"B naive"}, "B cell"),
+    "B memory": ({"B memory"}, "B cell"),
+    "B intermediate": ({"B naive", "B memory"}, "B cell"),
+    "CD4 TCM": ({"CD4 memory T"}, "T cell"),
+    "CD4 TEM": ({"CD4 memory T"}, "T cell"),
+    "CD4 Naive": ({"CD4 naive T"}, "T cell"),
+    "Treg": ({"Treg"}, "T cell"),
+    "CD8 TEM": ({"CD8 memory T"}, "T cell"),
+    "gdT": ({"gamma-delta T"}, "T cell"),
+    "MAIT": ({"MAIT"}, "T cell"),
+    "dnT": (set(), "T cell"),
     "ILC": ({"NK"}, "NK cell"),
 }
 # csle's own (author) labels in obs["cell_type"]: the compartments the cells were sorted/annotated into. They
 # disagree with Azimuth level 3 on Tregs (60 of Azimuth's 199 "CD4 TCM_1" are author Tregs), so both are scored.
-CSLE_AUTHORS = {"B_Naive": ({"B naive"}, "B cell"), "B_Memory": ({"B memory"}, "B cell"),
-                "B_DN2": ({"B memory"}, "B cell"), "CD4mem": ({"CD4 memory T"}, "T cell"), "Treg": ({"Treg"}, "T cell")}
+CSLE_AUTHORS = {
+    "B_Naive": ({"B naive"}, "B cell"),
+    "B_Memory": ({"B memory"}, "B cell"),
+    "B_DN2": ({"B memory"}, "B cell"),
+    "CD4mem": ({"CD4 memory T"}, "T cell"),
+    "Treg": ({"Treg"}, "T cell"),
+}
 REAL_SETS = ("pbmc3k", "kang2018", "csle", "csle_authors", "onek1k")
 BINS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0001)
 
@@ -271,26 +317,42 @@ def real(name: str, dump: str | None = None) -> dict:
     called = assigned & ~level
     correct = np.where(level, lin_ok, fine_ok)
     out = {
-        "set": name, "n_cells": int(lab.sum()), "seconds": dt,
-        "lineage": float(lin_ok[assigned].mean()), "fine": float(fine_ok[called].mean()) if called.any() else np.nan,
-        "unassigned": float(1 - assigned.mean()), "lineage_level": float(level[assigned].mean()),
+        "set": name,
+        "n_cells": int(lab.sum()),
+        "seconds": dt,
+        "lineage": float(lin_ok[assigned].mean()),
+        "fine": float(fine_ok[called].mean()) if called.any() else np.nan,
+        "unassigned": float(1 - assigned.mean()),
+        "lineage_level": float(level[assigned].mean()),
         "auroc": float(roc_auc_score(correct[assigned], conf[assigned])),
     }
     # expected calibration error: |accuracy - mean confidence| over ten equal-width bins, weighted by their size
     b10 = np.clip((conf[assigned] * 10).astype(int), 0, 9)
     ok_a, c_a = correct[assigned], conf[assigned]
-    out["ece"] = float(sum(abs(ok_a[b10 == k].mean() - c_a[b10 == k].mean()) * (b10 == k).mean()
-                           for k in np.unique(b10)))
+    out["ece"] = float(
+        sum(abs(ok_a[b10 == k].mean() - c_a[b10 == k].mean()) * (b10 == k).mean() for k in np.unique(b10))
+    )
     out["mean_conf"] = float(c_a.mean())
     out["acc_assigned"] = float(ok_a.mean())
     bins = pd.cut(conf[assigned], BINS, right=False)
-    cal = pd.DataFrame({"bin": bins, "ok": correct[assigned]}).groupby("bin", observed=False)["ok"].agg(["size", "mean"])
+    cal = (
+        pd.DataFrame({"bin": bins, "ok": correct[assigned]}).groupby("bin", observed=False)["ok"].agg(["size", "mean"])
+    )
     out["bins"] = {str(k): (int(r["size"]), float(r["mean"]) if r["size"] else float("nan")) for k, r in cal.iterrows()}
     conf_tab = pd.crosstab(pd.Series(t[assigned], name="truth"), pd.Series(fine[assigned], name="call"))
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"truth": t, "lineage": lin, "fine": fine, "conf": conf, "correct": correct,
-                      "lin_ok": lin_ok, "fine_ok": fine_ok}).to_csv(Path(dump) / f"{name}.csv")
+        pd.DataFrame(
+            {
+                "truth": t,
+                "lineage": lin,
+                "fine": fine,
+                "conf": conf,
+                "correct": correct,
+                "lin_ok": lin_ok,
+                "fine_ok": fine_ok,
+            }
+        ).to_csv(Path(dump) / f"{name}.csv")
     print(
         f"REAL {name} n={out['n_cells']} lineage={out['lineage']:.3f} fine={out['fine']:.3f} "
         f"unassigned={out['unassigned']:.3f} lineage_level={out['lineage_level']:.3f} auroc={out['auroc']:.3f} "
@@ -299,8 +361,10 @@ def real(name: str, dump: str | None = None) -> dict:
     )
     print("  accuracy per confidence bin: " + "  ".join(f"{k} n={n} acc={m:.3f}" for k, (n, m) in out["bins"].items()))
     per = pd.DataFrame({"t": t, "ok": np.where(level, lin_ok, fine_ok), "a": assigned}).groupby("t")
-    print("  per label (assigned cells correct / n): " + "  ".join(
-        f"{k}={g['ok'][g['a']].mean():.2f}/{int(g['a'].sum())}" for k, g in per if g["a"].any()))
+    print(
+        "  per label (assigned cells correct / n): "
+        + "  ".join(f"{k}={g['ok'][g['a']].mean():.2f}/{int(g['a'].sum())}" for k, g in per if g["a"].any())
+    )
     if os.environ.get("BENCH_CONFUSION"):
         print(conf_tab.to_string())
     return out

@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the COMBAT cohort writer share
 def _config(inp: str, outdir: Path, *, max_epochs: int | None, reference: str) -> str:
     epochs = f"max_epochs = {max_epochs}\n" if max_epochs else ""
     return (
-        f"[input]\n{inp}\nsample_key = \"donor\"\ncondition_key = \"condition\"\nreference = \"{reference}\"\n"
-        f"batch_key = \"donor\"\n\n[integrate]\n{epochs}\n[output]\noutdir = \"{outdir}\"\n"
+        f'[input]\n{inp}\nsample_key = "donor"\ncondition_key = "condition"\nreference = "{reference}"\n'
+        f'batch_key = "donor"\n\n[integrate]\n{epochs}\n[output]\noutdir = "{outdir}"\n'
     )
 
 
@@ -82,8 +82,15 @@ def api_path(adata, *, max_epochs: int | None, gene_sets: list[str], reference: 
     im.tl.score_pathways(adata, sets)
     times["score"] = time.perf_counter() - t
     t = time.perf_counter()
-    res = im.tl.differential_activity(adata, gene_sets=sets, condition_key="condition", sample_key="donor",
-                                      groupby="cell_type", min_cells=10, reference=reference)
+    res = im.tl.differential_activity(
+        adata,
+        gene_sets=sets,
+        condition_key="condition",
+        sample_key="donor",
+        groupby="cell_type",
+        min_cells=10,
+        reference=reference,
+    )
     times["differential"] = time.perf_counter() - t
     return adata, res, times
 
@@ -123,8 +130,9 @@ def main(argv=None) -> int:
     cfg.write_text(_config(inp, out, max_epochs=args.max_epochs, reference=reference))
 
     t = time.perf_counter()
-    proc = subprocess.run([str(Path(sys.executable).parent / "immunomood"), "run", str(cfg)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "immunomood"), "run", str(cfg)], capture_output=True, text=True
+    )
     cli_s = time.perf_counter() - t
     if proc.returncode != 0:
         print(proc.stderr[-3000:])
@@ -137,27 +145,35 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     adata = load()
     times = {"load": time.perf_counter() - t}
-    adata, res, api_times = api_path(adata, max_epochs=args.max_epochs,
-                                     gene_sets=list(SCHEMA["score"]["gene_sets"][0]), reference=reference)
+    adata, res, api_times = api_path(
+        adata, max_epochs=args.max_epochs, gene_sets=list(SCHEMA["score"]["gene_sets"][0]), reference=reference
+    )
     times.update(api_times)
 
-    print(f"cohort {args.cohort}: {cli.n_obs} cells after QC x {cli.n_vars} genes, "
-          f"{cli.obs['donor'].nunique()} donors; CLI total {cli_s:.0f} s")
+    print(
+        f"cohort {args.cohort}: {cli.n_obs} cells after QC x {cli.n_vars} genes, "
+        f"{cli.obs['donor'].nunique()} donors; CLI total {cli_s:.0f} s"
+    )
     print(f"{'stage':<14}{'CLI s':>9}{'API s':>9}")
     for s in ("load", "qc", "integrate", "annotate", "score", "differential", "proteomics", "report"):
         print(f"{s:<14}{stages.get(s, float('nan')):>9.1f}{times.get(s, float('nan')):>9.1f}")
     same_cells = cli.obs_names.tolist() == adata.obs_names.tolist()
-    same_types = same_cells and (cli.obs["cell_type"].astype(str).to_numpy()
-                                 == adata.obs["cell_type"].astype(str).to_numpy()).all()
+    same_types = (
+        same_cells
+        and (cli.obs["cell_type"].astype(str).to_numpy() == adata.obs["cell_type"].astype(str).to_numpy()).all()
+    )
     a = res.reset_index() if "group" not in res.columns else res
     key = ["group", "gene_set"]
     a = a.sort_values(key).reset_index(drop=True)
     b = cli_res.sort_values(key).reset_index(drop=True)
-    same_tests = len(a) == len(b) and np.allclose(a["pvalue"].to_numpy(float), b["pvalue"].to_numpy(float),
-                                                   rtol=1e-6, equal_nan=True)
+    same_tests = len(a) == len(b) and np.allclose(
+        a["pvalue"].to_numpy(float), b["pvalue"].to_numpy(float), rtol=1e-6, equal_nan=True
+    )
     problems = list(cli.uns.get("immunomood_problems", []))
-    print(f"identical cells kept: {same_cells}; identical cell types: {same_types}; "
-          f"identical differential_activity p-values ({len(a)} tests): {same_tests}")
+    print(
+        f"identical cells kept: {same_cells}; identical cell types: {same_types}; "
+        f"identical differential_activity p-values ({len(a)} tests): {same_tests}"
+    )
     print(f"steps that did not run / problems ({len(problems)}): {problems if problems else 'none'}")
     return 0 if (same_cells and same_types and same_tests) else 1
 

@@ -176,8 +176,7 @@ def _target_pseudobulk(adata, covariates=()):
     def design_matrix(tab, condition_key, case, covariates):  # intercept, case indicator, covariates, rows of tab
         obs = tab.rename_axis("sample__").reset_index()
         ref = next(lv for lv in pd.unique(tab[condition_key]) if lv != case)
-        dz = build_design(obs, sample_key="sample__", condition_key=condition_key, reference=ref,
-                          covariates=covariates)
+        dz = build_design(obs, sample_key="sample__", condition_key=condition_key, reference=ref, covariates=covariates)
         return dz.matrix(tab.index), dz.columns
 
     grid, code = combos(adata.obs, "donor", GROUP)
@@ -248,7 +247,9 @@ def calibration(seeds, n_cells, log=print):
         c = im.tl.composition(adata, sample_key="donor", condition_key="condition", groupby=GROUP)
         comp += list(c["pvalue"].dropna())
         cohorts.append(adata)
-        log(f"  null {n_cells} cells/donor seed {s}: ours {len(ours)} tests, share<0.05 {np.mean(np.array(ours) < 0.05):.3f}")
+        log(
+            f"  null {n_cells} cells/donor seed {s}: ours {len(ours)} tests, share<0.05 {np.mean(np.array(ours) < 0.05):.3f}"
+        )
     f = lambda p: (len(p), float(np.mean(np.asarray(p) < 0.05)))
     genes = complement_sets()["complement_all"]
     var, mean_count = oracle_truth(cohorts, genes)
@@ -262,8 +263,9 @@ def power(effect, seeds, n_cells, truth, log=print):
     sets = complement_sets()
     rows = []
     for s in seeds:
-        adata, _ = im.datasets.simulate_cohort(n_donors=16, n_cells_per_donor=n_cells, complement_effect=effect,
-                                               random_state=s)
+        adata, _ = im.datasets.simulate_cohort(
+            n_donors=16, n_cells_per_donor=n_cells, complement_effect=effect, random_state=s
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             r = im.tl.differential_activity(adata, gene_sets=sets, **KW)
@@ -271,10 +273,20 @@ def power(effect, seeds, n_cells, truth, log=print):
         orc = oracle_p(adata, sets, truth)
         for _, x in r.iterrows():
             key = (x["group"], x["gene_set"])
-            rows.append(dict(seed=s, group=x["group"], gene_set=x["gene_set"], n_genes=x["n_genes"],
-                             p=x["pvalue"], padj=x["padj"], effect=x["effect"],
-                             p_donor_t=b["p_donor_t"].get(key, np.nan), p_mwu=b["p_mwu"].get(key, np.nan),
-                             p_oracle=orc.get(x["gene_set"], np.nan) if x["group"] == TARGET else np.nan))
+            rows.append(
+                dict(
+                    seed=s,
+                    group=x["group"],
+                    gene_set=x["gene_set"],
+                    n_genes=x["n_genes"],
+                    p=x["pvalue"],
+                    padj=x["padj"],
+                    effect=x["effect"],
+                    p_donor_t=b["p_donor_t"].get(key, np.nan),
+                    p_mwu=b["p_mwu"].get(key, np.nan),
+                    p_oracle=orc.get(x["gene_set"], np.nan) if x["group"] == TARGET else np.nan,
+                )
+            )
         log(f"  effect {effect} {n_cells} cells/donor seed {s} done")
     return pd.DataFrame(rows)
 
@@ -287,9 +299,14 @@ def composition_power(seeds):
         adata, _ = im.datasets.simulate_cohort(n_donors=16, random_state=s)
         c = im.tl.composition(adata, sample_key="donor", condition_key="condition", groupby="lineage_true")
         c = c.set_index("group")
-        hits.append(dict(seed=s, mono_up=bool(c.loc["Monocyte", "effect"] > 0 and c.loc["Monocyte", "padj"] < 0.05),
-                         t_down=bool(c.loc["T cell", "effect"] < 0 and c.loc["T cell", "padj"] < 0.05),
-                         b_down=bool(c.loc["B cell", "effect"] < 0 and c.loc["B cell", "padj"] < 0.05)))
+        hits.append(
+            dict(
+                seed=s,
+                mono_up=bool(c.loc["Monocyte", "effect"] > 0 and c.loc["Monocyte", "padj"] < 0.05),
+                t_down=bool(c.loc["T cell", "effect"] < 0 and c.loc["T cell", "padj"] < 0.05),
+                b_down=bool(c.loc["B cell", "effect"] < 0 and c.loc["B cell", "padj"] < 0.05),
+            )
+        )
     return pd.DataFrame(hits)
 
 
@@ -303,10 +320,11 @@ def fry_p(adata, sets):
     from immunomood.tl._differential import ols, set_scores
 
     C, tab, D = _target_pseudobulk(adata)
-    (name, genes), = sets.items()
+    ((name, genes),) = sets.items()
     members = {name: adata.var_names.get_indexer(genes)}
-    S = set_scores(C, D, members, min_n=int(min((tab.condition == "MDD").sum(), (tab.condition != "MDD").sum())),
-                   weighting="sd")
+    S = set_scores(
+        C, D, members, min_n=int(min((tab.condition == "MDD").sum(), (tab.condition != "MDD").sum())), weighting="sd"
+    )
     B, s2, XtXi, df = ols(D, S["scores"][name][:, None])
     return float(2 * stats.t.sf(abs(B[1, 0] / np.sqrt(s2[0] * XtXi[1, 1])), df))
 
@@ -326,8 +344,9 @@ def issue_scenario(n_cells=2000, effect=1.1, n_genes=20, min_mean=0.3, seeds=ran
     shares = {"null": [], f"raised_{effect}": []}
     medians = []
     for seed in seeds:
-        a, _ = im.datasets.simulate_cohort(n_donors=8, n_cells_per_donor=n_cells, n_batches=1, null=True,
-                                           random_state=seed)
+        a, _ = im.datasets.simulate_cohort(
+            n_donors=8, n_cells_per_donor=n_cells, n_batches=1, null=True, random_state=seed
+        )
         a = a[(a.obs[GROUP] == TARGET).to_numpy()].copy()
         mean = np.asarray(a.X.mean(axis=0)).ravel()
         rng = np.random.default_rng(seed)
@@ -342,8 +361,7 @@ def issue_scenario(n_cells=2000, effect=1.1, n_genes=20, min_mean=0.3, seeds=ran
             for case in itertools.combinations(donors, 4):
                 is_case = a.obs["donor"].isin(case).to_numpy()
                 b = a.copy()
-                b.obs["condition"] = pd.Categorical(np.where(is_case, "MDD", "control"),
-                                                    categories=["control", "MDD"])
+                b.obs["condition"] = pd.Categorical(np.where(is_case, "MDD", "control"), categories=["control", "MDD"])
                 if fc != 1.0:
                     m = in_set & is_case[coo.row]
                     data = coo.data.copy()
@@ -351,16 +369,27 @@ def issue_scenario(n_cells=2000, effect=1.1, n_genes=20, min_mean=0.3, seeds=ran
                     b.X = sparse.csr_matrix((data, (coo.row, coo.col)), shape=a.shape)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    r = im.tl.differential_activity(b, condition_key="condition", sample_key="donor", groupby=GROUP,
-                                                    gene_sets=sets)
+                    r = im.tl.differential_activity(
+                        b, condition_key="condition", sample_key="donor", groupby=GROUP, gene_sets=sets
+                    )
                     bl = baselines(b, sets)
-                ps.append((float(r["pvalue"].iloc[0]), fry_p(b, sets), float(bl["p_donor_t"].iloc[0]),
-                           float(bl["p_mwu"].iloc[0])))
+                ps.append(
+                    (
+                        float(r["pvalue"].iloc[0]),
+                        fry_p(b, sets),
+                        float(bl["p_donor_t"].iloc[0]),
+                        float(bl["p_mwu"].iloc[0]),
+                    )
+                )
             shares["null" if fc == 1.0 else f"raised_{effect}"].append((np.asarray(ps) < 0.05).mean(axis=0))
-        log(f"  issue scenario cohort {seed}: null {shares['null'][-1].round(3)}, "
-            f"raised {shares[f'raised_{effect}'][-1].round(3)} (ours, fry-equivalent, donor-mean t, per-cell MWU)")
-    out = {k: dict(zip(("ours", "fry", "donor_mean_t", "per_cell_mwu"), np.mean(v, axis=0).tolist(), strict=True))
-           for k, v in shares.items()}
+        log(
+            f"  issue scenario cohort {seed}: null {shares['null'][-1].round(3)}, "
+            f"raised {shares[f'raised_{effect}'][-1].round(3)} (ours, fry-equivalent, donor-mean t, per-cell MWU)"
+        )
+    out = {
+        k: dict(zip(("ours", "fry", "donor_mean_t", "per_cell_mwu"), np.mean(v, axis=0).tolist(), strict=True))
+        for k, v in shares.items()
+    }
     out["genes_mean_counts_per_cell"] = float(np.median(medians))
     out["n_splits"] = 70 * len(list(seeds))
     return out
@@ -380,14 +409,20 @@ def timing(n_cells_per_donor=1000):
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        im.tl.differential_activity(adata, condition_key="condition", sample_key="donor", groupby=GROUP,
-                                    gene_sets="complement")
+        im.tl.differential_activity(
+            adata, condition_key="condition", sample_key="donor", groupby=GROUP, gene_sets="complement"
+        )
     ours = time.perf_counter() - t
     t = time.perf_counter()
     sc.get.aggregate(adata, by=["donor", GROUP], func="sum")
     anchor = time.perf_counter() - t
-    return dict(name=f"differential_activity_vs_sc_aggregate_{adata.n_obs}", ours_s=ours, anchor_s=anchor,
-                ratio=ours / anchor, peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)
+    return dict(
+        name=f"differential_activity_vs_sc_aggregate_{adata.n_obs}",
+        ours_s=ours,
+        anchor_s=anchor,
+        ratio=ours / anchor,
+        peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    )
 
 
 def run(size: str = "quick") -> list[dict]:
@@ -397,8 +432,14 @@ def run(size: str = "quick") -> list[dict]:
     for min_mean in (0.3, 0.1) if size == "full" else (0.3,):
         iss = issue_scenario(n_cells=1000, min_mean=min_mean)
         for k in ("null", "raised_1.1"):
-            res.append(dict(name=f"issue_scenario_{k}_genes_over_{min_mean}", splits=iss["n_splits"],
-                            median_mean_count=iss["genes_mean_counts_per_cell"], **iss[k]))
+            res.append(
+                dict(
+                    name=f"issue_scenario_{k}_genes_over_{min_mean}",
+                    splits=iss["n_splits"],
+                    median_mean_count=iss["genes_mean_counts_per_cell"],
+                    **iss[k],
+                )
+            )
     for nc in cell_sizes:
         cal, truth = calibration(range(n_seeds), nc)
         for k, (n, share) in cal.items():
@@ -406,24 +447,51 @@ def run(size: str = "quick") -> list[dict]:
         p15 = power(1.5, range(n_seeds), nc, truth)
         tgt = p15[p15.group == TARGET]
         for arm, d in tgt.groupby("gene_set", sort=False):
-            res.append(dict(name=f"power1.5_{arm}_{nc}cells", seeds=len(d), ours_padj05=float((d.padj < 0.05).mean()),
-                            ours_p05=float((d.p < 0.05).mean()), donor_t_p05=float((d.p_donor_t < 0.05).mean()),
-                            mwu_p05=float((d.p_mwu < 0.05).mean()), oracle_p05=float((d.p_oracle < 0.05).mean()),
-                            mean_n_genes=float(d.n_genes.mean())))
+            res.append(
+                dict(
+                    name=f"power1.5_{arm}_{nc}cells",
+                    seeds=len(d),
+                    ours_padj05=float((d.padj < 0.05).mean()),
+                    ours_p05=float((d.p < 0.05).mean()),
+                    donor_t_p05=float((d.p_donor_t < 0.05).mean()),
+                    mwu_p05=float((d.p_mwu < 0.05).mean()),
+                    oracle_p05=float((d.p_oracle < 0.05).mean()),
+                    mean_n_genes=float(d.n_genes.mean()),
+                )
+            )
         other = p15[(p15.group != TARGET) & p15.p.notna()]
-        res.append(dict(name=f"power1.5_other_cell_types_flagged_{nc}cells", n_tests=len(other),
-                        share_padj05=float((other.padj < 0.05).mean())))
+        res.append(
+            dict(
+                name=f"power1.5_other_cell_types_flagged_{nc}cells",
+                n_tests=len(other),
+                share_padj05=float((other.padj < 0.05).mean()),
+            )
+        )
         for nc11 in (nc, 2000) if nc == cell_sizes[-1] and size == "full" else (nc,):
             p11 = power(1.1, range(n_seeds), nc11, truth)
             tgt = p11[p11.group == TARGET]
             for arm, d in tgt.groupby("gene_set", sort=False):
-                res.append(dict(name=f"power1.1_{arm}_{nc11}cells", seeds=len(d),
-                                ours_p05=float((d.p < 0.05).mean()), donor_t_p05=float((d.p_donor_t < 0.05).mean()),
-                                mwu_p05=float((d.p_mwu < 0.05).mean()), oracle_p05=float((d.p_oracle < 0.05).mean()),
-                                mean_n_genes=float(d.n_genes.mean())))
+                res.append(
+                    dict(
+                        name=f"power1.1_{arm}_{nc11}cells",
+                        seeds=len(d),
+                        ours_p05=float((d.p < 0.05).mean()),
+                        donor_t_p05=float((d.p_donor_t < 0.05).mean()),
+                        mwu_p05=float((d.p_mwu < 0.05).mean()),
+                        oracle_p05=float((d.p_oracle < 0.05).mean()),
+                        mean_n_genes=float(d.n_genes.mean()),
+                    )
+                )
     cp = composition_power(range(n_seeds))
-    res.append(dict(name="composition_planted", seeds=len(cp), mono_up=float(cp.mono_up.mean()),
-                    t_down=float(cp.t_down.mean()), b_down=float(cp.b_down.mean())))
+    res.append(
+        dict(
+            name="composition_planted",
+            seeds=len(cp),
+            mono_up=float(cp.mono_up.mean()),
+            t_down=float(cp.t_down.mean()),
+            b_down=float(cp.b_down.mean()),
+        )
+    )
     res.append(timing())
     return res
 
@@ -436,8 +504,17 @@ REAL_GROUP = "cell_type"
 REAL_TARGET = "monoc"  # classical monocytes: where the power effects are planted
 SPLIT_SIZES = (4, 8, 20)
 EFFECTS = (1.05, 1.1, 1.25)
-METHODS = ("ours_score", "ours_fry", "ours_fry_pooled", "R_voom_fry", "decoupler_pydeseq2_ulm", "donor_mean_t",
-           "per_cell_mwu", "ours_score_random_effect", "composition")
+METHODS = (
+    "ours_score",
+    "ours_fry",
+    "ours_fry_pooled",
+    "R_voom_fry",
+    "decoupler_pydeseq2_ulm",
+    "donor_mean_t",
+    "per_cell_mwu",
+    "ours_score_random_effect",
+    "composition",
+)
 OUR_METHODS = ("score", "fry", "fry_pooled")
 
 R_LOOP = r"""
@@ -481,8 +558,9 @@ def real_sets(var_names) -> dict[str, list[str]]:
 
 def _label(a, case, ctrl):
     b = a[a.obs["donor"].isin(list(case) + list(ctrl)).to_numpy()].copy()
-    b.obs["condition"] = pd.Categorical(np.where(b.obs["donor"].isin(list(case)), "case", "ctrl"),
-                                        categories=["ctrl", "case"])
+    b.obs["condition"] = pd.Categorical(
+        np.where(b.obs["donor"].isin(list(case)), "case", "ctrl"), categories=["ctrl", "case"]
+    )
     return b
 
 
@@ -503,12 +581,24 @@ def _percell_tests(b, scores, sets, groups, min_cells=10):
             v = scores.loc[obs.index[m], k].to_numpy()
             if not np.isfinite(v).all():
                 continue
-            rows.append(dict(group=str(g), gene_set=k, method="per_cell_mwu",
-                             p=stats.mannwhitneyu(v[cond == "case"], v[cond == "ctrl"]).pvalue))
+            rows.append(
+                dict(
+                    group=str(g),
+                    gene_set=k,
+                    method="per_cell_mwu",
+                    p=stats.mannwhitneyu(v[cond == "case"], v[cond == "ctrl"]).pvalue,
+                )
+            )
             dm = pd.Series(v).groupby(donors).mean()
             dc = dcond.reindex(dm.index)
-            rows.append(dict(group=str(g), gene_set=k, method="donor_mean_t",
-                             p=stats.ttest_ind(dm[dc == "case"], dm[dc == "ctrl"]).pvalue))
+            rows.append(
+                dict(
+                    group=str(g),
+                    gene_set=k,
+                    method="donor_mean_t",
+                    p=stats.ttest_ind(dm[dc == "case"], dm[dc == "ctrl"]).pvalue,
+                )
+            )
     return rows
 
 
@@ -526,10 +616,12 @@ def _r_job(b, sets, group, jobdir, min_cells=10):
         return None
     jobdir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(np.round(C).astype(np.int64).T, index=b.var_names.astype(str), columns=donors).to_csv(
-        jobdir / "counts.csv")
+        jobdir / "counts.csv"
+    )
     pd.DataFrame({"Intercept": 1.0, "case": x}, index=donors).to_csv(jobdir / "design.csv")
     pd.DataFrame([(k, g) for k, v in sets.items() for g in v], columns=["set", "gene"]).to_csv(
-        jobdir / "sets.csv", index=False)
+        jobdir / "sets.csv", index=False
+    )
     return jobdir
 
 
@@ -560,11 +652,14 @@ def _ours(b, sets, groups, methods=OUR_METHODS):
     for meth in methods:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = im.tl.differential_activity(b, condition_key="condition", sample_key="donor", groupby=REAL_GROUP,
-                                            gene_sets=sets, method=meth)
+            r = im.tl.differential_activity(
+                b, condition_key="condition", sample_key="donor", groupby=REAL_GROUP, gene_sets=sets, method=meth
+            )
         r = r[r["group"].isin([str(g) for g in groups]) & r["pvalue"].notna()]
-        rows += [dict(group=g, gene_set=k, method=f"ours_{meth}", p=float(p))
-                 for g, k, p in zip(r["group"], r["gene_set"], r["pvalue"])]
+        rows += [
+            dict(group=g, gene_set=k, method=f"ours_{meth}", p=float(p))
+            for g, k, p in zip(r["group"], r["gene_set"], r["pvalue"])
+        ]
     return rows
 
 
@@ -593,10 +688,13 @@ def _recipe(b, sets, groups, min_cells=10):
                 continue
             dc.pp.filter_by_expr(t, group="condition", min_count=10, min_total_count=15)
             X = t.X.toarray() if sparse.issparse(t.X) else np.asarray(t.X)
-            counts = pd.DataFrame(np.round(X).astype(np.int64), index=t.obs_names.astype(str),
-                                  columns=t.var_names.astype(str))
-            meta = pd.DataFrame({"condition": pd.Categorical(t.obs["condition"].astype(str),
-                                                             categories=["ctrl", "case"])}, index=counts.index)
+            counts = pd.DataFrame(
+                np.round(X).astype(np.int64), index=t.obs_names.astype(str), columns=t.var_names.astype(str)
+            )
+            meta = pd.DataFrame(
+                {"condition": pd.Categorical(t.obs["condition"].astype(str), categories=["ctrl", "case"])},
+                index=counts.index,
+            )
             inf = DefaultInference(n_cpus=1)
             dds = DeseqDataSet(counts=counts, metadata=meta, design="~condition", inference=inf, quiet=True)
             dds.deseq2()
@@ -607,8 +705,11 @@ def _recipe(b, sets, groups, min_cells=10):
                 _, pv = dc.mt.ulm(data=stat, net=net, verbose=False)
             except (ValueError, AssertionError):  # no set with >= tmin genes
                 continue
-            rows += [dict(group=str(g), gene_set=k, method="decoupler_pydeseq2_ulm", p=float(p))
-                     for k, p in pv.iloc[0].items() if np.isfinite(p)]
+            rows += [
+                dict(group=str(g), gene_set=k, method="decoupler_pydeseq2_ulm", p=float(p))
+                for k, p in pv.iloc[0].items()
+                if np.isfinite(p)
+            ]
     return rows
 
 
@@ -674,8 +775,11 @@ def real_power(a, n_splits, tmp, seed=1, n_genes=20, min_mean=1.0, recipe_splits
                 b = _label(a, pick[:n], pick[n:])
                 sel = a.obs["donor"].isin(list(pick)).to_numpy()
                 coo = sparse.csr_matrix(X0[sel]).tocoo()
-                hit = (np.isin(coo.col, cols) & (b.obs["condition"].to_numpy()[coo.row] == "case")
-                       & is_target[sel][coo.row])
+                hit = (
+                    np.isin(coo.col, cols)
+                    & (b.obs["condition"].to_numpy()[coo.row] == "case")
+                    & is_target[sel][coo.row]
+                )
                 data = coo.data.copy()
                 data[hit] += rng.poisson((fc - 1.0) * data[hit])
                 b.X = sparse.csr_matrix((data, (coo.row, coo.col)), shape=b.shape)
@@ -711,11 +815,19 @@ def real_random_effect(a, sets, n_splits, seed=2, log=print):
             b.obs["sample"] = pd.Categorical(b.obs["donor"].astype(str) + "_" + half.astype(str))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                r = im.tl.differential_activity(b, condition_key="condition", sample_key="sample", groupby=REAL_GROUP,
-                                                gene_sets=sets, random_effect="donor")
+                r = im.tl.differential_activity(
+                    b,
+                    condition_key="condition",
+                    sample_key="sample",
+                    groupby=REAL_GROUP,
+                    gene_sets=sets,
+                    random_effect="donor",
+                )
             r = r[r["group"].isin(groups) & r["pvalue"].notna()]
-            rows += [dict(size=n, split=s, group=g, gene_set=k, method="ours_score_random_effect", p=float(p))
-                     for g, k, p in zip(r["group"], r["gene_set"], r["pvalue"])]
+            rows += [
+                dict(size=n, split=s, group=g, gene_set=k, method="ours_score_random_effect", p=float(p))
+                for g, k, p in zip(r["group"], r["gene_set"], r["pvalue"])
+            ]
         log(f"  random effect {n} vs {n}: {n_splits} splits done")
     return pd.DataFrame(rows)
 
@@ -734,13 +846,17 @@ def real_composition(a, n_splits, seed=3):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 c = im.tl.composition(b, sample_key="donor", condition_key="condition", groupby=REAL_GROUP)
-            rows += [dict(size=n, split=s, group=str(g), gene_set="", method="composition", p=float(p))
-                     for g, p in zip(c["group"], c["pvalue"]) if np.isfinite(p)]
+            rows += [
+                dict(size=n, split=s, group=str(g), gene_set="", method="composition", p=float(p))
+                for g, p in zip(c["group"], c["pvalue"])
+                if np.isfinite(p)
+            ]
     return pd.DataFrame(rows)
 
 
-def run_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None, seed: int = 0,
-             log=print) -> dict:
+def run_real(
+    n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None = None, seed: int = 0, log=print
+) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -768,14 +884,31 @@ def run_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None =
     secs["composition"] = time.perf_counter() - t0
     null_all = pd.concat([null, re_, comp], ignore_index=True)
     fpr = null_all.groupby(["method", "size"])["p"].agg(share=lambda p: float((p < 0.05).mean()), n="size").unstack()
-    power_tab = pw.groupby(["method", "effect", "size"])["p"].agg(lambda p: float((p < 0.05).mean())).unstack(
-        ["effect", "size"])
+    power_tab = (
+        pw.groupby(["method", "effect", "size"])["p"]
+        .agg(lambda p: float((p < 0.05).mean()))
+        .unstack(["effect", "size"])
+    )
     n_power = pw.groupby(["method", "effect", "size"])["p"].size().unstack(["effect", "size"])
     both = null.pivot_table(index=["size", "split", "group", "gene_set"], columns="method", values="p")
-    agree = (both[["ours_fry", "R_voom_fry"]].dropna().pipe(lambda d: (d.ours_fry / d.R_voom_fry - 1).abs().max())
-             if "R_voom_fry" in both else np.nan)
-    return dict(fpr=fpr, power=power_tab, n_power=n_power, null=null_all, pw=pw, seconds=secs, n_splits=n_splits,
-                recipe_splits=recipe_splits, re_splits=re_splits, n_sets=len(sets), fry_vs_R_max_rel=agree)
+    agree = (
+        both[["ours_fry", "R_voom_fry"]].dropna().pipe(lambda d: (d.ours_fry / d.R_voom_fry - 1).abs().max())
+        if "R_voom_fry" in both
+        else np.nan
+    )
+    return dict(
+        fpr=fpr,
+        power=power_tab,
+        n_power=n_power,
+        null=null_all,
+        pw=pw,
+        seconds=secs,
+        n_splits=n_splits,
+        recipe_splits=recipe_splits,
+        re_splits=re_splits,
+        n_sets=len(sets),
+        fry_vs_R_max_rel=agree,
+    )
 
 
 def real_table(r: dict) -> pd.DataFrame:
@@ -807,12 +940,16 @@ def main_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None 
     r = run_real(n_splits, recipe_splits, re_splits, seed)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
-    print(f"\nReal donors: onek1k, 40 healthy donors, 4 cell types, {r['n_sets']} packaged gene sets present; "
-          f"{r['n_splits']} random splits per size (4v4, 8v8, 20v20; decoupler recipe on the first "
-          f"{r['recipe_splits']}, random_effect on {r['re_splits']}); seconds "
-          + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()))
-    print("FPR: share of p < 0.05 over null cell type x set tests (composition: cell types); power: share of splits "
-          "with p < 0.05 for the 20 planted classical-monocyte genes")
+    print(
+        f"\nReal donors: onek1k, 40 healthy donors, 4 cell types, {r['n_sets']} packaged gene sets present; "
+        f"{r['n_splits']} random splits per size (4v4, 8v8, 20v20; decoupler recipe on the first "
+        f"{r['recipe_splits']}, random_effect on {r['re_splits']}); seconds "
+        + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items())
+    )
+    print(
+        "FPR: share of p < 0.05 over null cell type x set tests (composition: cell types); power: share of splits "
+        "with p < 0.05 for the 20 planted classical-monocyte genes"
+    )
     print(real_table(r).to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\nours_fry vs R limma fry, max relative difference of p over the null tests: {r['fry_vs_R_max_rel']:.2e}")
     v = verdict(r)
@@ -822,8 +959,10 @@ def main_real(n_splits: int = 20, recipe_splits: int = 3, re_splits: int | None 
             print(f"RESULT real_fpr method={m_} size={size} share_p05={x:.4f} n={int(r['fpr']['n'].loc[m_, size])}")
     for m_, row in r["power"].iterrows():
         for (eff, size), x in row.items():
-            print(f"RESULT real_power method={m_} effect={eff} size={size} share_p05={x:.4f} "
-                  f"splits={int(r['n_power'].loc[m_, (eff, size)])}")
+            print(
+                f"RESULT real_power method={m_} effect={eff} size={size} share_p05={x:.4f} "
+                f"splits={int(r['n_power'].loc[m_, (eff, size)])}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -853,8 +992,9 @@ def _fry_parts(C, D, index):
     for k, p in kidx.items():
         if p.size:
             mz = Z[p].mean(0)
-            out[k] = dict(num=mz[0], den2=float(np.mean(mz[1:] ** 2)), m=p.size, df=dfr,
-                          p_unweighted=float(unw.loc[k, "PValue"]))
+            out[k] = dict(
+                num=mz[0], den2=float(np.mean(mz[1:] ** 2)), m=p.size, df=dfr, p_unweighted=float(unw.loc[k, "PValue"])
+            )
     return out
 
 
@@ -915,8 +1055,13 @@ def run_variants(n_splits=30, min_cells=10, seed=0, log=print) -> pd.DataFrame:
     for g in groups:
         m = (a.obs[REAL_GROUP] == g).to_numpy()
         d = a.obs["donor"].astype(str).to_numpy()[m]
-        pb[g] = pd.DataFrame(sparse.csr_matrix(a.X[m]).toarray(), columns=a.var_names).groupby(d).sum().reindex(
-            donors).fillna(0)
+        pb[g] = (
+            pd.DataFrame(sparse.csr_matrix(a.X[m]).toarray(), columns=a.var_names)
+            .groupby(d)
+            .sum()
+            .reindex(donors)
+            .fillna(0)
+        )
         ncell[g] = pd.Series(d).value_counts().reindex(donors).fillna(0)
     sets = real_sets(a.var_names)
     genes = np.asarray(a.var_names)
@@ -930,16 +1075,28 @@ def run_variants(n_splits=30, min_cells=10, seed=0, log=print) -> pd.DataFrame:
             for s in range(n_splits):
                 pick = rng.choice(donors, 2 * n, replace=False)
                 case, ctrl = set(pick[:n]), set(pick[n:])
-                for (g, k), r in _variant_ps(pb, ncell, donors, case, ctrl, genes, dict(sets),
-                                             min_cells).items():
-                    rows += [dict(kind="null", size=n, split=s, group=g, gene_set=k, method=mm, p=p)
-                             for mm, p in r.items()]
+                for (g, k), r in _variant_ps(pb, ncell, donors, case, ctrl, genes, dict(sets), min_cells).items():
+                    rows += [
+                        dict(kind="null", size=n, split=s, group=g, gene_set=k, method=mm, p=p) for mm, p in r.items()
+                    ]
                 cols = np.sort(rng.choice(eligible, 20, replace=False))
                 for fc in EFFECTS:
-                    r = _variant_ps(pb, ncell, donors, case, ctrl, genes, {"planted": list(genes[cols])}, min_cells,
-                                    plant=(cols, fc), rng=rng).get((REAL_TARGET, "planted"), {})
-                    rows += [dict(kind=f"power {fc}", size=n, split=s, group=REAL_TARGET, gene_set="planted",
-                                  method=mm, p=p) for mm, p in r.items()]
+                    r = _variant_ps(
+                        pb,
+                        ncell,
+                        donors,
+                        case,
+                        ctrl,
+                        genes,
+                        {"planted": list(genes[cols])},
+                        min_cells,
+                        plant=(cols, fc),
+                        rng=rng,
+                    ).get((REAL_TARGET, "planted"), {})
+                    rows += [
+                        dict(kind=f"power {fc}", size=n, split=s, group=REAL_TARGET, gene_set="planted", method=mm, p=p)
+                        for mm, p in r.items()
+                    ]
             log(f"  variants {n} vs {n}: {n_splits} splits done")
     return pd.DataFrame(rows)
 
@@ -948,18 +1105,25 @@ def main_variants(n_splits=30, min_cells=10):
     df = run_variants(n_splits, min_cells)
     pd.set_option("display.width", 200)
     print(f"\nVariants on real donors (onek1k; {n_splits} splits per size; min_cells={min_cells}); share p < 0.05")
-    print(df.groupby(["kind", "method", "size"])["p"].agg(lambda p: float((p < 0.05).mean())).unstack("size")
-          .to_string(float_format=lambda v: f"{v:.3f}"))
+    print(
+        df.groupby(["kind", "method", "size"])["p"]
+        .agg(lambda p: float((p < 0.05).mean()))
+        .unstack("size")
+        .to_string(float_format=lambda v: f"{v:.3f}")
+    )
     pw = df[df.kind != "null"].pivot_table(index=["kind", "size", "split"], columns="method", values="p")
     for m_ in pw.columns.drop("fry"):
         x, y = pw[m_] < 0.05, pw["fry"] < 0.05
         print(f"discordant power calls vs fry: only {m_} {int((x & ~y).sum())}, only fry {int((~x & y).sum())}")
 
+
 def main(size="quick"):
     for r in run(size):
         if "ours_s" in r:
-            print(f"RESULT {r['name']} ours_s={r['ours_s']:.4f} anchor_s={r['anchor_s']:.4f} ratio={r['ratio']:.3f} "
-                  f"peak_gb={r['peak_gb']:.2f}")
+            print(
+                f"RESULT {r['name']} ours_s={r['ours_s']:.4f} anchor_s={r['anchor_s']:.4f} ratio={r['ratio']:.3f} "
+                f"peak_gb={r['peak_gb']:.2f}"
+            )
         else:
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
 

@@ -66,14 +66,21 @@ def run(size: str = "small") -> list[dict]:
     adata.obsm["X_scVI_default"] = model.get_latent_representation()
     anchor_s = time.perf_counter() - t0
 
-    m = im.tl.integration_metrics(adata, batch_key="batch", label_key="cell_type_true",
-                                  embedding=["X_scVI", "X_scVI_default"])
+    m = im.tl.integration_metrics(
+        adata, batch_key="batch", label_key="cell_type_true", embedding=["X_scVI", "X_scVI_default"]
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     u = adata.uns["integration"]
     res = {
-        "name": f"integrate_{size}", "ours_s": ours_s, "anchor_s": anchor_s, "ratio": ours_s / anchor_s,
-        "peak_gb": peak, "n_cells": adata.n_obs, "n_genes": int(adata.var["highly_variable"].sum()),
-        "ours_epochs": int(u["epochs_run"]), "ours_path": u["path"],
+        "name": f"integrate_{size}",
+        "ours_s": ours_s,
+        "anchor_s": anchor_s,
+        "ratio": ours_s / anchor_s,
+        "peak_gb": peak,
+        "n_cells": adata.n_obs,
+        "n_genes": int(adata.var["highly_variable"].sum()),
+        "ours_epochs": int(u["epochs_run"]),
+        "ours_path": u["path"],
         "anchor_epochs": int(len(model.history["elbo_train"])),
         "metrics": m.drop(columns=["implementation"]).round(4).to_dict(orient="index"),
     }
@@ -85,8 +92,10 @@ if __name__ == "__main__":
     p.add_argument("--size", default="small", choices=list(SIZES))
     args = p.parse_args()
     for r in run(args.size):
-        print(f"RESULT {r['name']} ours_s={r['ours_s']:.2f} anchor_s={r['anchor_s']:.2f} "
-              f"ratio={r['ratio']:.3f} peak_gb={r['peak_gb']:.2f}")
+        print(
+            f"RESULT {r['name']} ours_s={r['ours_s']:.2f} anchor_s={r['anchor_s']:.2f} "
+            f"ratio={r['ratio']:.3f} peak_gb={r['peak_gb']:.2f}"
+        )
         import pandas as pd
 
         print(pd.DataFrame(r["metrics"]).T.to_string())

@@ -62,8 +62,9 @@ def make_h5ad(n_cells: int, n_genes: int = 20_000, path: Path | None = None) -> 
     obs_parts = []
     for i in range(n_chunks):
         cells = min(per_chunk, n_cells - i * per_chunk)
-        a, _ = im.datasets.simulate_cohort(n_donors=16, n_cells_per_donor=max(1, cells // 16), n_batches=2,
-                                           n_genes=n_genes, random_state=1000 + i)
+        a, _ = im.datasets.simulate_cohort(
+            n_donors=16, n_cells_per_donor=max(1, cells // 16), n_batches=2, n_genes=n_genes, random_state=1000 + i
+        )
         a.obs["donor"] = [f"c{i:02d}_{d}" for d in a.obs["donor"].astype(str)]
         a.obs["batch"] = [f"b{i % 4}_{b}" for b in a.obs["batch"].astype(str)]
         a.obs_names = [f"c{i:02d}_{n}" for n in a.obs_names]
@@ -146,11 +147,16 @@ print(json.dumps({"seconds": t, "peak_gb": resource.getrusage(resource.RUSAGE_SE
 
 
 def _run(code: str, path: Path, timeout: int = 3600) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True, timeout=timeout
+    )
     if r.returncode != 0:
         killed = r.returncode in (-9, 137)
-        return {"seconds": None, "peak_gb": None,
-                "error": "killed (out of memory)" if killed else r.stderr.strip().splitlines()[-1][:300]}
+        return {
+            "seconds": None,
+            "peak_gb": None,
+            "error": "killed (out of memory)" if killed else r.stderr.strip().splitlines()[-1][:300],
+        }
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -161,9 +167,15 @@ def run(size: str = "100k", n_genes: int = 20_000) -> list[dict]:
     gen = time.perf_counter() - t0
     ours = _run(OURS, path)
     anchor = _run(ANCHOR, path)
-    row = {"name": f"out_of_core_{size}", "ours_s": ours["seconds"], "anchor_s": anchor["seconds"],
-           "peak_gb": ours["peak_gb"], "anchor_peak_gb": anchor["peak_gb"],
-           "file_gb": round(path.stat().st_size / 1024**3, 2), "simulate_write_s": round(gen, 1)}
+    row = {
+        "name": f"out_of_core_{size}",
+        "ours_s": ours["seconds"],
+        "anchor_s": anchor["seconds"],
+        "peak_gb": ours["peak_gb"],
+        "anchor_peak_gb": anchor["peak_gb"],
+        "file_gb": round(path.stat().st_size / 1024**3, 2),
+        "simulate_write_s": round(gen, 1),
+    }
     for k in ("error",):
         if k in ours:
             row["ours_error"] = ours[k]

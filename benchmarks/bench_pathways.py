@@ -71,21 +71,40 @@ def run(size: str = "100k") -> list[dict]:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta = f"cells={adata.n_obs} genes={adata.n_vars} nnz={X.nnz} sets={len(sets)} cpus={os.cpu_count()} load={load}"
     return [
-        dict(name=f"score_pathways_vs_one_pass_{size}", ours_s=t_ours, anchor_s=t_pass, ratio=t_ours / t_pass,
-             peak_gb=peak, info=meta + " anchor: one sparse mat-vec X @ 1 (one pass over the matrix)"),
-        dict(name=f"score_pathways_counts_input_vs_one_pass_{size}", ours_s=t_ours_c, anchor_s=t_pass_c,
-             ratio=t_ours_c / t_pass_c, peak_gb=peak,
-             info=meta + " raw counts in X (library sizes and log1p inside the same pass); anchor: counts @ 1"),
-        dict(name=f"score_pathways_vs_scanpy_score_genes_{size}", ours_s=t_ours, anchor_s=t_scanpy,
-             ratio=t_ours / t_scanpy, peak_gb=peak, info=meta + " anchor: sc.tl.score_genes per set"),
+        dict(
+            name=f"score_pathways_vs_one_pass_{size}",
+            ours_s=t_ours,
+            anchor_s=t_pass,
+            ratio=t_ours / t_pass,
+            peak_gb=peak,
+            info=meta + " anchor: one sparse mat-vec X @ 1 (one pass over the matrix)",
+        ),
+        dict(
+            name=f"score_pathways_counts_input_vs_one_pass_{size}",
+            ours_s=t_ours_c,
+            anchor_s=t_pass_c,
+            ratio=t_ours_c / t_pass_c,
+            peak_gb=peak,
+            info=meta + " raw counts in X (library sizes and log1p inside the same pass); anchor: counts @ 1",
+        ),
+        dict(
+            name=f"score_pathways_vs_scanpy_score_genes_{size}",
+            ours_s=t_ours,
+            anchor_s=t_scanpy,
+            ratio=t_ours / t_scanpy,
+            peak_gb=peak,
+            info=meta + " anchor: sc.tl.score_genes per set",
+        ),
     ]
 
 
 def main(size: str = "100k") -> None:
     for r in run(size):
         print(f"# {r['info']}")
-        print(f"RESULT {r['name']} ours_s={r['ours_s']:.4f} anchor_s={r['anchor_s']:.4f} ratio={r['ratio']:.3f} "
-              f"peak_gb={r['peak_gb']:.2f}")
+        print(
+            f"RESULT {r['name']} ours_s={r['ours_s']:.4f} anchor_s={r['anchor_s']:.4f} ratio={r['ratio']:.3f} "
+            f"peak_gb={r['peak_gb']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,15 @@ N_NULL = 24 if MODE == "full" else 6
 N_NULL_CONT = 20 if MODE == "full" else 4
 N_NULL_GAUSS = 20 if MODE == "full" else 3
 N_PERM = 99 if MODE == "full" else 19
-SETS = ("complement", "interferon_alpha", "interferon_gamma", "inflammatory", "tnfa_nfkb", "il6_jak_stat3",
-        "kynurenine")
+SETS = (
+    "complement",
+    "interferon_alpha",
+    "interferon_gamma",
+    "inflammatory",
+    "tnfa_nfkb",
+    "il6_jak_stat3",
+    "kynurenine",
+)
 
 
 def _quiet(f, *a, **k):
@@ -85,8 +92,9 @@ def real_donor_features() -> pd.DataFrame | None:
 def _adata(X: pd.DataFrame, obs: dict):
     import anndata as ad
 
-    return ad.AnnData(X=X.to_numpy(), obs=pd.DataFrame(obs, index=X.index.astype(str)),
-                      var=pd.DataFrame(index=X.columns.astype(str)))
+    return ad.AnnData(
+        X=X.to_numpy(), obs=pd.DataFrame(obs, index=X.index.astype(str)), var=pd.DataFrame(index=X.columns.astype(str))
+    )
 
 
 def null_cohorts(X: pd.DataFrame, label: str, n_binary: int, n_cont: int) -> dict:
@@ -98,26 +106,42 @@ def null_cohorts(X: pd.DataFrame, label: str, n_binary: int, n_cont: int) -> dic
     for i in range(n_binary):
         lab = np.array(["non-responder", "responder"])[np.arange(len(X)) % 2]
         rng.shuffle(lab)
-        r = _quiet(im.tl.predict_response, _adata(X, {"responder": lab}), outcome="responder",
-                   n_permutations=N_PERM, random_state=i)
+        r = _quiet(
+            im.tl.predict_response,
+            _adata(X, {"responder": lab}),
+            outcome="responder",
+            n_permutations=N_PERM,
+            random_state=i,
+        )
         aucs.append(r.metrics["auc"])
         pb.append(r.metrics["pvalue"])
-    out["binary"] = {"n_cohorts": n_binary, "mean_auc": float(np.mean(aucs)), "sd_auc": float(np.std(aucs)),
-                     "se_mean_auc": float(np.std(aucs) / np.sqrt(n_binary)),
-                     "share_p_below_0.05": float(np.mean(np.asarray(pb) < 0.05)),
-                     "ks_p_uniform": float(stats.kstest(pb, "uniform").pvalue), "mean_p": float(np.mean(pb)),
-                     "seconds_per_cohort": (time.time() - t0) / max(n_binary, 1)}
+    out["binary"] = {
+        "n_cohorts": n_binary,
+        "mean_auc": float(np.mean(aucs)),
+        "sd_auc": float(np.std(aucs)),
+        "se_mean_auc": float(np.std(aucs) / np.sqrt(n_binary)),
+        "share_p_below_0.05": float(np.mean(np.asarray(pb) < 0.05)),
+        "ks_p_uniform": float(stats.kstest(pb, "uniform").pvalue),
+        "mean_p": float(np.mean(pb)),
+        "seconds_per_cohort": (time.time() - t0) / max(n_binary, 1),
+    }
     r2s, pc = [], []
     for i in range(n_cont):
         score = rng.normal(size=len(X))
-        r = _quiet(im.tl.predict_response, _adata(X, {"score": score}), outcome="score", n_permutations=N_PERM,
-                   random_state=i)
+        r = _quiet(
+            im.tl.predict_response, _adata(X, {"score": score}), outcome="score", n_permutations=N_PERM, random_state=i
+        )
         r2s.append(r.metrics["r2"])
         pc.append(r.metrics["pvalue"])
     if n_cont:
-        out["continuous"] = {"n_cohorts": n_cont, "mean_r2": float(np.mean(r2s)), "sd_r2": float(np.std(r2s)),
-                             "share_p_below_0.05": float(np.mean(np.asarray(pc) < 0.05)),
-                             "ks_p_uniform": float(stats.kstest(pc, "uniform").pvalue), "mean_p": float(np.mean(pc))}
+        out["continuous"] = {
+            "n_cohorts": n_cont,
+            "mean_r2": float(np.mean(r2s)),
+            "sd_r2": float(np.std(r2s)),
+            "share_p_below_0.05": float(np.mean(np.asarray(pc) < 0.05)),
+            "ks_p_uniform": float(stats.kstest(pc, "uniform").pvalue),
+            "mean_p": float(np.mean(pc)),
+        }
     print(f"[null, {label}] {json.dumps(out, indent=1)}", flush=True)
     return out
 
@@ -138,11 +162,19 @@ def planted(X: pd.DataFrame, effects=(0.5, 1.0), n_seeds: int = 2) -> list[dict]
             t0 = time.time()
             r = _quiet(im.tl.predict_response, _adata(Xp, {"responder": lab}), outcome="responder", random_state=seed)
             top = list(r.features.index[:3])
-            rows.append({"effect_sd": eff, "seed": seed, "auc": round(r.metrics["auc"], 3),
-                         "auc_repeat_spread": [round(float(v), 3) for v in r.metrics["auc_repeat_spread"]],
-                         "pvalue": r.metrics["pvalue"], "brier": round(r.metrics["brier"], 3),
-                         "calibration_slope": round(r.metrics["calibration_slope"], 2),
-                         "planted_in_top3": len(set(top) & set(cols)), "seconds": round(time.time() - t0, 1)})
+            rows.append(
+                {
+                    "effect_sd": eff,
+                    "seed": seed,
+                    "auc": round(r.metrics["auc"], 3),
+                    "auc_repeat_spread": [round(float(v), 3) for v in r.metrics["auc_repeat_spread"]],
+                    "pvalue": r.metrics["pvalue"],
+                    "brier": round(r.metrics["brier"], 3),
+                    "calibration_slope": round(r.metrics["calibration_slope"], 2),
+                    "planted_in_top3": len(set(top) & set(cols)),
+                    "seconds": round(time.time() - t0, 1),
+                }
+            )
             print(f"[planted] {rows[-1]}", flush=True)
     return rows
 
@@ -155,22 +187,47 @@ def simulated_trial(effect: float = 1.0, n_donors: int = 80, seed: int = 0) -> d
         print("(simulate_cohort has no responders yet: simulated trial skipped)")
         return {}
     t0 = time.time()
-    cells, plasma = _quiet(im.datasets.simulate_cohort, n_donors=n_donors, n_cells_per_donor=150, n_genes=1500,
-                           n_visits=2, response_baseline_effect=effect, random_state=seed)
+    cells, plasma = _quiet(
+        im.datasets.simulate_cohort,
+        n_donors=n_donors,
+        n_cells_per_donor=150,
+        n_genes=1500,
+        n_visits=2,
+        response_baseline_effect=effect,
+        random_state=seed,
+    )
     patients = cells[(cells.obs["responder"] != "control").to_numpy()].copy()
     patients.obs["responder"] = patients.obs["responder"].cat.remove_unused_categories()
-    r = _quiet(im.tl.predict_response, patients, outcome="responder", sample_key="sample",
-               groupby="cell_type_true", baseline={"visit": "baseline"}, donor_key="donor", random_state=seed)
-    out = {"response_baseline_effect": effect, "n_patients": r.metrics["n_donors"], "auc": r.metrics["auc"],
-           "pvalue": r.metrics["pvalue"], "top_features": list(r.features.index[:5]),
-           "seconds": round(time.time() - t0, 1)}
+    r = _quiet(
+        im.tl.predict_response,
+        patients,
+        outcome="responder",
+        sample_key="sample",
+        groupby="cell_type_true",
+        baseline={"visit": "baseline"},
+        donor_key="donor",
+        random_state=seed,
+    )
+    out = {
+        "response_baseline_effect": effect,
+        "n_patients": r.metrics["n_donors"],
+        "auc": r.metrics["auc"],
+        "pvalue": r.metrics["pvalue"],
+        "top_features": list(r.features.index[:5]),
+        "seconds": round(time.time() - t0, 1),
+    }
     # the plasma (IL6 carries the same planted difference), one row per donor
     pl = plasma[(plasma.obs["responder"] != "control").to_numpy()].copy() if "responder" in plasma.obs else None
     if pl is not None:
         pl.obs["responder"] = pl.obs["responder"].astype(str)
         rp = _quiet(im.tl.predict_response, pl, outcome="responder", random_state=seed)
-        out.update({"plasma_auc": rp.metrics["auc"], "plasma_pvalue": rp.metrics["pvalue"],
-                    "plasma_top": list(rp.features.index[:3])})
+        out.update(
+            {
+                "plasma_auc": rp.metrics["auc"],
+                "plasma_pvalue": rp.metrics["pvalue"],
+                "plasma_top": list(rp.features.index[:3]),
+            }
+        )
     print(f"[simulated trial] {out}", flush=True)
     return out
 
@@ -178,19 +235,26 @@ def simulated_trial(effect: float = 1.0, n_donors: int = 80, seed: int = 0) -> d
 def timing() -> dict:
     """CPU and wall time of one call at the defaults on 40 donors x 50 features."""
     rng = np.random.default_rng(7)
-    X = pd.DataFrame(rng.normal(size=(40, 50)), index=[f"D{i}" for i in range(40)],
-                     columns=[f"f{j}" for j in range(50)])
+    X = pd.DataFrame(
+        rng.normal(size=(40, 50)), index=[f"D{i}" for i in range(40)], columns=[f"f{j}" for j in range(50)]
+    )
     lab = np.array(["NR", "R"])[np.arange(40) % 2]
     out = {}
     # model="l1" (logistic, C by an inner CV) is timed with 20 permutations only (about 5x slower than ridge)
-    for kind, obs, kw in (("binary ridge", {"r": lab}, {}), ("continuous ridge", {"r": rng.normal(size=40)}, {}),
-                          ("binary l1, 20 permutations", {"r": lab}, {"model": "l1", "n_permutations": 20})):
+    for kind, obs, kw in (
+        ("binary ridge", {"r": lab}, {}),
+        ("continuous ridge", {"r": rng.normal(size=40)}, {}),
+        ("binary l1, 20 permutations", {"r": lab}, {"model": "l1", "n_permutations": 20}),
+    ):
         t0, c0 = time.time(), time.process_time()
         _quiet(im.tl.predict_response, _adata(X, obs), outcome="r", **kw)
         out[kind] = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     # cpu_s: the time of one core; wall_s is larger when the machine is shared (load above its cores)
-    print(f"[timing, 40 donors x 50 features, defaults (200 permutations, 5 x 5-fold)] {out}, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"[timing, 40 donors x 50 features, defaults (200 permutations, 5 x 5-fold)] {out}, load average "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return out
 
 
@@ -205,8 +269,9 @@ def main() -> None:
         results["null_real"] = null_cohorts(X, "onek1k", N_NULL, N_NULL_CONT)
         results["planted_real"] = planted(X)
     rng = np.random.default_rng(1)
-    Xs = pd.DataFrame(rng.normal(size=(40, 30)), index=[f"S{i}" for i in range(40)],
-                      columns=[f"g{j}" for j in range(30)])
+    Xs = pd.DataFrame(
+        rng.normal(size=(40, 30)), index=[f"S{i}" for i in range(40)], columns=[f"g{j}" for j in range(30)]
+    )
     results["null_gaussian"] = null_cohorts(Xs, "gaussian 40 x 30", N_NULL_GAUSS, 0)
     results["simulated_trial"] = [simulated_trial(effect) for effect in (0.25, 0.5, 1.0)]
     print(json.dumps(results, indent=1, default=str))

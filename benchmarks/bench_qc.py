@@ -161,13 +161,22 @@ def run(size: str = "100k", repeats: int = 2) -> list[dict]:
         o, a = best("ours", step), best("anchor", step)
         out.append({"name": f"qc_{step}_{size}", "ours_s": o, "anchor_s": a, "ratio": o / a, "peak_gb": None})
     o, a = best("ours", "total_s"), best("anchor", "total_s")
-    out.append({
-        "name": f"qc_pipeline_{size}", "ours_s": o, "anchor_s": a, "ratio": o / a, "peak_gb": peak_o,
-        "anchor_peak_gb": round(peak_a, 3), "mem_ratio": round(peak_o / peak_a, 3),
-        "abs_peak_gb": round(max(m["abs_peak_gb"] for m in res["ours"]), 3),
-        "n_outliers": res["ours"][0]["n_outliers"], "anchor_n_outliers": res["anchor"][0]["n_outliers"],
-        "cells": n_cells, "repeats": repeats,
-    })
+    out.append(
+        {
+            "name": f"qc_pipeline_{size}",
+            "ours_s": o,
+            "anchor_s": a,
+            "ratio": o / a,
+            "peak_gb": peak_o,
+            "anchor_peak_gb": round(peak_a, 3),
+            "mem_ratio": round(peak_o / peak_a, 3),
+            "abs_peak_gb": round(max(m["abs_peak_gb"] for m in res["ours"]), 3),
+            "n_outliers": res["ours"][0]["n_outliers"],
+            "anchor_n_outliers": res["anchor"][0]["n_outliers"],
+            "cells": n_cells,
+            "repeats": repeats,
+        }
+    )
     return out
 
 
@@ -181,6 +190,10 @@ if __name__ == "__main__":
     for r in run(args.size, args.repeats):
         ratio = r["ratio"]
         peak = "NA" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
-        extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in {"name", "ours_s", "anchor_s", "ratio", "peak_gb"})
-        print(f"RESULT {r['name']} ours_s={r['ours_s']:.3f} anchor_s={r['anchor_s']:.3f} ratio={ratio:.3f} "
-              f"peak_gb={peak}" + (f"  # {extra}" if extra else ""))
+        extra = " ".join(
+            f"{k}={v}" for k, v in r.items() if k not in {"name", "ours_s", "anchor_s", "ratio", "peak_gb"}
+        )
+        print(
+            f"RESULT {r['name']} ours_s={r['ours_s']:.3f} anchor_s={r['anchor_s']:.3f} ratio={ratio:.3f} "
+            f"peak_gb={peak}" + (f"  # {extra}" if extra else "")
+        )

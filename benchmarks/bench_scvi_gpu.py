@@ -18,7 +18,10 @@ import resource
 import time
 import warnings
 
-SIZES = {"tiny": dict(n_cells=2_000, epochs=2, anchor_epochs=1), "gpu": dict(n_cells=1_000_000, epochs=5, anchor_epochs=1)}
+SIZES = {
+    "tiny": dict(n_cells=2_000, epochs=2, anchor_epochs=1),
+    "gpu": dict(n_cells=1_000_000, epochs=5, anchor_epochs=1),
+}
 
 
 def _data(n_cells: int, n_genes: int):
@@ -27,15 +30,23 @@ def _data(n_cells: int, n_genes: int):
     import immunomood as im
 
     n_donors = 16
-    adata, _ = im.datasets.simulate_cohort(n_donors, int(np.ceil(n_cells / n_donors)), 2, batch_effect=1.0,
-                                           random_state=0)
+    adata, _ = im.datasets.simulate_cohort(
+        n_donors, int(np.ceil(n_cells / n_donors)), 2, batch_effect=1.0, random_state=0
+    )
     mean = np.asarray(adata.X.mean(0)).ravel()
     keep = np.sort(np.argsort(-mean)[: min(n_genes, adata.n_vars)])
     return adata[:, keep].copy()
 
 
-def run(size: str = "tiny", *, n_cells: int | None = None, epochs: int | None = None,
-        anchor_epochs: int | None = None, n_genes: int = 2000, n_latent: int = 30) -> list[dict]:
+def run(
+    size: str = "tiny",
+    *,
+    n_cells: int | None = None,
+    epochs: int | None = None,
+    anchor_epochs: int | None = None,
+    n_genes: int = 2000,
+    n_latent: int = 30,
+) -> list[dict]:
     warnings.filterwarnings("ignore")
     import scvi
     import torch
@@ -56,13 +67,26 @@ def run(size: str = "tiny", *, n_cells: int | None = None, epochs: int | None = 
         a = adata.copy()
         if gpu:
             torch.cuda.reset_peak_memory_stats()
-        im.tl.integrate(a, batch_key="batch", layer=None, fast=True, max_epochs=cfg["epochs"], n_latent=n_latent,
-                        batch_size=batch_size, early_stopping=False)
+        im.tl.integrate(
+            a,
+            batch_key="batch",
+            layer=None,
+            fast=True,
+            max_epochs=cfg["epochs"],
+            n_latent=n_latent,
+            batch_size=batch_size,
+            early_stopping=False,
+        )
         u = a.uns["integration"]
         n_train = int(np.ceil(0.9 * n))
-        return {"train_s": u["train_s"], "epochs": u["epochs_run"], "batch_size": u["params"]["batch_size"],
-                "cells_per_s_epoch": n_train * u["epochs_run"] / u["train_s"], "total_s": u["time_s"],
-                "gpu_peak_gb": torch.cuda.max_memory_allocated() / 1e9 if gpu else 0.0}
+        return {
+            "train_s": u["train_s"],
+            "epochs": u["epochs_run"],
+            "batch_size": u["params"]["batch_size"],
+            "cells_per_s_epoch": n_train * u["epochs_run"] / u["train_s"],
+            "total_s": u["time_s"],
+            "gpu_peak_gb": torch.cuda.max_memory_allocated() / 1e9 if gpu else 0.0,
+        }
 
     import numpy as np
 
@@ -83,14 +107,24 @@ def run(size: str = "tiny", *, n_cells: int | None = None, epochs: int | None = 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     for name, o in [("fast_default_batch", ours_default), ("fast_batch128", ours_128)]:
         # ours_s / anchor_s as seconds per epoch: ratio < 1 means faster; speedup = anchor/ours throughput
-        results.append({
-            "name": f"scvi_gpu_{name}", "n_cells": n, "n_genes": adata.n_vars, "device": device,
-            "ours_s": o["train_s"] / o["epochs"], "anchor_s": anchor_s / cfg["anchor_epochs"],
-            "ratio": (o["train_s"] / o["epochs"]) / (anchor_s / cfg["anchor_epochs"]),
-            "speedup": o["cells_per_s_epoch"] / anchor_tp, "ours_cells_per_s_epoch": o["cells_per_s_epoch"],
-            "anchor_cells_per_s_epoch": anchor_tp, "ours_batch_size": o["batch_size"], "anchor_batch_size": 128,
-            "peak_gb": peak, "gpu_peak_gb": o["gpu_peak_gb"],
-        })
+        results.append(
+            {
+                "name": f"scvi_gpu_{name}",
+                "n_cells": n,
+                "n_genes": adata.n_vars,
+                "device": device,
+                "ours_s": o["train_s"] / o["epochs"],
+                "anchor_s": anchor_s / cfg["anchor_epochs"],
+                "ratio": (o["train_s"] / o["epochs"]) / (anchor_s / cfg["anchor_epochs"]),
+                "speedup": o["cells_per_s_epoch"] / anchor_tp,
+                "ours_cells_per_s_epoch": o["cells_per_s_epoch"],
+                "anchor_cells_per_s_epoch": anchor_tp,
+                "ours_batch_size": o["batch_size"],
+                "anchor_batch_size": 128,
+                "peak_gb": peak,
+                "gpu_peak_gb": o["gpu_peak_gb"],
+            }
+        )
     return results
 
 
@@ -104,7 +138,9 @@ if __name__ == "__main__":
     a = p.parse_args()
     res = run(a.size, n_cells=a.n_cells, epochs=a.epochs, anchor_epochs=a.anchor_epochs, n_genes=a.n_genes)
     for r in res:
-        print(f"RESULT {r['name']} ours_s={r['ours_s']:.3f} anchor_s={r['anchor_s']:.3f} ratio={r['ratio']:.4f} "
-              f"peak_gb={r['peak_gb']:.2f} speedup={r['speedup']:.2f} ours_cells_per_s_epoch="
-              f"{r['ours_cells_per_s_epoch']:.0f} anchor_cells_per_s_epoch={r['anchor_cells_per_s_epoch']:.0f}")
+        print(
+            f"RESULT {r['name']} ours_s={r['ours_s']:.3f} anchor_s={r['anchor_s']:.3f} ratio={r['ratio']:.4f} "
+            f"peak_gb={r['peak_gb']:.2f} speedup={r['speedup']:.2f} ours_cells_per_s_epoch="
+            f"{r['ours_cells_per_s_epoch']:.0f} anchor_cells_per_s_epoch={r['anchor_cells_per_s_epoch']:.0f}"
+        )
     print("JSON " + json.dumps(res))

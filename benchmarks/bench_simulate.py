@@ -60,7 +60,9 @@ print(json.dumps({"time_s": dt, "cpu_s": cpu, "peak_gb": peak / 1e9, "traced_pea
 def _measure(what: str, n_cells: int, traced: bool = False) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, what, str(n_cells), "1" if traced else "0"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

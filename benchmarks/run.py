@@ -69,8 +69,10 @@ def format_result(r: dict) -> str:
         return "NA" if v is None else fmt.format(v)
 
     extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in {"name", "ours_s", "anchor_s", "ratio", "peak_gb"})
-    line = (f"RESULT {r['name']} ours_s={f(ours)} anchor_s={f(anchor)} ratio={f(ratio)} "
-            f"peak_gb={f(r.get('peak_gb'), '{:.2f}')}")
+    line = (
+        f"RESULT {r['name']} ours_s={f(ours)} anchor_s={f(anchor)} ratio={f(ratio)} "
+        f"peak_gb={f(r.get('peak_gb'), '{:.2f}')}"
+    )
     return line + (f"  # {extra}" if extra else "")
 
 

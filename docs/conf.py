@@ -116,26 +116,41 @@ _reuse_executed_notebooks(os.environ.get("IMMUNOMOOD_TUTORIALS_OUT"))
 # ---------------------------------------------------------------------------------------------- intersphinx
 #: project -> (documentation root, objects for the offline inventory: (name, role, page relative to the root))
 _INTERSPHINX: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
-    "anndata": ("https://anndata.readthedocs.io/en/stable/", [
-        ("anndata.AnnData", "py:class", "generated/anndata.AnnData.html"),
-    ]),
+    "anndata": (
+        "https://anndata.readthedocs.io/en/stable/",
+        [
+            ("anndata.AnnData", "py:class", "generated/anndata.AnnData.html"),
+        ],
+    ),
     "scanpy": ("https://scanpy.readthedocs.io/en/stable/", []),
     "mudata": ("https://mudata.readthedocs.io/en/stable/", []),
-    "scvi-tools": ("https://docs.scvi-tools.org/en/stable/", [
-        ("scvi.model.SCVI", "py:class", "api/reference/scvi.model.SCVI.html"),
-    ]),
-    "numpy": ("https://numpy.org/doc/stable/", [
-        ("numpy.ndarray", "py:class", "reference/generated/numpy.ndarray.html"),
-    ]),
-    "pandas": ("https://pandas.pydata.org/docs/", [
-        ("pandas.DataFrame", "py:class", "reference/api/pandas.DataFrame.html"),
-        ("pandas.read_csv", "py:function", "reference/api/pandas.read_csv.html"),
-    ]),
+    "scvi-tools": (
+        "https://docs.scvi-tools.org/en/stable/",
+        [
+            ("scvi.model.SCVI", "py:class", "api/reference/scvi.model.SCVI.html"),
+        ],
+    ),
+    "numpy": (
+        "https://numpy.org/doc/stable/",
+        [
+            ("numpy.ndarray", "py:class", "reference/generated/numpy.ndarray.html"),
+        ],
+    ),
+    "pandas": (
+        "https://pandas.pydata.org/docs/",
+        [
+            ("pandas.DataFrame", "py:class", "reference/api/pandas.DataFrame.html"),
+            ("pandas.read_csv", "py:function", "reference/api/pandas.read_csv.html"),
+        ],
+    ),
     "python": ("https://docs.python.org/3/", []),
-    "matplotlib": ("https://matplotlib.org/stable/", [
-        ("matplotlib.axes.Axes", "py:class", "api/_as_gen/matplotlib.axes.Axes.html"),
-        ("matplotlib.figure.Figure", "py:class", "api/_as_gen/matplotlib.figure.Figure.html"),
-    ]),
+    "matplotlib": (
+        "https://matplotlib.org/stable/",
+        [
+            ("matplotlib.axes.Axes", "py:class", "api/_as_gen/matplotlib.axes.Axes.html"),
+            ("matplotlib.figure.Figure", "py:class", "api/_as_gen/matplotlib.figure.Figure.html"),
+        ],
+    ),
 }
 
 
@@ -143,8 +158,10 @@ def _offline_inventory(name: str, objects: list[tuple[str, str, str]]) -> str:
     """Write a (small) Sphinx objects.inv for ``name``; returns its path."""
     path = HERE / "_build" / "intersphinx_offline" / f"{name}.inv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# Sphinx inventory version 2\n# Project: {name}\n# Version: \n"
-              "# The remainder of this file is compressed using zlib.\n").encode()
+    header = (
+        f"# Sphinx inventory version 2\n# Project: {name}\n# Version: \n"
+        "# The remainder of this file is compressed using zlib.\n"
+    ).encode()
     body = "".join(f"{obj} {role} 1 {page}#$ -\n" for obj, role, page in objects).encode()
     path.write_bytes(header + zlib.compress(body))
     return str(path)

@@ -62,8 +62,15 @@ def _fingerprint(obj) -> tuple:
     """What a function could have written into an AnnData / MuData (columns and keys)."""
     if hasattr(obj, "mod"):  # MuData
         return tuple((m, _fingerprint(a)) for m, a in obj.mod.items()) + (tuple(obj.obs.columns), tuple(obj.uns))
-    return (obj.shape, tuple(obj.obs.columns), tuple(obj.var.columns), tuple(obj.uns), tuple(obj.obsm),
-            tuple(obj.layers), tuple(obj.obsp))
+    return (
+        obj.shape,
+        tuple(obj.obs.columns),
+        tuple(obj.var.columns),
+        tuple(obj.uns),
+        tuple(obj.obsm),
+        tuple(obj.layers),
+        tuple(obj.obsp),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -180,8 +187,12 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("tl.composition", "norm", dict(S, condition_key="nope", groupby="cell_type"), r"'nope'"),
     ("tl.composition", "norm", dict(S, condition_key="condition", groupby="nope"), r"'nope'"),
     ("tl.composition", "norm", dict(sample_key="nope", condition_key="condition", groupby="cell_type"), r"'nope'"),
-    ("tl.composition", "norm", dict(S, condition_key="condition", groupby="cell_type", covariates=("nope",)),
-     r"'nope'"),
+    (
+        "tl.composition",
+        "norm",
+        dict(S, condition_key="condition", groupby="cell_type", covariates=("nope",)),
+        r"'nope'",
+    ),
     ("tl.composition", "norm", dict(S, condition_key="condition", groupby="cell_type", reference="nope"), r"'nope'"),
     # tl.donor_view
     ("tl.donor_view", "norm", dict(sample_key="nope"), r"'nope' not found"),
@@ -233,8 +244,7 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("tl.pseudobulk", "norm", dict(S, groupby="cell_type", layer=3), r"layer"),
     ("tl.donor_view", "norm", dict(S, groupby="cell_type", min_cells="3"), r"min_cells"),
     ("tl.cross_modal_associations", "mdata", dict(covariates=[3]), r"covariates"),
-    ("tl.composition", "norm", dict(S, condition_key="condition", groupby="cell_type", covariates=[3]),
-     r"covariates"),
+    ("tl.composition", "norm", dict(S, condition_key="condition", groupby="cell_type", covariates=[3]), r"covariates"),
     # other modules' functions (their scalar checks only)
     ("pp.detect_doublets", "raw", dict(S, min_cells=0), r"min_cells.*got 0"),
     ("pp.detect_doublets", "raw", dict(S, min_cells=2.5), r"min_cells.*got 2.5"),
@@ -244,8 +254,12 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("pp.proteomics_qc", "plasma", dict(drop_failed_samples="yes"), r"drop_failed_samples"),
     ("tl.annotate", "emb", dict(min_confidence="0.5"), r"min_confidence"),
     ("tl.annotate", "emb", dict(random_state="x"), r"random_state.*got 'x'"),
-    ("tl.integration_metrics", "emb", dict(batch_key="batch", label_key="cell_type", embedding="X_pca", max_cells=0),
-     r"max_cells.*got 0"),
+    (
+        "tl.integration_metrics",
+        "emb",
+        dict(batch_key="batch", label_key="cell_type", embedding="X_pca", max_cells=0),
+        r"max_cells.*got 0",
+    ),
     # im.io, except the readers
     ("io.gene_coverage", "norm", dict(markers="blod"), r"'blod'"),
     ("io.gene_coverage", "norm", dict(min_fraction=2), r"min_fraction"),
@@ -275,8 +289,16 @@ def _call(objects: dict, func: str, obj: str, kwargs: dict):
     target = objects[obj].copy()
     if func == "tl.join_proteomics" and kwargs.get("prot") == "plasma":
         kwargs = dict(kwargs, prot="plasma.csv")  # a path instead of the AnnData
-    kwargs = {k: (_path(objects, v) if k == "outdir" and isinstance(v, str) else
-                  objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v) for k, v in kwargs.items()}
+    kwargs = {
+        k: (
+            _path(objects, v)
+            if k == "outdir" and isinstance(v, str)
+            else objects[v[1:]]
+            if isinstance(v, str) and v.startswith("@")
+            else v
+        )
+        for k, v in kwargs.items()
+    }
     return target, (lambda: f(target, **kwargs))
 
 
@@ -300,8 +322,11 @@ def classify(objects: dict, func: str, obj: str, kwargs: dict, match: str) -> st
     return "accepted silently"
 
 
-@pytest.mark.parametrize(("func", "obj", "kwargs", "match"), CASES,
-                         ids=[f"{c[0]}-{'-'.join(f'{k}={v!r}' for k, v in c[2].items())}" for c in CASES])
+@pytest.mark.parametrize(
+    ("func", "obj", "kwargs", "match"),
+    CASES,
+    ids=[f"{c[0]}-{'-'.join(f'{k}={v!r}' for k, v in c[2].items())}" for c in CASES],
+)
 def test_bad_input_is_refused_clearly_before_any_work(objects, func, obj, kwargs, match):
     assert classify(objects, func, obj, kwargs, match) == "clear"
 
@@ -409,8 +434,11 @@ CONFIG_CASES = [
     ({"annotate": {"markers": "blod"}}, r"\[annotate\] markers must be one of .*'blood'.*Did you mean 'blood'"),
     ({"annotate": {"min_confidence": 1.5}}, r"\[annotate\] min_confidence must be a number >= 0 and <= 1"),
     ({"annotate": {"resolution": 1.0}}, r"\[annotate\] resolution was accepted and ignored .*Remove the line"),
-    ({"score": {"gene_sets": ["complemnt"]}}, r"'complemnt' is not a known gene-set collection. Did you mean "
-                                              r"'complement'"),
+    (
+        {"score": {"gene_sets": ["complemnt"]}},
+        r"'complemnt' is not a known gene-set collection. Did you mean "
+        r"'complement'",
+    ),
     ({"score": {"gene_sets": []}}, r"\[score\] gene_sets must name at least one"),
     ({"differential": {"min_cells": 0}}, r"\[differential\] min_cells must be an integer >= 1, got 0"),
     ({"differential": {"groupby": ""}}, r"\[differential\] groupby must name a column"),
@@ -452,23 +480,33 @@ def small_h5ad(tmp_path_factory, objects):
     return d / "cohort.h5ad"
 
 
-@pytest.mark.parametrize(("over", "match"), [
-    ({"qc": {"n_top_genes": 2000}}, r"\[qc\] n_top_genes must be at most the number of genes of the input \(300\), "
-                                    r"got 2000"),
-    ({"differential": {"groupby": "celltype"}}, r"\[differential\] groupby 'celltype' will not exist.*'cell_type'"),
-    ({"output": {"outdir": "@file/out"}}, r"\[output\] outdir .* cannot be created: .* is a file, not a folder"),
-    ({"output": {"outdir": "@file"}}, r"\[output\] outdir .* exists and is a file"),
-])
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        (
+            {"qc": {"n_top_genes": 2000}},
+            r"\[qc\] n_top_genes must be at most the number of genes of the input \(300\), "
+            r"got 2000",
+        ),
+        ({"differential": {"groupby": "celltype"}}, r"\[differential\] groupby 'celltype' will not exist.*'cell_type'"),
+        ({"output": {"outdir": "@file/out"}}, r"\[output\] outdir .* cannot be created: .* is a file, not a folder"),
+        ({"output": {"outdir": "@file"}}, r"\[output\] outdir .* exists and is a file"),
+    ],
+)
 def test_config_checked_against_the_input_before_any_work(tmp_path, small_h5ad, over, match):
     from immunomood._config import ConfigError, parse_config
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    raw = {"input": {"h5ad": str(small_h5ad), "batch_key": "batch"}, "qc": {"n_top_genes": 100},
-           "output": {"outdir": str(tmp_path / "out")}}
+    raw = {
+        "input": {"h5ad": str(small_h5ad), "batch_key": "batch"},
+        "qc": {"n_top_genes": 100},
+        "output": {"outdir": str(tmp_path / "out")},
+    }
     for sec, kv in over.items():
-        raw.setdefault(sec, {}).update({k: (str(blocker) + v[5:] if isinstance(v, str) and v.startswith("@file")
-                                            else v) for k, v in kv.items()})
+        raw.setdefault(sec, {}).update(
+            {k: (str(blocker) + v[5:] if isinstance(v, str) and v.startswith("@file") else v) for k, v in kv.items()}
+        )
     cfg = parse_config(raw, tmp_path / "config.toml")
     with pytest.raises(ConfigError, match=match):
         run_pipeline_ = __import__("immunomood._pipeline", fromlist=["run_pipeline"]).run_pipeline
@@ -480,10 +518,13 @@ def test_cli_unwritable_outdir_is_a_clear_error(tmp_path, small_h5ad):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[input]\nh5ad = "{small_h5ad}"\nbatch_key = "batch"\n[qc]\nn_top_genes = 100\n'
-                   f'[output]\noutdir = "{blocker}/out"\n')
-    r = subprocess.run([sys.executable, "-m", "immunomood.cli", "run", str(cfg)], capture_output=True, text=True,
-                       timeout=300)
+    cfg.write_text(
+        f'[input]\nh5ad = "{small_h5ad}"\nbatch_key = "batch"\n[qc]\nn_top_genes = 100\n'
+        f'[output]\noutdir = "{blocker}/out"\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "immunomood.cli", "run", str(cfg)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "outdir" in r.stderr and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
 

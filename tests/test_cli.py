@@ -39,7 +39,7 @@ def small_cohort(tmp_path_factory):
 def _config(cohort: Path, outdir: Path, **over) -> str:
     text = f"""
 [input]
-h5ad = "{cohort / 'cohort.h5ad'}"
+h5ad = "{cohort / "cohort.h5ad"}"
 sample_key = "donor"
 condition_key = "condition"
 batch_key = "batch"
@@ -62,7 +62,7 @@ gene_sets = ["complement"]
 min_cells = 5
 
 [proteomics]
-path = "{cohort / 'plasma.h5ad'}"
+path = "{cohort / "plasma.h5ad"}"
 biomarker_repeats = 2
 
 [output]
@@ -83,8 +83,10 @@ random_state = 0
         (("n_top_genes = 1000", 'n_top_genes = "many"'), r"\[qc\] n_top_genes must be int, got str"),
         (("doublets = true", "doublets = 1"), r"\[qc\] doublets must be bool"),
         (("cohort.h5ad", "nope.h5ad"), r"h5ad file not found: .*nope.h5ad"),
-        (('condition_key = "condition"', 'condition_key = "diagnosis"'),
-         r"columns \['diagnosis'\] not found in cohort.h5ad obs. Available: \[.*'condition'"),
+        (
+            ('condition_key = "condition"', 'condition_key = "diagnosis"'),
+            r"columns \['diagnosis'\] not found in cohort.h5ad obs. Available: \[.*'condition'",
+        ),
         (("plasma.h5ad", "missing_plasma.csv"), r"\[proteomics\] file not found"),
         (('batch_key = "batch"\n', ""), r"needs \[input\] batch_key"),
     ],
@@ -106,8 +108,9 @@ def test_bad_config_fails_before_any_work(tmp_path, small_cohort, edit, match):
 
 def test_sample_sheet_errors(tmp_path):
     sheet = tmp_path / "samples.csv"
-    pd.DataFrame({"donor": ["a", "a"], "condition": ["x", "y"], "path": ["s1.h5ad", "s2.h5ad"]}).to_csv(sheet,
-                                                                                                   index=False)
+    pd.DataFrame({"donor": ["a", "a"], "condition": ["x", "y"], "path": ["s1.h5ad", "s2.h5ad"]}).to_csv(
+        sheet, index=False
+    )
     cfg = parse_config({"input": {"sample_sheet": str(sheet)}, "integrate": {"enabled": False}}, tmp_path / "c.toml")
     from immunomood._pipeline import validate_inputs
 
@@ -171,8 +174,18 @@ def test_sigkill_mid_stage_then_resume_gives_identical_results(tmp_path, small_c
     rep = ref_out / "report"
     summary = (rep / "summary.md").read_text()
     assert "Figures that failed" not in summary, summary
-    for fig in ["qc_violins", "qc_report", "integration", "annotation", "annotation_confidence",
-                "differential_activity", "volcano", "composition", "cross_modal", "biomarker_roc"]:
+    for fig in [
+        "qc_violins",
+        "qc_report",
+        "integration",
+        "annotation",
+        "annotation_confidence",
+        "differential_activity",
+        "volcano",
+        "composition",
+        "cross_modal",
+        "biomarker_roc",
+    ]:
         png = rep / f"{fig}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
         assert f"`{fig}.png`" in summary
@@ -219,14 +232,24 @@ def test_sigkill_mid_stage_then_resume_gives_identical_results(tmp_path, small_c
 @pytest.mark.parametrize(
     ("section", "match"),
     [
-        ('[differential]\ndesgin = "~ condition"\n', r"unknown key 'desgin' in \[differential\].*Did you mean 'design'"),
-        ('[differential]\ndesign = "~ condition +"\n', r"\[differential\] design: design='~ condition \+' is not a valid"),
+        (
+            '[differential]\ndesgin = "~ condition"\n',
+            r"unknown key 'desgin' in \[differential\].*Did you mean 'design'",
+        ),
+        (
+            '[differential]\ndesign = "~ condition +"\n',
+            r"\[differential\] design: design='~ condition \+' is not a valid",
+        ),
         ('[differential]\ndesign = "condition + age"\n', r"design must be a formula such as"),
         ('[differential]\ncontrasts = [["condition", "MDD", "control"]]\n', r"contrasts and tests need a design"),
-        ('[differential]\ndesign = "~ condition"\ncontrasts = [["conditon", "MDD", "control"]]\n',
-         r"contrasts\[0\]: 'conditon' is not in design .*Did you mean 'condition'"),
-        ('[differential]\ndesign = "~ condition"\ncontrasts = [["condition", "MDD"]]\n',
-         r"contrasts\[0\] must be \[column, case, reference\]"),
+        (
+            '[differential]\ndesign = "~ condition"\ncontrasts = [["conditon", "MDD", "control"]]\n',
+            r"contrasts\[0\]: 'conditon' is not in design .*Did you mean 'condition'",
+        ),
+        (
+            '[differential]\ndesign = "~ condition"\ncontrasts = [["condition", "MDD"]]\n',
+            r"contrasts\[0\] must be \[column, case, reference\]",
+        ),
         ('[differential]\ndesign = "~ condition + age"\ntests = ["aeg"]\n', r"tests: 'aeg' is not in design"),
         ('[differential]\ndesign = "~ condition"\nrandom_effect = "condition"\n', r"random_effect 'condition' is also"),
         ('[predict]\noutcome = "responder"\nmodel = "lasso"\n', r"\[predict\] model must be one of"),
@@ -243,18 +266,25 @@ def test_bad_design_or_predict_config(tmp_path, section, match):
 
 
 def test_design_and_covariates_both_set_is_refused():
-    with pytest.raises(ConfigError, match=r"covariates = \['age'\] and \[differential\] design are both set.*"
-                                          r'design = "~ condition \+ age"'):
+    with pytest.raises(
+        ConfigError,
+        match=r"covariates = \['age'\] and \[differential\] design are both set.*"
+        r'design = "~ condition \+ age"',
+    ):
         parse_config({"input": {"h5ad": "x", "covariates": ["age"]}, "differential": {"design": "~ condition"}})
 
 
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        ({"design": "~ condition + aeg"}, (r"\[differential\] design: Column 'aeg' of the design is not in the input"
-                                          r".*Did you mean \['age'\]")),
-        ({"design": "~ condition + age", "contrasts": [["condition", "BD", "control"]]},
-         r"'BD' is not a level of"),
+        (
+            {"design": "~ condition + aeg"},
+            (
+                r"\[differential\] design: Column 'aeg' of the design is not in the input"
+                r".*Did you mean \['age'\]"
+            ),
+        ),
+        ({"design": "~ condition + age", "contrasts": [["condition", "BD", "control"]]}, r"'BD' is not a level of"),
         ({"design": "~ condition + age", "tests": ["condition"]}, r"test='condition' is categorical"),
         ({"design": "~ condition", "random_effect": "donor"}, r"random_effect 'donor' has one level per sample"),
         ({"design": "~ condition + sex", "groupby": "sex"}, r"groupby 'sex' is also in the design"),
@@ -297,20 +327,27 @@ def test_legacy_config_gives_the_same_design_arguments(small_cohort, tmp_path):
     from immunomood._config import design_kwargs
 
     cfg = parse_config(tomllib.loads(_config(small_cohort, tmp_path)))
-    assert design_kwargs(cfg) == {"condition_key": "condition", "reference": None, "covariates": ("batch",),
-                                  "random_effect": None}
+    assert design_kwargs(cfg) == {
+        "condition_key": "condition",
+        "reference": None,
+        "covariates": ("batch",),
+        "random_effect": None,
+    }
     raw = tomllib.loads(_config(small_cohort, tmp_path).replace('covariates = ["batch"]\n', ""))
-    raw["differential"].update(design="~ condition + age", contrasts=[["condition", "MDD", "control"]],
-                               tests=["age"])
-    assert design_kwargs(parse_config(raw)) == {"design": "~ condition + age",
-                                                "contrast": [("condition", "MDD", "control")], "test": ["age"],
-                                                "random_effect": None}
+    raw["differential"].update(design="~ condition + age", contrasts=[["condition", "MDD", "control"]], tests=["age"])
+    assert design_kwargs(parse_config(raw)) == {
+        "design": "~ condition + age",
+        "contrast": [("condition", "MDD", "control")],
+        "test": ["age"],
+        "random_effect": None,
+    }
     # the design keys change the differential stage and later ones, not the earlier ones
     a, b = parse_config(tomllib.loads(_config(small_cohort, tmp_path))), parse_config(raw)
     assert a.stage_hash("score") != b.stage_hash("score")  # [input] covariates differ (an input key)
     c = parse_config({**raw, "predict": {"outcome": "condition"}})
     assert c.stage_hash("proteomics") == b.stage_hash("proteomics") and c.stage_hash("predict") != b.stage_hash(
-        "predict")
+        "predict"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +356,14 @@ def design_cohort(tmp_path_factory):
     import immunomood as im
 
     d = tmp_path_factory.mktemp("design_cohort")
-    adata, _ = im.datasets.simulate_cohort(n_donors=12, n_cells_per_donor=80, groups=("control", "MDD", "BD"),
-                                           severity_effect=2.0, response_baseline_effect=2.0, random_state=5)
+    adata, _ = im.datasets.simulate_cohort(
+        n_donors=12,
+        n_cells_per_donor=80,
+        groups=("control", "MDD", "BD"),
+        severity_effect=2.0,
+        response_baseline_effect=2.0,
+        random_state=5,
+    )
     adata.write_h5ad(d / "cohort.h5ad")
     return d / "cohort.h5ad"
 

@@ -123,8 +123,12 @@ def test_cli_prints_each_message_once(monkeypatch, tmp_path, capsys):
             logger.removeHandler(h)
         logger.setLevel(old_level)
     err = capsys.readouterr().err
-    for text in ("stage qc: started", "ours: 2 samples have fewer than 20 cells",
-                 "FutureWarning: theirs: pull_on_update will change", "finished in"):
+    for text in (
+        "stage qc: started",
+        "ours: 2 samples have fewer than 20 cells",
+        "FutureWarning: theirs: pull_on_update will change",
+        "finished in",
+    ):
         assert err.count(text) == 1, err
     assert root_stream.getvalue() == ""
     assert logger.propagate  # restored after the run

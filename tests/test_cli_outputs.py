@@ -162,9 +162,7 @@ def test_h5ad_with_missing_ids_refused_before_any_work(tmp_path, tiny_counts):
         },
         tmp_path / "c.toml",
     )
-    with pytest.raises(
-        ConfigError, match=r"column 'condition' of c.h5ad is missing for 4 cells \(e.g. \['cell0'"
-    ):
+    with pytest.raises(ConfigError, match=r"column 'condition' of c.h5ad is missing for 4 cells \(e.g. \['cell0'"):
         run_pipeline(cfg)
     assert not out.exists()
 
@@ -185,9 +183,7 @@ def test_missing_counts_layer_named(tmp_path, tiny_counts):
         },
         tmp_path / "c.toml",
     )
-    with pytest.raises(
-        ConfigError, match=r"counts_layer 'counts' is not a layer of c.h5ad. Layers present: \['raw'\]"
-    ):
+    with pytest.raises(ConfigError, match=r"counts_layer 'counts' is not a layer of c.h5ad. Layers present: \['raw'\]"):
         stage_load(cfg, Checkpoints(tmp_path / "out"), cfg.stage_hash("load"), {})
 
 
@@ -208,9 +204,7 @@ def test_cli_run_on_real_sample_sheet(tmp_path, data_dir):
     )
     p = tmp_path / "config.toml"
     p.write_text(text)  # relative paths: the sheet against the config, the samples against the sheet
-    r = subprocess.run(
-        [sys.executable, "-m", "immunomood.cli", "run", str(p)], capture_output=True, text=True
-    )
+    r = subprocess.run([sys.executable, "-m", "immunomood.cli", "run", str(p)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "out"
     a = _check_outputs(out, text)

@@ -20,11 +20,11 @@ SUBPACKAGES = ("pp", "tl", "pl", "io", "datasets")
 #: allowed first parameter of pp/tl/pl functions: ``adata``, or these documented exceptions
 ALLOWED_FIRST = {
     "adata",
-    "prot",     # pp.proteomics_qc: samples x assays proteomics AnnData
-    "donors",   # tl.join_proteomics: the donor view returned by tl.donor_view
-    "mdata",    # tl.cross_modal_associations, tl.biomarker_panel, pl.cross_modal: a MuData
-    "result",   # pl.volcano, pl.biomarker_roc, pl.cross_modal: a result table/object
-    "name",     # tl.gene_sets: looks up a packaged resource by name
+    "prot",  # pp.proteomics_qc: samples x assays proteomics AnnData
+    "donors",  # tl.join_proteomics: the donor view returned by tl.donor_view
+    "mdata",  # tl.cross_modal_associations, tl.biomarker_panel, pl.cross_modal: a MuData
+    "result",  # pl.volcano, pl.biomarker_roc, pl.cross_modal: a result table/object
+    "name",  # tl.gene_sets: looks up a packaged resource by name
 }
 MAX_POSITIONAL = 3
 P = inspect.Parameter
@@ -80,11 +80,13 @@ def test_signature_rules(sub, name):
     assert not any(p.kind == P.VAR_POSITIONAL for p in params), f"{qual}: no *args"
     positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
     assert len(positional) <= MAX_POSITIONAL, (
-        f"{qual}: at most {MAX_POSITIONAL} positional parameters, the rest keyword-only (after '*')")
+        f"{qual}: at most {MAX_POSITIONAL} positional parameters, the rest keyword-only (after '*')"
+    )
     if sub in ("pp", "tl", "pl"):
         assert params, f"{qual}: takes no parameters"
         assert params[0].name in ALLOWED_FIRST, (
-            f"{qual}: first parameter must be 'adata' (or one of {sorted(ALLOWED_FIRST - {'adata'})})")
+            f"{qual}: first parameter must be 'adata' (or one of {sorted(ALLOWED_FIRST - {'adata'})})"
+        )
         assert params[0].kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)
     names = set(sig.parameters)
     assert not {"inplace", "copy"} <= names, f"{qual}: never both 'inplace' and 'copy'"
@@ -161,9 +163,11 @@ def test_no_logging_configured_at_import():
     import subprocess
     import sys
 
-    code = ("import logging; import immunomood; "
-            "print(len(logging.getLogger().handlers), "
-            "all(isinstance(h, logging.NullHandler) for h in logging.getLogger('immunomood').handlers))")
+    code = (
+        "import logging; import immunomood; "
+        "print(len(logging.getLogger().handlers), "
+        "all(isinstance(h, logging.NullHandler) for h in logging.getLogger('immunomood').handlers))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["0", "True"], out.stdout + out.stderr
 
@@ -217,7 +221,8 @@ def test_docstring_has_no_unfilled_placeholders(sub, name):
     func = getattr(getattr(im, sub), name)
     assert not _unfilled(func.__doc__), (
         f"im.{sub}.{name}: unfilled {_unfilled(func.__doc__)} in its docstring; decorate it with "
-        "@doc_params(...) from immunomood._docs")
+        "@doc_params(...) from immunomood._docs"
+    )
 
 
 def test_composition_docstring_rendered():
@@ -233,8 +238,11 @@ PENDING: dict = {}
 
 
 def _copy_functions():
-    return [p for p in _functions() if "copy" in inspect.signature(getattr(getattr(im, p.values[0]), p.values[1]))
-            .parameters]
+    return [
+        p
+        for p in _functions()
+        if "copy" in inspect.signature(getattr(getattr(im, p.values[0]), p.values[1])).parameters
+    ]
 
 
 @pytest.mark.parametrize(("sub", "name"), _copy_functions())
@@ -246,8 +254,10 @@ def test_copy_returns_anndata_or_none(sub, name):
     if (sub, name) in PENDING:
         assert not ok, f"im.{sub}.{name} follows the rule now: remove it from PENDING"
         pytest.xfail(PENDING[(sub, name)])
-    assert ok, (f"im.{sub}.{name}: a function with copy= returns `AnnData | None` (the copy, or None in place); "
-                f"annotated {ret!r}")
+    assert ok, (
+        f"im.{sub}.{name}: a function with copy= returns `AnnData | None` (the copy, or None in place); "
+        f"annotated {ret!r}"
+    )
 
 
 #: pl functions that draw several panels: ``ax`` takes a sequence of Axes (one per panel) and they return the

@@ -21,8 +21,9 @@ CHUNK = 700
 def h5ad_path(tmp_path_factory):
     """3,000 cells of the simulated cohort (2 batches, 6 donors) written to .h5ad (CSR, float32)."""
     # equal donors (cells_per_donor_sd=0, simulator 2.0.0 varies them by default): the chunk layout below needs 3,000
-    a, _ = im.datasets.simulate_cohort(n_donors=6, n_cells_per_donor=500, n_batches=2, cells_per_donor_sd=0.0,
-                                       random_state=0)
+    a, _ = im.datasets.simulate_cohort(
+        n_donors=6, n_cells_per_donor=500, n_batches=2, cells_per_donor_sd=0.0, random_state=0
+    )
     a.X = sparse.csr_matrix(a.X, dtype=np.float32)
     path = tmp_path_factory.mktemp("dask") / "sim.h5ad"
     a.write_h5ad(path)
@@ -209,8 +210,15 @@ def test_differential_aggregates_block_by_block(h5ad_path, monkeypatch):
     The result equals the in-memory one.
     """
     mem, lazy = _pair(h5ad_path)
-    kw = {"sample_key": "donor", "groupby": "cell_type_true", "gene_sets": "complement", "condition_key": "condition",
-          "layer": None, "method": "score", "min_cells": 5}
+    kw = {
+        "sample_key": "donor",
+        "groupby": "cell_type_true",
+        "gene_sets": "complement",
+        "condition_key": "condition",
+        "layer": None,
+        "method": "score",
+        "min_cells": 5,
+    }
     ref = _quiet(im.tl.differential_activity, mem, **kw)
 
     def no_whole_compute(self, *args, **kwargs):
@@ -231,8 +239,7 @@ def test_distributed_cluster(h5ad_path):
     _quiet(im.pp.highly_variable_genes, mem, n_top_genes=500, batch_key="batch")
     ref = _quiet(im.tl.pseudobulk, mem, sample_key="donor", groupby="cell_type_true")
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                 dashboard_address=None) as cluster,
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
         distributed.get_task_stream(client) as ts,
     ):

@@ -17,13 +17,15 @@ def _obs(n_donors=18, cells=3, seed=0):
     """Cells of ``n_donors`` donors (``cells`` each): a 3-level diagnosis, a continuous score, age, sex."""
     rng = np.random.default_rng(seed)
     donors = [f"D{i:02d}" for i in range(n_donors)]
-    tab = pd.DataFrame({
-        "donor": donors,
-        "dx": pd.Categorical(np.resize(["control", "MDD", "BD"], n_donors), categories=["control", "MDD", "BD"]),
-        "hamd": rng.normal(15, 6, n_donors).round(1),
-        "age": rng.integers(20, 70, n_donors).astype(float),
-        "sex": np.resize(["F", "M", "M", "F", "F"], n_donors),
-    })
+    tab = pd.DataFrame(
+        {
+            "donor": donors,
+            "dx": pd.Categorical(np.resize(["control", "MDD", "BD"], n_donors), categories=["control", "MDD", "BD"]),
+            "hamd": rng.normal(15, 6, n_donors).round(1),
+            "age": rng.integers(20, 70, n_donors).astype(float),
+            "sex": np.resize(["F", "M", "M", "F", "F"], n_donors),
+        }
+    )
     obs = tab.loc[np.repeat(np.arange(n_donors), cells)].reset_index(drop=True)
     obs["donor"] = pd.Categorical(obs["donor"], categories=donors)
     obs.index = [f"c{i}" for i in range(len(obs))]
@@ -99,8 +101,9 @@ def test_interaction_test_of_two_level_factors():
     obs["visit"] = pd.Categorical(np.resize(["baseline", "week8"], len(obs)), categories=["baseline", "week8"])
     obs["responder"] = pd.Categorical(np.where(obs["donor"].cat.codes % 2 == 0, "no", "yes"), categories=["no", "yes"])
     obs["sample"] = obs["donor"].astype(str) + "_" + obs["visit"].astype(str)
-    d = build_design(obs, sample_key="sample", design="~ visit * responder", test="visit:responder",
-                     random_effect="donor")
+    d = build_design(
+        obs, sample_key="sample", design="~ visit * responder", test="visit:responder", random_effect="donor"
+    )
     (h,) = d.hypotheses
     assert h.kind == "interaction"
     np.testing.assert_array_equal(h.vector, (np.array(d.columns) == "visit[T.week8]:responder[T.yes]").astype(float))
@@ -178,8 +181,15 @@ def _visits(n_donors=12):
     rows = []
     for i in range(n_donors):
         for v in ("baseline", "week8"):
-            rows.append({"donor": f"D{i:02d}", "visit": v, "responder": "yes" if i % 2 else "no",
-                         "age": 20.0 + 3 * i + (i % 3), "sample": f"D{i:02d}_{v}"})
+            rows.append(
+                {
+                    "donor": f"D{i:02d}",
+                    "visit": v,
+                    "responder": "yes" if i % 2 else "no",
+                    "age": 20.0 + 3 * i + (i % 3),
+                    "sample": f"D{i:02d}_{v}",
+                }
+            )
     obs = pd.DataFrame(rows)
     obs["visit"] = pd.Categorical(obs["visit"], categories=["baseline", "week8"])
     obs["responder"] = pd.Categorical(obs["responder"], categories=["no", "yes"])
@@ -191,18 +201,25 @@ def test_between_within_df_visits_and_time_by_responder():
 
     obs = _visits(12)
     # donor-level contrast (responder, constant over visits): between donors, 12 donors - 3 between columns
-    d = build_design(obs, sample_key="sample", design="~ responder + visit + age",
-                     contrast=("responder", "yes", "no"), random_effect="donor")
+    d = build_design(
+        obs,
+        sample_key="sample",
+        design="~ responder + visit + age",
+        contrast=("responder", "yes", "no"),
+        random_effect="donor",
+    )
     groups = d.table["donor"].to_numpy()
     assert d.df_between_within(d.samples, d.hypotheses[0], groups) == 12 - 3
     # time x responder varies within donors: 24 samples - 12 donors - 2 within columns = 10 ...
-    d2 = build_design(obs, sample_key="sample", design="~ visit * responder + age", test="visit:responder",
-                      random_effect="donor")
+    d2 = build_design(
+        obs, sample_key="sample", design="~ visit * responder + age", test="visit:responder", random_effect="donor"
+    )
     df_w = d2.df_between_within(d2.samples, d2.hypotheses[0], d2.table["donor"].to_numpy())
     assert df_w == 24 - 12 - 2
     # ... which, without the donor-level covariate, is the df of the two-sample t-test of the within-donor changes
-    d3 = build_design(obs, sample_key="sample", design="~ visit * responder", test="visit:responder",
-                      random_effect="donor")
+    d3 = build_design(
+        obs, sample_key="sample", design="~ visit * responder", test="visit:responder", random_effect="donor"
+    )
     df3 = d3.df_between_within(d3.samples, d3.hypotheses[0], d3.table["donor"].to_numpy())
     rng = np.random.default_rng(5)
     y = pd.Series(rng.normal(size=24), index=d3.table.index)
@@ -218,8 +235,9 @@ def test_between_within_df_visits_and_time_by_responder():
 def test_random_effect_errors():
     obs = _visits(6)
     with pytest.raises(ValueError, match="one level per sample"):
-        build_design(obs.assign(sample_copy=obs["sample"]), sample_key="sample", design="~ visit",
-                     random_effect="sample_copy")
+        build_design(
+            obs.assign(sample_copy=obs["sample"]), sample_key="sample", design="~ visit", random_effect="sample_copy"
+        )
     with pytest.raises(ValueError, match="random_effect 'donor' is also in the design"):
         build_design(obs, sample_key="sample", design="~ visit + donor", random_effect="donor")
 
@@ -238,18 +256,32 @@ def test_legacy_condition_key_equals_design_call():
 
     a = synth_cohort(n_donors=10, effect=1.5, seed=3)
     d_old = build_design(a.obs, sample_key="donor", condition_key="condition", covariates=("age", "sex"))
-    d_new = build_design(a.obs, sample_key="donor", design="~ condition + age + sex",
-                         contrast=("condition", "case", "control"))
+    d_new = build_design(
+        a.obs, sample_key="donor", design="~ condition + age + sex", contrast=("condition", "case", "control")
+    )
     np.testing.assert_array_equal(d_old.X, d_new.X)
     np.testing.assert_array_equal(d_old.hypotheses[0].vector, d_new.hypotheses[0].vector)
     for method in ("score", "fry"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            old = im.tl.differential_activity(a, condition_key="condition", covariates=("age", "sex"),
-                                              sample_key="donor", groupby="cell_type", gene_sets=SETS, method=method)
-            new = im.tl.differential_activity(a, design="~ condition + age + sex",
-                                              contrast=("condition", "case", "control"), sample_key="donor",
-                                              groupby="cell_type", gene_sets=SETS, method=method)
+            old = im.tl.differential_activity(
+                a,
+                condition_key="condition",
+                covariates=("age", "sex"),
+                sample_key="donor",
+                groupby="cell_type",
+                gene_sets=SETS,
+                method=method,
+            )
+            new = im.tl.differential_activity(
+                a,
+                design="~ condition + age + sex",
+                contrast=("condition", "case", "control"),
+                sample_key="donor",
+                groupby="cell_type",
+                gene_sets=SETS,
+                method=method,
+            )
         pd.testing.assert_frame_equal(old, new)
         assert old["contrast"].unique().tolist() == ["condition: case vs control"]
         assert old["pvalue"].notna().sum() >= 4
@@ -263,8 +295,9 @@ def test_formula_transforms_find_their_columns():
     assert formula_variables("~ scale(age) + np.log(crp) + I(x ** 2)") == ["age", "crp", "x"]
     assert formula_variables('~ C(dx, Treatment("MDD")) + age') == ["dx", "age"]
     rng = np.random.default_rng(3)
-    obs = pd.DataFrame({"d": [f"d{i}" for i in range(12)], "age": rng.normal(40, 10, 12),
-                        "dx": ["MDD", "ctrl", "BD"] * 4})
+    obs = pd.DataFrame(
+        {"d": [f"d{i}" for i in range(12)], "age": rng.normal(40, 10, 12), "dx": ["MDD", "ctrl", "BD"] * 4}
+    )
     D = build_design(obs, sample_key="d", design="~ scale(age) + dx", test="age", contrast=("dx", "BD", "ctrl"))
     h_age = next(h for h in D.hypotheses if h.kind == "continuous")
     assert h_age.vector[D.columns.index("scale(age)")] == pytest.approx(1 / obs["age"].std(ddof=1))

@@ -27,28 +27,50 @@ def _cells(seed: int = 0) -> ad.AnnData:
     donor = np.repeat([f"d{i}" for i in range(6)], 10)
     cond = np.where(np.isin(donor, ["d0", "d1", "d2"]), "control", "case")
     ct = np.tile(["T cell", "Monocyte", "T cell", "Monocyte", "T cell", "Unassigned"], 10)
-    a = ad.AnnData(rng.poisson(2.0, size=(n, 12)).astype(np.float32),
-                   obs=pd.DataFrame({"donor": donor, "condition": cond, "cell_type": ct,
-                                     "cell_lineage": ct}, index=[f"c{i}" for i in range(n)]))
+    a = ad.AnnData(
+        rng.poisson(2.0, size=(n, 12)).astype(np.float32),
+        obs=pd.DataFrame(
+            {"donor": donor, "condition": cond, "cell_type": ct, "cell_lineage": ct}, index=[f"c{i}" for i in range(n)]
+        ),
+    )
     for c in ("donor", "condition", "cell_type", "cell_lineage"):
         a.obs[c] = a.obs[c].astype("category")
     with pytest.warns(UserWarning):
         record_problem(a, "score_pathways: 3 of 10 gene sets had no gene in the data and were not scored")
     with pytest.warns(UserWarning):
         record_problem(a, "integrate: batch_key has a single level; integration skipped")
-    a.uns["qc"] = {"doublets": pd.DataFrame({
-        "sample": ["d0", "d1", "d2"], "n_cells": [10, 3, 10], "scored": [True, False, True],
-        "threshold": [0.3, np.nan, 0.25], "n_predicted": [1, 0, 0], "note": ["", "fewer than 30 cells", ""]})}
+    a.uns["qc"] = {
+        "doublets": pd.DataFrame(
+            {
+                "sample": ["d0", "d1", "d2"],
+                "n_cells": [10, 3, 10],
+                "scored": [True, False, True],
+                "threshold": [0.3, np.nan, 0.25],
+                "n_predicted": [1, 0, 0],
+                "note": ["", "fewer than 30 cells", ""],
+            }
+        )
+    }
     return a
 
 
 def _activity() -> pd.DataFrame:
     """A differential_activity table with 4 rows of which one was not testable (NaN p-value, with its reason)."""
-    return pd.DataFrame({
-        "group": ["T cell", "T cell", "Monocyte", "Monocyte"], "gene_set": ["s1", "s2", "s1", "s2"],
-        "effect": [0.5, -0.1, 0.2, np.nan], "ci_low": [0.1, -0.5, -0.2, np.nan], "ci_high": [0.9, 0.3, 0.6, np.nan],
-        "statistic": [3.0, -0.4, 1.0, np.nan], "pvalue": [0.001, 0.7, 0.3, np.nan], "padj": [0.003, 0.7, 0.45, np.nan],
-        "n_case": [3, 3, 3, 3], "n_reference": [3, 3, 3, 3], "reason": ["", "", "", "no gene of the set expressed"]})
+    return pd.DataFrame(
+        {
+            "group": ["T cell", "T cell", "Monocyte", "Monocyte"],
+            "gene_set": ["s1", "s2", "s1", "s2"],
+            "effect": [0.5, -0.1, 0.2, np.nan],
+            "ci_low": [0.1, -0.5, -0.2, np.nan],
+            "ci_high": [0.9, 0.3, 0.6, np.nan],
+            "statistic": [3.0, -0.4, 1.0, np.nan],
+            "pvalue": [0.001, 0.7, 0.3, np.nan],
+            "padj": [0.003, 0.7, 0.45, np.nan],
+            "n_case": [3, 3, 3, 3],
+            "n_reference": [3, 3, 3, 3],
+            "reason": ["", "", "", "no gene of the set expressed"],
+        }
+    )
 
 
 def test_report_problems_lists_everything_once():
@@ -100,8 +122,9 @@ def test_counts_agree_with_the_logged_ones(caplog):
     c = synth_cohort(n_donors=6, seed=3, cells=(60, 8))  # the second type has too few cells: untested rows
     with caplog.at_level("INFO", logger="immunomood"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = im.tl.differential_activity(c, condition_key="condition", sample_key="donor", groupby="cell_type",
-                                          gene_sets=SETS)
+        res = im.tl.differential_activity(
+            c, condition_key="condition", sample_key="donor", groupby="cell_type", gene_sets=SETS
+        )
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("differential_activity: ")]
     m = re.search(r"(\d+) tests, (\d+) with padj < 0.05", logged[-1])
     n_tests, n_sig, n_untested = activity_counts(res)
@@ -113,8 +136,14 @@ def test_write_report_summary_opens_with_problems(tmp_path):
     a = _cells()
     cfg = parse_config({"input": {"h5ad": "x.h5ad"}, "output": {"outdir": str(tmp_path / "out")}})
     ck = Checkpoints(cfg.outdir)
-    comp = pd.DataFrame({"group": ["T cell", "Monocyte", "Unassigned"], "effect": [0.1, -0.1, 0.0],
-                         "pvalue": [0.5, 0.04, 0.9], "padj": [0.75, 0.12, 0.9]})
+    comp = pd.DataFrame(
+        {
+            "group": ["T cell", "Monocyte", "Unassigned"],
+            "effect": [0.1, -0.1, 0.0],
+            "pvalue": [0.5, 0.04, 0.9],
+            "padj": [0.75, 0.12, 0.9],
+        }
+    )
     state = {"adata": a, "tables": {"differential_activity": _activity(), "composition": comp}}
     out = write_report(cfg, ck, state)  # figures without their inputs fail: listed, not fatal
     text = (out / "summary.md").read_text()
@@ -146,21 +175,52 @@ def _design_activity() -> pd.DataFrame:
 def _prediction(binary: bool = True) -> dict:
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 5) if binary else rng.normal(size=10)
-    res = pd.DataFrame({"outcome": y, "y": y, "prediction": np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.1, 10),
-                                                                   0, 1)},
-                       index=pd.Index([f"d{i}" for i in range(10)], name="donor"))
-    metrics = ({"statistic": "auc", "auc": 0.81, "auc_repeat_spread": [0.7, 0.9], "pvalue": 0.02,
-                "n_permutations": 50, "brier": 0.2, "calibration_intercept": 0.1, "calibration_slope": 0.9}
-               if binary else {"statistic": "r2", "r2": 0.3, "r2_repeat_spread": [0.2, 0.4], "pvalue": 0.04,
-                               "n_permutations": 50, "pearson_r": 0.6})
-    return {"params": {"outcome": "responder", "outcome_type": "binary" if binary else "continuous",
-                       "positive": "responder", "n_donors": 10, "model": "ridge", "n_splits": 5, "n_repeats": 2,
-                       "baseline": ["visit", "baseline"]},
-            "results": res, "metrics": metrics,
-            "features": pd.DataFrame({"selection_frequency": [1.0, 0.4]}, index=["Mono|complement", "T|proportion"]),
-            "calibration": pd.DataFrame({"bin": [0, 1], "mean_predicted": [0.3, 0.7], "observed_fraction": [0.2, 0.8],
-                                         "n": [5, 5]}) if binary else pd.DataFrame(),
-            "null": rng.uniform(0.3, 0.7, size=50)}
+    res = pd.DataFrame(
+        {"outcome": y, "y": y, "prediction": np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.1, 10), 0, 1)},
+        index=pd.Index([f"d{i}" for i in range(10)], name="donor"),
+    )
+    metrics = (
+        {
+            "statistic": "auc",
+            "auc": 0.81,
+            "auc_repeat_spread": [0.7, 0.9],
+            "pvalue": 0.02,
+            "n_permutations": 50,
+            "brier": 0.2,
+            "calibration_intercept": 0.1,
+            "calibration_slope": 0.9,
+        }
+        if binary
+        else {
+            "statistic": "r2",
+            "r2": 0.3,
+            "r2_repeat_spread": [0.2, 0.4],
+            "pvalue": 0.04,
+            "n_permutations": 50,
+            "pearson_r": 0.6,
+        }
+    )
+    return {
+        "params": {
+            "outcome": "responder",
+            "outcome_type": "binary" if binary else "continuous",
+            "positive": "responder",
+            "n_donors": 10,
+            "model": "ridge",
+            "n_splits": 5,
+            "n_repeats": 2,
+            "baseline": ["visit", "baseline"],
+        },
+        "results": res,
+        "metrics": metrics,
+        "features": pd.DataFrame({"selection_frequency": [1.0, 0.4]}, index=["Mono|complement", "T|proportion"]),
+        "calibration": pd.DataFrame(
+            {"bin": [0, 1], "mean_predicted": [0.3, 0.7], "observed_fraction": [0.2, 0.8], "n": [5, 5]}
+        )
+        if binary
+        else pd.DataFrame(),
+        "null": rng.uniform(0.3, 0.7, size=50),
+    }
 
 
 def test_report_one_section_per_contrast_and_the_prediction(tmp_path):
@@ -169,22 +229,32 @@ def test_report_one_section_per_contrast_and_the_prediction(tmp_path):
     a = _cells()
     da = _design_activity()
     params = {
-        "design": "~ condition + hamd", "method": "score", "random_effect": "",
+        "design": "~ condition + hamd",
+        "method": "score",
+        "random_effect": "",
         "contrasts": ["condition: MDD vs control", "condition: BD vs control", "hamd (per unit)"],
-        "contrast_kinds": ["contrast", "contrast", "continuous"]}
+        "contrast_kinds": ["contrast", "contrast", "continuous"],
+    }
     a.uns["differential_activity"] = {"params": params, "results": da}
     assert contrast_kinds(da, _stored_params(a, "differential_activity")) == {
-        "condition: MDD vs control": "contrast", "condition: BD vs control": "contrast",
-        "hamd (per unit)": "continuous"}
+        "condition: MDD vs control": "contrast",
+        "condition: BD vs control": "contrast",
+        "hamd (per unit)": "continuous",
+    }
     # an h5ad of the previous layout (sibling keys key, key + "_params") gives the same parameters
     old = a.copy()
     old.uns["differential_activity"] = da
     old.uns["differential_activity_params"] = params
     assert _stored_params(old, "differential_activity") == params
-    cfg = parse_config({"input": {"h5ad": "x.h5ad"}, "predict": {"outcome": "responder"},
-                        "output": {"outdir": str(tmp_path / "out")}})
-    state = {"adata": a, "tables": {"differential_activity": da}, "prediction": _prediction(),
-             "predict_problems": ["predict: 2 donors without an outcome were left out"]}
+    cfg = parse_config(
+        {"input": {"h5ad": "x.h5ad"}, "predict": {"outcome": "responder"}, "output": {"outdir": str(tmp_path / "out")}}
+    )
+    state = {
+        "adata": a,
+        "tables": {"differential_activity": da},
+        "prediction": _prediction(),
+        "predict_problems": ["predict: 2 donors without an outcome were left out"],
+    }
     out = write_report(cfg, Checkpoints(cfg.outdir), state)
     text = (out / "summary.md").read_text()
     assert "Design `~ condition + hamd`" in text
@@ -216,10 +286,15 @@ def test_report_prediction_continuous_and_not_run(tmp_path):
     assert "Cross-validated R^2 0.3" in lines and "Pearson r of observed vs predicted 0.6" in lines
     assert "Calibration" not in lines  # no calibration table for a continuous outcome
     a = _cells()
-    cfg = parse_config({"input": {"h5ad": "x.h5ad"}, "predict": {"outcome": "responder"},
-                        "output": {"outdir": str(tmp_path / "out")}})
-    state = {"adata": a, "tables": {"differential_activity": _activity()}, "prediction": None,
-             "predict_problems": ["predict: response prediction of 'responder' not run: ValueError: too few"]}
+    cfg = parse_config(
+        {"input": {"h5ad": "x.h5ad"}, "predict": {"outcome": "responder"}, "output": {"outdir": str(tmp_path / "out")}}
+    )
+    state = {
+        "adata": a,
+        "tables": {"differential_activity": _activity()},
+        "prediction": None,
+        "predict_problems": ["predict: response prediction of 'responder' not run: ValueError: too few"],
+    }
     text = (write_report(cfg, Checkpoints(cfg.outdir), state) / "summary.md").read_text()
     assert "- predict: response prediction of 'responder' not run" in text.split("## Cohort")[0]
     assert "Not run for 'responder': see the problems above." in text

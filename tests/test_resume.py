@@ -16,8 +16,17 @@ import immunomood as im
 from immunomood._config import parse_config
 from immunomood._pipeline import Checkpoints, run_pipeline
 
-FIGURES = ["qc_violins", "qc_report", "annotation", "annotation_confidence", "differential_activity", "volcano",
-           "composition", "cross_modal", "biomarker_roc"]
+FIGURES = [
+    "qc_violins",
+    "qc_report",
+    "annotation",
+    "annotation_confidence",
+    "differential_activity",
+    "volcano",
+    "composition",
+    "cross_modal",
+    "biomarker_roc",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +43,7 @@ def _cfg(indir: Path, outdir: Path):
 
     text = f"""
 [input]
-h5ad = "{indir / 'cohort.h5ad'}"
+h5ad = "{indir / "cohort.h5ad"}"
 sample_key = "donor"
 condition_key = "condition"
 batch_key = "batch"
@@ -48,7 +57,7 @@ gene_sets = ["complement"]
 [differential]
 min_cells = 5
 [proteomics]
-path = "{indir / 'plasma.h5ad'}"
+path = "{indir / "plasma.h5ad"}"
 biomarker_repeats = 2
 [output]
 outdir = "{outdir}"
@@ -79,8 +88,17 @@ def finished_run(cohort_files, tmp_path_factory):
     indir = base / "input"
     shutil.copytree(cohort_files, indir)
     cfg = _cfg(indir, base / "out")
-    assert _ran(_run(cfg)) == ["load", "qc", "integrate", "annotate", "score", "differential", "proteomics",
-                               "predict", "report"]
+    assert _ran(_run(cfg)) == [
+        "load",
+        "qc",
+        "integrate",
+        "annotate",
+        "score",
+        "differential",
+        "proteomics",
+        "predict",
+        "report",
+    ]
     return cfg, indir
 
 
@@ -132,8 +150,17 @@ def test_changed_input_file_makes_resume_rerun_load_and_report_new_results(finis
     a = a[a.obs["donor"].astype(str) != gone].copy()
     a.write_h5ad(indir / "cohort.h5ad")
     log = _run(cfg, resume=True)
-    assert _ran(log) == ["load", "qc", "integrate", "annotate", "score", "differential", "proteomics", "predict",
-                         "report"]
+    assert _ran(log) == [
+        "load",
+        "qc",
+        "integrate",
+        "annotate",
+        "score",
+        "differential",
+        "proteomics",
+        "predict",
+        "report",
+    ]
     assert "stage load: checkpoint made from other input files (input changed), rerun" in log
     after = pd.read_csv(rep / "qc_report.csv")
     assert len(after) == 7 and gone not in set(after.iloc[:, 0].astype(str))

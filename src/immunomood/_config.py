@@ -15,18 +15,36 @@ STAGES = ("load", "qc", "integrate", "annotate", "score", "differential", "prote
 # section -> key -> (default, type(s), help). `None` default means optional.
 SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
     "input": {
-        "h5ad": (None, (str,), ("One .h5ad with all cells (raw counts in X or in the layer `counts_layer`). "
-                 "Either this or `sample_sheet`.")),
-        "sample_sheet": (None, (str,), ("CSV with one row per sample: a `path` column (10x folder, 10x .h5 or "
-                         ".h5ad of that sample), the `sample_key` column and donor-level metadata columns.")),
+        "h5ad": (
+            None,
+            (str,),
+            (
+                "One .h5ad with all cells (raw counts in X or in the layer `counts_layer`). "
+                "Either this or `sample_sheet`."
+            ),
+        ),
+        "sample_sheet": (
+            None,
+            (str,),
+            (
+                "CSV with one row per sample: a `path` column (10x folder, 10x .h5 or "
+                ".h5ad of that sample), the `sample_key` column and donor-level metadata columns."
+            ),
+        ),
         "counts_layer": (None, (str,), "Layer of the input .h5ad holding raw counts (default: X)."),
         "gene_symbols": (None, (str,), "var column with gene symbols when var_names are Ensembl IDs."),
         "sample_key": ("donor", (str,), "obs column / sample-sheet column that identifies the donor (sample)."),
         "condition_key": ("condition", (str,), "Donor-level condition column (e.g. control / MDD)."),
         "reference": (None, (str,), "Reference condition level (default: the first category)."),
         "batch_key": (None, (str,), "Batch column (sequencing run, site); integration uses it."),
-        "covariates": ([], (list,), ("Donor-level covariates of the differential models (e.g. ['sex', 'age']). "
-                       "With [differential] design, write them in the formula instead.")),
+        "covariates": (
+            [],
+            (list,),
+            (
+                "Donor-level covariates of the differential models (e.g. ['sex', 'age']). "
+                "With [differential] design, write them in the formula instead."
+            ),
+        ),
     },
     "qc": {
         "nmads": (5.0, (int, float), "MADs (median absolute deviation, unscaled) for counts/genes/top-20 outliers."),
@@ -48,30 +66,60 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "min_confidence": (0.5, (int, float), "Below this confidence a cell is 'Unassigned' (0-1)."),
     },
     "score": {
-        "gene_sets": (["complement", "kynurenine", "interferon_alpha", "inflammatory"], (list,),
-                      "Gene-set resources scored per cell and tested per donor x cell type."),
+        "gene_sets": (
+            ["complement", "kynurenine", "interferon_alpha", "inflammatory"],
+            (list,),
+            "Gene-set resources scored per cell and tested per donor x cell type.",
+        ),
     },
     "differential": {
         "groupby": ("cell_type", (str,), "Cell-type column to test within."),
         "min_cells": (10, (int,), "Minimum cells per donor x cell type for a pseudobulk."),
         "expression": (False, (bool,), "Also run pseudobulk DESeq2 per cell type (slower)."),
-        "design": (None, (str,), ("Study design as a formula on sample-level columns, e.g. '~ condition + age + sex' "
-                   "or '~ severity + age' (formulaic, R syntax; first level of a factor = reference). Drives "
-                   "differential_activity, composition and differential_expression; cross_modal_associations are "
-                   "partial on its untested columns. "
-                   "Without it: '~ condition_key + covariates', case vs reference.")),
-        "contrasts": ([], (list,), ("With design: level contrasts [column, case, reference], e.g. "
-                      "[['condition', 'MDD', 'control'], ['condition', 'BD', 'control']]; one table, BH over all. "
-                      "Empty (and no tests): every pair of levels of the formula's first column.")),
-        "tests": ([], (list,), ("With design: continuous columns (effect per unit, with its CI), e.g. ['severity'], "
-                  "or one-column interactions 'a:b' (e.g. 'visit:responder') to test.")),
-        "random_effect": (None, (str,), ("Column grouping the samples of one donor (visits, pools, pairs): a random "
-                          "intercept per donor, between-within df. Then [input] sample_key is the sample "
-                          "(donor x visit) column.")),
+        "design": (
+            None,
+            (str,),
+            (
+                "Study design as a formula on sample-level columns, e.g. '~ condition + age + sex' "
+                "or '~ severity + age' (formulaic, R syntax; first level of a factor = reference). Drives "
+                "differential_activity, composition and differential_expression; cross_modal_associations are "
+                "partial on its untested columns. "
+                "Without it: '~ condition_key + covariates', case vs reference."
+            ),
+        ),
+        "contrasts": (
+            [],
+            (list,),
+            (
+                "With design: level contrasts [column, case, reference], e.g. "
+                "[['condition', 'MDD', 'control'], ['condition', 'BD', 'control']]; one table, BH over all. "
+                "Empty (and no tests): every pair of levels of the formula's first column."
+            ),
+        ),
+        "tests": (
+            [],
+            (list,),
+            (
+                "With design: continuous columns (effect per unit, with its CI), e.g. ['severity'], "
+                "or one-column interactions 'a:b' (e.g. 'visit:responder') to test."
+            ),
+        ),
+        "random_effect": (
+            None,
+            (str,),
+            (
+                "Column grouping the samples of one donor (visits, pools, pairs): a random "
+                "intercept per donor, between-within df. Then [input] sample_key is the sample "
+                "(donor x visit) column."
+            ),
+        ),
     },
     "proteomics": {
-        "path": (None, (str,), ("Olink NPX export (.csv/.csv.gz/.zip/.parquet), SomaScan .adat or .h5ad "
-                 "(donors x proteins). Optional.")),
+        "path": (
+            None,
+            (str,),
+            ("Olink NPX export (.csv/.csv.gz/.zip/.parquet), SomaScan .adat or .h5ad (donors x proteins). Optional."),
+        ),
         "platform": ("auto", (str,), "'auto', 'olink', 'somascan' or 'h5ad'."),
         "sample_key": (None, (str,), "obs column of the proteomics holding the donor ID (default: the index)."),
         "max_below_lod": (0.5, (int, float), "Assays with a larger share below LOD are removed."),
@@ -79,15 +127,36 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "biomarker_repeats": (20, (int,), "Repeats of the stratified cross-validation of the biomarker panel."),
     },
     "predict": {
-        "outcome": ("", (str,), ("Donor-level outcome to predict from baseline features (e.g. 'responder', or a "
-                    "change score); empty: the predict stage does nothing.")),
-        "features": ([], (list,), ("Feature kinds or names: 'proportion' and/or 'gene_set' (cell types' shares and "
-                     "donor-level pathway scores of the cells); with [proteomics] path the prediction uses the joined "
-                     "donors x (cells, plasma) data: modality names ('rna', 'prot') or feature names. Empty: all.")),
-        "baseline": (None, (str, dict), ("Rows (samples) to predict from: 'column=value' (e.g. 'visit=baseline') or "
-                     "a table {visit = 'baseline'}; each donor must appear once among them. Empty: every row.")),
-        "exclude_values": ([], (list,), ("Outcome values treated as missing (left out), e.g. ['control'] when "
-                           "controls have no response.")),
+        "outcome": (
+            "",
+            (str,),
+            (
+                "Donor-level outcome to predict from baseline features (e.g. 'responder', or a "
+                "change score); empty: the predict stage does nothing."
+            ),
+        ),
+        "features": (
+            [],
+            (list,),
+            (
+                "Feature kinds or names: 'proportion' and/or 'gene_set' (cell types' shares and "
+                "donor-level pathway scores of the cells); with [proteomics] path the prediction uses the joined "
+                "donors x (cells, plasma) data: modality names ('rna', 'prot') or feature names. Empty: all."
+            ),
+        ),
+        "baseline": (
+            None,
+            (str, dict),
+            (
+                "Rows (samples) to predict from: 'column=value' (e.g. 'visit=baseline') or "
+                "a table {visit = 'baseline'}; each donor must appear once among them. Empty: every row."
+            ),
+        ),
+        "exclude_values": (
+            [],
+            (list,),
+            ("Outcome values treated as missing (left out), e.g. ['control'] when controls have no response."),
+        ),
         "donor_key": (None, (str,), "Column identifying the donor (default: 'donor' when present)."),
         "outcome_type": ("auto", (str,), "'auto', 'binary' or 'continuous'."),
         "positive": (None, (str, int), "Positive class of a binary outcome (default: the second level)."),
@@ -95,13 +164,25 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[type, ...], str]]] = {
         "n_splits": (5, (int,), "Outer cross-validation folds (by donor)."),
         "n_repeats": (5, (int,), "Repeats of the outer cross-validation."),
         "max_features": (10, (int,), "Features kept by the univariate filter inside each training fold."),
-        "n_permutations": (200, (int,), ("Permutations of the outcome for the p-value of the AUC / R^2 (each reruns "
-                           "the nested CV); 0 skips the test.")),
+        "n_permutations": (
+            200,
+            (int,),
+            (
+                "Permutations of the outcome for the p-value of the AUC / R^2 (each reruns "
+                "the nested CV); 0 skips the test."
+            ),
+        ),
         "n_bins": (5, (int,), "Bins of the calibration table (binary outcome)."),
     },
     "compute": {
-        "n_jobs": (1, (int,), ("Worker threads for parallel steps: sets im.settings.n_jobs (-1: all cores). When "
-                   "absent, im.settings.n_jobs is left as it is (1, or the value of `--n-jobs`).")),
+        "n_jobs": (
+            1,
+            (int,),
+            (
+                "Worker threads for parallel steps: sets im.settings.n_jobs (-1: all cores). When "
+                "absent, im.settings.n_jobs is left as it is (1, or the value of `--n-jobs`)."
+            ),
+        ),
     },
     "output": {
         "outdir": ("immunomood_out", (str,), "Folder for checkpoints, report and log (relative to the config)."),
@@ -130,8 +211,8 @@ class ConfigError(ValueError):
 #: keys that were in the schema once, with what to do about them (an old config gets this instead of "unknown key")
 REMOVED_KEYS: dict[tuple[str, str], str] = {
     ("annotate", "resolution"): "[annotate] resolution was accepted and ignored by earlier versions (im.tl.annotate "
-                                "has no resolution parameter: its clustering is chosen from the data). Remove the "
-                                "line; results do not change.",
+    "has no resolution parameter: its clustering is chosen from the data). Remove the "
+    "line; results do not change.",
 }
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -157,8 +238,18 @@ def _num(val: Any) -> bool:
     return isinstance(val, (int, float)) and not isinstance(val, bool)
 
 
-def _range(sec: str, key: str, val: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           integer: bool = False, extra: tuple = (), fix: str = "") -> str | None:
+def _range(
+    sec: str,
+    key: str,
+    val: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    integer: bool = False,
+    extra: tuple = (),
+    fix: str = "",
+) -> str | None:
     """A problem with a number of the config ("[sec] key must be ..., got ... . fix"), or None."""
     if val is None or not _num(val) or val in extra:
         return None
@@ -169,8 +260,11 @@ def _range(sec: str, key: str, val: Any, lo: float | None = None, hi: float | No
     expected = ("an integer " if integer else "a number ") + _range_text(lo, hi, min_inclusive=not lo_open)
     if extra:
         expected += f" (or {', '.join(map(str, extra))})"
-    bad = (not math.isfinite(val) or (lo is not None and (val <= lo if lo_open else val < lo))
-           or (hi is not None and val > hi))
+    bad = (
+        not math.isfinite(val)
+        or (lo is not None and (val <= lo if lo_open else val < lo))
+        or (hi is not None and val > hi)
+    )
     if bad:
         return f"[{sec}] {key} must be {expected}, got {val!r}.{(' ' + fix) if fix else ''}"
     return None
@@ -186,27 +280,33 @@ def _check_values(data: dict[str, dict[str, Any]]) -> list[str]:
         _range("qc", "min_cells_per_sample", q["min_cells_per_sample"], 0, integer=True),
         _range("qc", "n_top_genes", q["n_top_genes"], 1, integer=True, fix="Usually 2000."),
         _range("integrate", "n_latent", ig["n_latent"], 1, integer=True, fix="Usually 10-30."),
-        _range("integrate", "max_epochs", ig["max_epochs"], 1, integer=True,
-               fix="Omit it for the size-based default."),
+        _range("integrate", "max_epochs", ig["max_epochs"], 1, integer=True, fix="Omit it for the size-based default."),
         _range("integrate", "devices", ig["devices"], 1, integer=True, extra=(-1,)),
         _range("annotate", "min_confidence", an["min_confidence"], 0, 1),
         _range("differential", "min_cells", d["min_cells"], 1, integer=True, fix="Usually 10."),
         _range("proteomics", "max_below_lod", pr["max_below_lod"], 0, 1, fix="It is a share (e.g. 0.5)."),
         _range("proteomics", "biomarker_repeats", pr["biomarker_repeats"], 1, integer=True, fix="Usually 10-50."),
-        _range("compute", "n_jobs", data["compute"]["n_jobs"], 1, integer=True, extra=(-1,),
-               fix="Use -1 for all cores."),
+        _range(
+            "compute", "n_jobs", data["compute"]["n_jobs"], 1, integer=True, extra=(-1,), fix="Use -1 for all cores."
+        ),
         _range("output", "random_state", data["output"]["random_state"], 0, 2**32 - 1, integer=True),
     ]
     if ig["accelerator"] not in ACCELERATORS:
         out.append(f"[integrate] accelerator must be one of {list(ACCELERATORS)}, got {ig['accelerator']!r}.")
-    if isinstance(ig["devices"], str) and ig["devices"] != "auto" and not all(
-            x.strip().isdigit() for x in ig["devices"].split(",")):
-        out.append(f"[integrate] devices must be 'auto', a count or a list of GPU ids such as '0,1', "
-                   f"got {ig['devices']!r}.")
+    if (
+        isinstance(ig["devices"], str)
+        and ig["devices"] != "auto"
+        and not all(x.strip().isdigit() for x in ig["devices"].split(","))
+    ):
+        out.append(
+            f"[integrate] devices must be 'auto', a count or a list of GPU ids such as '0,1', got {ig['devices']!r}."
+        )
     markers = _known_markers()
     if an["markers"] not in markers:
-        out.append(f"[annotate] markers must be one of the packaged marker resources {markers}, got "
-                   f"{an['markers']!r}.{_suggest(an['markers'], markers)}")
+        out.append(
+            f"[annotate] markers must be one of the packaged marker resources {markers}, got "
+            f"{an['markers']!r}.{_suggest(an['markers'], markers)}"
+        )
     from .tl._gene_sets import known_gene_sets
 
     known = known_gene_sets()
@@ -215,8 +315,9 @@ def _check_values(data: dict[str, dict[str, Any]]) -> list[str]:
         out.append(f"[score] gene_sets must name at least one gene-set collection ({known}), got [].")
     for g in gs:
         if not isinstance(g, str) or g not in known:
-            out.append(f"[score] gene_sets: {g!r} is not a known gene-set collection.{_suggest(str(g), known)} "
-                       f"Known: {known}.")
+            out.append(
+                f"[score] gene_sets: {g!r} is not a known gene-set collection.{_suggest(str(g), known)} Known: {known}."
+            )
     for sec, key in (("input", "covariates"),):
         bad = [c for c in data[sec][key] if not isinstance(c, str)]
         if bad:
@@ -233,26 +334,37 @@ def _check_design(data: dict[str, dict[str, Any]]) -> list[str]:
     d, inp = data["differential"], data["input"]
     out: list[str] = []
     for i, c in enumerate(d["contrasts"]):
-        if not (isinstance(c, list) and len(c) == 3 and all(isinstance(x, (str, int, float)) for x in c)
-                and isinstance(c[0], str)):
-            out.append(f"[differential] contrasts[{i}] must be [column, case, reference], e.g. "
-                       f"['condition', 'MDD', 'control'], got {c!r}.")
+        if not (
+            isinstance(c, list)
+            and len(c) == 3
+            and all(isinstance(x, (str, int, float)) for x in c)
+            and isinstance(c[0], str)
+        ):
+            out.append(
+                f"[differential] contrasts[{i}] must be [column, case, reference], e.g. "
+                f"['condition', 'MDD', 'control'], got {c!r}."
+            )
     for t in d["tests"]:
         if not isinstance(t, str) or not t.strip():
-            out.append(f"[differential] tests must be a list of column names or interactions 'a:b', got "
-                       f"{d['tests']!r}.")
+            out.append(
+                f"[differential] tests must be a list of column names or interactions 'a:b', got {d['tests']!r}."
+            )
             break
     if d["random_effect"] is not None and not d["random_effect"].strip():
         out.append("[differential] random_effect must name a column, got ''. Omit it for no random effect.")
     if d["design"] is None:
         if d["contrasts"] or d["tests"]:
-            out.append("[differential] contrasts and tests need a design formula: add e.g. "
-                       f"design = \"~ {inp['condition_key']}\" (with the covariates in it).")
+            out.append(
+                "[differential] contrasts and tests need a design formula: add e.g. "
+                f'design = "~ {inp["condition_key"]}" (with the covariates in it).'
+            )
         return out
     if inp["covariates"]:
-        out.append(f"[input] covariates = {inp['covariates']!r} and [differential] design are both set: write the "
-                   f"covariates in the formula (e.g. design = \"{d['design'].strip()} + "
-                   f"{' + '.join(map(str, inp['covariates']))}\") and remove covariates.")
+        out.append(
+            f"[input] covariates = {inp['covariates']!r} and [differential] design are both set: write the "
+            f'covariates in the formula (e.g. design = "{d["design"].strip()} + '
+            f'{" + ".join(map(str, inp["covariates"]))}") and remove covariates.'
+        )
     from ._design import formula_variables
 
     try:
@@ -263,15 +375,21 @@ def _check_design(data: dict[str, dict[str, Any]]) -> list[str]:
         return out + [f"[differential] design must be a formula such as '~ condition + age', got {d['design']!r}."]
     for i, c in enumerate(d["contrasts"]):
         if isinstance(c, list) and c and isinstance(c[0], str) and c[0] not in variables:
-            out.append(f"[differential] contrasts[{i}]: {c[0]!r} is not in design {d['design']!r}.{_suggest(c[0], variables)}")
+            out.append(
+                f"[differential] contrasts[{i}]: {c[0]!r} is not in design {d['design']!r}.{_suggest(c[0], variables)}"
+            )
     for t in d["tests"]:
-        for part in (str(t).split(":") if isinstance(t, str) else []):
+        for part in str(t).split(":") if isinstance(t, str) else []:
             if part.strip() not in variables:
-                out.append(f"[differential] tests: {part.strip()!r} is not in design {d['design']!r}."
-                           f"{_suggest(part.strip(), variables)}")
+                out.append(
+                    f"[differential] tests: {part.strip()!r} is not in design {d['design']!r}."
+                    f"{_suggest(part.strip(), variables)}"
+                )
     if d["random_effect"] and d["random_effect"] in variables:
-        out.append(f"[differential] random_effect {d['random_effect']!r} is also in the design formula; keep it in "
-                   "one place (random_effect for a random intercept, the formula for a fixed effect).")
+        out.append(
+            f"[differential] random_effect {d['random_effect']!r} is also in the design formula; keep it in "
+            "one place (random_effect for a random intercept, the formula for a fixed effect)."
+        )
     return out
 
 
@@ -288,12 +406,15 @@ def parse_baseline(value: Any) -> dict[str, str] | None:
         return None
     if isinstance(value, dict):
         if len(value) != 1:
-            raise ValueError(f"[predict] baseline as a table must have exactly one entry {{column = value}}, got "
-                             f"{value!r}.")
+            raise ValueError(
+                f"[predict] baseline as a table must have exactly one entry {{column = value}}, got {value!r}."
+            )
         return {str(k): v for k, v in value.items()}
     if "=" not in value:
-        raise ValueError(f"[predict] baseline must be 'column=value' (e.g. 'visit=baseline') or a table "
-                         f"{{visit = 'baseline'}}, got {value!r}.")
+        raise ValueError(
+            f"[predict] baseline must be 'column=value' (e.g. 'visit=baseline') or a table "
+            f"{{visit = 'baseline'}}, got {value!r}."
+        )
     col, val = value.split("=", 1)
     if not col.strip() or not val.strip():
         raise ValueError(f"[predict] baseline must be 'column=value' with both parts, got {value!r}.")
@@ -306,16 +427,26 @@ def _check_predict(data: dict[str, dict[str, Any]]) -> list[str]:
         _range("predict", "n_splits", p["n_splits"], 2, integer=True, fix="Usually 5."),
         _range("predict", "n_repeats", p["n_repeats"], 1, integer=True, fix="Usually 5-20."),
         _range("predict", "max_features", p["max_features"], 1, integer=True, fix="Usually 5-20."),
-        _range("predict", "n_permutations", p["n_permutations"], 0, integer=True,
-               fix="Usually 200-1000 (0 skips the test)."),
+        _range(
+            "predict",
+            "n_permutations",
+            p["n_permutations"],
+            0,
+            integer=True,
+            fix="Usually 200-1000 (0 skips the test).",
+        ),
         _range("predict", "n_bins", p["n_bins"], 2, integer=True, fix="Usually 5."),
     ]
     if p["model"] not in PREDICT_MODELS:
-        out.append(f"[predict] model must be one of {list(PREDICT_MODELS)}, got {p['model']!r}."
-                   f"{_suggest(str(p['model']), list(PREDICT_MODELS))}")
+        out.append(
+            f"[predict] model must be one of {list(PREDICT_MODELS)}, got {p['model']!r}."
+            f"{_suggest(str(p['model']), list(PREDICT_MODELS))}"
+        )
     if p["outcome_type"] not in OUTCOME_TYPES:
-        out.append(f"[predict] outcome_type must be one of {list(OUTCOME_TYPES)}, got {p['outcome_type']!r}."
-                   f"{_suggest(str(p['outcome_type']), list(OUTCOME_TYPES))}")
+        out.append(
+            f"[predict] outcome_type must be one of {list(OUTCOME_TYPES)}, got {p['outcome_type']!r}."
+            f"{_suggest(str(p['outcome_type']), list(OUTCOME_TYPES))}"
+        )
     if any(not isinstance(f, str) or not f for f in p["features"]):
         out.append(f"[predict] features must be a list of feature kinds or names (strings), got {p['features']!r}.")
     if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in p["exclude_values"]):
@@ -332,12 +463,18 @@ def design_kwargs(cfg: Config) -> dict[str, Any]:
     ``random_effect``, or the two-group form ``condition_key`` / ``reference`` / ``covariates``)."""
     d, inp = cfg["differential"], cfg["input"]
     if d["design"] is None:
-        return {"condition_key": inp["condition_key"], "reference": inp["reference"],
-                "covariates": tuple(inp["covariates"]), "random_effect": d["random_effect"]}
-    return {"design": d["design"].strip(),
-            "contrast": [tuple(c) for c in d["contrasts"]] or None,
-            "test": list(d["tests"]) or None,
-            "random_effect": d["random_effect"]}
+        return {
+            "condition_key": inp["condition_key"],
+            "reference": inp["reference"],
+            "covariates": tuple(inp["covariates"]),
+            "random_effect": d["random_effect"],
+        }
+    return {
+        "design": d["design"].strip(),
+        "contrast": [tuple(c) for c in d["contrasts"]] or None,
+        "test": list(d["tests"]) or None,
+        "random_effect": d["random_effect"],
+    }
 
 
 @dataclass
@@ -396,8 +533,10 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
                 problems.append(REMOVED_KEYS[(sec, key)])
                 continue
             if key not in SCHEMA[sec]:
-                problems.append(f"unknown key {key!r} in [{sec}] (known: {', '.join(SCHEMA[sec])})"
-                                f"{_suggest(str(key), list(SCHEMA[sec]))}")
+                problems.append(
+                    f"unknown key {key!r} in [{sec}] (known: {', '.join(SCHEMA[sec])})"
+                    f"{_suggest(str(key), list(SCHEMA[sec]))}"
+                )
                 continue
             types = SCHEMA[sec][key][1]
             if isinstance(val, bool) and bool not in types:
@@ -413,11 +552,15 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     if (inp["h5ad"] is None) == (inp["sample_sheet"] is None):
         problems.append("[input] needs exactly one of `h5ad` or `sample_sheet`")
     if data["proteomics"]["platform"] not in ("auto", "olink", "somascan", "h5ad"):
-        problems.append("[proteomics] platform must be 'auto', 'olink', 'somascan' or 'h5ad', got "
-                        f"{data['proteomics']['platform']!r}")
+        problems.append(
+            "[proteomics] platform must be 'auto', 'olink', 'somascan' or 'h5ad', got "
+            f"{data['proteomics']['platform']!r}"
+        )
     if data["proteomics"]["association_method"] not in ("spearman", "pearson"):
-        problems.append("[proteomics] association_method must be 'spearman' or 'pearson', got "
-                        f"{data['proteomics']['association_method']!r}")
+        problems.append(
+            "[proteomics] association_method must be 'spearman' or 'pearson', got "
+            f"{data['proteomics']['association_method']!r}"
+        )
     problems += _check_values(data)  # values of the wrong type were not taken: they cannot confuse these checks
     if problems:
         where = f" in {path}" if path else ""

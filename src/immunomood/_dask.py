@@ -52,8 +52,11 @@ def map_row_blocks(func: Callable[..., Any], X: Any, *args: Any, row_args: Any =
     matches a block is passed right after the block.
     """
     if not is_dask(X):  # an in-memory matrix is one block: the same kernels serve both paths
-        extra = () if row_args is None else tuple(np.asarray(r) for r in (
-            row_args if isinstance(row_args, tuple) else (row_args,)))
+        extra = (
+            ()
+            if row_args is None
+            else tuple(np.asarray(r) for r in (row_args if isinstance(row_args, tuple) else (row_args,)))
+        )
         return [func(X, *extra, *args, **kwargs)]
     import dask
 

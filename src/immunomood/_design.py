@@ -87,7 +87,7 @@ class Design:
         Dk = D[:, keep]
         problem = rank_problem(Dk, [c for c, k in zip(self.columns, keep) if k])
         if problem is None and Dk.shape[0] <= Dk.shape[1]:
-            problem = (f"no residual degrees of freedom ({Dk.shape[0]} samples for {Dk.shape[1]} design columns)")
+            problem = f"no residual degrees of freedom ({Dk.shape[0]} samples for {Dk.shape[1]} design columns)"
         for h in self.hypotheses:
             if problem is not None:
                 out[h.name] = problem
@@ -112,8 +112,12 @@ class Design:
 
     def describe(self) -> dict:
         """JSON-friendly summary for ``params``."""
-        return {"formula": self.formula, "columns": list(self.columns),
-                "hypotheses": [h.name for h in self.hypotheses], "random_effect": self.random_effect or ""}
+        return {
+            "formula": self.formula,
+            "columns": list(self.columns),
+            "hypotheses": [h.name for h in self.hypotheses],
+            "random_effect": self.random_effect or "",
+        }
 
 
 def between_within_df(D: np.ndarray, groups: np.ndarray, vector: np.ndarray) -> int:
@@ -152,7 +156,7 @@ def rank_problem(D: np.ndarray, names: Sequence[str]) -> str | None:
         return None
     _, s, vt = np.linalg.svd(D, full_matrices=True)
     tol = s.max() * max(D.shape) * np.finfo(float).eps if s.size else 0
-    null = vt[np.sum(s > tol):]
+    null = vt[np.sum(s > tol) :]
     involved = [names[j] for j in np.flatnonzero((np.abs(null) > 1e-8).any(axis=0))]
     const = [names[j] for j in range(D.shape[1]) if not np.any(D[:, j])]
     why = f"the design columns {involved} are linearly dependent"
@@ -160,14 +164,18 @@ def rank_problem(D: np.ndarray, names: Sequence[str]) -> str | None:
         why += f" ({const} are all zero)"
     variables = list(dict.fromkeys(n.split("[")[0] for n in involved if n != "Intercept"))
     if len(variables) >= 2:
-        why += (f": {variables[-1]!r} is confounded with the condition or covariate(s) {variables[:-1]} "
-                "(perfectly collinear with them)")
+        why += (
+            f": {variables[-1]!r} is confounded with the condition or covariate(s) {variables[:-1]} "
+            "(perfectly collinear with them)"
+        )
     elif len(variables) == 1 and "Intercept" in involved:
         why += f": {variables[0]!r} is constant across the samples"
-    return (f"the design is rank-deficient (rank {r} for {D.shape[1]} columns): {why}. One of them cannot be "
-            "separated from the others (a covariate confounded with the condition, a level present in one group "
-            "only, or two columns that carry the same information); drop one or collect samples that break the "
-            "confounding.")
+    return (
+        f"the design is rank-deficient (rank {r} for {D.shape[1]} columns): {why}. One of them cannot be "
+        "separated from the others (a covariate confounded with the condition, a level present in one group "
+        "only, or two columns that carry the same information); drop one or collect samples that break the "
+        "confounding."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,8 +192,10 @@ def formula_variables(formula: str) -> list[str]:
         f = Formula(formula)
     except Exception as err:
         msg = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # formulaic colours its parser errors
-        raise ValueError(f"design={formula!r} is not a valid formula ({msg}). Write it as in R, e.g. "
-                         "'~ condition + age + sex' or '~ time * responder'.") from err
+        raise ValueError(
+            f"design={formula!r} is not a valid formula ({msg}). Write it as in R, e.g. "
+            "'~ condition + age + sex' or '~ time * responder'."
+        ) from err
     rhs = f.rhs if hasattr(f, "rhs") else f
     names: list[str] = []
     for term in rhs:
@@ -251,8 +261,11 @@ def _levels(col: pd.Series) -> list:
 
 
 def _is_categorical(col: pd.Series) -> bool:
-    return isinstance(col.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(col) or \
-        not pd.api.types.is_numeric_dtype(col)
+    return (
+        isinstance(col.dtype, pd.CategoricalDtype)
+        or pd.api.types.is_bool_dtype(col)
+        or not pd.api.types.is_numeric_dtype(col)
+    )
 
 
 def _suggest(name: str, options: Sequence[str]) -> str:
@@ -263,8 +276,9 @@ def _suggest(name: str, options: Sequence[str]) -> str:
 def _as_list(x) -> list:
     if x is None:
         return []
-    if isinstance(x, (str, Mapping)) or (isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], str)
-                                          and not isinstance(x[1], (tuple, list))):
+    if isinstance(x, (str, Mapping)) or (
+        isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], str) and not isinstance(x[1], (tuple, list))
+    ):
         return [x]
     return list(x)
 
@@ -304,32 +318,42 @@ def build_design(
         if condition_key is None:
             raise ValueError("Pass `design` (a formula, e.g. design='~ condition + age') or `condition_key`.")
         if contrast is not None or test is not None:
-            raise ValueError("`contrast` and `test` go with `design=`; with condition_key the test is case vs "
-                             "reference. Write design='~ <condition> + <covariates>' instead.")
+            raise ValueError(
+                "`contrast` and `test` go with `design=`; with condition_key the test is case vs "
+                "reference. Write design='~ <condition> + <covariates>' instead."
+            )
         if condition_key in covariates:
             raise ValueError(f"The condition column {condition_key!r} cannot also be a covariate.")
         formula = "~ " + " + ".join([condition_key, *covariates])
     else:
         if condition_key is not None or covariates or reference is not None:
-            raise ValueError("Pass either `design` (with `contrast` / `test`) or the two-group form "
-                             "(`condition_key`, `reference`, `covariates`), not both.")
+            raise ValueError(
+                "Pass either `design` (with `contrast` / `test`) or the two-group form "
+                "(`condition_key`, `reference`, `covariates`), not both."
+            )
         if not isinstance(design, str) or "~" not in design:
             raise ValueError(f"design must be a formula string such as '~ condition + age', got {design!r}.")
         formula = design.strip()
     variables = formula_variables(formula)
     for v in variables + ([random_effect] if random_effect else []):
         if v not in obs.columns:
-            raise KeyError(f"Column {v!r} of the design is not in {where}.{_suggest(v, obs.columns)} "
-                           f"Available columns: {list(obs.columns)[:20]}")
+            raise KeyError(
+                f"Column {v!r} of the design is not in {where}.{_suggest(v, obs.columns)} "
+                f"Available columns: {list(obs.columns)[:20]}"
+            )
     if sample_key in variables:
         raise ValueError(f"sample_key {sample_key!r} cannot be in the design: it is the unit of replication.")
     for role, col in reserved.items():
         if col is not None and (col in variables or col == random_effect):
-            raise ValueError(f"{role} {col!r} is also in the design or the random effect; {role} names the "
-                             "cell types (groups) tested separately, e.g. groupby='cell_type'.")
+            raise ValueError(
+                f"{role} {col!r} is also in the design or the random effect; {role} names the "
+                "cell types (groups) tested separately, e.g. groupby='cell_type'."
+            )
     if random_effect is not None and random_effect in variables:
-        raise ValueError(f"random_effect {random_effect!r} is also in the design; it names the donor whose samples "
-                         "(visits, pools, paired conditions) share a random intercept.")
+        raise ValueError(
+            f"random_effect {random_effect!r} is also in the design; it names the donor whose samples "
+            "(visits, pools, paired conditions) share a random intercept."
+        )
     cols = list(dict.fromkeys(variables + ([random_effect] if random_effect else [])))
     # missing values: name the samples
     for v in cols:
@@ -339,7 +363,8 @@ def build_design(
             raise ValueError(
                 f"Column {v!r} of the design has missing values (NaN) for {len(bad)} sample(s) of {sample_key!r}: "
                 f"{bad[:10]}{' ...' if len(bad) > 10 else ''}. Models cannot use samples without it, and none is "
-                f"dropped silently: subset first, e.g. `adata[adata.obs[{v!r}].notna()].copy()`, or fill it.")
+                f"dropped silently: subset first, e.g. `adata[adata.obs[{v!r}].notna()].copy()`, or fill it."
+            )
     tab = _sample_table(obs, sample_key, cols)
     categorical: dict[str, list] = {}
     frame = pd.DataFrame(index=tab.index)
@@ -361,19 +386,25 @@ def build_design(
     names = [str(c) for c in mm.columns]
     X = np.asarray(mm, dtype=float)
     if "Intercept" not in names:
-        raise ValueError(f"design={formula!r} has no intercept; keep it (remove '- 1' / '+ 0') so that contrasts "
-                         "and df are the usual ones.")
+        raise ValueError(
+            f"design={formula!r} has no intercept; keep it (remove '- 1' / '+ 0') so that contrasts "
+            "and df are the usual ones."
+        )
     hint = ""
     for v, lv in categorical.items():
         if len(lv) + 1 >= len(tab) and pd.to_numeric(pd.Series([str(x) for x in lv]), errors="coerce").notna().all():
-            hint = (f" Column {v!r} is categorical with {len(lv)} levels for {len(tab)} samples and its values look "
-                    f"numeric: convert it, e.g. `adata.obs[{v!r}] = adata.obs[{v!r}].astype(float)`.")
+            hint = (
+                f" Column {v!r} is categorical with {len(lv)} levels for {len(tab)} samples and its values look "
+                f"numeric: convert it, e.g. `adata.obs[{v!r}] = adata.obs[{v!r}].astype(float)`."
+            )
     problem = rank_problem(X, names)
     if problem is not None:
         raise ValueError(f"design={formula!r}: {problem}{hint}")
     if X.shape[0] <= X.shape[1]:
-        raise ValueError(f"Too few samples ({X.shape[0]}) for design={formula!r} ({X.shape[1]} columns {names}): "
-                         f"no residual degrees of freedom. Use fewer covariates.{hint}")
+        raise ValueError(
+            f"Too few samples ({X.shape[0]}) for design={formula!r} ({X.shape[1]} columns {names}): "
+            f"no residual degrees of freedom. Use fewer covariates.{hint}"
+        )
 
     def grid_row(overrides: Mapping[str, object]) -> np.ndarray:
         row = {}
@@ -392,16 +423,21 @@ def build_design(
     if legacy:
         levels = categorical.get(condition_key)
         if levels is None:
-            raise ValueError(f"condition_key {condition_key!r} is numeric; for a continuous column use "
-                             f"design='~ {condition_key}' with test={condition_key!r}.")
+            raise ValueError(
+                f"condition_key {condition_key!r} is numeric; for a continuous column use "
+                f"design='~ {condition_key}' with test={condition_key!r}."
+            )
         if len(levels) < 2:
-            raise ValueError(f"{where}[{condition_key!r}] has a single level ({levels}); a comparison needs two. "
-                             "Check the subset you passed (both conditions must be present).")
+            raise ValueError(
+                f"{where}[{condition_key!r}] has a single level ({levels}); a comparison needs two. "
+                "Check the subset you passed (both conditions must be present)."
+            )
         if len(levels) > 2:
             raise ValueError(
                 f"{where}[{condition_key!r}] has {len(levels)} levels {levels}; with condition_key pass data with "
                 f"exactly two, or use design='~ {condition_key}' (every pair of levels is tested, or name them with "
-                f"contrast=({condition_key!r}, '<case>', '<reference>')).")
+                f"contrast=({condition_key!r}, '<case>', '<reference>'))."
+            )
         ref = levels[0] if reference is None else reference
         if ref not in levels:
             raise ValueError(f"reference={reference!r} is not a level of {where}[{condition_key!r}]: {levels}.")
@@ -413,12 +449,23 @@ def build_design(
             raise ValueError(f"design={formula!r} has no variable to test.")
         if first in categorical:
             lv = categorical[first]
-            specs = [(first, b, a) for i, a in enumerate(lv) for b in lv[i + 1:]]
+            specs = [(first, b, a) for i, a in enumerate(lv) for b in lv[i + 1 :]]
         else:
             specs = [("__test__", first)]
     for s in specs:
-        hyps.append(_hypothesis(s, formula=formula, names=names, spec=spec, variables=variables,
-                                categorical=categorical, frame=frame, grid_row=grid_row, where=where))
+        hyps.append(
+            _hypothesis(
+                s,
+                formula=formula,
+                names=names,
+                spec=spec,
+                variables=variables,
+                categorical=categorical,
+                frame=frame,
+                grid_row=grid_row,
+                where=where,
+            )
+        )
     seen = set()
     for h in hyps:
         if h.name in seen:
@@ -433,10 +480,13 @@ def build_design(
                     raise ValueError(
                         f"Condition {lv!r} ({h.variable}) has {n.get(lv, 0)} sample(s) (levels of {sample_key!r}); at least "
                         f"{min_per_level} per arm are needed to estimate donor-to-donor variation. Per-cell tests are not a "
-                        "substitute.")
+                        "substitute."
+                    )
         elif h.kind == "continuous" and frame[h.variable].nunique() < 3:
-            raise ValueError(f"The continuous column {h.variable!r} takes {frame[h.variable].nunique()} distinct "
-                             "value(s) across samples; a slope needs at least 3.")
+            raise ValueError(
+                f"The continuous column {h.variable!r} takes {frame[h.variable].nunique()} distinct "
+                "value(s) across samples; a slope needs at least 3."
+            )
     if random_effect is not None:
         re_ = tab[random_effect]
         n_re = re_.nunique()
@@ -446,7 +496,8 @@ def build_design(
             raise ValueError(
                 f"random_effect {random_effect!r} has one level per sample ({n_re} levels, {len(tab)} samples of "
                 f"{sample_key!r}): there is nothing to group and the random intercept cannot be separated from the "
-                "residual. Leave random_effect=None, or set sample_key to the finer sample (visit, pool) column.")
+                "residual. Leave random_effect=None, or set sample_key to the finer sample (visit, pool) column."
+            )
         for h in hyps:
             if h.kind != "contrast":
                 continue
@@ -458,9 +509,19 @@ def build_design(
                         raise ValueError(
                             f"{h.variable} level {lv!r} has {arm.get(lv, 0)} level(s) of random_effect "
                             f"{random_effect!r} (its samples come from one donor); at least 2 donors per arm are "
-                            "needed: repeated samples of one donor do not measure donor-to-donor variation.")
-    return Design(formula=formula, table=tab, X=X, columns=names, hypotheses=hyps, random_effect=random_effect,
-                  variables=variables, categorical=categorical, legacy=legacy)
+                            "needed: repeated samples of one donor do not measure donor-to-donor variation."
+                        )
+    return Design(
+        formula=formula,
+        table=tab,
+        X=X,
+        columns=names,
+        hypotheses=hyps,
+        random_effect=random_effect,
+        variables=variables,
+        categorical=categorical,
+        legacy=legacy,
+    )
 
 
 def _hypothesis(s, *, formula, names, spec, variables, categorical, frame, grid_row, where) -> Hypothesis:
@@ -468,8 +529,9 @@ def _hypothesis(s, *, formula, names, spec, variables, categorical, frame, grid_
         v = np.zeros(len(names))
         for k, w in s.items():
             if k not in names:
-                raise KeyError(f"contrast column {k!r} is not a column of the design matrix {names}."
-                               f"{_suggest(k, names)}")
+                raise KeyError(
+                    f"contrast column {k!r} is not a column of the design matrix {names}.{_suggest(k, names)}"
+                )
             v[names.index(k)] = float(w)
         if not v.any():
             raise ValueError("the contrast dict is all zero.")
@@ -484,30 +546,43 @@ def _hypothesis(s, *, formula, names, spec, variables, categorical, frame, grid_
             for p in parts:
                 if p not in variables:
                     raise ValueError(f"test={t!r}: {p!r} is not in design={formula!r}.")
-            cols = [j for j, n in enumerate(names)
-                    if ":" in n and sorted(x.split("[")[0] for x in n.split(":")) == sorted(parts)]
+            cols = [
+                j
+                for j, n in enumerate(names)
+                if ":" in n and sorted(x.split("[")[0] for x in n.split(":")) == sorted(parts)
+            ]
             if not cols:
-                raise ValueError(f"test={t!r}: design={formula!r} has no {t} interaction term; write it in the "
-                                 f"formula, e.g. '~ {parts[0]} * {parts[1]}'.")
+                raise ValueError(
+                    f"test={t!r}: design={formula!r} has no {t} interaction term; write it in the "
+                    f"formula, e.g. '~ {parts[0]} * {parts[1]}'."
+                )
             if len(cols) > 1:
-                raise ValueError(f"test={t!r} spans {len(cols)} design columns {[names[j] for j in cols]} (a factor "
-                                 "with more than two levels); test one of them with contrast={'<column>': 1}.")
+                raise ValueError(
+                    f"test={t!r} spans {len(cols)} design columns {[names[j] for j in cols]} (a factor "
+                    "with more than two levels); test one of them with contrast={'<column>': 1}."
+                )
             v = np.zeros(len(names))
             v[cols[0]] = 1.0
             return Hypothesis(name=f"{t} ({names[cols[0]]})", kind="interaction", vector=v, variable=t)
         if t not in variables:
-            raise ValueError(f"test={t!r} is not in design={formula!r}: add it to the formula "
-                             f"(e.g. '{formula} + {t}').{_suggest(t, variables)}")
+            raise ValueError(
+                f"test={t!r} is not in design={formula!r}: add it to the formula "
+                f"(e.g. '{formula} + {t}').{_suggest(t, variables)}"
+            )
         if t in categorical:
             lv = categorical[t]
-            raise ValueError(f"test={t!r} is categorical (levels {lv}); compare levels with contrast=({t!r}, "
-                             f"{lv[-1]!r}, {lv[0]!r}), or convert it to numbers if it is a score.")
+            raise ValueError(
+                f"test={t!r} is categorical (levels {lv}); compare levels with contrast=({t!r}, "
+                f"{lv[-1]!r}, {lv[0]!r}), or convert it to numbers if it is a score."
+            )
         m = float(frame[t].mean())
         v = grid_row({t: m + 1.0}) - grid_row({t: m})
         return Hypothesis(name=f"{t} (per unit)", kind="continuous", vector=v, variable=t)
     if not (isinstance(s, (tuple, list)) and len(s) == 3):
-        raise ValueError(f"contrast must be (column, case, reference), a list of them, or a dict "
-                         f"{{design column: weight}}; got {s!r}.")
+        raise ValueError(
+            f"contrast must be (column, case, reference), a list of them, or a dict "
+            f"{{design column: weight}}; got {s!r}."
+        )
     var, case, ref = s
     if var not in variables:
         raise ValueError(f"contrast {tuple(s)!r}: {var!r} is not in design={formula!r}.{_suggest(var, variables)}")
@@ -520,5 +595,4 @@ def _hypothesis(s, *, formula, names, spec, variables, categorical, frame, grid_
     if case == ref:
         raise ValueError(f"contrast {tuple(s)!r} compares a level with itself.")
     v = grid_row({var: case}) - grid_row({var: ref})
-    return Hypothesis(name=f"{var}: {case} vs {ref}", kind="contrast", vector=v, variable=var, case=case,
-                      reference=ref)
+    return Hypothesis(name=f"{var}: {case} vs {ref}", kind="contrast", vector=v, variable=var, case=case, reference=ref)

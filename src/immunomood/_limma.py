@@ -16,8 +16,16 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-__all__ = ["calc_norm_factors", "clowess", "filter_by_expr", "fry", "lm_effects", "pool_set_variance", "voom",
-           "voom_fry"]
+__all__ = [
+    "calc_norm_factors",
+    "clowess",
+    "filter_by_expr",
+    "fry",
+    "lm_effects",
+    "pool_set_variance",
+    "voom",
+    "voom_fry",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -28,7 +36,7 @@ def _lowest(x, y, n, xs, nleft, nright, userw, rw):
     rng = x[n] - x[1]
     h = max(xs - x[nleft], x[nright] - xs)
     h9, h1 = 0.999 * h, 0.001 * h
-    xx = x[nleft:n + 1]
+    xx = x[nleft : n + 1]
     r = np.abs(xx - xs)
     stop = np.flatnonzero((r > h9) & (xx > xs))
     nrt = nleft + (int(stop[0]) if stop.size else xx.size) - 1
@@ -37,7 +45,7 @@ def _lowest(x, y, n, xs, nleft, nright, userw, rw):
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(r <= h9, np.where(r <= h1, 1.0, (1.0 - (r / h) ** 3) ** 3), 0.0)
     if userw:
-        w = w * rw[nleft:nrt + 1]
+        w = w * rw[nleft : nrt + 1]
     a = _csum(w)
     if a <= 0.0:
         return 0.0, False
@@ -49,7 +57,7 @@ def _lowest(x, y, n, xs, nleft, nright, userw, rw):
         if np.sqrt(c) > 0.001 * rng:
             b /= c
             w = w * (b * (xw - a) + 1.0)
-    return _csum(w * y[nleft:nrt + 1]), True
+    return _csum(w * y[nleft : nrt + 1]), True
 
 
 def _csum(v: np.ndarray) -> float:
@@ -136,9 +144,17 @@ def _hat(design: np.ndarray) -> np.ndarray:
     return (u[:, :rank] ** 2).sum(axis=1)
 
 
-def filter_by_expr(counts: np.ndarray, *, design: np.ndarray | None = None, group: Sequence | None = None,
-                   lib_size: np.ndarray | None = None, min_count: float = 10, min_total_count: float = 15,
-                   large_n: int = 10, min_prop: float = 0.7) -> np.ndarray:
+def filter_by_expr(
+    counts: np.ndarray,
+    *,
+    design: np.ndarray | None = None,
+    group: Sequence | None = None,
+    lib_size: np.ndarray | None = None,
+    min_count: float = 10,
+    min_total_count: float = 15,
+    large_n: int = 10,
+    min_prop: float = 0.7,
+) -> np.ndarray:
     """edgeR ``filterByExpr`` (defaults of edgeR 3.40) on a samples x genes count matrix: boolean per gene."""
     counts = np.asarray(counts, dtype=float)
     if lib_size is None:
@@ -279,7 +295,7 @@ def lm_effects(E: np.ndarray, design: np.ndarray, weights: np.ndarray | None = N
     else:
         ws = np.sqrt(np.asarray(weights, dtype=float).T)  # genes x samples
         qty, sgn = _householder_qty(X[None, :, :] * ws[:, :, None], Y * ws)
-    eff = qty[:, p - 1:].copy()
+    eff = qty[:, p - 1 :].copy()
     eff[:, 0] *= sgn
     return eff
 
@@ -292,8 +308,9 @@ def _eu2max(df_residual: int) -> float:
     if df_residual not in _EU2MAX_CACHE:
         x, w = np.polynomial.legendre.leggauss(128)
         nodes, wts = (x + 1) / 2, w / 2
-        _EU2MAX_CACHE[df_residual] = float(np.sum((df_residual + 1) * nodes**df_residual
-                                                  * stats.chi2.ppf(nodes, df=1) * wts))
+        _EU2MAX_CACHE[df_residual] = float(
+            np.sum((df_residual + 1) * nodes**df_residual * stats.chi2.ppf(nodes, df=1) * wts)
+        )
     return _EU2MAX_CACHE[df_residual]
 
 
@@ -340,8 +357,14 @@ def fit_f_dist(x: np.ndarray, df1: float) -> tuple[float, float]:
     return float(np.mean(x)), np.inf
 
 
-def fry(E: np.ndarray, design: np.ndarray, index: Mapping[str, Sequence[int]], *, weights: np.ndarray | None = None,
-        contrast: int = 1) -> pd.DataFrame:
+def fry(
+    E: np.ndarray,
+    design: np.ndarray,
+    index: Mapping[str, Sequence[int]],
+    *,
+    weights: np.ndarray | None = None,
+    contrast: int = 1,
+) -> pd.DataFrame:
     """limma ``fry`` with its defaults (``standardize="posterior.sd"``, no trend, not robust).
 
     ``E``: samples x genes (voom logCPM), ``weights``: its voom weights, ``index``: set name -> gene positions.
@@ -358,8 +381,11 @@ def fry(E: np.ndarray, design: np.ndarray, index: Mapping[str, Sequence[int]], *
     s2 = e2[:, 1:].mean(axis=1)
     scale, df_prior = fit_f_dist(s2, df_res)
     d = 0.92 * df_res
-    s2_post = np.full_like(s2_robust, scale) if not np.isfinite(df_prior) else (
-        (d * s2_robust + df_prior * scale) / (d + df_prior))
+    s2_post = (
+        np.full_like(s2_robust, scale)
+        if not np.isfinite(df_prior)
+        else ((d * s2_robust + df_prior * scale) / (d + df_prior))
+    )
     eff = eff / np.sqrt(s2_post)[:, None]
     rows = []
     for name, idx in index.items():
@@ -389,16 +415,31 @@ def fry(E: np.ndarray, design: np.ndarray, index: Mapping[str, Sequence[int]], *
             alpha = apb * frb_mean
             beta = apb - alpha
             pm = stats.beta.sf(fobs, alpha, beta)
-        rows.append(dict(gene_set=name, NGenes=ng, statistic=t, PValue=p, **{"PValue.Mixed": pm},
-                         numerator=m[0], denominator2=den2))
+        rows.append(
+            dict(
+                gene_set=name,
+                NGenes=ng,
+                statistic=t,
+                PValue=p,
+                **{"PValue.Mixed": pm},
+                numerator=m[0],
+                denominator2=den2,
+            )
+        )
     out = pd.DataFrame(rows).set_index("gene_set")
     out.insert(1, "Direction", np.where(out["statistic"] < 0, "Down", "Up"))
     out["df"] = df_res
     return out
 
 
-def voom_fry(counts: np.ndarray, design: np.ndarray, index: Mapping[str, Sequence[int]], *, contrast: int = 1,
-             filter_group: Sequence | None = None) -> dict:
+def voom_fry(
+    counts: np.ndarray,
+    design: np.ndarray,
+    index: Mapping[str, Sequence[int]],
+    *,
+    contrast: int = 1,
+    filter_group: Sequence | None = None,
+) -> dict:
     """The standard pseudobulk pipeline, as in R::
 
         y <- DGEList(counts); keep <- filterByExpr(y, design)    # or group = filter_group

@@ -18,12 +18,38 @@ from anndata import AnnData
 from ._utils import find_symbol_column, gene_symbols, identifier_kind
 
 LINEAGES = (
-    "T cell", "NK cell", "B cell", "Monocyte", "Dendritic cell", "Neutrophil", "Platelet", "Erythrocyte", "Unassigned",
+    "T cell",
+    "NK cell",
+    "B cell",
+    "Monocyte",
+    "Dendritic cell",
+    "Neutrophil",
+    "Platelet",
+    "Erythrocyte",
+    "Unassigned",
 )
 CELL_TYPES = (
-    "CD4 naive T", "CD4 memory T", "Treg", "CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T", "Proliferating T",
-    "NK", "B naive", "B memory", "Plasmablast", "Classical monocyte", "Intermediate monocyte",
-    "Non-classical monocyte", "cDC", "pDC", "Neutrophil", "Platelet", "Erythrocyte", "Unassigned",
+    "CD4 naive T",
+    "CD4 memory T",
+    "Treg",
+    "CD8 naive T",
+    "CD8 memory T",
+    "MAIT",
+    "gamma-delta T",
+    "Proliferating T",
+    "NK",
+    "B naive",
+    "B memory",
+    "Plasmablast",
+    "Classical monocyte",
+    "Intermediate monocyte",
+    "Non-classical monocyte",
+    "cDC",
+    "pDC",
+    "Neutrophil",
+    "Platelet",
+    "Erythrocyte",
+    "Unassigned",
 )
 #: Lineage-level calls: ``obs[key_added]`` holds the lineage name when the panel cannot separate its subsets.
 LINEAGE_CALLS = ("T cell", "B cell", "Monocyte", "Dendritic cell")
@@ -54,7 +80,9 @@ def resolve_markers(markers: str | Mapping[str, Any]) -> dict[str, Any]:
         res.setdefault("name", "custom")
         res.setdefault("version", "user")
     else:
-        raise TypeError(f"`markers` must be a resource name such as 'blood' or a mapping, got {type(markers).__name__}.")
+        raise TypeError(
+            f"`markers` must be a resource name such as 'blood' or a mapping, got {type(markers).__name__}."
+        )
     for part in ("lineages", "subsets"):
         if part not in res or not isinstance(res[part], list):
             raise ValueError(
@@ -87,4 +115,3 @@ def marker_symbols(adata: AnnData) -> pd.Index:
             ok = vals.notna().to_numpy() & (vals.str.len() > 0).to_numpy() & (vals != "nan").to_numpy()
             symbols = pd.Index(np.where(ok, vals.to_numpy(), np.asarray(symbols)))
     return symbols
-

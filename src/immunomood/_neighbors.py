@@ -43,9 +43,16 @@ def knn_lists(
         from pynndescent import NNDescent
 
         index = NNDescent(
-            X, n_neighbors=k, metric="euclidean", random_state=random_state,
-            n_trees=min(64, 5 + round(n**0.5 / 20.0)), n_iters=max(5, round(np.log2(n))),
-            n_jobs=n_jobs, low_memory=True, compressed=False, verbose=False,
+            X,
+            n_neighbors=k,
+            metric="euclidean",
+            random_state=random_state,
+            n_trees=min(64, 5 + round(n**0.5 / 20.0)),
+            n_iters=max(5, round(np.log2(n))),
+            n_jobs=n_jobs,
+            low_memory=True,
+            compressed=False,
+            verbose=False,
         )
         idx, dist = index.neighbor_graph
     return _self_first(np.asarray(idx, dtype=np.int64), np.asarray(dist, dtype=np.float32))

@@ -155,14 +155,30 @@ class Checkpoints:
             have = info.get("inputs")
             if have != want:
                 changed = sorted(k for k in set(want) | set(have or {}) if (have or {}).get(k) != want.get(k))
-                logger.info("stage %s: checkpoint made from other input files (%s changed), rerun", stage,
-                            ", ".join(changed) or "inputs")
+                logger.info(
+                    "stage %s: checkpoint made from other input files (%s changed), rerun",
+                    stage,
+                    ", ".join(changed) or "inputs",
+                )
                 return False
         return True
 
-    def write(self, stage: str, config_hash: str, *, adata=None, mdata=None, tables: dict[str, pd.DataFrame] | None = None,
-              extra: dict[str, Any] | None = None) -> Path:
-        meta = {"stage": stage, "config_hash": config_hash, "versions": versions(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    def write(
+        self,
+        stage: str,
+        config_hash: str,
+        *,
+        adata=None,
+        mdata=None,
+        tables: dict[str, pd.DataFrame] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        meta = {
+            "stage": stage,
+            "config_hash": config_hash,
+            "versions": versions(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         if self.inputs is not None:
             meta["inputs"] = _stage_inputs(stage, self.inputs)
             meta["input_files"] = {k: v["files"] for k, v in self.inputs.items() if k in meta["inputs"]}
@@ -172,12 +188,14 @@ class Checkpoints:
         work = self.tmp / f"{stage}-{uuid.uuid4().hex[:8]}"
         work.mkdir()
         if adata is not None:
-            adata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k not in ("versions", "input_files")} | {
-                "versions": meta["versions"]}
+            adata.uns["immunomood_checkpoint"] = {
+                k: v for k, v in meta.items() if k not in ("versions", "input_files")
+            } | {"versions": meta["versions"]}
             adata.write_h5ad(work / "data.h5ad")
         if mdata is not None:
-            mdata.uns["immunomood_checkpoint"] = {k: v for k, v in meta.items() if k not in ("versions", "input_files")} | {
-                "versions": meta["versions"]}
+            mdata.uns["immunomood_checkpoint"] = {
+                k: v for k, v in meta.items() if k not in ("versions", "input_files")
+            } | {"versions": meta["versions"]}
             mdata.write(work / "data.h5mu")
         for name, df in (tables or {}).items():
             df.to_csv(work / f"{name}.csv", index=False)
@@ -256,11 +274,15 @@ def _check_outdir(outdir: Path) -> str | None:
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir():
-        return (f"[output] outdir {outdir} cannot be created: {anc} is a file, not a folder. "
-                "Choose an outdir in a folder you can write to.")
+        return (
+            f"[output] outdir {outdir} cannot be created: {anc} is a file, not a folder. "
+            "Choose an outdir in a folder you can write to."
+        )
     if not os.access(anc, os.W_OK | os.X_OK):
-        return (f"[output] outdir {outdir} cannot be written: no write permission on {anc}. "
-                "Choose an outdir in a folder you can write to.")
+        return (
+            f"[output] outdir {outdir} cannot be written: no write permission on {anc}. "
+            "Choose an outdir in a folder you can write to."
+        )
     return None
 
 
@@ -283,8 +305,11 @@ def validate_inputs(cfg: Config) -> None:
     n_vars: list[int | None] = []
     obs_columns: set[str] | None = None
     samples: pd.DataFrame | None = None  # the input's obs (h5ad) or sample sheet, for the design check
-    needed = [inp["sample_key"], inp["condition_key"]] + ([inp["batch_key"]] if inp["batch_key"] else []) + list(
-        inp["covariates"])
+    needed = (
+        [inp["sample_key"], inp["condition_key"]]
+        + ([inp["batch_key"]] if inp["batch_key"] else [])
+        + list(inp["covariates"])
+    )
     if inp["h5ad"] is not None:
         p = cfg.resolve(inp["h5ad"])
         if not p.is_file():
@@ -300,9 +325,11 @@ def validate_inputs(cfg: Config) -> None:
             for c in [c for c in needed if c in obs.columns]:
                 na = obs[c].isna() | obs[c].astype(str).str.strip().isin(["", "nan", "NaN", "None"])
                 if na.any():
-                    problems.append(f"[input] column {c!r} of {p.name} is missing for {int(na.sum())} cells (e.g. "
-                                    f"{obs.index[na][:3].tolist()}): fill it in or remove those cells (a missing ID "
-                                    "is never turned into a group called 'nan')")
+                    problems.append(
+                        f"[input] column {c!r} of {p.name} is missing for {int(na.sum())} cells (e.g. "
+                        f"{obs.index[na][:3].tolist()}): fill it in or remove those cells (a missing ID "
+                        "is never turned into a group called 'nan')"
+                    )
     else:
         p = cfg.resolve(inp["sample_sheet"])
         if not p.is_file():
@@ -331,12 +358,16 @@ def validate_inputs(cfg: Config) -> None:
         problems.append("[integrate] enabled = true needs [input] batch_key (or set [integrate] enabled = false)")
     known = [n for n in n_vars if n is not None]
     if known and cfg["qc"]["n_top_genes"] > min(known):
-        problems.append(f"[qc] n_top_genes must be at most the number of genes of the input ({min(known)}), got "
-                        f"{cfg['qc']['n_top_genes']}. Lower n_top_genes (2000 is usual).")
+        problems.append(
+            f"[qc] n_top_genes must be at most the number of genes of the input ({min(known)}), got "
+            f"{cfg['qc']['n_top_genes']}. Lower n_top_genes (2000 is usual)."
+        )
     groupby = cfg["differential"]["groupby"]
     if obs_columns is not None and groupby != "cell_type" and groupby not in obs_columns:
-        problems.append(f"[differential] groupby {groupby!r} will not exist: it must be 'cell_type' (written by the "
-                        f"annotate stage) or a column of the input. Available: {sorted(obs_columns)}.")
+        problems.append(
+            f"[differential] groupby {groupby!r} will not exist: it must be 'cell_type' (written by the "
+            f"annotate stage) or a column of the input. Available: {sorted(obs_columns)}."
+        )
     if samples is not None and not problems:
         problems += _check_design_on_input(cfg, samples)
     if problems:
@@ -365,11 +396,17 @@ def _check_design_on_input(cfg: Config, samples: pd.DataFrame) -> list[str]:
         cats = list(obs[inp["condition_key"]].cat.categories)
         if kw["reference"] in cats:  # the load stage puts the reference first
             obs[inp["condition_key"]] = obs[inp["condition_key"]].cat.reorder_categories(
-                [kw["reference"]] + [c for c in cats if c != kw["reference"]])
+                [kw["reference"]] + [c for c in cats if c != kw["reference"]]
+            )
     groupby = d["groupby"]
     try:
-        build_design(obs, sample_key=inp["sample_key"], reserved={"groupby": groupby}, where="the input",
-                     **{k: v for k, v in kw.items() if v is not None})
+        build_design(
+            obs,
+            sample_key=inp["sample_key"],
+            reserved={"groupby": groupby},
+            where="the input",
+            **{k: v for k, v in kw.items() if v is not None},
+        )
     except (ValueError, KeyError, TypeError) as e:
         what = "design" if d["design"] is not None else "condition_key / covariates"
         msg = _plain(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
@@ -379,19 +416,23 @@ def _check_design_on_input(cfg: Config, samples: pd.DataFrame) -> list[str]:
         if pr["outcome"] not in cols and cfg["proteomics"]["path"] is None:
             from ._config import _suggest
 
-            out.append(f"[predict] outcome {pr['outcome']!r} is not a column of the input.{_suggest(pr['outcome'], cols)}"
-                       f" Available: {cols[:20]}")
+            out.append(
+                f"[predict] outcome {pr['outcome']!r} is not a column of the input.{_suggest(pr['outcome'], cols)}"
+                f" Available: {cols[:20]}"
+            )
         for key in ("donor_key",):
             if pr[key] is not None and pr[key] not in cols:
                 out.append(f"[predict] {key} {pr[key]!r} is not a column of the input. Available: {cols[:20]}")
         base = parse_baseline(pr["baseline"])
         if base is not None:
-            (col, val), = base.items()
+            ((col, val),) = base.items()
             if col not in cols:
                 out.append(f"[predict] baseline column {col!r} is not a column of the input. Available: {cols[:20]}")
             elif not (obs[col].astype(str) == str(val)).any():
-                out.append(f"[predict] baseline {col}={val}: no sample has {col} == {val!r} (values: "
-                           f"{sorted(map(str, pd.unique(obs[col].dropna())))[:10]}).")
+                out.append(
+                    f"[predict] baseline {col}={val}: no sample has {col} == {val!r} (values: "
+                    f"{sorted(map(str, pd.unique(obs[col].dropna())))[:10]})."
+                )
     return out
 
 
@@ -412,9 +453,11 @@ def _check_complete(obs: pd.DataFrame, columns: list[str], where: str) -> None:
     for c in columns:
         na = obs[c].isna() | obs[c].astype(str).str.strip().isin(["", "nan", "NaN", "None"])
         if na.any():
-            raise ConfigError(f"[input] {where}: column {c!r} is missing for {int(na.sum())} cells (e.g. "
-                              f"{obs.index[na][:3].tolist()}). Fill it in or remove those cells; a missing ID is "
-                              "never turned into a group called 'nan'.")
+            raise ConfigError(
+                f"[input] {where}: column {c!r} is missing for {int(na.sum())} cells (e.g. "
+                f"{obs.index[na][:3].tolist()}). Fill it in or remove those cells; a missing ID is "
+                "never turned into a group called 'nan'."
+            )
 
 
 def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
@@ -428,35 +471,51 @@ def stage_load(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
         adata = ad.read_h5ad(cfg.resolve(inp["h5ad"]))
         if inp["counts_layer"]:
             if inp["counts_layer"] not in adata.layers:
-                raise ConfigError(f"[input] counts_layer {inp['counts_layer']!r} is not a layer of "
-                                  f"{cfg.resolve(inp['h5ad']).name}. Layers present: {list(adata.layers)} "
-                                  "(leave counts_layer out when X holds the raw counts).")
+                raise ConfigError(
+                    f"[input] counts_layer {inp['counts_layer']!r} is not a layer of "
+                    f"{cfg.resolve(inp['h5ad']).name}. Layers present: {list(adata.layers)} "
+                    "(leave counts_layer out when X holds the raw counts)."
+                )
             adata.X = adata.layers[inp["counts_layer"]].copy()
         _check_complete(adata.obs, ids, cfg.resolve(inp["h5ad"]).name)
     else:
         # the same reader as the Python API: im.io.read_cohort (paths relative to the sheet's folder)
-        adata = io.read_cohort(cfg.resolve(inp["sample_sheet"]), sample_key=inp["sample_key"],
-                               required_columns=ids[1:] + list(inp["covariates"]), layer=inp["counts_layer"])
+        adata = io.read_cohort(
+            cfg.resolve(inp["sample_sheet"]),
+            sample_key=inp["sample_key"],
+            required_columns=ids[1:] + list(inp["covariates"]),
+            layer=inp["counts_layer"],
+        )
     for c in ids:
         adata.obs[c] = adata.obs[c].astype(str).astype("category")
     if inp["reference"] is not None:
         cats = list(adata.obs[inp["condition_key"]].cat.categories)
         if inp["reference"] not in cats:
-            raise ConfigError(f"[input] reference {inp['reference']!r} is not a level of "
-                              f"{inp['condition_key']!r}: {cats}")
+            raise ConfigError(
+                f"[input] reference {inp['reference']!r} is not a level of {inp['condition_key']!r}: {cats}"
+            )
         adata.obs[inp["condition_key"]] = adata.obs[inp["condition_key"]].cat.reorder_categories(
-            [inp["reference"]] + [c for c in cats if c != inp["reference"]])
+            [inp["reference"]] + [c for c in cats if c != inp["reference"]]
+        )
     # which markers and gene sets the measured genes can resolve (the report's load section shows it)
-    io.gene_coverage(adata, markers=cfg["annotate"]["markers"], gene_sets=list(cfg["score"]["gene_sets"]),
-                     gene_symbols=inp["gene_symbols"])
+    io.gene_coverage(
+        adata,
+        markers=cfg["annotate"]["markers"],
+        gene_sets=list(cfg["score"]["gene_sets"]),
+        gene_symbols=inp["gene_symbols"],
+    )
     cov = adata.uns["gene_coverage"]
     bad = cov[~cov["resolvable"] & cov["kind"].isin(["lineage", "gene_set"])]
     if len(bad):
-        record_problem(adata, f"load: the {adata.n_vars} measured genes cannot resolve "
-                              f"{', '.join(bad['kind'] + ' ' + bad['name'])} (too few of their genes; see "
-                              "uns['gene_coverage'])")
-    logger.info("loaded %d cells x %d genes from %d samples", adata.n_obs, adata.n_vars,
-                adata.obs[inp["sample_key"]].nunique())
+        record_problem(
+            adata,
+            f"load: the {adata.n_vars} measured genes cannot resolve "
+            f"{', '.join(bad['kind'] + ' ' + bad['name'])} (too few of their genes; see "
+            "uns['gene_coverage'])",
+        )
+    logger.info(
+        "loaded %d cells x %d genes from %d samples", adata.n_obs, adata.n_vars, adata.obs[inp["sample_key"]].nunique()
+    )
     tables = {"gene_coverage": cov}
     if isinstance(adata.uns.get("read_cohort"), pd.DataFrame):
         tables["samples_read"] = adata.uns["read_cohort"]
@@ -497,12 +556,22 @@ def stage_integrate(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     adata.obsm["X_pca"] = sub.obsm["X_pca"]
     use_rep = "X_pca"
     if ig["enabled"]:
-        tl.integrate(adata, batch_key=inp["batch_key"], n_latent=ig["n_latent"], max_epochs=ig["max_epochs"],
-                     accelerator=ig["accelerator"], devices=ig["devices"], random_state=rs)
+        tl.integrate(
+            adata,
+            batch_key=inp["batch_key"],
+            n_latent=ig["n_latent"],
+            max_epochs=ig["max_epochs"],
+            accelerator=ig["accelerator"],
+            devices=ig["devices"],
+            random_state=rs,
+        )
         use_rep = "X_scVI"
     else:
-        record_problem(adata, "scVI integration skipped ([integrate] enabled = false): embedding, clustering and "
-                       "annotation use the unintegrated PCA, so batch effects are not removed.")
+        record_problem(
+            adata,
+            "scVI integration skipped ([integrate] enabled = false): embedding, clustering and "
+            "annotation use the unintegrated PCA, so batch effects are not removed.",
+        )
     tl.embed(adata, use_rep=use_rep, random_state=rs)
     ck.write("integrate", h, adata=adata, extra={"use_rep": use_rep})
     state["adata"] = adata
@@ -514,13 +583,19 @@ def stage_annotate(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     an = cfg["annotate"]
     adata = state["adata"]
     use_rep = "X_scVI" if "X_scVI" in adata.obsm else "X_pca"
-    tl.annotate(adata, markers=an["markers"], use_rep=use_rep, min_confidence=an["min_confidence"],
-                random_state=cfg["output"]["random_state"])
+    tl.annotate(
+        adata,
+        markers=an["markers"],
+        use_rep=use_rep,
+        min_confidence=an["min_confidence"],
+        random_state=cfg["output"]["random_state"],
+    )
     bk = cfg["input"]["batch_key"]
     if use_rep == "X_scVI" and bk:
         # stored for the report's integration figure (plots compute nothing)
-        tl.integration_metrics(adata, batch_key=bk, label_key="cell_type", embedding="X_scVI",
-                               random_state=cfg["output"]["random_state"])
+        tl.integration_metrics(
+            adata, batch_key=bk, label_key="cell_type", embedding="X_scVI", random_state=cfg["output"]["random_state"]
+        )
     counts = adata.obs["cell_type"].value_counts().rename_axis("cell_type").reset_index(name="n_cells")
     ck.write("annotate", h, adata=adata, tables={"cell_types": counts})
     state["adata"] = adata
@@ -553,8 +628,11 @@ def _with_design(func, name: str, holder, design: dict[str, Any], **kwargs):
     given = {k: v for k, v in design.items() if v not in (None, (), [])}
     unsupported = [k for k in given if k not in params]
     if unsupported:
-        record_problem(holder, f"{name}: not run: this version of im.tl.{name} does not accept {unsupported} of the "
-                               "configured design ([differential] design / contrasts / tests / random_effect).")
+        record_problem(
+            holder,
+            f"{name}: not run: this version of im.tl.{name} does not accept {unsupported} of the "
+            "configured design ([differential] design / contrasts / tests / random_effect).",
+        )
         return None
     try:
         return func(**kwargs, **given)
@@ -573,15 +651,27 @@ def stage_differential(cfg: Config, ck: Checkpoints, h: str, state: dict) -> Non
     design = design_kwargs(cfg)
     common = {"sample_key": inp["sample_key"], "groupby": d["groupby"]}
     # the main result: a design error here is an error of the run (it was checked on the input before any work)
-    res = tl.differential_activity(adata, gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]), min_cells=d["min_cells"],
-                                   **common, **{k: v for k, v in design.items() if v not in (None, (), [])})
+    res = tl.differential_activity(
+        adata,
+        gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
+        min_cells=d["min_cells"],
+        **common,
+        **{k: v for k, v in design.items() if v not in (None, (), [])},
+    )
     tables = {"differential_activity": res}
     comp = _with_design(tl.composition, "composition", adata, design, adata=adata, **common)
     if comp is not None:
         tables["composition"] = comp
     if d["expression"]:
-        de = _with_design(tl.differential_expression, "differential_expression", adata, design, adata=adata,
-                          min_cells=d["min_cells"], **common)
+        de = _with_design(
+            tl.differential_expression,
+            "differential_expression",
+            adata,
+            design,
+            adata=adata,
+            min_cells=d["min_cells"],
+            **common,
+        )
         if de is not None:
             tables["differential_expression"] = de
     state["tables"] = tables
@@ -599,7 +689,7 @@ def _read_proteomics(cfg: Config):
     platform = pr["platform"]
     if platform == "auto":
         name = path.name.lower()
-        platform = ("somascan" if name.endswith(".adat") else "h5ad" if name.endswith(".h5ad") else "olink")
+        platform = "somascan" if name.endswith(".adat") else "h5ad" if name.endswith(".h5ad") else "olink"
     if platform == "h5ad":
         return ad.read_h5ad(path)
     if platform == "somascan":
@@ -620,15 +710,26 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     prot = _read_proteomics(cfg)
     if prot.uns.get("proteomics", {}).get("platform") in ("olink", "somascan"):
         prot = pp.proteomics_qc(prot, max_below_lod=pr["max_below_lod"], copy=True)
-    donors = tl.donor_view(adata, sample_key=inp["sample_key"], groupby=cfg["differential"]["groupby"],
-                           gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]), min_cells=cfg["differential"]["min_cells"])
+    donors = tl.donor_view(
+        adata,
+        sample_key=inp["sample_key"],
+        groupby=cfg["differential"]["groupby"],
+        gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
+        min_cells=cfg["differential"]["min_cells"],
+    )
     mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
 
     # partial associations adjusted for the design's covariates (its columns that are not tested), as the
     # two-group form adjusts for [input] covariates and not for the condition
     design = {"covariates": tuple(c for c in design_covariates(cfg) if c in mdata.obs.columns)}
-    assoc = _with_design(tl.cross_modal_associations, "cross_modal_associations", mdata, design, mdata=mdata,
-                         method=pr["association_method"])
+    assoc = _with_design(
+        tl.cross_modal_associations,
+        "cross_modal_associations",
+        mdata,
+        design,
+        mdata=mdata,
+        method=pr["association_method"],
+    )
     if assoc is None:  # e.g. too few donors with both modalities: a listed problem, the run goes on
         assoc = pd.DataFrame()
     from .tl._donor_data import MIN_DONORS_PER_CLASS_PANEL
@@ -639,34 +740,61 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     tables = {"cross_modal_associations": assoc}
     panel = None
     if len(counts) != 2:
-        record_problem(mdata, f"biomarker panel: not run: it separates two levels of {inp['condition_key']!r}, and "
-                       f"the donors with both modalities have {len(counts)} ({sorted(map(str, counts.index))}).")
+        record_problem(
+            mdata,
+            f"biomarker panel: not run: it separates two levels of {inp['condition_key']!r}, and "
+            f"the donors with both modalities have {len(counts)} ({sorted(map(str, counts.index))}).",
+        )
     else:
         n_min = int(counts.min())
         n_splits = min(5, n_min)
         if n_min < MIN_DONORS_PER_CLASS_PANEL:
-            record_problem(mdata, f"biomarker panel: only {n_min} donors with both modalities in the smaller "
-                           "condition; its cross-validated AUC is very uncertain (exploratory only).", warn_user=False)
+            record_problem(
+                mdata,
+                f"biomarker panel: only {n_min} donors with both modalities in the smaller "
+                "condition; its cross-validated AUC is very uncertain (exploratory only).",
+                warn_user=False,
+            )
         if n_splits < 5:
-            logger.warning("biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
-                           "cross-validation instead of 5", n_min, n_splits)
-        panel = tl.biomarker_panel(mdata, condition_key=inp["condition_key"], n_splits=n_splits,
-                                   n_repeats=pr["biomarker_repeats"], random_state=rs)
-        preds = panel.predictions.reset_index() if isinstance(panel.predictions, pd.DataFrame) else pd.DataFrame(
-            panel.predictions)
-        tables.update({
-            "biomarker_features": panel.features.reset_index(),
-            "biomarker_predictions": preds,
-            "biomarker_auc": pd.DataFrame({"auc": [panel.auc], "ci_low": [panel.auc_ci[0]],
-                                           "ci_high": [panel.auc_ci[1]]}),
-        })
+            logger.warning(
+                "biomarker panel: the smaller condition has %d donors with proteomics; using %d-fold "
+                "cross-validation instead of 5",
+                n_min,
+                n_splits,
+            )
+        panel = tl.biomarker_panel(
+            mdata,
+            condition_key=inp["condition_key"],
+            n_splits=n_splits,
+            n_repeats=pr["biomarker_repeats"],
+            random_state=rs,
+        )
+        preds = (
+            panel.predictions.reset_index()
+            if isinstance(panel.predictions, pd.DataFrame)
+            else pd.DataFrame(panel.predictions)
+        )
+        tables.update(
+            {
+                "biomarker_features": panel.features.reset_index(),
+                "biomarker_predictions": preds,
+                "biomarker_auc": pd.DataFrame(
+                    {"auc": [panel.auc], "ci_low": [panel.auc_ci[0]], "ci_high": [panel.auc_ci[1]]}
+                ),
+            }
+        )
     state["tables"] = {**state.get("tables", {}), **tables}
     state["mdata"] = mdata
     state["panel"] = panel
     # the out-of-fold predictions too (not a report table): a resumed report redraws the ROC figure from them
     extra_tables = {"biomarker_oof": panel.oof.reset_index()} if panel is not None else {}
-    ck.write("proteomics", h, mdata=mdata, tables={**tables, **extra_tables},
-             extra={"biomarker_params": panel.params if panel is not None else {}})
+    ck.write(
+        "proteomics",
+        h,
+        mdata=mdata,
+        tables={**tables, **extra_tables},
+        extra={"biomarker_params": panel.params if panel is not None else {}},
+    )
 
 
 def design_covariates(cfg: Config) -> list[str]:
@@ -689,8 +817,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in np.asarray(value, dtype=object).ravel()] if not isinstance(
-            value, (list, tuple)) else [_jsonable(v) for v in value]
+        return (
+            [_jsonable(v) for v in np.asarray(value, dtype=object).ravel()]
+            if not isinstance(value, (list, tuple))
+            else [_jsonable(v) for v in value]
+        )
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (pd.DataFrame, pd.Series)):
@@ -725,25 +856,39 @@ def stage_predict(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
         mdata = ck.read_mdata("proteomics")
     base = parse_baseline(p["baseline"])
     if base is not None:  # "visit=0" on a numeric column compares as a number
-        (col, val), = base.items()
+        ((col, val),) = base.items()
         where = mdata.obs if mdata is not None else adata.obs
         if col in where.columns and pd.api.types.is_numeric_dtype(where[col]):
             try:
                 base = {col: float(val)}
             except ValueError:
                 pass
-    kw = {"outcome": p["outcome"], "features": list(p["features"]) or None, "baseline": base, "donor_key": p["donor_key"],
-              "outcome_type": p["outcome_type"], "positive": p["positive"], "model": p["model"], "n_splits": p["n_splits"],
-              "n_repeats": p["n_repeats"], "max_features": p["max_features"], "n_permutations": p["n_permutations"],
-              "n_bins": p["n_bins"], "random_state": cfg["output"]["random_state"]}
+    kw = {
+        "outcome": p["outcome"],
+        "features": list(p["features"]) or None,
+        "baseline": base,
+        "donor_key": p["donor_key"],
+        "outcome_type": p["outcome_type"],
+        "positive": p["positive"],
+        "model": p["model"],
+        "n_splits": p["n_splits"],
+        "n_repeats": p["n_repeats"],
+        "max_features": p["max_features"],
+        "n_permutations": p["n_permutations"],
+        "n_bins": p["n_bins"],
+        "random_state": cfg["output"]["random_state"],
+    }
     problems: list[str] = []
     if p["exclude_values"]:  # e.g. controls, who have no response: their rows leave the prediction
         drop = {str(v) for v in p["exclude_values"]}
         if mdata is not None:
             from .tl._donor_data import obs_frame
 
-            col = obs_frame(mdata, p["outcome"]) if p["outcome"] in mdata.obs.columns or any(
-                p["outcome"] in mdata[m].obs.columns for m in mdata.mod) else None
+            col = (
+                obs_frame(mdata, p["outcome"])
+                if p["outcome"] in mdata.obs.columns or any(p["outcome"] in mdata[m].obs.columns for m in mdata.mod)
+                else None
+            )
             if col is not None:
                 mdata = mdata[~col.astype(str).isin(drop).to_numpy()].copy()
         elif p["outcome"] in adata.obs.columns:
@@ -752,9 +897,13 @@ def stage_predict(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
         if mdata is not None:
             res = tl.predict_response(mdata, **kw)
         else:  # the donor view built here: predict_response writes its result into it, never into the cells
-            donors = tl.donor_view(adata, sample_key=inp["sample_key"], groupby=cfg["differential"]["groupby"],
-                                   gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
-                                   min_cells=cfg["differential"]["min_cells"])
+            donors = tl.donor_view(
+                adata,
+                sample_key=inp["sample_key"],
+                groupby=cfg["differential"]["groupby"],
+                gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
+                min_cells=cfg["differential"]["min_cells"],
+            )
             res = tl.predict_response(donors, **kw)
     except (ValueError, KeyError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
@@ -790,10 +939,14 @@ def prediction_from_checkpoint(ck: Checkpoints) -> tuple[dict | None, list[str]]
     feats = ck.read_table("predict", "predict_features")
     null = ck.read_table("predict", "predict_null")
     cal = ck.read_table("predict", "predict_calibration")
-    return {"params": stored.get("params", {}), "metrics": stored.get("metrics", {}), "results": res,
-            "features": feats.set_index(feats.columns[0]) if feats is not None and len(feats.columns) else pd.DataFrame(),
-            "calibration": cal if cal is not None else pd.DataFrame(),
-            "null": null["null"].to_numpy(dtype=float) if null is not None and "null" in null else np.zeros(0)}, problems
+    return {
+        "params": stored.get("params", {}),
+        "metrics": stored.get("metrics", {}),
+        "results": res,
+        "features": feats.set_index(feats.columns[0]) if feats is not None and len(feats.columns) else pd.DataFrame(),
+        "calibration": cal if cal is not None else pd.DataFrame(),
+        "null": null["null"].to_numpy(dtype=float) if null is not None and "null" in null else np.zeros(0),
+    }, problems
 
 
 def _panel_from_checkpoint(ck: Checkpoints):
@@ -812,9 +965,12 @@ def _panel_from_checkpoint(ck: Checkpoints):
     oof.index = oof.index.astype(str)
     a = auc.iloc[0]
     return BiomarkerResult(
-        auc=float(a["auc"]), auc_ci=(float(a["ci_low"]), float(a["ci_high"])),
+        auc=float(a["auc"]),
+        auc_ci=(float(a["ci_low"]), float(a["ci_high"])),
         features=feats.set_index(feats.columns[0]) if feats is not None and len(feats.columns) else pd.DataFrame(),
-        predictions=preds.reindex(oof.index), auc_per_repeat=np.asarray([]), oof=oof,
+        predictions=preds.reindex(oof.index),
+        auc_per_repeat=np.asarray([]),
+        oof=oof,
         params=info.get("biomarker_params", {}),
     )
 
@@ -831,9 +987,15 @@ def stage_report(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
 
 
 STAGE_FUNCS: dict[str, Callable[[Config, Checkpoints, str, dict], None]] = {
-    "load": stage_load, "qc": stage_qc, "integrate": stage_integrate, "annotate": stage_annotate,
-    "score": stage_score, "differential": stage_differential, "proteomics": stage_proteomics,
-    "predict": stage_predict, "report": stage_report,
+    "load": stage_load,
+    "qc": stage_qc,
+    "integrate": stage_integrate,
+    "annotate": stage_annotate,
+    "score": stage_score,
+    "differential": stage_differential,
+    "proteomics": stage_proteomics,
+    "predict": stage_predict,
+    "report": stage_report,
 }
 _ADATA_STAGES = ("load", "qc", "integrate", "annotate", "score", "differential")
 
@@ -865,8 +1027,10 @@ def run_pipeline(cfg: Config, *, resume: bool = False, from_stage: str | None = 
             h = cfg.stage_hash(stage)
             skip = (i < start_idx and ck.valid(stage, h)) or (resume and i >= start_idx and ck.valid(stage, h))
             if i < start_idx and not ck.valid(stage, h):
-                raise ConfigError(f"--from {from_stage}: the checkpoint of the earlier stage {stage!r} is missing or "
-                                  "was made with another config; run without --from (or with --resume).")
+                raise ConfigError(
+                    f"--from {from_stage}: the checkpoint of the earlier stage {stage!r} is missing or "
+                    "was made with another config; run without --from (or with --resume)."
+                )
             if skip:
                 logger.info("stage %s: checkpoint matches the config, skipped", stage)
                 continue
@@ -920,5 +1084,9 @@ def _write_final_outputs(cfg: Config, ck: Checkpoints, state: dict) -> None:
     if adata is None:  # every cell-level stage was skipped (resume): the latest checkpoint holds the result
         adata = ck.read_adata(max(_ADATA_STAGES, key=STAGES.index))
     atomic_write_h5ad(adata, outdir / ANNOTATED_H5AD)
-    logger.info("wrote %s (%d cells x %d genes), config.toml and versions.json", outdir / ANNOTATED_H5AD,
-                adata.n_obs, adata.n_vars)
+    logger.info(
+        "wrote %s (%d cells x %d genes), config.toml and versions.json",
+        outdir / ANNOTATED_H5AD,
+        adata.n_obs,
+        adata.n_vars,
+    )

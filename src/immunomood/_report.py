@@ -157,16 +157,22 @@ def design_lines(params: dict, kinds: dict[str, str]) -> list[str]:
     """The design as the summary states it: formula, random effect, what each contrast tests."""
     if not params.get("design"):
         return []
-    out = [f"- Design `{params['design']}`" + (f", random intercept per {params['random_effect']!r}"
-                                                if params.get("random_effect") else "")
-           + f"; method {params.get('method', '?')!r}. Tested: " + "; ".join(
-               f"{c} ({'effect per unit of the column, log2 per unit' if k == 'continuous' else k})"
-               for c, k in kinds.items()) + "."]
+    out = [
+        f"- Design `{params['design']}`"
+        + (f", random intercept per {params['random_effect']!r}" if params.get("random_effect") else "")
+        + f"; method {params.get('method', '?')!r}. Tested: "
+        + "; ".join(
+            f"{c} ({'effect per unit of the column, log2 per unit' if k == 'continuous' else k})"
+            for c, k in kinds.items()
+        )
+        + "."
+    ]
     return out + [""]
 
 
-def contrast_sections(table: pd.DataFrame, kinds: dict[str, str], columns: list[str], *, level: str = "###",
-                      n: int = 10) -> list[str]:
+def contrast_sections(
+    table: pd.DataFrame, kinds: dict[str, str], columns: list[str], *, level: str = "###", n: int = 10
+) -> list[str]:
     """One sub-section per contrast (top ``n`` rows by p-value); a single contrast gets the table alone.
 
     A continuous test says that its effect is per unit (with the 95% CI); a level contrast shows the samples per
@@ -183,8 +189,13 @@ def contrast_sections(table: pd.DataFrame, kinds: dict[str, str], columns: list[
             n_sig = int((pd.to_numeric(sub.get("padj"), errors="coerce") < 0.05).sum()) if "padj" in sub else 0
             out += [f"{level} {c}", ""]
             if kind == "continuous":
-                out += [("Effect per unit of the column (log2 per unit for activity), with its 95% CI; "
-                        f"{n_sig} rows with FDR < 0.05."), ""]
+                out += [
+                    (
+                        "Effect per unit of the column (log2 per unit for activity), with its 95% CI; "
+                        f"{n_sig} rows with FDR < 0.05."
+                    ),
+                    "",
+                ]
             else:
                 out += [f"{n_sig} rows with FDR < 0.05.", ""]
         out += [_fmt_table(sub.sort_values("pvalue")[cols], n)]
@@ -196,7 +207,7 @@ def _baseline_text(value: Any) -> str:
     if value is None or (isinstance(value, str) and value.strip() in ("", "None", "none")):
         return ""
     if isinstance(value, dict) and len(value) == 1:
-        (k, v), = value.items()
+        ((k, v),) = value.items()
         return f"{k} = {v}"
     items = _as_list(value)
     return f"{items[0]} = {items[1]}" if len(items) == 2 else ", ".join(items)
@@ -217,24 +228,41 @@ def prediction_lines(pred: dict) -> list[str]:
             return "NA"
 
     spread = _as_list(metrics.get(f"{stat}_repeat_spread"))
-    spread_txt = (f" (spread over CV repeats {float(spread[0]):.2f}-{float(spread[1]):.2f}: the splits' "
-                  "variability, not a confidence interval)") if len(spread) == 2 else ""
+    spread_txt = (
+        (
+            f" (spread over CV repeats {float(spread[0]):.2f}-{float(spread[1]):.2f}: the splits' "
+            "variability, not a confidence interval)"
+        )
+        if len(spread) == 2
+        else ""
+    )
     n_perm = metrics.get("n_permutations", params.get("n_permutations"))
     p = metrics.get("pvalue")
-    p_txt = (f"permutation p = {float(p):.3g} ({n_perm} permutations of the outcome, the whole nested CV rerun "
-             "each time)") if p is not None and pd.notna(p) else "no permutation test (n_permutations = 0)"
-    out = ["## Response prediction", "",
-           f"- Outcome {params.get('outcome', '?')!r} ({params.get('outcome_type', '?')}"
-           + (f", positive class {params.get('positive')!r}" if binary and params.get("positive") is not None else "")
-           + f"), {params.get('n_donors', len(pred.get('results', [])))} donors"
-           + (f", baseline rows {_baseline_text(params.get('baseline'))}" if _baseline_text(params.get("baseline"))
-              else "")
-           + f"; model {params.get('model', '?')!r}, nested cross-validation by donor "
-           f"({params.get('n_splits', '?')} folds x {params.get('n_repeats', '?')} repeats).",
-           f"- Cross-validated {name} {num(stat)}{spread_txt}; {p_txt}."]
+    p_txt = (
+        (f"permutation p = {float(p):.3g} ({n_perm} permutations of the outcome, the whole nested CV rerun each time)")
+        if p is not None and pd.notna(p)
+        else "no permutation test (n_permutations = 0)"
+    )
+    out = [
+        "## Response prediction",
+        "",
+        f"- Outcome {params.get('outcome', '?')!r} ({params.get('outcome_type', '?')}"
+        + (f", positive class {params.get('positive')!r}" if binary and params.get("positive") is not None else "")
+        + f"), {params.get('n_donors', len(pred.get('results', [])))} donors"
+        + (
+            f", baseline rows {_baseline_text(params.get('baseline'))}"
+            if _baseline_text(params.get("baseline"))
+            else ""
+        )
+        + f"; model {params.get('model', '?')!r}, nested cross-validation by donor "
+        f"({params.get('n_splits', '?')} folds x {params.get('n_repeats', '?')} repeats).",
+        f"- Cross-validated {name} {num(stat)}{spread_txt}; {p_txt}.",
+    ]
     if binary:
-        out.append(f"- Calibration of the out-of-fold probabilities: intercept {num('calibration_intercept')}, slope "
-                   f"{num('calibration_slope')} (ideal 0 and 1), Brier score {num('brier')}.")
+        out.append(
+            f"- Calibration of the out-of-fold probabilities: intercept {num('calibration_intercept')}, slope "
+            f"{num('calibration_slope')} (ideal 0 and 1), Brier score {num('brier')}."
+        )
     else:
         out.append(f"- Pearson r of observed vs predicted {num('pearson_r')}.")
     out.append("")
@@ -243,8 +271,11 @@ def prediction_lines(pred: dict) -> list[str]:
         out += ["Calibration (bins of the mean out-of-fold probability):", "", _fmt_table(cal, 10)]
     feats = pred.get("features")
     if isinstance(feats, pd.DataFrame) and len(feats):
-        f = feats if isinstance(feats.index, pd.RangeIndex) else feats.rename_axis(feats.index.name or "feature"
-                                                                                  ).reset_index()
+        f = (
+            feats
+            if isinstance(feats.index, pd.RangeIndex)
+            else feats.rename_axis(feats.index.name or "feature").reset_index()
+        )
         out += ["Features most often selected across the outer folds (stability):", "", _fmt_table(f, 10)]
     return out
 
@@ -267,8 +298,15 @@ def _umap_figure(adata, keys: list[str]):
             obs[k] = obs[k].cat.remove_unused_categories()
     small = AnnData(obs=obs)
     small.obsm["X_umap"] = np.asarray(adata.obsm["X_umap"])
-    fig = sc.pl.umap(small, color=keys, title=[f"{k} (UMAP of {rep})" for k in keys], ncols=2,
-                     wspace=0.55, show=False, return_fig=True)
+    fig = sc.pl.umap(
+        small,
+        color=keys,
+        title=[f"{k} (UMAP of {rep})" for k in keys],
+        ncols=2,
+        wspace=0.55,
+        show=False,
+        return_fig=True,
+    )
     return fig
 
 
@@ -278,8 +316,12 @@ def _integration_figure(adata, *, batch_key: str, label_key: str):
 
     st = adata.uns.get("integration_metrics")
     params = st.get("params", {}) if isinstance(st, dict) else {}
-    stored = (params.get("batch_key") == batch_key and params.get("label_key") == label_key
-              and "X_scVI" in list(params.get("embedding", [])) and bool(params.get("umap_unintegrated", "")))
+    stored = (
+        params.get("batch_key") == batch_key
+        and params.get("label_key") == label_key
+        and "X_scVI" in list(params.get("embedding", []))
+        and bool(params.get("umap_unintegrated", ""))
+    )
     if not stored:
         raise ValueError(
             "integration metrics for X_scVI are not stored (uns['integration_metrics']): rerun the annotate stage "
@@ -311,12 +353,16 @@ def write_report(cfg, ck, state: dict) -> Path:
             if (ck.path("proteomics") / "data.h5mu").is_file():
                 mdata = ck.read_mdata("proteomics")
         except Exception as e:  # noqa: BLE001 - a missing/broken proteomics checkpoint is reported, not fatal
-            record_problem(adata, f"The proteomics checkpoint could not be read for the report: {type(e).__name__}: {e}")
+            record_problem(
+                adata, f"The proteomics checkpoint could not be read for the report: {type(e).__name__}: {e}"
+            )
     tables: dict[str, pd.DataFrame] = dict(state.get("tables", {}))
-    for stage, names in {"qc": ["qc_report"], "annotate": ["cell_types"],
-                         "differential": ["differential_activity", "composition", "differential_expression"],
-                         "proteomics": ["cross_modal_associations", "biomarker_features", "biomarker_predictions",
-                                        "biomarker_auc"]}.items():
+    for stage, names in {
+        "qc": ["qc_report"],
+        "annotate": ["cell_types"],
+        "differential": ["differential_activity", "composition", "differential_expression"],
+        "proteomics": ["cross_modal_associations", "biomarker_features", "biomarker_predictions", "biomarker_auc"],
+    }.items():
         for n in names:
             if n not in tables:
                 t = ck.read_table(stage, n)
@@ -342,15 +388,23 @@ def write_report(cfg, ck, state: dict) -> Path:
     fig("qc_report", "Cells kept and removed per sample and reason", lambda: pl.qc_report(adata))
     if "X_umap" in adata.obsm:
         colour_by = [sk, ck_key, "cell_type"] + ([bk] if bk and bk != sk else [])
-        fig("umap", "UMAP of the cells coloured by donor, condition, cell type" + (" and batch" if bk and bk != sk
-                                                                                 else ""),
-            lambda: _umap_figure(adata, colour_by))
+        fig(
+            "umap",
+            "UMAP of the cells coloured by donor, condition, cell type" + (" and batch" if bk and bk != sk else ""),
+            lambda: _umap_figure(adata, colour_by),
+        )
     if bk and "X_scVI" in adata.obsm and "cell_type" in adata.obs.columns:
-        fig("integration", "UMAP before and after scVI integration, by batch and cell type, with the metrics",
-            lambda: _integration_figure(adata, batch_key=bk, label_key="cell_type"))
+        fig(
+            "integration",
+            "UMAP before and after scVI integration, by batch and cell type, with the metrics",
+            lambda: _integration_figure(adata, batch_key=bk, label_key="cell_type"),
+        )
     fig("annotation", "Marker genes per annotated cell type", lambda: pl.annotation(adata, key="cell_type"))
-    fig("annotation_confidence", "Annotation confidence per cell type",
-        lambda: pl.annotation_confidence(adata, key="cell_type"))
+    fig(
+        "annotation_confidence",
+        "Annotation confidence per cell type",
+        lambda: pl.annotation_confidence(adata, key="cell_type"),
+    )
     da = tables.get("differential_activity")
     da_params = _stored_params(adata, "differential_activity")
     kinds = contrast_kinds(da, da_params)
@@ -359,32 +413,50 @@ def write_report(cfg, ck, state: dict) -> Path:
         shown = da[da["contrast"].astype(str) == first] if first is not None and "contrast" in da else da
         shown = shown if pd.to_numeric(shown["pvalue"], errors="coerce").notna().any() else da
         top_set = shown.sort_values("pvalue")["gene_set"].iloc[0]
-        what = (f"against {first}" if kinds.get(first) == "continuous" else "by condition")
-        fig("differential_activity", f"Donor-level activity of {top_set} per cell type, {what} (padj above)",
-            lambda: pl.differential_activity(adata, gene_set=top_set))
+        what = f"against {first}" if kinds.get(first) == "continuous" else "by condition"
+        fig(
+            "differential_activity",
+            f"Donor-level activity of {top_set} per cell type, {what} (padj above)",
+            lambda: pl.differential_activity(adata, gene_set=top_set),
+        )
         if len(kinds) > 1:
             for i, c in enumerate(kinds, start=1):
-                fig(f"volcano_{i}" if i > 1 else "volcano",
+                fig(
+                    f"volcano_{i}" if i > 1 else "volcano",
                     f"Donor-level differential pathway activity, {c} (effect vs -log10 p), top hits named",
-                    lambda c=c: pl.volcano(da, contrast=c))
+                    lambda c=c: pl.volcano(da, contrast=c),
+                )
         else:
-            fig("volcano", "Donor-level differential pathway activity (effect vs -log10 p), top hits named",
-                lambda: pl.volcano(da))
-    fig("composition", "Cell-type proportions per donor, by condition, with the composition test's p-values",
-        lambda: pl.composition(adata, sample_key=sk, condition_key=ck_key, groupby=groupby,
-                               result=tables.get("composition")))
+            fig(
+                "volcano",
+                "Donor-level differential pathway activity (effect vs -log10 p), top hits named",
+                lambda: pl.volcano(da),
+            )
+    fig(
+        "composition",
+        "Cell-type proportions per donor, by condition, with the composition test's p-values",
+        lambda: pl.composition(
+            adata, sample_key=sk, condition_key=ck_key, groupby=groupby, result=tables.get("composition")
+        ),
+    )
     if "cross_modal_associations" in tables:
-        fig("cross_modal", "Associations between cell-level signatures and plasma proteins",
-            lambda: pl.cross_modal(tables["cross_modal_associations"]))
+        fig(
+            "cross_modal",
+            "Associations between cell-level signatures and plasma proteins",
+            lambda: pl.cross_modal(tables["cross_modal_associations"]),
+        )
     panel = state.get("panel")
     if panel is not None:
         fig("biomarker_roc", "Cross-validated ROC of the biomarker panel", lambda: pl.biomarker_roc(panel))
     prediction = state.get("prediction")
     if prediction is not None:
         binary = prediction["params"].get("outcome_type") == "binary"
-        fig("predict_response", ("Out-of-fold ROC" if binary else "Observed vs out-of-fold predicted")
+        fig(
+            "predict_response",
+            ("Out-of-fold ROC" if binary else "Observed vs out-of-fold predicted")
             + f" of {prediction['params'].get('outcome', 'the outcome')}, with the permutation null",
-            lambda: pl.predict_response(prediction))
+            lambda: pl.predict_response(prediction),
+        )
         for name in ("predict_features", "predict_calibration"):
             t = prediction.get(name.split("_", 1)[1])
             if isinstance(t, pd.DataFrame) and name not in tables:
@@ -406,15 +478,28 @@ def write_report(cfg, ck, state: dict) -> Path:
     unit = "donors"
     if re_key and re_key in adata.obs.columns:  # repeated samples: say both
         unit = f"samples of {adata.obs[re_key].nunique()} {re_key}s"
-    lines += ["## Cohort", "",
-              (f"- {adata.n_obs:,} cells after QC, {adata.n_vars:,} genes, {adata.obs[sk].nunique()} {unit} "
-               f"({', '.join(f'{k}: {v}' for k, v in per_cond.items())})."), ""]
+    lines += [
+        "## Cohort",
+        "",
+        (
+            f"- {adata.n_obs:,} cells after QC, {adata.n_vars:,} genes, {adata.obs[sk].nunique()} {unit} "
+            f"({', '.join(f'{k}: {v}' for k, v in per_cond.items())})."
+        ),
+        "",
+    ]
     if qc is not None:
         before = int(qc["cells_before"].sum()) if "cells_before" in qc else None
         after = int(qc["cells_after"].sum()) if "cells_after" in qc else None
         if before is not None and after is not None:
-            lines += ["## Quality control", "", (f"- {before:,} cells before, {after:,} after QC "
-                      "(per-sample MAD outliers and doublets); every sample is listed in `qc_report.csv`."), ""]
+            lines += [
+                "## Quality control",
+                "",
+                (
+                    f"- {before:,} cells before, {after:,} after QC "
+                    "(per-sample MAD outliers and doublets); every sample is listed in `qc_report.csv`."
+                ),
+                "",
+            ]
         else:
             lines += ["## Quality control", ""]
         lines += [_fmt_table(qc, 20)]
@@ -422,33 +507,57 @@ def write_report(cfg, ck, state: dict) -> Path:
         lines += ["## Integration", ""]
         ig = adata.uns.get("integration")
         if isinstance(ig, dict):
-            lines += [(f"- scVI on {ig.get('device', '?')}, {ig.get('epochs_run', '?')} epochs, "
-                      f"{float(ig.get('time_s', np.nan)):.1f} s."), ""]
+            lines += [
+                (
+                    f"- scVI on {ig.get('device', '?')}, {ig.get('epochs_run', '?')} epochs, "
+                    f"{float(ig.get('time_s', np.nan)):.1f} s."
+                ),
+                "",
+            ]
         im_ = adata.uns.get("integration_metrics")
         if isinstance(im_, dict) and isinstance(im_.get("metrics"), pd.DataFrame):
-            lines += ["Integration metrics (scib-metrics scaling, 0-1, higher is better):", "",
-                      _fmt_table(im_["metrics"].reset_index(), 10)]
+            lines += [
+                "Integration metrics (scib-metrics scaling, 0-1, higher is better):",
+                "",
+                _fmt_table(im_["metrics"].reset_index(), 10),
+            ]
     if "cell_types" in tables or "cell_type" in adata.obs.columns:
         lines += ["## Annotation", ""]
         share = unassigned_share(adata)
         if share is not None:
-            lines += [(f"- {100 * share:.1f}% of {adata.n_obs:,} cells Unassigned (lineage confidence below the "
-                      "threshold); the same share as the log line of the annotate step."), ""]
+            lines += [
+                (
+                    f"- {100 * share:.1f}% of {adata.n_obs:,} cells Unassigned (lineage confidence below the "
+                    "threshold); the same share as the log line of the annotate step."
+                ),
+                "",
+            ]
         if {"cell_lineage", "cell_type"} <= set(adata.obs.columns):
             n_lin = int((adata.obs["cell_lineage"].astype(str) == "Unassigned").sum())
             n_fine = int((adata.obs["cell_type"].astype(str) == "Unassigned").sum())
             if n_fine > n_lin:
-                lines += [(f"- A further {n_fine - n_lin:,} cells have a lineage but no finer cell type (cell_type "
-                          f"'Unassigned': {n_fine:,} cells in all, as in the table below)."), ""]
+                lines += [
+                    (
+                        f"- A further {n_fine - n_lin:,} cells have a lineage but no finer cell type (cell_type "
+                        f"'Unassigned': {n_fine:,} cells in all, as in the table below)."
+                    ),
+                    "",
+                ]
             lineage_level = (adata.obs["cell_type"].astype(str) == adata.obs["cell_lineage"].astype(str)) & (
-                adata.obs["cell_lineage"].astype(str) != "Unassigned")
+                adata.obs["cell_lineage"].astype(str) != "Unassigned"
+            )
             if lineage_level.any():
                 why = ""
                 if "cell_type_reason" in adata.obs.columns:
                     reasons = adata.obs.loc[lineage_level, "cell_type_reason"].astype(str).value_counts()
                     why = " Why: " + "; ".join(f"{r} ({n:,} cells)" for r, n in reasons.head(5).items()) + "."
-                lines += [(f"- {int(lineage_level.sum()):,} cells are called at the lineage level only: the measured "
-                          f"genes cannot separate their subtypes.{why}"), ""]
+                lines += [
+                    (
+                        f"- {int(lineage_level.sum()):,} cells are called at the lineage level only: the measured "
+                        f"genes cannot separate their subtypes.{why}"
+                    ),
+                    "",
+                ]
         if "cell_types" in tables:
             lines += [_fmt_table(tables["cell_types"], 25)]
     if da is not None:
@@ -456,33 +565,67 @@ def write_report(cfg, ck, state: dict) -> Path:
         lines += ["## Differential pathway activity (donor as the unit)", ""]
         lines += design_lines(da_params, kinds)
         unit = "cell type x gene set" + (" x contrast" if len(kinds) > 1 else "")
-        lines += [f"- {n_tests} tests ({unit}) run; {n_sig} with FDR < 0.05."
-                  + (f" {n_untested} {unit} combinations could not be tested (too few samples or genes; see the "
-                     "`reason` column of `differential_activity.csv`)." if n_untested else "")
-                  + (" Benjamini-Hochberg over the whole table (every contrast)." if len(kinds) > 1 else ""), ""]
+        lines += [
+            f"- {n_tests} tests ({unit}) run; {n_sig} with FDR < 0.05."
+            + (
+                f" {n_untested} {unit} combinations could not be tested (too few samples or genes; see the "
+                "`reason` column of `differential_activity.csv`)."
+                if n_untested
+                else ""
+            )
+            + (" Benjamini-Hochberg over the whole table (every contrast)." if len(kinds) > 1 else ""),
+            "",
+        ]
         lines += contrast_sections(da, kinds, ["group", "gene_set", "effect", "ci_low", "ci_high", "pvalue", "padj"])
     if "composition" in tables:
         comp = tables["composition"]
         lines += ["## Composition", ""]
         if "contrast" in comp.columns and comp["contrast"].nunique() > 1:
-            cols = [c for c in ("group", "effect", "ci_low", "ci_high", "pvalue", "padj", "prop_case",
-                                "prop_reference", "note") if c in comp.columns]
+            cols = [
+                c
+                for c in (
+                    "group",
+                    "effect",
+                    "ci_low",
+                    "ci_high",
+                    "pvalue",
+                    "padj",
+                    "prop_case",
+                    "prop_reference",
+                    "note",
+                )
+                if c in comp.columns
+            ]
             lines += contrast_sections(comp, contrast_kinds(comp, {}), cols, level="###")
         else:
             lines += [_fmt_table(comp.sort_values("pvalue"), 10)]
     if "cross_modal_associations" in tables:
         assoc = tables["cross_modal_associations"]
         partial = str(assoc["partial_on"].iloc[0]) if "partial_on" in assoc and len(assoc) else ""
-        kind = (f"Partial correlations adjusted for {partial} (df = donors - 2 - covariate columns, column `df`)"
-                if partial and partial != "nan" else "Correlations (df = donors - 2, column `df`)")
-        lines += ["## Plasma proteins vs cell-level signatures", "", f"{kind}; BH FDR over the table.", "",
-                  _fmt_table(assoc.sort_values("pvalue"), 10) if len(assoc) else "No association estimated."]
+        kind = (
+            f"Partial correlations adjusted for {partial} (df = donors - 2 - covariate columns, column `df`)"
+            if partial and partial != "nan"
+            else "Correlations (df = donors - 2, column `df`)"
+        )
+        lines += [
+            "## Plasma proteins vs cell-level signatures",
+            "",
+            f"{kind}; BH FDR over the table.",
+            "",
+            _fmt_table(assoc.sort_values("pvalue"), 10) if len(assoc) else "No association estimated.",
+        ]
     if "biomarker_auc" in tables:
         a = tables["biomarker_auc"].iloc[0]
-        lines += ["## Biomarker panel", "", (f"- Cross-validated AUC {a['auc']:.2f} (mean over repeats of the "
-                  f"cross-validation; {a['ci_low']:.2f}-{a['ci_high']:.2f} is the 2.5-97.5 percentile range over "
-                  "those repeats, the variability due to the splits, not a confidence interval for a new cohort)."),
-                  ""]
+        lines += [
+            "## Biomarker panel",
+            "",
+            (
+                f"- Cross-validated AUC {a['auc']:.2f} (mean over repeats of the "
+                f"cross-validation; {a['ci_low']:.2f}-{a['ci_high']:.2f} is the 2.5-97.5 percentile range over "
+                "those repeats, the variability due to the splits, not a confidence interval for a new cohort)."
+            ),
+            "",
+        ]
         if "biomarker_features" in tables:
             lines += [_fmt_table(tables["biomarker_features"], 10)]
     p_cfg = cfg["predict"] if "predict" in cfg.data else {"outcome": ""}

@@ -130,15 +130,18 @@ class Settings:
 
     def log_to_console(self) -> None:
         """Attach a stream handler to the package logger (for scripts and the CLI)."""
-        if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.NullHandler)
-                   for h in logger.handlers):
+        if not any(
+            isinstance(h, logging.StreamHandler) and not isinstance(h, logging.NullHandler) for h in logger.handlers
+        ):
             h = logging.StreamHandler()
             h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logger.addHandler(h)
 
     def __repr__(self) -> str:
-        return (f"immunomood.settings(verbosity={self.verbosity}, n_jobs={self.n_jobs}, "
-                f"progress={self.progress}, random_state={self.random_state}, data_dir={self.data_dir})")
+        return (
+            f"immunomood.settings(verbosity={self.verbosity}, n_jobs={self.n_jobs}, "
+            f"progress={self.progress}, random_state={self.random_state}, data_dir={self.data_dir})"
+        )
 
 
 def _check_n_jobs(value: Any, name: str) -> int:
@@ -201,8 +204,14 @@ def uses_threads(func):
     return wrapper
 
 
-def progress(iterable: Iterable | None = None, *, desc: str | None = None, total: int | None = None,
-             unit: str = "it", **kwargs: Any):
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    desc: str | None = None,
+    total: int | None = None,
+    unit: str = "it",
+    **kwargs: Any,
+):
     """A tqdm progress bar over ``iterable`` (or a manual one with ``total=``), shown if ``settings.progress``.
 
     When progress is off the bar is disabled (tqdm's ``disable=True``: no output, negligible cost), so callers

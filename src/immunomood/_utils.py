@@ -22,8 +22,20 @@ from ._settings import logger, mark_logged
 
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 _SYMBOL_COLUMN_CANDIDATES = (
-    "gene_symbols", "gene_symbol", "symbol", "symbols", "gene_name", "gene_names", "feature_name",
-    "gene_ids_symbol", "name", "Symbol", "GeneSymbol", "gene", "genes", "features",
+    "gene_symbols",
+    "gene_symbol",
+    "symbol",
+    "symbols",
+    "gene_name",
+    "gene_names",
+    "feature_name",
+    "gene_ids_symbol",
+    "name",
+    "Symbol",
+    "GeneSymbol",
+    "gene",
+    "genes",
+    "features",
 )
 
 
@@ -166,8 +178,11 @@ def find_symbol_column(adata: Any) -> str | None:
         if col not in adata.var.columns:
             continue
         s = adata.var[col]
-        if not (pd.api.types.is_object_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)
-                or pd.api.types.is_string_dtype(s)):
+        if not (
+            pd.api.types.is_object_dtype(s)
+            or isinstance(s.dtype, pd.CategoricalDtype)
+            or pd.api.types.is_string_dtype(s)
+        ):
             continue
         vals = s.astype(str)
         if looks_like_ensembl(vals, 0.3):
@@ -279,11 +294,12 @@ def _show(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})" if not isinstance(value, (int, float)) or isinstance(value, bool) else text
+    return (
+        f"{text} ({type(value).__name__})" if not isinstance(value, (int, float)) or isinstance(value, bool) else text
+    )
 
 
-def _range_text(min: float | None, max: float | None, *, min_inclusive: bool = True,
-                max_inclusive: bool = True) -> str:
+def _range_text(min: float | None, max: float | None, *, min_inclusive: bool = True, max_inclusive: bool = True) -> str:
     def fmt(x: float) -> str:
         return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
@@ -322,8 +338,9 @@ def check_int(
         raise TypeError(f"`{name}` must be {expected}, got {_show(value)}.{tail}")
     if isinstance(value, (float, np.floating)):
         if not np.isfinite(value) or float(value) != int(value):
-            raise ValueError(f"`{name}` must be {expected}, got {value!r} (not a whole number; it is never "
-                             f"truncated).{tail}")
+            raise ValueError(
+                f"`{name}` must be {expected}, got {value!r} (not a whole number; it is never truncated).{tail}"
+            )
     ivalue = int(value)
     if ivalue in allow:
         return ivalue
@@ -397,5 +414,11 @@ def check_str(name: str, value: Any, *, allow_none: bool = False, fix: str = "")
 
 def check_random_state(value: Any, name: str = "random_state") -> int | None:
     """``None`` or a non-negative integer seed."""
-    return check_int(name, value, min=0, max=2**32 - 1, allow_none=True,
-                     fix="Pass an integer seed such as 0 (or None for im.settings.random_state).")
+    return check_int(
+        name,
+        value,
+        min=0,
+        max=2**32 - 1,
+        allow_none=True,
+        fix="Pass an integer seed such as 0 (or None for im.settings.random_state).",
+    )

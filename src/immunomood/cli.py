@@ -27,15 +27,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="Skip stages whose checkpoint matches.")
     _add_common(d)
     r = sub.add_parser(
-        "run", help="Run the staged analysis configured in a TOML file.",
+        "run",
+        help="Run the staged analysis configured in a TOML file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=("Stages: " + " -> ".join(STAGES) + ". Each writes an atomic checkpoint under "
-                     "<outdir>/checkpoints/; --resume skips stages whose checkpoint matches the config.\n\n"
-                     f"An example config ships at {EXAMPLE_CONFIG}.\n\n" + describe_keys()),
+        description=(
+            "Stages: " + " -> ".join(STAGES) + ". Each writes an atomic checkpoint under "
+            "<outdir>/checkpoints/; --resume skips stages whose checkpoint matches the config.\n\n"
+            f"An example config ships at {EXAMPLE_CONFIG}.\n\n" + describe_keys()
+        ),
     )
     r.add_argument("config", help="TOML config file.")
     r.add_argument("--resume", action="store_true", help="Skip stages whose checkpoint matches the config.")
-    r.add_argument("--from", dest="from_stage", choices=STAGES, help="Start at this stage (earlier checkpoints must match).")
+    r.add_argument(
+        "--from", dest="from_stage", choices=STAGES, help="Start at this stage (earlier checkpoints must match)."
+    )
     _add_common(r)
     sub.add_parser("example-config", help="Print the example config.")
     return p
@@ -43,8 +48,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="Show progress bars (default: only when stderr is a terminal).")
+    g.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="Show progress bars (default: only when stderr is a terminal).",
+    )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="Never show progress bars.")
 
 
@@ -59,8 +69,9 @@ def _console_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-def demo(outdir: str | Path = "demo_output", *, n_donors: int = 16, cells_per_donor: int = 300,
-         resume: bool = False) -> Path:
+def demo(
+    outdir: str | Path = "demo_output", *, n_donors: int = 16, cells_per_donor: int = 300, resume: bool = False
+) -> Path:
     """Simulate a cohort with plasma proteomics, write it with a config, and run every stage on it."""
     from . import datasets
     from ._config import parse_config
@@ -75,9 +86,11 @@ def demo(outdir: str | Path = "demo_output", *, n_donors: int = 16, cells_per_do
         adata.write_h5ad(inp / "cohort.h5ad")
         plasma.write_h5ad(inp / "plasma.h5ad")
     text = EXAMPLE_CONFIG.read_text()
-    text = (text.replace('h5ad = "cohort.h5ad"', f'h5ad = "{inp / "cohort.h5ad"}"')
-            .replace('path = "plasma.h5ad"', f'path = "{inp / "plasma.h5ad"}"')
-            .replace('outdir = "immunomood_out"', f'outdir = "{outdir}"'))
+    text = (
+        text.replace('h5ad = "cohort.h5ad"', f'h5ad = "{inp / "cohort.h5ad"}"')
+        .replace('path = "plasma.h5ad"', f'path = "{inp / "plasma.h5ad"}"')
+        .replace('outdir = "immunomood_out"', f'outdir = "{outdir}"')
+    )
     cfg_path.write_text(text)
     import tomllib
 

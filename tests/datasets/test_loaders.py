@@ -30,9 +30,11 @@ def isolated(tmp_path, monkeypatch):
 
 def _tiny_h5ad(path: Path) -> ad.AnnData:
     rng = np.random.default_rng(0)
-    a = ad.AnnData(sparse.csr_matrix(rng.poisson(1.0, (6, 4)).astype(np.float32)),
-                   obs=pd.DataFrame(index=[f"c{i}" for i in range(6)]),
-                   var=pd.DataFrame(index=[f"g{i}" for i in range(4)]))
+    a = ad.AnnData(
+        sparse.csr_matrix(rng.poisson(1.0, (6, 4)).astype(np.float32)),
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(6)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(4)]),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     a.write_h5ad(path)
     return a
@@ -41,12 +43,20 @@ def _tiny_h5ad(path: Path) -> ad.AnnData:
 def _manifest(tmp_path: Path, payload: Path, *, url: str | None = None, ident: str = "tiny") -> Path:
     raw = payload.read_bytes()
     m = {
-        "schema_version": 1, "id": ident, "title": "tiny test data",
-        "citation": {"text": "none", "doi": "10.1000/test"}, "accession": "TEST0001",
-        "modality": "scRNA-seq", "organism": "Homo sapiens", "licence": "CC0", "reader": "h5ad",
-        "download": "auto" if url else "manual", "instructions": "Ask the test.",
+        "schema_version": 1,
+        "id": ident,
+        "title": "tiny test data",
+        "citation": {"text": "none", "doi": "10.1000/test"},
+        "accession": "TEST0001",
+        "modality": "scRNA-seq",
+        "organism": "Homo sapiens",
+        "licence": "CC0",
+        "reader": "h5ad",
+        "download": "auto" if url else "manual",
+        "instructions": "Ask the test.",
         "files": [{"path": "tiny/tiny.h5ad", "url": url, "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}],
-        "columns": {"donor": None, "condition": None, "cell_type": None}, "notes": [],
+        "columns": {"donor": None, "condition": None, "cell_type": None},
+        "notes": [],
     }
     p = tmp_path / "manifests" / f"{ident}.yaml"
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -61,9 +71,18 @@ def test_missing_files_message(isolated):
     with pytest.raises(FileNotFoundError) as info:
         im.datasets.load("pbmc3k", data_dir=data, download=False)
     msg = str(info.value)
-    for needle in ("matrix.mtx", "genes.tsv", "barcodes.tsv", "pbmc3k_seurat_annotations.csv",
-                   str(data), str(isolated / "cache"), "cf.10xgenomics.com", "IMMUNOMOOD_DATA_DIR",
-                   "4 of 4 file(s) missing", "download=False"):
+    for needle in (
+        "matrix.mtx",
+        "genes.tsv",
+        "barcodes.tsv",
+        "pbmc3k_seurat_annotations.csv",
+        str(data),
+        str(isolated / "cache"),
+        "cf.10xgenomics.com",
+        "IMMUNOMOOD_DATA_DIR",
+        "4 of 4 file(s) missing",
+        "download=False",
+    ):
         assert needle in msg, needle
 
 
@@ -206,8 +225,17 @@ def test_pbmc3k(data_dir):
     lab = a.obs["seurat_label"]
     assert isinstance(lab.dtype, pd.CategoricalDtype)
     assert lab.notna().sum() == 2638 and lab.isna().sum() == 62
-    assert set(lab.cat.categories) == {"Naive CD4 T", "Memory CD4 T", "CD14+ Mono", "B", "CD8 T",
-                                       "FCGR3A+ Mono", "NK", "DC", "Platelet"}
+    assert set(lab.cat.categories) == {
+        "Naive CD4 T",
+        "Memory CD4 T",
+        "CD14+ Mono",
+        "B",
+        "CD8 T",
+        "FCGR3A+ Mono",
+        "NK",
+        "DC",
+        "Platelet",
+    }
     assert lab.value_counts()["Naive CD4 T"] == 697
     # independent check of the label join against the CSV
     tab = pd.read_csv(data_dir / "pbmc3k" / "pbmc3k_seurat_annotations.csv", index_col=0)
@@ -246,8 +274,9 @@ def test_zheng2017_and_citeseq(data_dir):
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("ident,shape", [("somascan_example", (10, 5284)), ("olink_npx_long", None),
-                                         ("olink_explore", None)])
+@pytest.mark.parametrize(
+    "ident,shape", [("somascan_example", (10, 5284)), ("olink_npx_long", None), ("olink_explore", None)]
+)
 def test_proteomics_through_io_readers(data_dir, ident, shape):
     try:
         a = im.datasets.load(ident, data_dir=data_dir)

@@ -57,7 +57,11 @@ def test_coverage_of_datasets():
     assert any(f.get("reader") == "seurat_labels_csv" and f["key_added"] == "seurat_label" for f in pbmc["files"])
     assert {f["path"].rsplit("/", 1)[-1] for f in pbmc["files"]} >= {"matrix.mtx", "genes.tsv", "barcodes.tsv"}
     assert im.datasets.read_manifest("kang2018")["columns"] == {
-        "donor": "donor", "condition": "group_id", "cell_type": "cluster_id", "sample": "sample_id"}
+        "donor": "donor",
+        "condition": "group_id",
+        "cell_type": "cluster_id",
+        "sample": "sample_id",
+    }
 
 
 def _base():
@@ -67,6 +71,7 @@ def _base():
 def _del(key):
     def f(m):
         del m[key]
+
     return f
 
 
@@ -78,6 +83,7 @@ def _set(*path_value):
         for k in path[:-1]:
             obj = obj[k]
         obj[path[-1]] = value
+
     return f
 
 
@@ -96,8 +102,10 @@ BROKEN = {
     "missing donor role": (lambda m: m["columns"].pop("donor"), r"'columns\.donor' is missing"),
     "column not a string": (_set("columns", "cell_type", 3), r"'columns\.cell_type' must be a string"),
     "notes not list": (_set("notes", "text"), r"'notes' must be a list"),
-    "auto without url": (lambda m: [f.update(url=None) or f.pop("archive", None) for f in m["files"]],
-                         r"'download' is 'auto' but no file"),
+    "auto without url": (
+        lambda m: [f.update(url=None) or f.pop("archive", None) for f in m["files"]],
+        r"'download' is 'auto' but no file",
+    ),
     "empty files auto": (_set("files", []), r"'download'"),
     "bad id": (_set("id", "PBMC 3k"), r"'id' must be lower-case"),
     "annotation without key": (lambda m: m["files"][3].pop("key_added"), r"'files\[3\]\.key_added' is missing"),

@@ -81,8 +81,11 @@ def test_json_provenance():
     assert doc["script"].endswith("estimate_sim_params.py") and doc["script_version"]
     assert doc["built"] and len(doc["built"]) == 10
     paths = {i["path"] for i in doc["inputs"]}
-    assert {"onek1k/onek1k_40donors_4types.h5ad", "csle/csle_44donors_B_CD4mem_Treg.h5ad",
-            "combat/combat_covid_6donors.h5ad"} == paths
+    assert {
+        "onek1k/onek1k_40donors_4types.h5ad",
+        "csle/csle_44donors_B_CD4mem_Treg.h5ad",
+        "combat/combat_covid_6donors.h5ad",
+    } == paths
     assert all(len(i["sha256"]) == 64 for i in doc["inputs"])
     assert set(doc["method"]) == set(S.ESTIMATED_PARAMS)
     for k in S.ESTIMATED_PARAMS:

@@ -11,8 +11,21 @@ import immunomood as im
 from immunomood.datasets import _simulate as S
 
 FINE_TYPES = {
-    "CD4 naive T", "CD4 memory T", "Treg", "CD8 naive T", "CD8 memory T", "MAIT", "NK", "B naive", "B memory",
-    "Classical monocyte", "Intermediate monocyte", "Non-classical monocyte", "cDC", "pDC", "Platelet",
+    "CD4 naive T",
+    "CD4 memory T",
+    "Treg",
+    "CD8 naive T",
+    "CD8 memory T",
+    "MAIT",
+    "NK",
+    "B naive",
+    "B memory",
+    "Classical monocyte",
+    "Intermediate monocyte",
+    "Non-classical monocyte",
+    "cDC",
+    "pDC",
+    "Platelet",
 }
 LINEAGES = {"T cell", "NK cell", "B cell", "Monocyte", "Dendritic cell", "Platelet"}
 
@@ -61,7 +74,9 @@ def _mono_share(adata):
 def test_reference_resource():
     ref = S._load_reference()
     assert set(ref["cell_types"]) <= FINE_TYPES
-    assert {"Classical monocyte", "Intermediate monocyte", "Non-classical monocyte", "Treg", "pDC"} <= set(ref["cell_types"])
+    assert {"Classical monocyte", "Intermediate monocyte", "Non-classical monocyte", "Treg", "pDC"} <= set(
+        ref["cell_types"]
+    )
     assert set(ref["lineages"]) == LINEAGES
     np.testing.assert_allclose(ref["profiles"].sum(1), 1.0, rtol=1e-4)
     assert np.isclose(ref["composition"].sum(), 1.0)
@@ -139,8 +154,19 @@ def test_uns_truth(cohort, tmp_path):
 
     adata, plasma = cohort
     sim = adata.uns["simulation"]
-    for k in ("params", "effects", "cell_types", "composition", "latent_complement_activity", "complement_activity",
-              "sizes", "seed", "reference", "donors", "cell_counts"):
+    for k in (
+        "params",
+        "effects",
+        "cell_types",
+        "composition",
+        "latent_complement_activity",
+        "complement_activity",
+        "sizes",
+        "seed",
+        "reference",
+        "donors",
+        "cell_counts",
+    ):
         assert k in sim, k
     assert sim["seed"] == 3 and sim["null"] is False
     assert sim["sizes"]["n_cells"] == adata.n_obs and sim["sizes"]["n_genes"] == adata.n_vars
@@ -311,7 +337,9 @@ def test_reference_rebuilds_from_real_data(data_dir, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "src" / "immunomood" / "resources" / "build" / "build_sim_reference.py"
+    script = (
+        Path(__file__).resolve().parents[2] / "src" / "immunomood" / "resources" / "build" / "build_sim_reference.py"
+    )
     if not script.exists():
         pytest.skip("build script not available (installed package without the repository)")
     spec = importlib.util.spec_from_file_location("build_sim_reference", script)

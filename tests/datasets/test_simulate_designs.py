@@ -42,11 +42,17 @@ def _planted_log2(adata, key: str) -> pd.Series:
     m = (adata.obs["cell_type_true"] == S.COMPLEMENT_CELL_TYPE).to_numpy()
     idx = adata.var_names.get_indexer(adata.uns["simulation"]["effects"]["complement_genes"])
     X = adata.X[m]
-    df = pd.DataFrame({
-        "key": adata.obs.loc[m, key].astype(str).to_numpy(),
-        "planted": np.asarray(X[:, idx].sum(1)).ravel(),
-        "other": np.asarray(X.sum(1)).ravel() - np.asarray(X[:, idx].sum(1)).ravel(),
-    }).groupby("key").sum()
+    df = (
+        pd.DataFrame(
+            {
+                "key": adata.obs.loc[m, key].astype(str).to_numpy(),
+                "planted": np.asarray(X[:, idx].sum(1)).ravel(),
+                "other": np.asarray(X.sum(1)).ravel() - np.asarray(X[:, idx].sum(1)).ravel(),
+            }
+        )
+        .groupby("key")
+        .sum()
+    )
     return np.log2(df["planted"] / df["other"])
 
 
@@ -62,10 +68,14 @@ def _samples(adata) -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"n_donors": 12, "n_cells_per_donor": 100, "n_batches": 2, "n_genes": 2000, "random_state": 0},
-         ("5ed780341e8e7225", "17b82921ea80f8e4", "53fa9262cbb22d4b")),
-        ({"n_donors": 12, "n_cells_per_donor": 100, "n_batches": 3, "null": True, "random_state": 5},
-         ("6f62ce84c0f440b9", "6063aaae703e2043", "af7f72120732a7b2")),
+        (
+            {"n_donors": 12, "n_cells_per_donor": 100, "n_batches": 2, "n_genes": 2000, "random_state": 0},
+            ("5ed780341e8e7225", "17b82921ea80f8e4", "53fa9262cbb22d4b"),
+        ),
+        (
+            {"n_donors": 12, "n_cells_per_donor": 100, "n_batches": 3, "null": True, "random_state": 5},
+            ("6f62ce84c0f440b9", "6063aaae703e2043", "af7f72120732a7b2"),
+        ),
     ],
 )
 def test_defaults_bit_identical_to_2_0_0(kwargs, expected):
@@ -85,8 +95,16 @@ def test_defaults_bit_identical_to_2_0_0(kwargs, expected):
 def test_explicit_defaults_and_design_stream_leave_existing_output_alone():
     a0, p0 = im.datasets.simulate_cohort(12, random_state=4, **SMALL)
     explicit, pe = im.datasets.simulate_cohort(
-        12, random_state=4, groups=["control", "MDD"], group_effects=None, severity_effect=0.0, n_visits=1,
-        responder_fraction=0.5, treatment_effect=0.0, response_baseline_effect=0.0, **SMALL,
+        12,
+        random_state=4,
+        groups=["control", "MDD"],
+        group_effects=None,
+        severity_effect=0.0,
+        n_visits=1,
+        responder_fraction=0.5,
+        treatment_effect=0.0,
+        response_baseline_effect=0.0,
+        **SMALL,
     )
     assert _fingerprint(a0, p0) == _fingerprint(explicit, pe)
     # a design parameter that plants nothing: the severity column appears, nothing else moves
@@ -109,8 +127,9 @@ def test_baseline_of_two_visits_is_the_one_visit_cohort():
     cols = [*BASE_COLUMNS, "severity", "responder"]
     assert list(one.obs.columns) == cols
     # (a view drops unused categories: compare the values)
-    pd.testing.assert_frame_equal(base.obs[cols].astype(str).reset_index(drop=True),
-                                  one.obs.astype(str).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        base.obs[cols].astype(str).reset_index(drop=True), one.obs.astype(str).reset_index(drop=True)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -130,16 +149,28 @@ def test_three_groups_balanced_over_batches():
     assert sim["effects"]["group_effects"] == {"MDD": 1.5, "BD": 1.5}
     assert "severity" in adata.obs and "responder" not in adata.obs and "visit" not in adata.obs
     # uneven split: as even as possible, the remainder to the first groups
-    uneven, _ = im.datasets.simulate_cohort(16, n_batches=5, groups=groups, random_state=1, n_cells_per_donor=20, n_genes=500)
+    uneven, _ = im.datasets.simulate_cohort(
+        16, n_batches=5, groups=groups, random_state=1, n_cells_per_donor=20, n_genes=500
+    )
     n = uneven.obs.groupby("donor", observed=True)["condition"].first().value_counts()
     assert n.to_dict() == {"control": 6, "MDD": 5, "BD": 5}
-    assert (pd.crosstab(uneven.obs.groupby("donor", observed=True)["batch"].first(),
-                        uneven.obs.groupby("donor", observed=True)["condition"].first()).to_numpy() >= 1).all()
+    assert (
+        pd.crosstab(
+            uneven.obs.groupby("donor", observed=True)["batch"].first(),
+            uneven.obs.groupby("donor", observed=True)["condition"].first(),
+        ).to_numpy()
+        >= 1
+    ).all()
 
 
 def test_group_effects_planted_in_the_right_group():
     adata, plasma = im.datasets.simulate_cohort(
-        18, n_batches=1, groups=("control", "MDD", "BD"), group_effects={"MDD": 1.0, "BD": 3.0}, random_state=3, **SMALL,
+        18,
+        n_batches=1,
+        groups=("control", "MDD", "BD"),
+        group_effects={"MDD": 1.0, "BD": 3.0},
+        random_state=3,
+        **SMALL,
     )
     sim = adata.uns["simulation"]
     act = pd.Series(sim["complement_activity"]) - pd.Series(sim["latent_complement_activity"])
@@ -165,8 +196,9 @@ def test_severity_slope_recovered(severity_effect):
     severity_effect / 10 per point within 4 standard errors of the fit (measured over seeds 0-7 at 18 donors
     x 150 cells: |z| <= 1.7 with and without the effect), and ~0 without the effect. The scores come from the
     truth's donor table, which always has them (obs["severity"] only when a design parameter is used)."""
-    adata, _ = im.datasets.simulate_cohort(18, n_batches=1, severity_effect=severity_effect, random_state=11,
-                                           n_cells_per_donor=150, n_genes=2000)
+    adata, _ = im.datasets.simulate_cohort(
+        18, n_batches=1, severity_effect=severity_effect, random_state=11, n_cells_per_donor=150, n_genes=2000
+    )
     don = _donors(adata)
     assert ((don["severity"] >= 0) & (don["severity"] <= 52)).all()
     ctrl, pat = don[don["condition"] == "control"], don[don["condition"] == "MDD"]
@@ -183,8 +215,9 @@ def test_severity_slope_recovered(severity_effect):
     samples = _samples(adata)
     centre = adata.uns["simulation"]["design"]["severity_centre"]
     assert math.isclose(centre, pat["severity"].mean())
-    np.testing.assert_allclose(samples.loc[pat.index, "design_log2_shift"], truth * (pat["severity"] - centre),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        samples.loc[pat.index, "design_log2_shift"], truth * (pat["severity"] - centre), atol=1e-12
+    )
     np.testing.assert_allclose(samples.loc[ctrl.index, "design_log2_shift"], 0.0)
     y = _planted_log2(adata, "donor").reindex(pat.index).to_numpy()
     fit = sm.OLS(y, sm.add_constant(pat["severity"].to_numpy())).fit()
@@ -198,8 +231,14 @@ def test_severity_slope_recovered(severity_effect):
 @pytest.fixture(scope="module")
 def trial():
     return im.datasets.simulate_cohort(
-        16, n_batches=1, n_cells_per_donor=120, n_genes=2000, n_visits=2, treatment_effect=-1.0,
-        response_baseline_effect=3.0, random_state=7,
+        16,
+        n_batches=1,
+        n_cells_per_donor=120,
+        n_genes=2000,
+        n_visits=2,
+        treatment_effect=-1.0,
+        response_baseline_effect=3.0,
+        random_state=7,
     )
 
 
@@ -274,22 +313,32 @@ def test_interaction_truth_and_recovery(trial):
 
 
 def test_responder_column_without_visits():
-    adata, plasma = im.datasets.simulate_cohort(12, response_baseline_effect=1.0, responder_fraction=1 / 3,
-                                                random_state=0, **SMALL)
+    adata, plasma = im.datasets.simulate_cohort(
+        12, response_baseline_effect=1.0, responder_fraction=1 / 3, random_state=0, **SMALL
+    )
     assert list(adata.obs.columns) == [*BASE_COLUMNS, "severity", "responder"]
     don = _donors(adata)
     assert (don.loc[don["condition"] == "MDD", "responder"] == "responder").sum() == 2  # round(6 / 3)
     assert "responder" in plasma.obs
-    fr0, _ = im.datasets.simulate_cohort(12, n_visits=2, responder_fraction=0.0, random_state=0, n_cells_per_donor=20,
-                                         n_genes=500)
+    fr0, _ = im.datasets.simulate_cohort(
+        12, n_visits=2, responder_fraction=0.0, random_state=0, n_cells_per_donor=20, n_genes=500
+    )
     assert set(fr0.obs["responder"].astype(str)) == {"control", "non-responder"}
 
 
 # ------------------------------------------------------------------------------------------------ null
 def test_null_zeroes_design_effects():
-    kw = {"groups": ("control", "MDD", "BD"), "group_effects": {"BD": 2.0}, "severity_effect": 3.0, "n_visits": 2,
-          "treatment_effect": -2.0, "response_baseline_effect": 2.0, "random_state": 9, "n_cells_per_donor": 30,
-          "n_genes": 500}
+    kw = {
+        "groups": ("control", "MDD", "BD"),
+        "group_effects": {"BD": 2.0},
+        "severity_effect": 3.0,
+        "n_visits": 2,
+        "treatment_effect": -2.0,
+        "response_baseline_effect": 2.0,
+        "random_state": 9,
+        "n_cells_per_donor": 30,
+        "n_genes": 500,
+    }
     null, nplasma = im.datasets.simulate_cohort(12, n_batches=2, null=True, **kw)
     alt, _ = im.datasets.simulate_cohort(12, n_batches=2, **kw)
     assert list(null.obs.columns) == list(alt.obs.columns)  # same layout as the non-null twin

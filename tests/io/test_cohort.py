@@ -122,9 +122,7 @@ def test_duplicate_and_nan_ids_refused_naming_rows(tiny_sheet, monkeypatch):
     df = pd.read_csv(tiny_sheet, dtype=str)
     df.loc[2, "donor"] = "101"
     df.to_csv(tiny_sheet, index=False)
-    with pytest.raises(
-        ValueError, match=r"duplicated sample IDs in column 'donor': \['101'\] \(rows \[1, 3\]\)"
-    ):
+    with pytest.raises(ValueError, match=r"duplicated sample IDs in column 'donor': \['101'\] \(rows \[1, 3\]\)"):
         im.io.read_cohort(tiny_sheet, sample_key="donor")
     df.loc[2, "donor"] = None
     df.loc[0, "condition"] = None
@@ -142,9 +140,7 @@ def test_duplicate_and_nan_ids_refused_naming_rows(tiny_sheet, monkeypatch):
 
 
 def test_missing_columns_and_bad_sheets(tiny_sheet, tmp_path):
-    with pytest.raises(
-        ValueError, match=r"column\(s\) \['sample'\] missing from the sample sheet. Available"
-    ):
+    with pytest.raises(ValueError, match=r"column\(s\) \['sample'\] missing from the sample sheet. Available"):
         im.io.read_cohort(tiny_sheet)
     with pytest.raises(ValueError, match="folder"):
         im.io.read_cohort(tmp_path, sample_key="donor")
@@ -246,9 +242,7 @@ def test_not_counts_and_contradicting_obs(tmp_path):
     pd.DataFrame({"donor": ["a"], "path": ["a.h5ad"]}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(ValueError, match=r"not raw counts: it contains non-integer values.*layer="):
         im.io.read_cohort(tmp_path / "s.csv", sample_key="donor")
-    with pytest.raises(
-        ValueError, match=r"the sheet's 'donor' is 'a' but the file's obs\['donor'\] holds \['zz'\]"
-    ):
+    with pytest.raises(ValueError, match=r"the sheet's 'donor' is 'a' but the file's obs\['donor'\] holds \['zz'\]"):
         im.io.read_cohort(tmp_path / "s.csv", sample_key="donor", layer="counts")
     with pytest.raises(ValueError, match=r"layer 'nope' not found in a.h5ad"):
         im.io.read_cohort(tmp_path / "s.csv", sample_key="donor", layer="nope")

@@ -65,9 +65,7 @@ def test_gene_sets_fraction_ensembl_and_inplace():
     assert not tab.loc[tab["name"] == name, "resolvable"].item()
     # lower-case symbols still match (case-insensitive, as the scoring functions)
     b = _panel([g.lower() for g in half])
-    assert im.io.gene_coverage(b, markers=None, gene_sets={"s": genes}, inplace=False)[
-        "n_found"
-    ].item() == len(half)
+    assert im.io.gene_coverage(b, markers=None, gene_sets={"s": genes}, inplace=False)["n_found"].item() == len(half)
     with pytest.raises(KeyError, match="Unknown gene-set collection 'nope'"):
         im.io.gene_coverage(a, gene_sets="nope")
     with pytest.raises(ValueError, match="min_fraction"):

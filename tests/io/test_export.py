@@ -45,9 +45,16 @@ def _read_samples(path):
 
 
 def test_by_group_round_trip(cells, tmp_path):
-    out = im.io.write_pseudobulk(cells, tmp_path / "export", sample_key="donor", groupby="cell_type",
-                                 condition_key="condition", reference="control", covariates=["age", "smoker"],
-                                 min_cells=5)
+    out = im.io.write_pseudobulk(
+        cells,
+        tmp_path / "export",
+        sample_key="donor",
+        groupby="cell_type",
+        condition_key="condition",
+        reference="control",
+        covariates=["age", "smoker"],
+        min_cells=5,
+    )
     assert out == tmp_path / "export"
     pb = im.tl.pseudobulk(cells, sample_key="donor", groupby="cell_type", min_cells=5)
     groups = pd.read_csv(out / "groups.csv")
@@ -101,8 +108,9 @@ def test_single_matrix_from_pseudobulk(cells, tmp_path):
 
 
 def test_reproducible_bytes_and_dropped(cells, tmp_path):
-    cells = cells[~((cells.obs["donor"] == "d0") & (cells.obs["cell_type"] == "T cell")).to_numpy()
-                  | (np.arange(cells.n_obs) < 2)].copy()  # d0|T cell keeps 1 cell
+    cells = cells[
+        ~((cells.obs["donor"] == "d0") & (cells.obs["cell_type"] == "T cell")).to_numpy() | (np.arange(cells.n_obs) < 2)
+    ].copy()  # d0|T cell keeps 1 cell
     with pytest.warns(UserWarning, match="fewer than 5 cells"):
         a = im.io.write_pseudobulk(cells, tmp_path / "a", sample_key="donor", groupby="cell_type", min_cells=5)
     with pytest.warns(UserWarning, match="fewer than 5 cells"):
@@ -112,14 +120,22 @@ def test_reproducible_bytes_and_dropped(cells, tmp_path):
         assert fh.readline().strip() == "gene,d1,d2,d3,d4,d5"
     dropped = pd.read_csv(a / "dropped.csv")
     assert dropped[["donor", "cell_type", "n_cells"]].to_dict("records") == [
-        {"donor": "d0", "cell_type": "T cell", "n_cells": 1}]
+        {"donor": "d0", "cell_type": "T cell", "n_cells": 1}
+    ]
     assert not (a / "design.txt").exists()
 
 
 def test_r_formula_quotes_non_syntactic_names(cells, tmp_path):
     cells.obs["age at visit"] = cells.obs["age"]
-    out = im.io.write_pseudobulk(cells, tmp_path / "q", sample_key="donor", groupby="cell_type",
-                                 condition_key="condition", covariates=["age at visit"], min_cells=5)
+    out = im.io.write_pseudobulk(
+        cells,
+        tmp_path / "q",
+        sample_key="donor",
+        groupby="cell_type",
+        condition_key="condition",
+        covariates=["age at visit"],
+        min_cells=5,
+    )
     assert (out / "design.txt").read_text() == "~ `age at visit` + condition\n"
 
 
@@ -144,13 +160,22 @@ def test_overwrite_only_an_earlier_export(cells, tmp_path):
     [
         ({}, ValueError, "pass both `sample_key`"),
         ({"sample_key": "donor", "groupby": "nope"}, KeyError, "'nope' not found"),
-        ({"sample_key": "donor", "groupby": "cell_type", "condition_key": "per_cell"}, ValueError,
-         "varies within samples"),
-        ({"sample_key": "donor", "groupby": "cell_type", "condition_key": "condition", "reference": "bipolar"},
-         ValueError, "not a level"),
+        (
+            {"sample_key": "donor", "groupby": "cell_type", "condition_key": "per_cell"},
+            ValueError,
+            "varies within samples",
+        ),
+        (
+            {"sample_key": "donor", "groupby": "cell_type", "condition_key": "condition", "reference": "bipolar"},
+            ValueError,
+            "not a level",
+        ),
         ({"sample_key": "donor", "groupby": "cell_type", "reference": "control"}, ValueError, "needs `condition_key`"),
-        ({"sample_key": "donor", "groupby": "cell_type", "condition_key": "age", "covariates": ["age"]}, ValueError,
-         "list it once"),
+        (
+            {"sample_key": "donor", "groupby": "cell_type", "condition_key": "age", "covariates": ["age"]},
+            ValueError,
+            "list it once",
+        ),
     ],
 )
 def test_bad_input(cells, tmp_path, kwargs, err, match):

@@ -25,15 +25,33 @@ def olink(olink_csv):
 def _tiny_long(**over) -> pd.DataFrame:
     """A small long export: 3 samples x 3 assays, IL6 on two panels, one control sample, one missing NPX."""
     rows = []
-    assays = [("OID1", "P05231", "IL6", "Inflammation", 1.0), ("OID2", "P05231", "IL6", "Oncology", 2.0),
-              ("OID3", "P01375", "TNF", "Inflammation", 0.5)]
+    assays = [
+        ("OID1", "P05231", "IL6", "Inflammation", 1.0),
+        ("OID2", "P05231", "IL6", "Oncology", 2.0),
+        ("OID3", "P01375", "TNF", "Inflammation", 0.5),
+    ]
     samples = [("S1", "Pass", "P1"), ("S2", "Warning", "P1"), ("CONTROL_SAMPLE_1", "Pass", "P1")]
     npx = iter([3.0, 1.5, 0.2, 0.4, np.nan, 2.0, 5.0, 5.0, 5.0])
     for sid, qc, plate in samples:
         for oid, uni, assay, panel, lod in assays:
-            rows.append(dict(SampleID=sid, Index=1, OlinkID=oid, UniProt=uni, Assay=assay, MissingFreq=0.1,
-                             Panel=panel, Panel_Version="v1", PlateID=plate, QC_Warning=qc, LOD=lod, NPX=next(npx),
-                             Subject=None if "CONTROL" in sid else f"ID{sid}", Time="baseline"))
+            rows.append(
+                dict(
+                    SampleID=sid,
+                    Index=1,
+                    OlinkID=oid,
+                    UniProt=uni,
+                    Assay=assay,
+                    MissingFreq=0.1,
+                    Panel=panel,
+                    Panel_Version="v1",
+                    PlateID=plate,
+                    QC_Warning=qc,
+                    LOD=lod,
+                    NPX=next(npx),
+                    Subject=None if "CONTROL" in sid else f"ID{sid}",
+                    Time="baseline",
+                )
+            )
     df = pd.DataFrame(rows)
     for k, v in over.items():
         df[k] = v
@@ -99,8 +117,9 @@ def test_semicolon_decimal_comma_and_panels(tmp_path):
     lines = txt.splitlines()
     head = lines[0].split(";")
     j = head.index("NPX")
-    fixed = [lines[0]] + [";".join(v.replace(".", ",") if k == j else v for k, v in enumerate(ln.split(";")))
-                          for ln in lines[1:]]
+    fixed = [lines[0]] + [
+        ";".join(v.replace(".", ",") if k == j else v for k, v in enumerate(ln.split(";"))) for ln in lines[1:]
+    ]
     p.write_text("\n".join(fixed) + "\n")
     a = im.io.read_olink(p)
     assert a.uns["proteomics"]["source"]["delimiter"] == ";"

@@ -231,9 +231,7 @@ def test_truncated_mid_row(long_csv, tmp_path):
     cut = tmp_path / "cut.csv"
     cut.write_text(text[: len(text) - 25])  # the last row loses its last fields
     n_lines = len(text.splitlines())
-    with pytest.raises(
-        ValueError, match=rf"truncated or ragged: 1 row\(s\).*line {n_lines} has .*cut mid-row"
-    ):
+    with pytest.raises(ValueError, match=rf"truncated or ragged: 1 row\(s\).*line {n_lines} has .*cut mid-row"):
         im.io.read_olink(cut)
     # cut inside the last value only: every row still has its fields; the missing final line break is said
     cut.write_text(text[:-2])

@@ -25,8 +25,21 @@ def lines(adat_path):
 
 def test_real_adat(soma, adat_path, tmp_path):
     assert soma.shape == (10, 5284)
-    for c in ("SeqId", "SeqIdVersion", "SomaId", "TargetFullName", "Target", "UniProt", "EntrezGeneID",
-              "EntrezGeneSymbol", "Organism", "Units", "Type", "Dilution", "ColCheck"):
+    for c in (
+        "SeqId",
+        "SeqIdVersion",
+        "SomaId",
+        "TargetFullName",
+        "Target",
+        "UniProt",
+        "EntrezGeneID",
+        "EntrezGeneSymbol",
+        "Organism",
+        "Units",
+        "Type",
+        "Dilution",
+        "ColCheck",
+    ):
         assert c in soma.var.columns
     assert len(soma.var.columns) == 20
     assert soma.var_names[0] == "seq.10000.28" and soma.var["SeqId"].iloc[0] == "10000-28"
@@ -81,7 +94,7 @@ def test_broken_sections(lines, tmp_path):
         im.io.read_somascan(_write(tmp_path, lines[:k]))
     # the analyte block cut short
     t0 = next(i for i, ln in enumerate(lines) if ln.startswith("^TABLE_BEGIN"))
-    short = lines[: t0 + 3] + lines[t0 + 4:]
+    short = lines[: t0 + 3] + lines[t0 + 4 :]
     with pytest.raises(ValueError, match=r"\^TABLE_BEGIN \(line \d+\): expected the analyte-metadata row"):
         im.io.read_somascan(_write(tmp_path, short))
     # non-numeric RFU
@@ -95,7 +108,7 @@ def test_broken_sections(lines, tmp_path):
 
 def test_duplicated_sample_ids(lines, tmp_path):
     k = next(i for i, ln in enumerate(lines) if ln.startswith("Example Adat Set001"))
-    dup = lines[: k + 1] + [lines[k]] + lines[k + 1:]
+    dup = lines[: k + 1] + [lines[k]] + lines[k + 1 :]
     with pytest.raises(ValueError, match=r"Duplicated sample IDs in the ADAT: \['1'\]"):
         im.io.read_somascan(_write(tmp_path, dup))
 

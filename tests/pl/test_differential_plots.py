@@ -138,8 +138,15 @@ def test_volcano_label_heights_never_overlap():
 
 
 def test_volcano_untested_rows_and_empty():
-    r = pd.DataFrame({"group": ["a", "b", "c"], "gene_set": ["s"] * 3, "effect": [1.0, np.nan, -0.5],
-                      "pvalue": [0.01, np.nan, 0.2], "padj": [0.02, np.nan, 0.2]})
+    r = pd.DataFrame(
+        {
+            "group": ["a", "b", "c"],
+            "gene_set": ["s"] * 3,
+            "effect": [1.0, np.nan, -0.5],
+            "pvalue": [0.01, np.nan, 0.2],
+            "padj": [0.02, np.nan, 0.2],
+        }
+    )
     ax = im.pl.volcano(r)
     assert "1 rows not tested" in ax.get_title() and sum(len(c.get_offsets()) for c in ax.collections) == 2
     plt.close(ax.figure)
@@ -167,8 +174,9 @@ def test_volcano_image(cohort, tmp_path):
 def test_composition_shows_p_values(cohort):
     comp = im.tl.composition(cohort, sample_key="donor", condition_key="condition", groupby="cell_type")
     fig, ax = plt.subplots()
-    out = im.pl.composition(cohort, sample_key="donor", condition_key="condition", groupby="cell_type",
-                            result=comp, ax=ax)
+    out = im.pl.composition(
+        cohort, sample_key="donor", condition_key="condition", groupby="cell_type", result=comp, ax=ax
+    )
     assert out is ax
     texts = [t.get_text() for t in ax.texts]
     assert sorted(texts) == sorted(f"p {fmt_p(p)}\npadj {fmt_p(q)}" for p, q in zip(comp["pvalue"], comp["padj"]))
@@ -201,16 +209,19 @@ def design_cohort():
     donors = a.obs["donor"].cat.categories
     score = dict(zip(donors, rng.normal(20, 5, size=len(donors)).round(1)))
     a.obs["score"] = a.obs["donor"].map(score).astype(float)
-    three = {d: ("control" if c == "control" else ("MDD" if i % 2 else "BD"))
-             for i, (d, c) in enumerate(a.obs.groupby("donor", observed=True)["condition"].first().items())}
+    three = {
+        d: ("control" if c == "control" else ("MDD" if i % 2 else "BD"))
+        for i, (d, c) in enumerate(a.obs.groupby("donor", observed=True)["condition"].first().items())
+    }
     a.obs["group3"] = pd.Categorical(a.obs["donor"].map(three).astype(str), categories=["control", "MDD", "BD"])
     return a
 
 
 def test_differential_activity_plot_continuous_draws_score_vs_value(design_cohort):
     a = design_cohort.copy()
-    res = im.tl.differential_activity(a, design="~ score + age", test="score", method="score", gene_sets=SETS,
-                                      sample_key="donor", groupby="cell_type")
+    res = im.tl.differential_activity(
+        a, design="~ score + age", test="score", method="score", gene_sets=SETS, sample_key="donor", groupby="cell_type"
+    )
     uns_before = set(a.uns)
     fig, ax = plt.subplots()
     assert im.pl.differential_activity(a, gene_set="setA", ax=ax) is ax
@@ -235,9 +246,14 @@ def test_differential_activity_plot_continuous_draws_score_vs_value(design_cohor
 
 def test_differential_activity_plot_three_levels_in_design_order(design_cohort):
     a = design_cohort.copy()
-    im.tl.differential_activity(a, design="~ group3", contrast=[("group3", "MDD", "control"),
-                                                                ("group3", "BD", "control")],
-                                gene_sets=SETS, sample_key="donor", groupby="cell_type")
+    im.tl.differential_activity(
+        a,
+        design="~ group3",
+        contrast=[("group3", "MDD", "control"), ("group3", "BD", "control")],
+        gene_sets=SETS,
+        sample_key="donor",
+        groupby="cell_type",
+    )
     ax = im.pl.differential_activity(a, gene_set="setA")
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["control", "MDD", "BD"]  # the design's order (reference first), not alphabetical

@@ -28,8 +28,10 @@ def _cells(n: int = 150) -> AnnData:
     batch = np.tile(["b1", "b2"], n // 2)
     centers = {"T": 0.0, "B": 6.0, "Mono": 12.0}
     lat = np.array([[centers[c], 0, 0] for c in ct]) + rng.normal(0, 0.5, (n, 3))
-    a = AnnData(X=np.zeros((n, 4), dtype=np.float32),
-                obs=pd.DataFrame({"batch": batch, "cell_type": ct}, index=[f"c{i}" for i in range(n)]))
+    a = AnnData(
+        X=np.zeros((n, 4), dtype=np.float32),
+        obs=pd.DataFrame({"batch": batch, "cell_type": ct}, index=[f"c{i}" for i in range(n)]),
+    )
     a.obsm["X_scVI"] = lat
     a.obsm["X_pca"] = lat + np.where(batch == "b2", 5.0, 0.0)[:, None] * np.array([0, 1.0, 0])
     return a
@@ -47,8 +49,7 @@ def stored():
 def test_integration_metrics_stores_what_the_plot_reads():
     a = _cells(60)
     before = {k: v.copy() for k, v in a.obsm.items()}
-    df = im.tl.integration_metrics(a, batch_key="batch", label_key="cell_type", embedding="X_scVI",
-                                   key_added="im1")
+    df = im.tl.integration_metrics(a, batch_key="batch", label_key="cell_type", embedding="X_scVI", key_added="im1")
     st = a.uns["im1"]
     assert st["metrics"].equals(df)
     assert st["params"]["batch_key"] == "batch" and st["params"]["label_key"] == "cell_type"
@@ -86,10 +87,12 @@ def test_integration_computes_nothing(stored, monkeypatch):
     assert "iLISI" in fig.axes[0].get_title() and "label ASW" in fig.axes[3].get_title()
     assert all(a.get_xlabel() == "UMAP1" and a.get_ylabel() == "UMAP2" for a in fig.axes)
     # the "before" panels show the stored unintegrated UMAP, the "after" ones obsm["X_umap"]
-    np.testing.assert_allclose(np.sort(fig.axes[0].collections[0].get_offsets()[:, 0]),
-                               np.sort(stored.obsm[UMAP_KEY][:, 0]), rtol=1e-6)
-    np.testing.assert_allclose(np.sort(fig.axes[2].collections[0].get_offsets()[:, 0]),
-                               np.sort(stored.obsm["X_umap"][:, 0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.sort(fig.axes[0].collections[0].get_offsets()[:, 0]), np.sort(stored.obsm[UMAP_KEY][:, 0]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.sort(fig.axes[2].collections[0].get_offsets()[:, 0]), np.sort(stored.obsm["X_umap"][:, 0]), rtol=1e-6
+    )
     assert set(stored.uns) == uns and all(np.array_equal(stored.obsm[k], v) for k, v in obsm.items())
     plt.close(fig)
 
@@ -131,10 +134,20 @@ def _deterministic_state() -> AnnData:
     a.obsm["X_umap"] = np.asarray(a.obsm["X_scVI"][:, :2], dtype=np.float32)
     a.uns["neighbors"] = {"params": {"use_rep": "X_scVI"}}
     cols = ["ilisi", "silhouette_batch", "clisi", "silhouette_label", "graph_connectivity"]
-    m = pd.DataFrame([[0.05, 0.40, 1.0, 0.80, 1.0], [0.90, 0.95, 1.0, 0.85, np.nan]], columns=cols,
-                     index=pd.Index(["X_pca (unintegrated)", "X_scVI"], name="embedding"))
-    a.uns["integration_metrics"] = {"metrics": m, "params": {
-        "batch_key": "batch", "label_key": "cell_type", "embedding": ["X_scVI"], "umap_unintegrated": UMAP_KEY}}
+    m = pd.DataFrame(
+        [[0.05, 0.40, 1.0, 0.80, 1.0], [0.90, 0.95, 1.0, 0.85, np.nan]],
+        columns=cols,
+        index=pd.Index(["X_pca (unintegrated)", "X_scVI"], name="embedding"),
+    )
+    a.uns["integration_metrics"] = {
+        "metrics": m,
+        "params": {
+            "batch_key": "batch",
+            "label_key": "cell_type",
+            "embedding": ["X_scVI"],
+            "umap_unintegrated": UMAP_KEY,
+        },
+    }
     return a
 
 

@@ -22,8 +22,9 @@ def donors():
     X = rng.normal(size=(30, 12))
     lab = np.array(["NR", "R"])[np.arange(30) % 2]
     X[lab == "R", :3] += 1.5
-    obs = pd.DataFrame({"responder": lab, "change": 2 * X[:, 1] + rng.normal(size=30)},
-                       index=[f"D{i:02d}" for i in range(30)])
+    obs = pd.DataFrame(
+        {"responder": lab, "change": 2 * X[:, 1] + rng.normal(size=30)}, index=[f"D{i:02d}" for i in range(30)]
+    )
     a = ad.AnnData(X=X, obs=obs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -82,9 +83,16 @@ def test_plot_fits_nothing(donors, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the plot fitted a model")
 
-    for cls in (sklearn.linear_model.RidgeCV, sklearn.linear_model.LogisticRegression,
-                sklearn.linear_model.ElasticNetCV, sklearn.pipeline.Pipeline, sklearn.preprocessing.StandardScaler,
-                sklearn.impute.SimpleImputer, sklearn.feature_selection.SelectKBest, sm.GLM):
+    for cls in (
+        sklearn.linear_model.RidgeCV,
+        sklearn.linear_model.LogisticRegression,
+        sklearn.linear_model.ElasticNetCV,
+        sklearn.pipeline.Pipeline,
+        sklearn.preprocessing.StandardScaler,
+        sklearn.impute.SimpleImputer,
+        sklearn.feature_selection.SelectKBest,
+        sm.GLM,
+    ):
         monkeypatch.setattr(cls, "fit", boom)
     monkeypatch.setattr(tlp, "_nested_cv", boom)
     monkeypatch.setattr(tlp, "predict_response", boom)

@@ -35,8 +35,16 @@ def _fixed_result() -> pd.DataFrame:
     cols = ["C5", "DCLK3", "CALY", "CRP", "IL6"]
     est = rng.uniform(-0.9, 0.9, size=(4, 5))
     padj = np.where(np.abs(est) > 0.6, 0.001, np.where(np.abs(est) > 0.4, 0.03, 0.5))
-    return pd.DataFrame({"rna_feature": np.repeat(rows, 5), "protein": np.tile(cols, 4), "estimate": est.ravel(),
-                         "pvalue": padj.ravel() / 10, "padj": padj.ravel(), "n": 16})
+    return pd.DataFrame(
+        {
+            "rna_feature": np.repeat(rows, 5),
+            "protein": np.tile(cols, 4),
+            "estimate": est.ravel(),
+            "pvalue": padj.ravel() / 10,
+            "padj": padj.ravel(),
+            "n": 16,
+        }
+    )
 
 
 def test_cross_modal_from_result_and_mdata(mdata):

@@ -38,7 +38,9 @@ def test_normalize_matches_scanpy(counts_2batches, dense):
     np.testing.assert_allclose(Xa, b.X.toarray(), rtol=1e-5, atol=1e-6)
     assert a.X.dtype == np.float32 and sparse.issparse(a.X) != dense
     L = a.layers["counts"]
-    np.testing.assert_array_equal(L.toarray() if sparse.issparse(L) else L, raw.toarray() if sparse.issparse(raw) else raw)
+    np.testing.assert_array_equal(
+        L.toarray() if sparse.issparse(L) else L, raw.toarray() if sparse.issparse(raw) else raw
+    )
     assert a.uns["log1p"] == {"base": None}
     assert a.uns["normalize"]["params"] == {"target_sum": 1e4, "counts_layer": "counts"}
     # expm1 of each row sums to target_sum
@@ -126,4 +128,3 @@ def test_hvg_inplace_false_and_errors(counts_2batches):
         im.pp.highly_variable_genes(a, counts_layer="lognorm")
     with pytest.raises(ValueError, match="n_top_genes"):
         im.pp.highly_variable_genes(a, n_top_genes=10_000)
-

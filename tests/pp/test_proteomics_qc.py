@@ -13,11 +13,16 @@ import immunomood as im
 def _olink_like() -> ad.AnnData:
     rng = np.random.default_rng(0)
     X = rng.normal(5, 1, size=(6, 4))
-    obs = pd.DataFrame({"QC_Warning": ["Pass", "Pass", "Warning", "Pass", "Pass", "Pass"],
-                        "is_control": [False, False, False, False, False, True]},
-                       index=[f"S{i}" for i in range(5)] + ["CONTROL_1"])
-    var = pd.DataFrame({"LOD": [1.0, 1.0, 1.0, 1.0], "is_control": [False, False, False, True]},
-                       index=["A", "B", "C", "Ctrl"])
+    obs = pd.DataFrame(
+        {
+            "QC_Warning": ["Pass", "Pass", "Warning", "Pass", "Pass", "Pass"],
+            "is_control": [False, False, False, False, False, True],
+        },
+        index=[f"S{i}" for i in range(5)] + ["CONTROL_1"],
+    )
+    var = pd.DataFrame(
+        {"LOD": [1.0, 1.0, 1.0, 1.0], "is_control": [False, False, False, True]}, index=["A", "B", "C", "Ctrl"]
+    )
     a = ad.AnnData(X, obs=obs, var=var)
     below = np.zeros_like(X, dtype=bool)
     below[:, 1] = [True, True, True, True, False, False]  # B: 3/4 kept samples below LOD -> removed
@@ -36,8 +41,18 @@ def test_olink_like_rules():
     assert out.var_names.tolist() == ["A", "C"]
     np.testing.assert_array_equal(out.X, X0[[0, 1, 3, 4]][:, [0, 2]])  # no log2 for NPX
     rep = out.uns["proteomics_qc"]
-    assert set(rep) == {"params", "samples", "assays", "frac_below_lod", "n_samples_before", "n_samples_after",
-                        "n_assays_before", "n_assays_after", "log2", "skipped"}
+    assert set(rep) == {
+        "params",
+        "samples",
+        "assays",
+        "frac_below_lod",
+        "n_samples_before",
+        "n_samples_after",
+        "n_assays_before",
+        "n_assays_after",
+        "log2",
+        "skipped",
+    }
     assert rep["samples"].loc["S2", "reason"] == "QC_Warning=Warning"
     assert rep["samples"].loc["CONTROL_1", "reason"] == "control sample"
     assert rep["assays"].loc["Ctrl", "reason"] == "control assay"

@@ -17,8 +17,14 @@ import immunomood as im
 
 METRICS = ["log1p_total_counts", "log1p_n_genes_by_counts", "pct_counts_in_top_20_genes", "pct_counts_mt"]
 OBS_COLS = [
-    "total_counts", "n_genes_by_counts", "log1p_total_counts", "log1p_n_genes_by_counts",
-    "pct_counts_in_top_20_genes", "pct_counts_mt", "pct_counts_ribo", "pct_counts_hb",
+    "total_counts",
+    "n_genes_by_counts",
+    "log1p_total_counts",
+    "log1p_n_genes_by_counts",
+    "pct_counts_in_top_20_genes",
+    "pct_counts_mt",
+    "pct_counts_ribo",
+    "pct_counts_hb",
 ]
 
 
@@ -31,8 +37,13 @@ def _mat_bytes(X):
 
 
 def snapshot(adata):
-    return (_mat_bytes(adata.X), adata.obs.copy(deep=True), adata.var.copy(deep=True),
-            pickle.dumps(copy.deepcopy(dict(adata.uns))), {k: _mat_bytes(v) for k, v in adata.layers.items()})
+    return (
+        _mat_bytes(adata.X),
+        adata.obs.copy(deep=True),
+        adata.var.copy(deep=True),
+        pickle.dumps(copy.deepcopy(dict(adata.uns))),
+        {k: _mat_bytes(v) for k, v in adata.layers.items()},
+    )
 
 
 def assert_unchanged(adata, snap):
@@ -109,8 +120,29 @@ def test_qc_metrics_dense_equals_sparse(tiny_counts):
 def test_gene_flags_hb_and_case():
     from immunomood.pp._qc import gene_flags
 
-    sym = pd.Index(["HBA1", "HBA2", "HBB", "HBD", "HBG1", "HBG2", "HBM", "HBQ1", "HBZ", "HBE1",
-                    "HBP1", "HBEGF", "HBS1L", "mt-Co1", "MT-ND1", "Rps3", "RPL13", "MTOR", "ACTB"])
+    sym = pd.Index(
+        [
+            "HBA1",
+            "HBA2",
+            "HBB",
+            "HBD",
+            "HBG1",
+            "HBG2",
+            "HBM",
+            "HBQ1",
+            "HBZ",
+            "HBE1",
+            "HBP1",
+            "HBEGF",
+            "HBS1L",
+            "mt-Co1",
+            "MT-ND1",
+            "Rps3",
+            "RPL13",
+            "MTOR",
+            "ACTB",
+        ]
+    )
     f = gene_flags(sym)
     assert f["hb"].tolist() == [True] * 10 + [False] * 9
     assert sym[f["mt"]].tolist() == ["mt-Co1", "MT-ND1"]
@@ -194,8 +226,9 @@ def test_errors_missing_sample_key_lists_columns(tiny_counts):
     with pytest.raises(KeyError, match="Available"):
         im.pp.flag_outliers(a, sample_key="donor")
     with pytest.raises(KeyError, match="Available"):
-        im.pp.filter_cells(a, sample_key="donor", remove=("qc_outlier",)) if "qc_outlier" in a.obs else \
-            im.pp.filter_cells(a.copy(), sample_key="donor", remove=("total_counts",))
+        im.pp.filter_cells(
+            a, sample_key="donor", remove=("qc_outlier",)
+        ) if "qc_outlier" in a.obs else im.pp.filter_cells(a.copy(), sample_key="donor", remove=("total_counts",))
 
 
 def test_errors_negative_values(tiny_counts):
@@ -332,8 +365,13 @@ def test_filter_cells_report_and_copy(tiny_counts):
     rep = out.uns["qc"]["report"]
     assert list(rep.index) == ["s1", "s2", "s3"] and rep.index.name == "sample"
     assert list(rep.columns) == [
-        "cells_before", *[f"removed_{m}" for m in METRICS], "removed_predicted_doublet",
-        "cells_removed", "cells_after", "fraction_removed", "too_small_to_pseudobulk",
+        "cells_before",
+        *[f"removed_{m}" for m in METRICS],
+        "removed_predicted_doublet",
+        "cells_removed",
+        "cells_after",
+        "fraction_removed",
+        "too_small_to_pseudobulk",
     ]
     removed = a.obs["qc_outlier"] | a.obs["predicted_doublet"]
     assert out.n_obs == (~removed).sum() and not out.obs_names.isin(a.obs_names[removed]).any()
@@ -344,7 +382,8 @@ def test_filter_cells_report_and_copy(tiny_counts):
     assert (rep[reason_cols].sum(1) == rep["cells_removed"]).all()
     # cell 30 is both an outlier and a doublet: counted once, under its qc_reason
     assert rep.loc["s1", "removed_predicted_doublet"] == int(
-        (a.obs["predicted_doublet"] & ~a.obs["qc_outlier"]).iloc[:30].sum())
+        (a.obs["predicted_doublet"] & ~a.obs["qc_outlier"]).iloc[:30].sum()
+    )
     # in place
     b = a.copy()
     assert im.pp.filter_cells(b) is None

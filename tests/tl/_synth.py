@@ -7,12 +7,24 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-SETS = {"setA": [f"G{i}" for i in range(0, 20)], "setB": [f"G{i}" for i in range(20, 40)],
-        "setC": [f"G{i}" for i in range(40, 55)]}
+SETS = {
+    "setA": [f"G{i}" for i in range(0, 20)],
+    "setB": [f"G{i}" for i in range(20, 40)],
+    "setC": [f"G{i}" for i in range(40, 55)],
+}
 
 
-def synth_cohort(n_donors=12, n_genes=300, cells=(60, 40), effect=1.0, planted=("setA",), corr_sd=0.15,
-                 donor_sd=0.2, seed=0, types=("Mono", "T")):
+def synth_cohort(
+    n_donors=12,
+    n_genes=300,
+    cells=(60, 40),
+    effect=1.0,
+    planted=("setA",),
+    corr_sd=0.15,
+    donor_sd=0.2,
+    seed=0,
+    types=("Mono", "T"),
+):
     """Cells of ``len(types)`` cell types from ``n_donors`` donors (half control, half case).
 
     Each donor has gene-level log-normal deviations (sd ``donor_sd``) plus a shared per-donor shift of each set
@@ -40,8 +52,18 @@ def synth_cohort(n_donors=12, n_genes=300, cells=(60, 40), effect=1.0, planted=(
             r = 5.0
             x = rng.poisson(rng.gamma(r, lam / r))
             blocks.append(sparse.csr_matrix(x.astype(np.float32)))
-            obs.append(pd.DataFrame({"donor": f"d{d}", "condition": cond[d], "cell_type": t,
-                                     "age": 40 + d % 5, "sex": ["F", "M"][d % 2]}, index=range(n)))
+            obs.append(
+                pd.DataFrame(
+                    {
+                        "donor": f"d{d}",
+                        "condition": cond[d],
+                        "cell_type": t,
+                        "age": 40 + d % 5,
+                        "sex": ["F", "M"][d % 2],
+                    },
+                    index=range(n),
+                )
+            )
     obs = pd.concat(obs, ignore_index=True)
     obs.index = [f"c{i}" for i in range(len(obs))]
     obs["condition"] = pd.Categorical(obs["condition"], categories=["control", "case"])

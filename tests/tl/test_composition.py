@@ -131,8 +131,9 @@ def _reference_glm(a, formula, rho, group):
     cols = [c for c in ("arm", "score", "age") if c in a.obs]
     df = a.obs.groupby("donor", observed=True)[cols].first().loc[counts.index]
     df["y"] = counts[group] / tot
-    return smf.glm(formula, df, family=sm.families.Binomial(),
-                   var_weights=tot / (1.0 + (tot - 1.0) * rho)).fit(scale="X2")
+    return smf.glm(formula, df, family=sm.families.Binomial(), var_weights=tot / (1.0 + (tot - 1.0) * rho)).fit(
+        scale="X2"
+    )
 
 
 def test_design_three_levels_and_continuous_match_statsmodels():

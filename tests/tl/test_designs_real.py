@@ -43,8 +43,15 @@ def csle(data_dir):
 
 
 def test_csle_interferon_up_in_lupus_b_cells_with_covariates(csle):
-    res = _quiet(adata=csle, design="~ condition + Age + Gender + Batch", contrast=("condition", "cSLE", "cHD"),
-                 sample_key="donor", groupby="compartment", gene_sets=_ifn_sets(), min_cells=3)
+    res = _quiet(
+        adata=csle,
+        design="~ condition + Age + Gender + Batch",
+        contrast=("condition", "cSLE", "cHD"),
+        sample_key="donor",
+        groupby="compartment",
+        gene_sets=_ifn_sets(),
+        min_cells=3,
+    )
     assert set(res["contrast"]) == {"condition: cSLE vs cHD"}
     b = res[(res["group"] == "B")].set_index("gene_set")
     ifn_a = b.loc["interferon_alpha"]
@@ -57,8 +64,16 @@ def test_csle_interferon_up_in_lupus_b_cells_with_covariates(csle):
 
 def test_csle_sledai_slope_within_patients_is_per_point(csle):
     pts = csle[(csle.obs["condition"] == "cSLE").to_numpy() & csle.obs["SLEDAI"].notna().to_numpy()].copy()
-    res = _quiet(adata=pts, design="~ SLEDAI + Age + Gender + Batch", test="SLEDAI", sample_key="donor",
-                 groupby="compartment", gene_sets=_ifn_sets(), min_cells=3, method="score")
+    res = _quiet(
+        adata=pts,
+        design="~ SLEDAI + Age + Gender + Batch",
+        test="SLEDAI",
+        sample_key="donor",
+        groupby="compartment",
+        gene_sets=_ifn_sets(),
+        min_cells=3,
+        method="score",
+    )
     b = res[res["group"] == "B"].set_index("gene_set")
     assert set(res["contrast"]) == {"SLEDAI (per unit)"}
     assert (b["n_samples"] == b["n_case"]).all() and (b["n_reference"] == 0).all()
@@ -98,14 +113,20 @@ def test_combat_three_levels_three_blocks(data_dir):
     from immunomood._stats import bh
 
     a = ad.read_h5ad(Path(data_dir) / "combat" / "combat_covid_6donors.h5ad")
-    a.obs["condition"] = pd.Categorical(a.obs["condition"].astype(str),
-                                        categories=["Healthy", "Covid_Mild", "Covid_Critical"])
+    a.obs["condition"] = pd.Categorical(
+        a.obs["condition"].astype(str), categories=["Healthy", "Covid_Mild", "Covid_Critical"]
+    )
     a.obs["compartment"] = "PBMC"  # whole-sample pseudobulk (no cell-type labels; the benchmark annotates)
     sets = {**_ifn_sets(), **im.tl.gene_sets("inflammatory")}
-    res = {m: _quiet(adata=a, design="~ condition", sample_key="donor", groupby="compartment", gene_sets=sets,
-                     method=m) for m in ("score", "fry_pooled")}
-    labels = ["condition: Covid_Mild vs Healthy", "condition: Covid_Critical vs Healthy",
-              "condition: Covid_Critical vs Covid_Mild"]
+    res = {
+        m: _quiet(adata=a, design="~ condition", sample_key="donor", groupby="compartment", gene_sets=sets, method=m)
+        for m in ("score", "fry_pooled")
+    }
+    labels = [
+        "condition: Covid_Mild vs Healthy",
+        "condition: Covid_Critical vs Healthy",
+        "condition: Covid_Critical vs Covid_Mild",
+    ]
     for r in res.values():
         assert list(pd.unique(r["contrast"])) == labels
         assert (r.groupby("contrast").size() == len(sets)).all()

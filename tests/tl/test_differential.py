@@ -11,8 +11,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _synth import SETS, synth_cohort
 
 KW = dict(condition_key="condition", sample_key="donor", groupby="cell_type")
-COLS = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case", "n_reference",
-        "method"]
+COLS = [
+    "group",
+    "gene_set",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "statistic",
+    "pvalue",
+    "padj",
+    "n_case",
+    "n_reference",
+    "method",
+]
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +153,9 @@ def test_calibrated_and_powerful_on_synthetic():
     assert 0.0 <= (p_null < 0.05).mean() <= 0.12
     hits = 0
     for seed in range(4):
-        r = im.tl.differential_activity(synth_cohort(n_donors=16, seed=200 + seed, effect=1.5), gene_sets=SETS,
-                                        method="score", **KW)
+        r = im.tl.differential_activity(
+            synth_cohort(n_donors=16, seed=200 + seed, effect=1.5), gene_sets=SETS, method="score", **KW
+        )
         hits += r.set_index(["group", "gene_set"]).loc[("Mono", "setA"), "pvalue"] < 0.05
     assert hits >= 3
 
@@ -154,8 +166,14 @@ def test_kang2018_interferon_up_in_monocytes(data_dir):
     a = ad.read_h5ad(data_dir / "kang2018" / "kang2018_2donors_ctrl_stim.h5ad")
     a.var_names = a.var["ENSEMBL"].astype(str).to_numpy()  # Ensembl IDs + SYMBOL column, as real data often has
     a.obs["group_id"] = pd.Categorical(a.obs["group_id"].astype(str), categories=["ctrl", "stim"])
-    res = im.tl.differential_activity(a, condition_key="group_id", sample_key="sample_id", groupby="cluster_id",
-                                      gene_sets="interferon_alpha", covariates=["donor"])
+    res = im.tl.differential_activity(
+        a,
+        condition_key="group_id",
+        sample_key="sample_id",
+        groupby="cluster_id",
+        gene_sets="interferon_alpha",
+        covariates=["donor"],
+    )
     mono = res.set_index("group").loc["CD14+ Monocytes"]
     assert mono["effect"] > 2.0  # > 4-fold up on average over the set's genes
     assert mono["statistic"] > 0 and mono["n_case"] == 2 and mono["n_reference"] == 2
@@ -202,8 +220,9 @@ def test_low_count_set_members_kept_and_down_weighted():
     strict = filter_by_expr(counts, 6)
     lenient = filter_set_members(counts[:, :6])
     assert not strict[:3].any() and lenient.all()
-    np.testing.assert_array_equal(filter_set_members(np.array([[0, 1, 9.0], [0, 0, 0], [1, 2, 0]])),
-                                  [False, True, False])  # >= 1 count per sample on average and non-zero in >= half
+    np.testing.assert_array_equal(
+        filter_set_members(np.array([[0, 1, 9.0], [0, 0, 0], [1, 2, 0]])), [False, True, False]
+    )  # >= 1 count per sample on average and non-zero in >= half
     members = {"set": np.arange(6)}
     S = set_scores(counts, D, members, min_n=6)
     kept = S["kept"]
@@ -237,8 +256,15 @@ def test_power_1p1_simulated_cohort():
     hits = []
     for seed in range(10):
         a, _ = im.datasets.simulate_cohort(n_cells_per_donor=2000, complement_effect=1.1, random_state=seed)
-        r = im.tl.differential_activity(a, condition_key="condition", sample_key="donor", groupby="cell_type_true",
-                                        gene_sets=_complement_union(), covariates=["batch"], method="score")
+        r = im.tl.differential_activity(
+            a,
+            condition_key="condition",
+            sample_key="donor",
+            groupby="cell_type_true",
+            gene_sets=_complement_union(),
+            covariates=["batch"],
+            method="score",
+        )
         row = r.set_index("group").loc["Classical monocyte"]
         hits.append(row["pvalue"] < 0.05 and row["effect"] > 0)
     assert sum(hits) >= 4, hits
@@ -273,8 +299,9 @@ def test_issue_scenario_beats_donor_mean_t_test():
             data = coo.data.copy()
             data[m] += rng.binomial(data[m].astype(np.int64), fc - 1.0)
             b.X = sparse.csr_matrix((data, (coo.row, coo.col)), shape=a.shape)
-        r = im.tl.differential_activity(b, condition_key="condition", sample_key="donor", groupby="cell_type_true",
-                                        gene_sets=sets, method="score")
+        r = im.tl.differential_activity(
+            b, condition_key="condition", sample_key="donor", groupby="cell_type_true", gene_sets=sets, method="score"
+        )
         sc = im.tl.score_pathways(b, sets, inplace=False)["raised"].to_numpy()
         dm = pd.Series(sc).groupby(b.obs["donor"].to_numpy()).mean()
         dcase = dm.index.isin(case)
@@ -321,9 +348,16 @@ def test_random_effect_pooled_samples_calibrated():
         a = synth_cohort(n_donors=8, seed=500 + seed, cells=(120, 80))
         rng = np.random.default_rng(seed)
         a.obs["sample"] = (a.obs["donor"].astype(str) + "_v" + rng.integers(0, 2, a.n_obs).astype(str)).astype(
-            "category")
-        r = im.tl.differential_activity(a, condition_key="condition", sample_key="sample", groupby="cell_type",
-                                        gene_sets=SETS, random_effect="donor")
+            "category"
+        )
+        r = im.tl.differential_activity(
+            a,
+            condition_key="condition",
+            sample_key="sample",
+            groupby="cell_type",
+            gene_sets=SETS,
+            random_effect="donor",
+        )
         assert (r["df"] == 6).all()
         ps += list(r["pvalue"])
     assert 0.01 <= (np.asarray(ps) < 0.05).mean() <= 0.08
@@ -334,8 +368,9 @@ def test_design_errors_found_by_review(planted):
     arm whose samples all come from one donor, a numeric covariate stored as text: clear errors up front."""
     a = planted.copy()
     with pytest.raises(ValueError, match="groupby 'condition'"):
-        im.tl.differential_activity(a, gene_sets=SETS, condition_key="condition", sample_key="donor",
-                                    groupby="condition")
+        im.tl.differential_activity(
+            a, gene_sets=SETS, condition_key="condition", sample_key="donor", groupby="condition"
+        )
     with pytest.raises(ValueError, match="random_effect 'condition' is also in the design"):
         im.tl.differential_activity(a, gene_sets=SETS, random_effect="condition", **KW)
     with pytest.raises(ValueError, match="one level per sample"):
@@ -346,8 +381,14 @@ def test_design_errors_found_by_review(planted):
     b.obs["subject"] = b.obs["donor"].astype(str)
     b.obs.loc[(b.obs["condition"] == "control").to_numpy(), "subject"] = "one_donor"
     with pytest.raises(ValueError, match="at least 2 donors per arm"):
-        im.tl.differential_activity(b, gene_sets=SETS, condition_key="condition", sample_key="sample",
-                                    groupby="cell_type", random_effect="subject")
+        im.tl.differential_activity(
+            b,
+            gene_sets=SETS,
+            condition_key="condition",
+            sample_key="sample",
+            groupby="cell_type",
+            random_effect="subject",
+        )
     a.obs["age_text"] = a.obs["age"].astype(str) + a.obs["donor"].astype(str).str[1:]  # one level per donor
     with pytest.raises(ValueError, match="convert it"):
         im.tl.differential_activity(a, gene_sets=SETS, covariates=["age_text"], **KW)

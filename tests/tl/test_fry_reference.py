@@ -52,8 +52,7 @@ cat(as.character(packageVersion("limma")), as.character(packageVersion("edgeR"))
 def r_available() -> str | None:
     """None when Rscript with limma, edgeR and statmod runs here, else the reason it does not."""
     if shutil.which("Rscript") is None:
-        return ("Rscript not found (install R: apt-get install -y r-base-core r-bioc-limma r-bioc-edger "
-                "r-cran-statmod)")
+        return "Rscript not found (install R: apt-get install -y r-base-core r-bioc-limma r-bioc-edger r-cran-statmod)"
     check = "for (p in c('limma','edgeR','statmod')) if (!requireNamespace(p, quietly=TRUE)) cat(p, '')"
     out = subprocess.run(["Rscript", "-e", check], check=False, capture_output=True, text=True)
     if out.returncode != 0 or out.stdout.strip():
@@ -61,28 +60,34 @@ def r_available() -> str | None:
     return None
 
 
-def run_r_voom_fry(counts: pd.DataFrame, design: np.ndarray, sets: dict[str, list[str]], tmp: Path,
-                   contrast: int | np.ndarray = 2) -> dict:
+def run_r_voom_fry(
+    counts: pd.DataFrame, design: np.ndarray, sets: dict[str, list[str]], tmp: Path, contrast: int | np.ndarray = 2
+) -> dict:
     """R limma-voom + fry on ``counts`` (samples x genes) -> fry table, norm factors, voom weights, kept genes.
 
     ``contrast``: R's 1-based column of ``design``, or a contrast vector (limma then uses ``contrastAsCoef``)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"weight": np.atleast_1d(np.asarray(contrast, dtype=float))}).to_csv(tmp / "contrast.csv",
-                                                                                     index=False)
+    pd.DataFrame({"weight": np.atleast_1d(np.asarray(contrast, dtype=float))}).to_csv(tmp / "contrast.csv", index=False)
     counts.T.to_csv(tmp / "counts.csv")
     pd.DataFrame(design, index=counts.index, columns=[f"c{j}" for j in range(design.shape[1])]).to_csv(
-        tmp / "design.csv")
+        tmp / "design.csv"
+    )
     pd.DataFrame([(k, g) for k, v in sets.items() for g in v], columns=["set", "gene"]).to_csv(
-        tmp / "sets.csv", index=False)
+        tmp / "sets.csv", index=False
+    )
     (tmp / "voom_fry.R").write_text(R_SCRIPT)
-    out = subprocess.run(["Rscript", str(tmp / "voom_fry.R"), str(tmp)], check=False, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        ["Rscript", str(tmp / "voom_fry.R"), str(tmp)], check=False, capture_output=True, text=True, timeout=300
+    )
     if out.returncode != 0:
         raise RuntimeError(f"Rscript failed: {out.stderr[-2000:]}")
-    return {"table": pd.read_csv(tmp / "fry.csv", index_col=0),
-            "samples": pd.read_csv(tmp / "samples.csv", index_col=0),
-            "weights": pd.read_csv(tmp / "weights.csv", index_col=0),
-            "kept": (tmp / "kept.txt").read_text().split(), "versions": out.stdout.strip()}
+    return {
+        "table": pd.read_csv(tmp / "fry.csv", index_col=0),
+        "samples": pd.read_csv(tmp / "samples.csv", index_col=0),
+        "weights": pd.read_csv(tmp / "weights.csv", index_col=0),
+        "kept": (tmp / "kept.txt").read_text().split(),
+        "versions": out.stdout.strip(),
+    }
 
 
 def _pseudobulk(adata, mask, sample_key):
@@ -92,8 +97,9 @@ def _pseudobulk(adata, mask, sample_key):
     sub = adata[mask]
     s = sub.obs[sample_key].astype(str).to_numpy()
     samples = list(dict.fromkeys(s))
-    G = sp.csr_matrix((np.ones(len(s)), (pd.Index(samples).get_indexer(s), np.arange(len(s)))),
-                      shape=(len(samples), len(s)))
+    G = sp.csr_matrix(
+        (np.ones(len(s)), (pd.Index(samples).get_indexer(s), np.arange(len(s)))), shape=(len(samples), len(s))
+    )
     M = np.asarray((G @ sub.X).todense() if sp.issparse(sub.X) else G @ sub.X)
     return pd.DataFrame(np.round(M).astype(np.int64), index=samples, columns=adata.var_names.astype(str))
 
@@ -125,8 +131,14 @@ def _sets_for(adata, rng, n_random=8, size=20):
     import immunomood as im
 
     sets = {}
-    for name in ("complement_hallmark", "interferon_alpha", "interferon_gamma", "inflammatory", "tnfa_nfkb",
-                 "il6_jak_stat3"):
+    for name in (
+        "complement_hallmark",
+        "interferon_alpha",
+        "interferon_gamma",
+        "inflammatory",
+        "tnfa_nfkb",
+        "il6_jak_stat3",
+    ):
         for k, v in im.tl.gene_sets(name).items():
             sets[k] = [g for g in v if g in set(adata.var_names)]
     for i in range(n_random):
@@ -141,8 +153,10 @@ def test_clowess_matches_r_lowess(need_r, tmp_path):
     x = np.round(rng.normal(size=400), 1)  # ties, as voom's mean log-counts of low-count genes
     y = np.sin(x) + 0.3 * rng.standard_t(3, size=400)
     np.savetxt(tmp_path / "xy.csv", np.column_stack([x, y]), delimiter=",", fmt="%.17g")
-    expr = (f"d <- read.csv('{tmp_path}/xy.csv', header=FALSE); l <- lowess(d[,1], d[,2], f=0.5); "
-            f"write.table(sprintf('%.17g', l$y), '{tmp_path}/l.txt', row.names=FALSE, col.names=FALSE, quote=FALSE)")
+    expr = (
+        f"d <- read.csv('{tmp_path}/xy.csv', header=FALSE); l <- lowess(d[,1], d[,2], f=0.5); "
+        f"write.table(sprintf('%.17g', l$y), '{tmp_path}/l.txt', row.names=FALSE, col.names=FALSE, quote=FALSE)"
+    )
     subprocess.run(["Rscript", "-e", expr], check=True, capture_output=True)
     ry = np.loadtxt(tmp_path / "l.txt")
     _, py = clowess(x, y, f=0.5)
@@ -183,8 +197,10 @@ def test_fry_equals_r_kang2018_stim_paired(need_r, data_dir, tmp_path):
     rng = np.random.default_rng(7)
     sets = _sets_for(a, rng)
     index = {k: counts.columns.get_indexer(v) for k, v in sets.items()}
-    for name, design in [("unpaired", np.column_stack([np.ones(4), stim])),
-                         ("paired", np.column_stack([np.ones(4), stim, donor]))]:
+    for name, design in [
+        ("unpaired", np.column_stack([np.ones(4), stim])),
+        ("paired", np.column_stack([np.ones(4), stim, donor])),
+    ]:
         r = run_r_voom_fry(counts, design, sets, tmp_path / name)
         py = voom_fry(counts.to_numpy(), design, index)
         tp, _ = _compare(py, r, counts, sets)
@@ -203,13 +219,21 @@ def test_method_fry_of_differential_activity_equals_r(need_r, data_dir, tmp_path
     rng = np.random.default_rng(11)
     pick = list(rng.choice(donors, 16, replace=False))
     a = a[a.obs["donor"].isin(pick).to_numpy() & a.obs["cell_type"].isin(["monoc", "bmem"]).to_numpy()].copy()
-    a.obs["condition"] = pd.Categorical(np.where(a.obs["donor"].isin(pick[:8]), "case", "ctrl"),
-                                        categories=["ctrl", "case"])
+    a.obs["condition"] = pd.Categorical(
+        np.where(a.obs["donor"].isin(pick[:8]), "case", "ctrl"), categories=["ctrl", "case"]
+    )
     sets = {k: v for k, v in _sets_for(a, rng, n_random=4).items() if len(v) >= 2}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = im.tl.differential_activity(a, condition_key="condition", sample_key="donor", groupby="cell_type",
-                                          gene_sets=sets, method="fry", min_cells=10)
+        res = im.tl.differential_activity(
+            a,
+            condition_key="condition",
+            sample_key="donor",
+            groupby="cell_type",
+            gene_sets=sets,
+            method="fry",
+            min_cells=10,
+        )
     for group in ("monoc", "bmem"):
         m = (a.obs["cell_type"] == group).to_numpy()
         counts = _pseudobulk(a, m, "donor")
@@ -240,8 +264,9 @@ def _onek1k_for_designs(data_dir, seed):
     rng = np.random.default_rng(seed)
     dx = rng.permutation(np.repeat(["control", "MDD", "BD"], [13, 13, len(donors) - 26]))
     score = rng.normal(size=len(donors))
-    a.obs["diagnosis"] = pd.Categorical(a.obs["donor"].map(dict(zip(donors, dx))).astype(str),
-                                        categories=["control", "MDD", "BD"])
+    a.obs["diagnosis"] = pd.Categorical(
+        a.obs["donor"].map(dict(zip(donors, dx))).astype(str), categories=["control", "MDD", "BD"]
+    )
     a.obs["score"] = a.obs["donor"].map(dict(zip(donors, score))).astype(float)
     a.obs["age"] = a.obs["age"].astype(float)
     return a, rng
@@ -290,30 +315,66 @@ def test_differential_activity_fry_three_levels_and_slope_equal_r(need_r, data_d
     r_contrast = {pairs[0]: 2, pairs[1]: 3, pairs[2]: np.array([0.0, -1.0, 1.0])}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res3 = im.tl.differential_activity(a, design="~ diagnosis", contrast=pairs, sample_key="donor",
-                                           groupby="cell_type", gene_sets=sets, method="fry", min_cells=10)
-        res_c = im.tl.differential_activity(a, design="~ score + age", test="score", sample_key="donor",
-                                            groupby="cell_type", gene_sets=sets, method="fry", min_cells=10)
+        res3 = im.tl.differential_activity(
+            a,
+            design="~ diagnosis",
+            contrast=pairs,
+            sample_key="donor",
+            groupby="cell_type",
+            gene_sets=sets,
+            method="fry",
+            min_cells=10,
+        )
+        res_c = im.tl.differential_activity(
+            a,
+            design="~ score + age",
+            test="score",
+            sample_key="donor",
+            groupby="cell_type",
+            gene_sets=sets,
+            method="fry",
+            min_cells=10,
+        )
     assert res3["contrast"].nunique() == 3 and res_c["contrast"].nunique() == 1
     checked = 0
     for group in ("monoc", "bmem"):
         counts = _group_counts(a, group, 10)
         tab = a.obs.groupby("donor", observed=True)[["diagnosis", "score", "age"]].first().loc[counts.index]
         dx = tab["diagnosis"].astype(str).to_numpy()
-        cases = [(res3, pairs[i], np.column_stack([np.ones(len(dx)), dx == "MDD", dx == "BD"]).astype(float),
-                  r_contrast[pairs[i]], f"diagnosis: {pairs[i][1]} vs {pairs[i][2]}") for i in range(3)]
-        cases.append((res_c, "score", np.column_stack([np.ones(len(dx)), tab["score"], tab["age"]]).astype(float),
-                      2, "score (per unit)"))
+        cases = [
+            (
+                res3,
+                pairs[i],
+                np.column_stack([np.ones(len(dx)), dx == "MDD", dx == "BD"]).astype(float),
+                r_contrast[pairs[i]],
+                f"diagnosis: {pairs[i][1]} vs {pairs[i][2]}",
+            )
+            for i in range(3)
+        ]
+        cases.append(
+            (
+                res_c,
+                "score",
+                np.column_stack([np.ones(len(dx)), tab["score"], tab["age"]]).astype(float),
+                2,
+                "score (per unit)",
+            )
+        )
         for res, key, design, contrast, label in cases:
             r = run_r_voom_fry(counts, design, sets, tmp_path / f"{group}_{checked}", contrast=contrast)["table"]
             sub = res[(res["group"] == group) & (res["contrast"] == label)].set_index("gene_set").loc[list(sets)]
             ok = r["NGenes"].to_numpy() > 0
             assert ok.sum() >= 3, (group, key)
             np.testing.assert_array_equal(sub["n_genes"].to_numpy()[ok], r["NGenes"].to_numpy()[ok])
-            np.testing.assert_allclose(sub["pvalue"].to_numpy()[ok], r["PValue"].to_numpy()[ok], rtol=1e-6,
-                                       err_msg=f"{group} {key}")
-            np.testing.assert_allclose(sub["pvalue_mixed"].to_numpy()[ok], r["PValue.Mixed"].to_numpy()[ok],
-                                       rtol=1e-6, err_msg=f"{group} {key}")
+            np.testing.assert_allclose(
+                sub["pvalue"].to_numpy()[ok], r["PValue"].to_numpy()[ok], rtol=1e-6, err_msg=f"{group} {key}"
+            )
+            np.testing.assert_allclose(
+                sub["pvalue_mixed"].to_numpy()[ok],
+                r["PValue.Mixed"].to_numpy()[ok],
+                rtol=1e-6,
+                err_msg=f"{group} {key}",
+            )
             up = np.where(r["Direction"].to_numpy()[ok] == "Up", 1, -1)
             assert (np.sign(sub["statistic"].to_numpy()[ok]) == up).all(), (group, key)
             # the test-based CI excludes 0 exactly when p < 0.05

@@ -7,10 +7,24 @@ import pytest
 import immunomood as im
 from immunomood.tl._gene_sets import resolve_gene_sets
 
-ARMS = ["complement_classical", "complement_lectin", "complement_alternative", "complement_terminal",
-        "complement_receptors", "complement_regulators"]
-NAMES = ["complement", "complement_hallmark", "kynurenine", "interferon_alpha", "interferon_gamma", "inflammatory",
-         "tnfa_nfkb", "il6_jak_stat3"]
+ARMS = [
+    "complement_classical",
+    "complement_lectin",
+    "complement_alternative",
+    "complement_terminal",
+    "complement_receptors",
+    "complement_regulators",
+]
+NAMES = [
+    "complement",
+    "complement_hallmark",
+    "kynurenine",
+    "interferon_alpha",
+    "interferon_gamma",
+    "inflammatory",
+    "tnfa_nfkb",
+    "il6_jak_stat3",
+]
 
 
 def test_complement_arms_exact_and_no_immunoglobulins():

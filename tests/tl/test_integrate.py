@@ -16,8 +16,15 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 # synthetic data with known truth: cell types under a gene-wise batch effect
-def _toy_batches(n_cells: int = 600, n_genes: int = 200, n_types: int = 4, n_batches: int = 2, *,
-                 batch_effect: float = 1.0, random_state: int = 0) -> ad.AnnData:
+def _toy_batches(
+    n_cells: int = 600,
+    n_genes: int = 200,
+    n_types: int = 4,
+    n_batches: int = 2,
+    *,
+    batch_effect: float = 1.0,
+    random_state: int = 0,
+) -> ad.AnnData:
     """Negative-binomial counts of ``n_types`` cell types with gene-wise log-normal batch effects.
 
     ``obs``: ``batch``, ``cell_type``; raw counts in ``X`` and ``layers["counts"]``.
@@ -34,9 +41,10 @@ def _toy_batches(n_cells: int = 600, n_genes: int = 200, n_types: int = 4, n_bat
     mu = mu / mu.sum(1, keepdims=True) * lib[:, None]
     theta = 5.0
     X = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float32)
-    obs = pd.DataFrame({"batch": pd.Categorical([f"b{i}" for i in b]),
-                        "cell_type": pd.Categorical([f"type{i}" for i in ct])},
-                       index=[f"c{i}" for i in range(n_cells)])
+    obs = pd.DataFrame(
+        {"batch": pd.Categorical([f"b{i}" for i in b]), "cell_type": pd.Categorical([f"type{i}" for i in ct])},
+        index=[f"c{i}" for i in range(n_cells)],
+    )
     out = ad.AnnData(X=sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
     out.layers["counts"] = out.X.copy()
     return out
@@ -207,4 +215,3 @@ def test_fast_path_bound_to_tested_scvi_versions(toy, monkeypatch, caplog):
     monkeypatch.undo()
     _run(b, fast=True)
     assert b.uns["integration"]["path"] == "fast" and b.uns["integration"]["path_reason"] == ""
-

@@ -13,8 +13,9 @@ def counts_adata():
     genes = ["C1QA", "C1QB", "C1QC", "C3", "CFD", "FCN1", "IFI6", "MX1"] + [f"G{i}" for i in range(40)]
     X = rng.poisson(rng.gamma(1.0, 1.0, size=len(genes)), size=(120, len(genes))).astype(np.float32)
     X[:, -1] += 1
-    return ad.AnnData(sparse.csr_matrix(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(120)]),
-                      var=pd.DataFrame(index=genes))
+    return ad.AnnData(
+        sparse.csr_matrix(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(120)]), var=pd.DataFrame(index=genes)
+    )
 
 
 SETS = {"s1": ["C1QA", "C1QB", "C1QC", "NOTAGENE"], "s2": ["C3", "CFD", "FCN1", "IFI6", "MX1"]}
@@ -98,8 +99,10 @@ def test_overlapping_sets_lowercase_genes_and_empty_cells(counts_adata):
     a.X = sparse.csr_matrix(X)
     sets = {"s1": ["c1qa", "C1QB", "C3"], "s2": ["C3", "CFD", "FCN1"], "s3": ["C3"]}
     got = im.tl.score_pathways(a, sets, inplace=False)
-    L = np.log1p(np.divide(X, X.sum(1, keepdims=True), out=np.zeros_like(X, dtype=float),
-                           where=X.sum(1, keepdims=True) > 0) * 1e4)
+    L = np.log1p(
+        np.divide(X, X.sum(1, keepdims=True), out=np.zeros_like(X, dtype=float), where=X.sum(1, keepdims=True) > 0)
+        * 1e4
+    )
     names = list(a.var_names)
     for k, genes in sets.items():
         idx = [names.index(g.upper()) for g in genes]
@@ -118,8 +121,11 @@ def test_every_storage_gives_the_fused_csr_result(counts_adata, kind):
     a = counts_adata
     ref = im.tl.score_pathways(a, SETS, inplace=False)
     b = a.copy()
-    b.X = {"dense": lambda X: X.toarray(), "csc": lambda X: sparse.csc_matrix(X),
-           "csr64": lambda X: sparse.csr_matrix(X, dtype=np.float64)}[kind](b.X)
+    b.X = {
+        "dense": lambda X: X.toarray(),
+        "csc": lambda X: sparse.csc_matrix(X),
+        "csr64": lambda X: sparse.csr_matrix(X, dtype=np.float64),
+    }[kind](b.X)
     got = im.tl.score_pathways(b, SETS, inplace=False)
     np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), rtol=0, atol=1e-13)
     assert got.attrs == ref.attrs

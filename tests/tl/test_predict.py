@@ -56,8 +56,9 @@ def test_no_leakage_pure_noise_many_features():
         y = res.results["y"].to_numpy()
         X = a[res.results.index].X
         Xs = SelectKBest(f_classif, k=10).fit_transform(X, y)  # the leak: selection saw the test donors
-        p = cross_val_predict(LogisticRegression(), Xs, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                              method="predict_proba")[:, 1]
+        p = cross_val_predict(
+            LogisticRegression(), Xs, y, cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba"
+        )[:, 1]
         leaky.append(roc_auc_score(y, p))
     assert abs(np.mean(nested) - 0.5) < 0.12, nested
     assert np.mean(leaky) > 0.8, leaky
@@ -189,8 +190,14 @@ def test_mudata_and_cell_level(cohort):
     with pytest.raises(ValueError, match="varies within samples"):
         im.tl.predict_response(cells, outcome="cell_type_true", sample_key="donor")
     before = set(cells.uns)
-    res_c = _run(cells, outcome="condition", sample_key="donor", groupby="cell_type_true",
-                 features="proportion", key_added="pr_cells")
+    res_c = _run(
+        cells,
+        outcome="condition",
+        sample_key="donor",
+        groupby="cell_type_true",
+        features="proportion",
+        key_added="pr_cells",
+    )
     assert set(cells.uns) - before == {"pr_cells"}
     assert res_c.metrics["n_donors"] == 20 and all(f.endswith("|proportion") for f in res_c.features.index)
 

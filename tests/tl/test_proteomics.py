@@ -18,8 +18,9 @@ CM = "Classical monocyte"
 def _cohort(seed=0, null=False, n_donors=16, cells=100):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return im.datasets.simulate_cohort(n_donors=n_donors, n_cells_per_donor=cells, n_genes=1500,
-                                           random_state=seed, null=null)
+        return im.datasets.simulate_cohort(
+            n_donors=n_donors, n_cells_per_donor=cells, n_genes=1500, random_state=seed, null=null
+        )
 
 
 def _mdata(seed=0, null=False, n_donors=16, cells=100):
@@ -99,8 +100,9 @@ def test_join_and_h5mu_roundtrip(mdata, tmp_path):
     import mudata as md
 
     assert set(mdata.mod) == {"rna", "prot"}
-    assert mdata["rna"].obs_names.equals(mdata["prot"].obs_names.sort_values()) or \
-        set(mdata["rna"].obs_names) == set(mdata["prot"].obs_names)
+    assert mdata["rna"].obs_names.equals(mdata["prot"].obs_names.sort_values()) or set(mdata["rna"].obs_names) == set(
+        mdata["prot"].obs_names
+    )
     for c in ("condition", "sex", "age"):
         assert c in mdata.obs.columns
     assert mdata.uns["join"]["n_common"] == 16
@@ -165,13 +167,19 @@ def test_associations_match_scipy_with_missing_values(mdata):
 
 
 def test_partial_correlation_matches_residualisation(mdata):
-    res = im.tl.cross_modal_associations(mdata, method="pearson", covariates=("age", "sex"),
-                                         rna_features=f"{CM}|proportion", proteins=["GDF15", "C5"])
+    res = im.tl.cross_modal_associations(
+        mdata, method="pearson", covariates=("age", "sex"), rna_features=f"{CM}|proportion", proteins=["GDF15", "C5"]
+    )
     donors = mdata["rna"].obs_names
     x = mdata["rna"][donors, f"{CM}|proportion"].X.ravel()
     y = mdata["prot"][donors, "GDF15"].X.ravel()
-    Z = np.column_stack([np.ones(len(donors)), mdata.obs.loc[donors, "age"].astype(float),
-                         (mdata.obs.loc[donors, "sex"].astype(str) == "M").astype(float)])
+    Z = np.column_stack(
+        [
+            np.ones(len(donors)),
+            mdata.obs.loc[donors, "age"].astype(float),
+            (mdata.obs.loc[donors, "sex"].astype(str) == "M").astype(float),
+        ]
+    )
     rx = x - Z @ np.linalg.lstsq(Z, x, rcond=None)[0]
     ry = y - Z @ np.linalg.lstsq(Z, y, rcond=None)[0]
     r = np.corrcoef(rx, ry)[0, 1]
@@ -263,8 +271,9 @@ def test_biomarker_panel_planted(mdata):
     assert r.predictions.loc[mdd, "probability"].mean() > r.predictions.loc[~mdd, "probability"].mean()
     again = im.tl.biomarker_panel(mdata, condition_key="condition", features=["DCLK3", "CALY"], n_repeats=5)
     assert again.auc == r.auc  # same seed, same result
-    both = im.tl.biomarker_panel(mdata, condition_key="condition", features={"prot": ["DCLK3"], "rna": None},
-                                 n_repeats=2)
+    both = im.tl.biomarker_panel(
+        mdata, condition_key="condition", features={"prot": ["DCLK3"], "rna": None}, n_repeats=2
+    )
     assert both.params["modalities"] == ["prot", "rna"]
 
 
@@ -329,8 +338,9 @@ def test_acceptance_null_auc_near_half():
     aucs = []
     for seed in range(4):
         m = _mdata(seed=seed, null=True, cells=40)
-        aucs.append(im.tl.biomarker_panel(m, condition_key="condition", features="prot", n_repeats=5,
-                                          random_state=seed).auc)
+        aucs.append(
+            im.tl.biomarker_panel(m, condition_key="condition", features="prot", n_repeats=5, random_state=seed).auc
+        )
     assert 0.3 < np.mean(aucs) < 0.7
 
 

@@ -83,5 +83,6 @@ def test_aggregation_core_shared_and_blockwise(cells):
     _, L = sum_by_sample_group(lazy, cells.obs, "sample", "cell_type")
     np.testing.assert_array_equal(L.toarray(), M.toarray())
     with pytest.raises(ValueError, match="`differential_expression` processes Dask arrays in blocks of whole cells"):
-        sum_by_sample_group(da.from_array(X, chunks=(7, 3)), cells.obs, "sample", "cell_type",
-                            func="differential_expression")
+        sum_by_sample_group(
+            da.from_array(X, chunks=(7, 3)), cells.obs, "sample", "cell_type", func="differential_expression"
+        )

@@ -101,15 +101,26 @@ def _download(entry: Mapping[str, Any], cache: Path) -> Path:
     target = cache / entry["path"]
     target.parent.mkdir(parents=True, exist_ok=True)
     if entry.get("url"):
-        got = pooch.retrieve(entry["url"], known_hash=f"sha256:{entry['sha256']}", fname=target.name,
-                             path=target.parent, progressbar=False)
+        got = pooch.retrieve(
+            entry["url"],
+            known_hash=f"sha256:{entry['sha256']}",
+            fname=target.name,
+            path=target.parent,
+            progressbar=False,
+        )
         return Path(got)
     arch = entry["archive"]
     archive_dir = cache / "_archives"
-    extracted = pooch.retrieve(arch["url"], known_hash=None, fname=arch["url"].rstrip("/").split("/")[-1],
-                               path=archive_dir, progressbar=False,
-                               processor=pooch.Untar(members=[arch["member"]]) if ".tar" in arch["url"]
-                               else pooch.Unzip(members=[arch["member"]]))
+    extracted = pooch.retrieve(
+        arch["url"],
+        known_hash=None,
+        fname=arch["url"].rstrip("/").split("/")[-1],
+        path=archive_dir,
+        progressbar=False,
+        processor=pooch.Untar(members=[arch["member"]])
+        if ".tar" in arch["url"]
+        else pooch.Unzip(members=[arch["member"]]),
+    )
     extracted = [Path(p) for p in (extracted if isinstance(extracted, list) else [extracted])]
     src = next((p for p in extracted if p.as_posix().endswith(arch["member"])), None)
     if src is None:
@@ -118,8 +129,9 @@ def _download(entry: Mapping[str, Any], cache: Path) -> Path:
     return target
 
 
-def _locate(m: Mapping[str, Any], entry: Mapping[str, Any], data_dir, verify: bool, download: bool,
-            problems: list[str]) -> Path | None:
+def _locate(
+    m: Mapping[str, Any], entry: Mapping[str, Any], data_dir, verify: bool, download: bool, problems: list[str]
+) -> Path | None:
     roots = _search_roots(data_dir)
     for root in roots:
         p = root / entry["path"]
@@ -158,8 +170,10 @@ def _read_10x_mtx(paths: list[Path], m: Mapping[str, Any]):
         for p in paths:
             if p.name in names:
                 return p
-        raise ValueError(f"Manifest {m['id']!r}: reader '10x_mtx' needs one of {names} among its files, "
-                         f"got {[p.name for p in paths]}.")
+        raise ValueError(
+            f"Manifest {m['id']!r}: reader '10x_mtx' needs one of {names} among its files, "
+            f"got {[p.name for p in paths]}."
+        )
 
     mtx = pick("matrix.mtx", "matrix.mtx.gz")
     genes = pick("genes.tsv", "genes.tsv.gz", "features.tsv", "features.tsv.gz")
@@ -185,8 +199,9 @@ def _read_h5ad(paths: list[Path], m: Mapping[str, Any]):
 
     with warnings.catch_warnings():
         # some shipped files predate anndata's encoding metadata (see the manifest notes); they read correctly
-        warnings.filterwarnings("ignore", category=getattr(ad, "OldFormatWarning", UserWarning),
-                                message=".*without encoding metadata")
+        warnings.filterwarnings(
+            "ignore", category=getattr(ad, "OldFormatWarning", UserWarning), message=".*without encoding metadata"
+        )
         return ad.read_h5ad(paths[0])
 
 
@@ -225,8 +240,9 @@ def _add_seurat_labels(adata, path: Path, entry: Mapping[str, Any], m: Mapping[s
     """Per-barcode labels (CSV: barcode, label); robust to a '-1' suffix on either side; NaN when unlabelled."""
     tab = pd.read_csv(path, dtype=str, keep_default_na=True, na_values=["", "NA"])
     if tab.shape[1] < 2:
-        raise ValueError(f"Labels file {path} (dataset {m['id']!r}) needs 2 columns (barcode, label), "
-                         f"got {list(tab.columns)}.")
+        raise ValueError(
+            f"Labels file {path} (dataset {m['id']!r}) needs 2 columns (barcode, label), got {list(tab.columns)}."
+        )
     barcodes, labels = tab.iloc[:, 0].astype(str), tab.iloc[:, 1]
     obs_names = pd.Index(adata.obs_names.astype(str))
     stripped_obs = obs_names.str.replace(_SUFFIX, "", regex=True)
@@ -239,8 +255,10 @@ def _add_seurat_labels(adata, path: Path, entry: Mapping[str, Any], m: Mapping[s
         values = mapping.reindex(obs_names.to_numpy()).to_numpy()
     n_matched = int(pd.Series(barcodes).str.replace(_SUFFIX, "", regex=True).isin(stripped_obs).sum())
     if n_matched == 0:
-        raise ValueError(f"No barcode of the labels file {path} matches adata.obs_names of dataset {m['id']!r} "
-                         f"(labels: {barcodes[:3].tolist()}, cells: {obs_names[:3].tolist()}).")
+        raise ValueError(
+            f"No barcode of the labels file {path} matches adata.obs_names of dataset {m['id']!r} "
+            f"(labels: {barcodes[:3].tolist()}, cells: {obs_names[:3].tolist()})."
+        )
     if n_matched < len(barcodes):
         warn(f"{len(barcodes) - n_matched} of {len(barcodes)} barcodes in {path.name} match no cell.")
     cats = sorted(pd.unique(labels.dropna()))
@@ -305,7 +323,8 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, verify: bool =
             found.append((entry, p))
     if missing:
         raise FileNotFoundError(
-            f"Dataset {m['id']!r}: {len(missing)} of {len(m['files'])} file(s) missing.\n" + "\n".join(missing)
+            f"Dataset {m['id']!r}: {len(missing)} of {len(m['files'])} file(s) missing.\n"
+            + "\n".join(missing)
             + f"\nSearched folders: {[str(r) for r in roots]}. Put the files there under their relative paths "
             "and set IMMUNOMOOD_DATA_DIR (or im.settings.data_dir, or pass data_dir=) to that folder."
         )
@@ -314,8 +333,13 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, verify: bool =
     for e, p in found:
         if "reader" in e:
             _ANNOTATORS[e["reader"]](adata, p, e, m)
-    adata.uns["dataset"] = {"id": m["id"], "title": m["title"], "doi": m["citation"]["doi"],
-                            "accession": m["accession"], "licence": m["licence"]}
+    adata.uns["dataset"] = {
+        "id": m["id"],
+        "title": m["title"],
+        "doi": m["citation"]["doi"],
+        "accession": m["accession"],
+        "licence": m["licence"],
+    }
     return adata
 
 
@@ -332,8 +356,15 @@ def list_datasets() -> pd.DataFrame:
     for ident in _manifest_paths():
         m = read_manifest(ident)
         available = bool(m["files"]) and all(_find_local(f, None) is not None for f in m["files"])
-        rows.append({"id": m["id"], "title": m["title"], "modality": m["modality"],
-                     "accession": m["accession"], "available_locally": available})
+        rows.append(
+            {
+                "id": m["id"],
+                "title": m["title"],
+                "modality": m["modality"],
+                "accession": m["accession"],
+                "available_locally": available,
+            }
+        )
     return pd.DataFrame(rows, columns=["id", "title", "modality", "accession", "available_locally"])
 
 

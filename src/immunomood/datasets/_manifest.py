@@ -30,8 +30,22 @@ DOWNLOAD_MODES = frozenset({"auto", "manual"})
 COLUMN_ROLES_REQUIRED = ("donor", "condition", "cell_type")
 COLUMN_ROLES_OPTIONAL = ("sample",)
 
-_REQUIRED = ("schema_version", "id", "title", "citation", "accession", "modality", "organism", "licence",
-             "reader", "download", "instructions", "files", "columns", "notes")
+_REQUIRED = (
+    "schema_version",
+    "id",
+    "title",
+    "citation",
+    "accession",
+    "modality",
+    "organism",
+    "licence",
+    "reader",
+    "download",
+    "instructions",
+    "files",
+    "columns",
+    "notes",
+)
 _FILE_KEYS_REQUIRED = ("path", "url", "sha256", "size")
 _FILE_KEYS_OPTIONAL = ("archive", "reader", "key_added")
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -56,8 +70,9 @@ class _Checker:
     def fail(self, field: str, problem: str) -> None:
         raise ValueError(f"Manifest {self.label}: field '{field}' {problem}")
 
-    def string(self, value: Any, field: str, *, nonempty: bool = True, pattern: re.Pattern | None = None,
-               expected: str = "") -> None:
+    def string(
+        self, value: Any, field: str, *, nonempty: bool = True, pattern: re.Pattern | None = None, expected: str = ""
+    ) -> None:
         if not isinstance(value, str):
             self.fail(field, f"must be a string, got {type(value).__name__} {value!r}.")
         if nonempty and not value.strip():
@@ -80,8 +95,9 @@ class _Checker:
         unknown = sorted(set(value) - set(required) - set(optional))
         if unknown:
             where = f"{field}.{unknown[0]}" if field else unknown[0]
-            self.fail(where, f"is not a known field (allowed: {sorted(set(required) | set(optional))}); "
-                             "check the spelling.")
+            self.fail(
+                where, f"is not a known field (allowed: {sorted(set(required) | set(optional))}); check the spelling."
+            )
 
 
 def _load_yaml(path: Path) -> dict:
@@ -138,8 +154,11 @@ def validate_manifest(manifest: Mapping[str, Any] | str | os.PathLike) -> dict[s
     c = _Checker(label)
     c.keys(data, "", _REQUIRED)
 
-    if not isinstance(data["schema_version"], int) or isinstance(data["schema_version"], bool) \
-            or data["schema_version"] != SCHEMA_VERSION:
+    if (
+        not isinstance(data["schema_version"], int)
+        or isinstance(data["schema_version"], bool)
+        or data["schema_version"] != SCHEMA_VERSION
+    ):
         c.fail("schema_version", f"must be {SCHEMA_VERSION}, got {data['schema_version']!r}.")
     c.string(data["id"], "id", pattern=_ID_RE, expected="lower-case letters, digits and '_' (e.g. 'pbmc3k')")
     if source is not None and source.stem != data["id"]:
@@ -149,8 +168,12 @@ def validate_manifest(manifest: Mapping[str, Any] | str | os.PathLike) -> dict[s
     c.mapping(data["citation"], "citation")
     c.keys(data["citation"], "citation", ("text", "doi"))
     c.string(data["citation"]["text"], "citation.text")
-    c.string(data["citation"]["doi"], "citation.doi", pattern=_DOI_RE,
-             expected="a bare DOI such as '10.1038/nbt.4042' (no 'https://doi.org/')")
+    c.string(
+        data["citation"]["doi"],
+        "citation.doi",
+        pattern=_DOI_RE,
+        expected="a bare DOI such as '10.1038/nbt.4042' (no 'https://doi.org/')",
+    )
     c.choice(data["modality"], "modality", MODALITIES)
     c.choice(data["reader"], "reader", READERS)
     c.choice(data["download"], "download", DOWNLOAD_MODES)

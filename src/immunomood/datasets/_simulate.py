@@ -57,8 +57,13 @@ SEVERITY_RANGE = (0.0, 52.0)
 SEVERITY_WEEK8_FACTOR = {"responder": 0.5, "non-responder": 0.9, "control": 1.0}
 RESPONSE_PROTEIN = "IL6"  # plasma protein carrying response_baseline_effect (responders - non-responders, log2)
 DESIGN_DEFAULTS: dict[str, Any] = {
-    "groups": CONDITIONS, "group_effects": None, "severity_effect": 0.0, "n_visits": 1,
-    "responder_fraction": 0.5, "treatment_effect": 0.0, "response_baseline_effect": 0.0,
+    "groups": CONDITIONS,
+    "group_effects": None,
+    "severity_effect": 0.0,
+    "n_visits": 1,
+    "responder_fraction": 0.5,
+    "treatment_effect": 0.0,
+    "response_baseline_effect": 0.0,
 }
 
 # complement pathway by arm: read from the packaged gene sets (resources/gene_sets/complement.gmt, Reactome; set
@@ -73,10 +78,54 @@ PLASMA_NAMED = ("C5", "DCLK3", "CALY", "CRP", "IL6", "TNF")
 # unrelated proteins (names from common Olink inflammation / cardiometabolic panels): donor noise only,
 # except the weak documented age / sex effects below
 PLASMA_UNRELATED = (
-    "CXCL8", "CCL2", "CCL3", "CCL4", "CCL7", "CCL11", "CCL19", "CCL20", "CCL23", "CCL25", "CXCL1", "CXCL5",
-    "CXCL6", "CXCL9", "CXCL10", "CXCL11", "IL10", "IL12B", "IL15RA", "IL17A", "IL18", "IL18R1", "IL1A", "IL2RB",
-    "IL7", "IFNG", "VEGFA", "MMP1", "MMP10", "TNFSF10", "TNFSF12", "TNFRSF9", "CD40", "CD5", "CD6", "CD244",
-    "CDCP1", "CST5", "CSF1", "EIF4EBP1", "FGF21", "FLT3LG", "HGF", "OSM", "SIRT2", "TGFA", "GDF15", "LEP",
+    "CXCL8",
+    "CCL2",
+    "CCL3",
+    "CCL4",
+    "CCL7",
+    "CCL11",
+    "CCL19",
+    "CCL20",
+    "CCL23",
+    "CCL25",
+    "CXCL1",
+    "CXCL5",
+    "CXCL6",
+    "CXCL9",
+    "CXCL10",
+    "CXCL11",
+    "IL10",
+    "IL12B",
+    "IL15RA",
+    "IL17A",
+    "IL18",
+    "IL18R1",
+    "IL1A",
+    "IL2RB",
+    "IL7",
+    "IFNG",
+    "VEGFA",
+    "MMP1",
+    "MMP10",
+    "TNFSF10",
+    "TNFSF12",
+    "TNFRSF9",
+    "CD40",
+    "CD5",
+    "CD6",
+    "CD244",
+    "CDCP1",
+    "CST5",
+    "CSF1",
+    "EIF4EBP1",
+    "FGF21",
+    "FLT3LG",
+    "HGF",
+    "OSM",
+    "SIRT2",
+    "TGFA",
+    "GDF15",
+    "LEP",
 )
 # log2 NPX units per year of age (centred at 45 years) and for female sex
 PLASMA_AGE_EFFECTS = {"GDF15": 0.03, "CDCP1": 0.015, "CXCL9": 0.01}
@@ -424,8 +473,13 @@ def _draw_design(
     week8_log2 = baseline_log2 + treatment_effect * is_resp
     factor = np.array([SEVERITY_WEEK8_FACTOR[r] for r in responder])
     return {
-        "severity": severity, "severity_week8": severity * factor, "severity_centre": centre,
-        "responder": responder, "baseline_log2": baseline_log2, "week8_log2": week8_log2, "week8_z": week8_z,
+        "severity": severity,
+        "severity_week8": severity * factor,
+        "severity_centre": centre,
+        "responder": responder,
+        "baseline_log2": baseline_log2,
+        "week8_log2": week8_log2,
+        "week8_z": week8_z,
         "visits": list(VISITS[:n_visits]),
     }
 
@@ -660,7 +714,9 @@ def simulate_cohort(
             )
     else:
         n_donors = _check_int(
-            "n_donors", n_donors, minimum=2 * n_groups,
+            "n_donors",
+            n_donors,
+            minimum=2 * n_groups,
             hint=f" At least 2 donors per group are needed ({n_groups} groups); pass e.g. {6 * n_groups}.",
         )
     group_sizes = [n_donors // n_groups + (1 if i < n_donors % n_groups else 0) for i in range(n_groups)]
@@ -677,8 +733,13 @@ def simulate_cohort(
     if isinstance(n_visits, (bool, np.bool_)) or not isinstance(n_visits, Integral):
         raise TypeError(f"`n_visits` must be the integer 1 or 2, got {n_visits!r} ({type(n_visits).__name__}).")
     n_visits = int(check_choice("n_visits", n_visits, (1, 2), fix="Pass 1 (baseline only) or 2 (baseline and week8)."))
-    responder_fraction = check_number("responder_fraction", responder_fraction, min=0.0, max=1.0,
-                                      fix="It is the share of non-reference donors who respond, e.g. 0.5.")
+    responder_fraction = check_number(
+        "responder_fraction",
+        responder_fraction,
+        min=0.0,
+        max=1.0,
+        fix="It is the share of non-reference donors who respond, e.g. 0.5.",
+    )
     treatment_effect = _check_real("treatment_effect", treatment_effect)
     if treatment_effect != 0 and n_visits == 1:
         raise ValueError(
@@ -703,8 +764,12 @@ def simulate_cohort(
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1000)
     seed = resolve_random_state(random_state)
     requested = {
-        "groups": groups, "group_effects": group_effects or None, "severity_effect": severity_effect,
-        "n_visits": n_visits, "responder_fraction": responder_fraction, "treatment_effect": treatment_effect,
+        "groups": groups,
+        "group_effects": group_effects or None,
+        "severity_effect": severity_effect,
+        "n_visits": n_visits,
+        "responder_fraction": responder_fraction,
+        "treatment_effect": treatment_effect,
         "response_baseline_effect": response_baseline_effect,
     }
     # design columns (severity, responder, visit, sample) appear only when a design parameter is used, so that a
@@ -790,9 +855,14 @@ def simulate_cohort(
 
     # --- clinical design (own stream): severity, responders, per-sample log2 shifts of the planted genes
     design = _draw_design(
-        np.random.default_rng(ss_design_meta), cond, groups,
-        responder_fraction=responder_fraction, severity_effect=severity_effect, n_visits=n_visits,
-        treatment_effect=treatment_effect, response_baseline_effect=response_baseline_effect,
+        np.random.default_rng(ss_design_meta),
+        cond,
+        groups,
+        responder_fraction=responder_fraction,
+        severity_effect=severity_effect,
+        n_visits=n_visits,
+        treatment_effect=treatment_effect,
+        response_baseline_effect=response_baseline_effect,
     )
     if np.any(design["baseline_log2"] != 0):
         activity = activity + math.log(2.0) * design["baseline_log2"]
@@ -816,7 +886,9 @@ def simulate_cohort(
 
     # --- gene-wise batch factors
     rng_gene = np.random.default_rng(ss_gene)
-    batch_log = rng_gene.normal(0.0, batch_effect, size=(n_batches, n_g)) if batch_effect > 0 else np.zeros((n_batches, n_g))
+    batch_log = (
+        rng_gene.normal(0.0, batch_effect, size=(n_batches, n_g)) if batch_effect > 0 else np.zeros((n_batches, n_g))
+    )
 
     lib_mean = np.exp(ref["lib_logmean"].astype(np.float64)) * depth
     lib_sd_t = ref["lib_logsd"].astype(np.float64)
@@ -827,9 +899,9 @@ def simulate_cohort(
     sample_visit = np.tile(np.arange(n_visits), n_donors)
     n_samples = sample_donor.size
     samples = donors if n_visits == 1 else [f"{donors[d]}_{VISITS[v]}" for d, v in zip(sample_donor, sample_visit)]
-    n_cells_w8 = np.maximum(
-        1, np.rint(n_cells_per_donor * np.exp(cells_per_donor_sd * design["week8_z"]))
-    ).astype(np.int64)
+    n_cells_w8 = np.maximum(1, np.rint(n_cells_per_donor * np.exp(cells_per_donor_sd * design["week8_z"]))).astype(
+        np.int64
+    )
     n_cells_s = np.where(sample_visit == 0, n_cells_d[sample_donor], n_cells_w8[sample_donor])
     total_cells = int(n_cells_s.sum())
     ln2 = math.log(2.0)
@@ -866,7 +938,9 @@ def simulate_cohort(
         for j, o in enumerate(offsets):
             one = np.zeros(n_types)
             for t in range(n_types):
-                one[t] = _expected_nnz(np.log(lib_mean[t:t + 1]) + o, log_sd[t:t + 1], prof_k[t:t + 1], inv_phi, np.ones(1))
+                one[t] = _expected_nnz(
+                    np.log(lib_mean[t : t + 1]) + o, log_sd[t : t + 1], prof_k[t : t + 1], inv_phi, np.ones(1)
+                )
             nz_table[k, :, j] = one
     est = sum(
         float(
@@ -905,8 +979,13 @@ def simulate_cohort(
             for s0 in range(0, n, _MAX_BLOCK_CELLS):  # bounded working memory whatever the donor size
                 blocks.append(
                     _sample_block(
-                        rng, lib[s0 : s0 + _MAX_BLOCK_CELLS], q, inv_phi,
-                        dense_threshold=_DENSE_THRESHOLD, max_dense=chunk_size, dtype=np.float32,
+                        rng,
+                        lib[s0 : s0 + _MAX_BLOCK_CELLS],
+                        q,
+                        inv_phi,
+                        dense_threshold=_DENSE_THRESHOLD,
+                        max_dense=chunk_size,
+                        dtype=np.float32,
                     )
                 )
             codes.append(np.full(n, t, dtype=np.int16))
@@ -960,16 +1039,32 @@ def simulate_cohort(
     adata = ad.AnnData(X=X, obs=obs, var=var)
 
     params = {
-        "n_donors": n_donors, "n_cells_per_donor": n_cells_per_donor, "n_batches": n_batches,
-        "complement_effect": complement_effect, "composition_shift": composition_shift,
-        "plasma_association": plasma_association, "plasma_effect": plasma_effect, "null": bool(null),
-        "random_state": seed, "complement_sd": complement_sd, "donor_sd": donor_sd, "batch_effect": batch_effect,
-        "composition_concentration": composition_concentration, "library_sd": library_sd,
-        "cells_per_donor_sd": cells_per_donor_sd, "depth": depth,
-        "plasma_noise_sd": plasma_noise_sd, "n_genes": None if n_genes is None else int(n_genes),
-        "chunk_size": chunk_size, "groups": list(groups), "group_effects": dict(group_effects) or None,
-        "severity_effect": severity_effect, "n_visits": n_visits, "responder_fraction": responder_fraction,
-        "treatment_effect": treatment_effect, "response_baseline_effect": response_baseline_effect,
+        "n_donors": n_donors,
+        "n_cells_per_donor": n_cells_per_donor,
+        "n_batches": n_batches,
+        "complement_effect": complement_effect,
+        "composition_shift": composition_shift,
+        "plasma_association": plasma_association,
+        "plasma_effect": plasma_effect,
+        "null": bool(null),
+        "random_state": seed,
+        "complement_sd": complement_sd,
+        "donor_sd": donor_sd,
+        "batch_effect": batch_effect,
+        "composition_concentration": composition_concentration,
+        "library_sd": library_sd,
+        "cells_per_donor_sd": cells_per_donor_sd,
+        "depth": depth,
+        "plasma_noise_sd": plasma_noise_sd,
+        "n_genes": None if n_genes is None else int(n_genes),
+        "chunk_size": chunk_size,
+        "groups": list(groups),
+        "group_effects": dict(group_effects) or None,
+        "severity_effect": severity_effect,
+        "n_visits": n_visits,
+        "responder_fraction": responder_fraction,
+        "treatment_effect": treatment_effect,
+        "response_baseline_effect": response_baseline_effect,
     }
     all_group_effects = {g: float(math.exp(group_log[i])) for i, g in enumerate(groups) if i}
     effects = {
@@ -1031,9 +1126,12 @@ def simulate_cohort(
     }
     prov = ref["provenance"]
     reference_info = {
-        "name": prov.get("name", ""), "script_version": prov.get("script_version", ""),
-        "built": prov.get("built", ""), "sha256": ref["sha256"],
-        "params_file": "sim_params.json", "params_sha256": _load_params()["sha256"],
+        "name": prov.get("name", ""),
+        "script_version": prov.get("script_version", ""),
+        "built": prov.get("built", ""),
+        "sha256": ref["sha256"],
+        "params_file": "sim_params.json",
+        "params_sha256": _load_params()["sha256"],
         "params_built": _load_params().get("built", ""),
     }
     donor_table = {
@@ -1055,7 +1153,9 @@ def simulate_cohort(
         "lineages": dict(lineage_of),
         "donors": donor_table,
         "composition_expected": {k: {t: float(v[i]) for i, t in enumerate(cell_types)} for k, v in expected.items()},
-        "composition": {donors[d]: {t: float(comp_true[d, i]) for i, t in enumerate(cell_types)} for d in range(n_donors)},
+        "composition": {
+            donors[d]: {t: float(comp_true[d, i]) for i, t in enumerate(cell_types)} for d in range(n_donors)
+        },
         "cell_counts": {
             samples[j]: {t: int(cell_counts_s[j, i]) for i, t in enumerate(cell_types)} for j in range(n_samples)
         },
@@ -1075,21 +1175,45 @@ def simulate_cohort(
     if has_responder:
         extra_obs["responder"] = pd.Categorical(responder, categories=list(RESPONDER_LEVELS))
     plasma = _simulate_plasma(
-        ss_plasma, donors, donor_table, activity, batch_names,
-        plasma_association=plasma_association, plasma_effect=plasma_effect, noise_sd=plasma_noise_sd,
-        groups=groups, response_log2=response_baseline_effect * resp_sign, response_effect=response_baseline_effect,
+        ss_plasma,
+        donors,
+        donor_table,
+        activity,
+        batch_names,
+        plasma_association=plasma_association,
+        plasma_effect=plasma_effect,
+        noise_sd=plasma_noise_sd,
+        groups=groups,
+        response_log2=response_baseline_effect * resp_sign,
+        response_effect=response_baseline_effect,
         extra_obs=extra_obs,
     )
     plasma.uns["simulation"].update(
-        {"simulator_version": SIMULATOR_VERSION, "seed": seed, "null": bool(null), "params": dict(params),
-         "reference": reference_info}
+        {
+            "simulator_version": SIMULATOR_VERSION,
+            "seed": seed,
+            "null": bool(null),
+            "params": dict(params),
+            "reference": reference_info,
+        }
     )
     return adata, plasma
 
 
 def _simulate_plasma(
-    ss, donors, donor_table, activity, batch_names, *, plasma_association, plasma_effect, noise_sd,
-    groups=CONDITIONS, response_log2=None, response_effect=0.0, extra_obs=None,
+    ss,
+    donors,
+    donor_table,
+    activity,
+    batch_names,
+    *,
+    plasma_association,
+    plasma_effect,
+    noise_sd,
+    groups=CONDITIONS,
+    response_log2=None,
+    response_effect=0.0,
+    extra_obs=None,
 ):
     import anndata as ad
 

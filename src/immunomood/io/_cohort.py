@@ -56,9 +56,7 @@ def _tenx_files(folder: Path) -> tuple[list[str], str | None]:
     if (folder / "features.tsv").is_file() and not (folder / "features.tsv.gz").is_file():
         # v3 files left uncompressed: scanpy reads the v3 layout gzipped only
         return [
-            f"{f}.gz"
-            for f in ("matrix.mtx", "features.tsv", "barcodes.tsv")
-            if not (folder / f"{f}.gz").is_file()
+            f"{f}.gz" for f in ("matrix.mtx", "features.tsv", "barcodes.tsv") if not (folder / f"{f}.gz").is_file()
         ], "v3 uncompressed"
     if (folder / "genes.tsv").is_file():
         need, layout = ["matrix.mtx", "genes.tsv", "barcodes.tsv"], "v2"
@@ -95,9 +93,7 @@ def _validate_sheet(
     problems: list[str] = []
     missing_cols = [
         c
-        for c in dict.fromkeys(
-            [path_column, sample_key, *([donor_key] if donor_key else []), *required_columns]
-        )
+        for c in dict.fromkeys([path_column, sample_key, *([donor_key] if donor_key else []), *required_columns])
         if c not in sheet.columns
     ]
     if missing_cols:
@@ -111,9 +107,7 @@ def _validate_sheet(
     def rows(mask) -> list[int]:  # 1-based data-row numbers, as a spreadsheet shows them after the header
         return [int(i) + 1 for i in np.flatnonzero(np.asarray(mask))]
 
-    for col in dict.fromkeys(
-        [sample_key, path_column, *([donor_key] if donor_key else []), *required_columns]
-    ):
+    for col in dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else []), *required_columns]):
         s = sheet[col]
         na = s.isna() | s.astype(str).str.strip().isin(["", "nan", "NaN", "NA", "None"])
         if na.any():
@@ -160,9 +154,7 @@ def _validate_sheet(
                     "gzipped versions with features.tsv.gz",
                 }[layout]
                 present = sorted(x.name for x in q.iterdir())[:10]
-                problems.append(
-                    f"{where}: the 10x folder {str(q)!r} lacks {missing} ({lay}); it holds {present}."
-                )
+                problems.append(f"{where}: the 10x folder {str(q)!r} lacks {missing} ({lay}); it holds {present}.")
         elif q.is_file() and q.stat().st_size == 0:
             problems.append(f"{where}: the file {str(q)!r} is empty (0 bytes).")
     return problems, paths
@@ -188,7 +180,11 @@ def _check_sheet(sample_sheet, sample_key, path_column, donor_key, required_colu
     id_cols = list(dict.fromkeys([sample_key, path_column, *([donor_key] if donor_key else [])]))
     sheet, base = _read_sheet(sample_sheet, id_cols)
     problems, paths = _validate_sheet(
-        sheet, base, sample_key=sample_key, path_column=path_column, donor_key=donor_key,
+        sheet,
+        base,
+        sample_key=sample_key,
+        path_column=path_column,
+        donor_key=donor_key,
         required_columns=required_columns,
     )
     return problems, paths, sheet
@@ -331,9 +327,7 @@ def read_cohort(
         required_columns = [required_columns]
     problems, paths, sheet = _check_sheet(sample_sheet, sample_key, path_column, donor_key, required_columns)
     if problems:
-        raise ValueError(
-            "Cannot read the cohort; the sample sheet has problems:\n  - " + "\n  - ".join(problems)
-        )
+        raise ValueError("Cannot read the cohort; the sample sheet has problems:\n  - " + "\n  - ".join(problems))
     ids = sheet[sample_key].astype(str).str.strip().tolist()
     meta_cols = [c for c in sheet.columns if c != path_column]
 
@@ -406,9 +400,7 @@ def read_cohort(
     adata = ad.concat(parts, join=ad_join, merge="same", fill_value=0)
     if not adata.obs_names.is_unique:
         dups = adata.obs_names[adata.obs_names.duplicated()][:5].tolist()
-        raise ValueError(
-            f"Cell names '<sample>_<barcode>' repeat: {dups}. A sample file holds repeated barcodes."
-        )
+        raise ValueError(f"Cell names '<sample>_<barcode>' repeat: {dups}. A sample file holds repeated barcodes.")
     kept = set(adata.var_names)
     for r, g in zip(report, gene_sets_):
         r["n_genes_kept"] = len(g & kept)

@@ -15,9 +15,7 @@ __all__ = ["gene_coverage"]
 COLUMNS = ["resource", "kind", "name", "n_genes", "n_found", "fraction", "resolvable", "rule", "missing"]
 
 
-def _row(
-    resource: str, kind: str, name: str, genes: Sequence[str], found: set[str], ok: bool, rule: str
-) -> dict:
+def _row(resource: str, kind: str, name: str, genes: Sequence[str], found: set[str], ok: bool, rule: str) -> dict:
     genes = list(dict.fromkeys(str(g) for g in genes))
     hit = [g for g in genes if g.upper() in found]
     miss = [g for g in genes if g.upper() not in found]
@@ -159,11 +157,7 @@ def gene_coverage(
             )
         for axis, g in (res.get("t_cell_axes") or {}).items():
             if isinstance(g, list):
-                rows.append(
-                    _row(
-                        rname, "t_cell_axis", axis, g, found, any(x.upper() in found for x in g), ">= 1 gene"
-                    )
-                )
+                rows.append(_row(rname, "t_cell_axis", axis, g, found, any(x.upper() in found for x in g), ">= 1 gene"))
 
     from ..tl._gene_sets import gene_sets as _collection
     from ..tl._gene_sets import known_gene_sets
@@ -186,9 +180,7 @@ def gene_coverage(
             g = list(dict.fromkeys(map(str, genes)))
             n = sum(x.upper() in found for x in g)
             ok = bool(g) and n >= max(1, int(np.ceil(min_fraction * len(g))))
-            rows.append(
-                _row(f"gene_sets:{coll}", "gene_set", name, g, found, ok, f">= {min_fraction:g} of its genes")
-            )
+            rows.append(_row(f"gene_sets:{coll}", "gene_set", name, g, found, ok, f">= {min_fraction:g} of its genes"))
 
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["n_genes"] = table["n_genes"].astype(int)

@@ -192,8 +192,9 @@ def _check_outdir(outdir: Path, overwrite: bool) -> None:
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
     if anc.exists() and not anc.is_dir():
-        raise ValueError(f"`outdir` {str(outdir)!r} cannot be created: {str(anc)!r} is a file, not a folder. "
-                         "Pass a folder path.")
+        raise ValueError(
+            f"`outdir` {str(outdir)!r} cannot be created: {str(anc)!r} is a file, not a folder. Pass a folder path."
+        )
     if outdir.exists() and not outdir.is_dir():
         raise FileExistsError(f"`outdir` {str(outdir)!r} exists and is a file; pass a folder path.")
     if outdir.is_dir() and any(outdir.iterdir()):
@@ -290,27 +291,39 @@ def _write_by_group(pdata: AnnData, tmp: Path, sample_key: str, groupby: str, le
         sub = obs.iloc[idx]
         names = sub[sample_key].astype(str)
         if names.duplicated().any():  # cannot happen for tl.pseudobulk output; guards hand-made input
-            raise ValueError(f"Group {grp!r} has a sample twice in {sample_key!r}: {names[names.duplicated()].tolist()}.")
+            raise ValueError(
+                f"Group {grp!r} has a sample twice in {sample_key!r}: {names[names.duplicated()].tolist()}."
+            )
         d = tmp / folder
         d.mkdir()
         _write_counts(pdata.X[idx], pdata.var_names, pd.Index(names), d / "counts.csv.gz")
         _write_samples(sub, pd.Index(names), d / "samples.csv")
         _write_levels(sub, levels, d / "factor_levels.csv")
-        rows.append({"group": str(grp), "folder": folder, "n_samples": len(idx),
-                     "n_cells": int(sub["n_cells"].sum()) if "n_cells" in sub else np.nan})
+        rows.append(
+            {
+                "group": str(grp),
+                "folder": folder,
+                "n_samples": len(idx),
+                "n_cells": int(sub["n_cells"].sum()) if "n_cells" in sub else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _write_counts(X, genes: pd.Index, columns: pd.Index, path: Path) -> None:
     """Genes x samples integer CSV, gzipped reproducibly (mtime 0), written in chunks of genes."""
     X = X.tocsc() if sparse.issparse(X) else np.asarray(X)
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
-            io.TextIOWrapper(gz, encoding="utf-8", newline="") as fh:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz,
+        io.TextIOWrapper(gz, encoding="utf-8", newline="") as fh,
+    ):
         for start in range(0, X.shape[1], _ROWS_PER_CHUNK):
-            block = X[:, start:start + _ROWS_PER_CHUNK]
+            block = X[:, start : start + _ROWS_PER_CHUNK]
             block = block.toarray() if sparse.issparse(block) else block
-            df = pd.DataFrame(np.rint(block.T).astype(np.int64), index=genes[start:start + _ROWS_PER_CHUNK],
-                              columns=columns)
+            df = pd.DataFrame(
+                np.rint(block.T).astype(np.int64), index=genes[start : start + _ROWS_PER_CHUNK], columns=columns
+            )
             df.index.name = "gene"
             df.to_csv(fh, header=start == 0, lineterminator="\n")
 
@@ -351,27 +364,31 @@ def _write_levels(obs: pd.DataFrame, levels: dict[str, list], path: Path) -> Non
 
 
 def _readme(by_group: bool, groups: pd.DataFrame | None, design: str | None, sample_key: str, groupby: str) -> str:
-    where = ('one folder per group (cell type), listed in groups.csv, each with counts.csv.gz, samples.csv and '
-             'factor_levels.csv' if by_group else 'counts.csv.gz, samples.csv and factor_levels.csv')
+    where = (
+        "one folder per group (cell type), listed in groups.csv, each with counts.csv.gz, samples.csv and "
+        "factor_levels.csv"
+        if by_group
+        else "counts.csv.gz, samples.csv and factor_levels.csv"
+    )
     folder = f'"{groups["folder"].iloc[0]}"' if by_group and groups is not None and len(groups) else '"."'
     formula = design or "~ condition"
     return f"""{MARKER}
 Written by immunomood's im.io.write_pseudobulk: summed raw counts per sample ({sample_key!r}) x group ({groupby!r}).
 
-Files: {where}; genes.csv (gene annotation), dropped.csv (combinations with too few cells){', design.txt' if design else ''}.
+Files: {where}; genes.csv (gene annotation), dropped.csv (combinations with too few cells){", design.txt" if design else ""}.
 counts.csv.gz: integer counts, genes in rows, samples in columns (first column: gene).
 samples.csv:   one row per column of counts.csv.gz, in the same order (first column: the column name).
 factor_levels.csv: level order of the categorical columns (the reference level first).
 
 Read them in R (edgeR / limma-voom / DESeq2), with this folder as the working directory:
 
-  d <- {folder}{'   # one group; loop over read.csv("groups.csv")$folder for all' if by_group else ''}
+  d <- {folder}{'   # one group; loop over read.csv("groups.csv")$folder for all' if by_group else ""}
   counts  <- as.matrix(read.csv(file.path(d, "counts.csv.gz"), row.names = 1, check.names = FALSE))
   samples <- read.csv(file.path(d, "samples.csv"), row.names = 1, check.names = FALSE)
   lv <- read.csv(file.path(d, "factor_levels.csv"))
   for (col in unique(lv$column)) samples[[col]] <- factor(samples[[col]], levels = lv$level[lv$column == col])
   stopifnot(identical(colnames(counts), rownames(samples)))
-  design <- {'as.formula(readLines("design.txt")[1])' if design else '~ condition'}   # {formula}
+  design <- {'as.formula(readLines("design.txt")[1])' if design else "~ condition"}   # {formula}
 
   # edgeR (quasi-likelihood) or limma-voom
   y <- edgeR::DGEList(counts, samples = samples)

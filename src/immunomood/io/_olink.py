@@ -28,8 +28,17 @@ _LOD_COLUMNS = ("LOD", "PlateLOD", "Plate_LOD", "MaxLOD", "Max_LOD")
 #: columns never treated as sample metadata
 _ASSAY_IDENTIFIERS = ("OlinkID", "UniProt", "Assay", "Panel")
 #: known per-assay columns (go to ``var`` when constant within an assay)
-_ASSAY_COLUMNS = _ASSAY_IDENTIFIERS + _LOD_COLUMNS + (
-    "MissingFreq", "Panel_Version", "Panel_Lot_Nr", "AssayType", "Block", "Assay_Warning_Freq",
+_ASSAY_COLUMNS = (
+    _ASSAY_IDENTIFIERS
+    + _LOD_COLUMNS
+    + (
+        "MissingFreq",
+        "Panel_Version",
+        "Panel_Lot_Nr",
+        "AssayType",
+        "Block",
+        "Assay_Warning_Freq",
+    )
 )
 #: known per-measurement columns (always layers)
 _MEASUREMENT_COLUMNS = ("Count", "ExtNPX", "PCNormalizedNPX", "AssayQC", "Assay_Warning", "Normalization")
@@ -78,13 +87,35 @@ def _check_fields(text: str, sep: str, name: str) -> bool:
 
 
 # ---- wide exports (samples x assays)
-_FOOTER = {"lod": "LOD", "missing data freq.": "MissingFreq", "missing data freq": "MissingFreq",
-           "normalization": "AssayNormalization", "plate lod": "PlateLOD", "max lod": "MaxLOD"}
-_WIDE_META = {"plateid": "PlateID", "qcwarning": "QC_Warning", "qcdeviationfrommedianincctrl": "QC_Deviation_Inc_Ctrl",
-              "qcdeviationfrommediandetctrl": "QC_Deviation_Det_Ctrl", "index": "Index", "wellid": "WellID",
-              "sampletype": "SampleType", "subject": "Subject", "individualid": "Individual_ID", "time": "Time",
-              "treatment": "Treatment", "site": "Site", "project": "Project", "age": "Age", "sex": "Sex",
-              "condition": "condition", "group": "group", "batch": "batch", "donor": "donor"}
+_FOOTER = {
+    "lod": "LOD",
+    "missing data freq.": "MissingFreq",
+    "missing data freq": "MissingFreq",
+    "normalization": "AssayNormalization",
+    "plate lod": "PlateLOD",
+    "max lod": "MaxLOD",
+}
+_WIDE_META = {
+    "plateid": "PlateID",
+    "qcwarning": "QC_Warning",
+    "qcdeviationfrommedianincctrl": "QC_Deviation_Inc_Ctrl",
+    "qcdeviationfrommediandetctrl": "QC_Deviation_Det_Ctrl",
+    "index": "Index",
+    "wellid": "WellID",
+    "sampletype": "SampleType",
+    "subject": "Subject",
+    "individualid": "Individual_ID",
+    "time": "Time",
+    "treatment": "Treatment",
+    "site": "Site",
+    "project": "Project",
+    "age": "Age",
+    "sex": "Sex",
+    "condition": "condition",
+    "group": "group",
+    "batch": "batch",
+    "donor": "donor",
+}
 
 
 def _norm(name: str) -> str:
@@ -105,8 +136,9 @@ def _target96_to_long(rows: list[list[str]], name: str, value_column: str) -> pd
     r_uni = next((i for i, f in enumerate(firsts[: max(r_assay, r_oid) + 1]) if f in ("uniprotid", "uniprot")), None)
     r_panel = next((i for i, f in enumerate(firsts[:r_assay]) if f == "panel"), None)
     start = max(r_assay, r_oid, r_uni if r_uni is not None else 0) + 1
-    foot = next((i for i in range(start, len(rows)) if str(rows[i][0] if rows[i] else "").strip().lower() in _FOOTER),
-                None)
+    foot = next(
+        (i for i in range(start, len(rows)) if str(rows[i][0] if rows[i] else "").strip().lower() in _FOOTER), None
+    )
     if foot is None:
         raise ValueError(
             f"The Olink wide export {name!r} ends without its footer rows (LOD, Missing Data freq., Normalization): "
@@ -131,8 +163,11 @@ def _target96_to_long(rows: list[list[str]], name: str, value_column: str) -> pd
             v = cell(r_panel, j)
             cur = v or cur if len(set(filled)) > 1 else cur
             panels[j] = cur
-    footer = {_FOOTER[str(rows[i][0]).strip().lower()]: i for i in range(foot, len(rows))
-              if rows[i] and str(rows[i][0]).strip().lower() in _FOOTER}
+    footer = {
+        _FOOTER[str(rows[i][0]).strip().lower()]: i
+        for i in range(foot, len(rows))
+        if rows[i] and str(rows[i][0]).strip().lower() in _FOOTER
+    }
     # metadata column names; a repeated header ("QC Deviation from median" for Inc Ctrl and Det Ctrl) takes the
     # label under it (Uniprot ID row) or its column number
     heads = {j: _WIDE_META.get(_norm(cell(r_assay, j)), cell(r_assay, j)) for j in meta}
@@ -150,8 +185,10 @@ def _target96_to_long(rows: list[list[str]], name: str, value_column: str) -> pd
         if not row or not any(str(c).strip() for c in row if c is not None):
             continue
         if len(row) < need:
-            raise ValueError(f"The Olink wide export {name!r} is truncated or ragged: line {i + 1} (sample "
-                             f"{cell(i, 0)!r}) has {len(row)} cells, the assays need {need}. Export it again.")
+            raise ValueError(
+                f"The Olink wide export {name!r} is truncated or ragged: line {i + 1} (sample "
+                f"{cell(i, 0)!r}) has {len(row)} cells, the assays need {need}. Export it again."
+            )
         base = {"SampleID": cell(i, 0)}
         for j in meta:
             base[meta_names[j]] = cell(i, j)
@@ -184,13 +221,20 @@ def _plain_wide_to_long(df: pd.DataFrame, name: str, value_column: str) -> pd.Da
         numeric = pd.to_numeric(st.str.replace(",", "", regex=False), errors="coerce").notna().mean() if len(st) else 1
         (meta if _norm(c) in _WIDE_META or numeric < 0.5 else prots).append(c)
     if not prots:
-        raise ValueError(f"The wide table {name!r} has no protein columns (numeric columns besides the sample ID "
-                         f"{id_col!r} and metadata {meta}).")
+        raise ValueError(
+            f"The wide table {name!r} has no protein columns (numeric columns besides the sample ID "
+            f"{id_col!r} and metadata {meta})."
+        )
     long = df.rename(columns={c: _WIDE_META.get(_norm(c), c) for c in meta}).rename(columns={id_col: "SampleID"})
     meta = [_WIDE_META.get(_norm(c), c) for c in meta]
     long = long.melt(id_vars=["SampleID", *meta], value_vars=prots, var_name="Assay", value_name=value_column)
-    logger.info("read_olink: %s is a wide table: %d samples x %d proteins; sample metadata columns %s", name,
-                len(df), len(prots), meta)
+    logger.info(
+        "read_olink: %s is a wide table: %d samples x %d proteins; sample metadata columns %s",
+        name,
+        len(df),
+        len(prots),
+        meta,
+    )
     return long.astype(str)
 
 
@@ -284,10 +328,15 @@ def _read_long(path: Path, value_column: str = "NPX") -> tuple[pd.DataFrame, dic
         try:
             table = pq.read_table(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged files
-            raise ValueError(f"The parquet file {path.name!r} cannot be read ({type(e).__name__}: {e}): it is "
-                             "truncated or not a parquet file. Download or copy it again.") from None
-        meta = {k.decode(): v.decode(errors="replace") for k, v in (table.schema.metadata or {}).items()
-                if not k.startswith(b"ARROW:")}
+            raise ValueError(
+                f"The parquet file {path.name!r} cannot be read ({type(e).__name__}: {e}): it is "
+                "truncated or not a parquet file. Download or copy it again."
+            ) from None
+        meta = {
+            k.decode(): v.decode(errors="replace")
+            for k, v in (table.schema.metadata or {}).items()
+            if not k.startswith(b"ARROW:")
+        }
         info["format"] = "parquet"
         info["file_metadata"] = meta
         return table.to_pandas(), info
@@ -295,8 +344,9 @@ def _read_long(path: Path, value_column: str = "NPX") -> tuple[pd.DataFrame, dic
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if not n.endswith("/")]
             checks = [n for n in names if Path(n).name.lower() in _CHECKSUM_FILES]
-            data = [n for n in names if n not in checks and
-                    Path(n).suffix.lower() in (".csv", ".txt", ".parquet", ".tsv")]
+            data = [
+                n for n in names if n not in checks and Path(n).suffix.lower() in (".csv", ".txt", ".parquet", ".tsv")
+            ]
             if len(data) != 1:
                 raise ValueError(
                     f"Expected exactly one NPX data file (.csv/.txt/.parquet) inside {path.name}, found "
@@ -325,8 +375,10 @@ def _read_long(path: Path, value_column: str = "NPX") -> tuple[pd.DataFrame, dic
         with opener(path, "rb") as fh:
             buf = fh.read()
     except (EOFError, OSError, lzma.LZMAError) as e:
-        raise ValueError(f"The compressed Olink export {path.name!r} cannot be decompressed ({e}): the file is "
-                         "truncated or damaged. Download or copy it again.") from None
+        raise ValueError(
+            f"The compressed Olink export {path.name!r} cannot be decompressed ({e}): the file is "
+            "truncated or damaged. Download or copy it again."
+        ) from None
     return _text_info(_read_text_table(buf, path.name, value_column), info, "csv")
 
 
@@ -352,11 +404,15 @@ def _to_numeric(s: pd.Series, column: str, *, strict: bool, decimal_comma: bool 
         dot = st.str.contains(".", regex=False).fillna(False).astype(bool)
         ex = list(dict.fromkeys(st[comma].tolist()))[:5]
         if not decimal_comma:
-            why = ("a comma in a number is ambiguous here (thousands separator: '1,234' = 1234; decimal comma: "
-                   "1.234), so it is not guessed")
+            why = (
+                "a comma in a number is ambiguous here (thousands separator: '1,234' = 1234; decimal comma: "
+                "1.234), so it is not guessed"
+            )
         elif dot.any():
-            why = ("the column mixes '.' and ',' (e.g. thousands separators '1.234,5', or '.' decimals next to ',' "
-                   "ones), so the decimal mark is ambiguous")
+            why = (
+                "the column mixes '.' and ',' (e.g. thousands separators '1.234,5', or '.' decimals next to ',' "
+                "ones), so the decimal mark is ambiguous"
+            )
         else:
             why = None
         if why is not None:
@@ -416,6 +472,7 @@ def _qc_worst(values: pd.Series) -> object:
 # the reader
 # ----------------------------------------------------------------------------------------------
 
+
 def _h5_safe(df: pd.DataFrame) -> pd.DataFrame:
     """Text columns with missing values become categorical (h5ad cannot store None inside string arrays)."""
     for c in df.columns:
@@ -424,8 +481,9 @@ def _h5_safe(df: pd.DataFrame) -> pd.DataFrame:
             if s.isna().all():
                 df[c] = np.full(len(s), np.nan)
             elif s.isna().any():
-                df[c] = pd.Categorical(s.astype(object).where(s.notna(), None).map(
-                    lambda v: v if v is None else str(v)))
+                df[c] = pd.Categorical(
+                    s.astype(object).where(s.notna(), None).map(lambda v: v if v is None else str(v))
+                )
             else:
                 df[c] = s.astype(str)
     return df
@@ -534,13 +592,22 @@ def read_olink(
     df, info = _read_long(path, value_column)
     df.columns = [str(c).strip() for c in df.columns]
     # common spelling variants of the base columns
-    rename = {"Sample_ID": "SampleID", "Olink_ID": "OlinkID", "Uniprot": "UniProt", "UniProtID": "UniProt",
-              "Uniprot ID": "UniProt", "QC_warning": "QC_Warning", "Sample_Type": "SampleType", "Plate_ID": "PlateID"}
+    rename = {
+        "Sample_ID": "SampleID",
+        "Olink_ID": "OlinkID",
+        "Uniprot": "UniProt",
+        "UniProtID": "UniProt",
+        "Uniprot ID": "UniProt",
+        "QC_warning": "QC_Warning",
+        "Sample_Type": "SampleType",
+        "Plate_ID": "PlateID",
+    }
     df = df.rename(columns={k: v for k, v in rename.items() if k in df.columns and v not in df.columns})
     dc = info.get("delimiter") == ";"
     keys = [c for c in ("OlinkID", "Assay", "UniProt") if c in df.columns]
-    if layout == "wide" or (layout == "auto" and info.get("layout", "long") == "long" and value_column not in
-                            df.columns and not keys):
+    if layout == "wide" or (
+        layout == "auto" and info.get("layout", "long") == "long" and value_column not in df.columns and not keys
+    ):
         if info.get("layout", "long") == "long":
             df = _plain_wide_to_long(df, path.name, value_column)
             info["layout"] = "wide"
@@ -557,8 +624,10 @@ def read_olink(
         raise ValueError(f"The Olink export {path.name!r} has no data rows.")
     problems: list[str] = []
     if not info.get("ends_with_line_break", True):
-        problems.append(f"read_olink: {path.name!r} does not end with a line break, so its last value may have been "
-                        "cut (a complete export ends every row with one). Check the file against its source.")
+        problems.append(
+            f"read_olink: {path.name!r} does not end with a line break, so its last value may have been "
+            "cut (a complete export ends every row with one). Check the file against its source."
+        )
     values = _to_numeric(df[value_column], value_column, strict=True, decimal_comma=dc)
     df = df.drop(columns=[value_column])
     for c in df.columns:
@@ -572,8 +641,9 @@ def read_olink(
     df["Panel"] = df["Panel"].fillna("unspecified")
     if not has_oid:
         if var_names == "olinkid":
-            raise ValueError(f"var_names='olinkid' needs an OlinkID column, which {path.name!r} lacks; use "
-                             "var_names='assay'.")
+            raise ValueError(
+                f"var_names='olinkid' needs an OlinkID column, which {path.name!r} lacks; use var_names='assay'."
+            )
         key = df[protein_key].astype(str).str.strip()
         several = df["Panel"].groupby(key).transform("nunique") > 1
         df["OlinkID"] = key.where(~several, key + "|" + df["Panel"].astype(str))
@@ -583,8 +653,9 @@ def read_olink(
     df["OlinkID"] = df["OlinkID"].astype(str).str.strip()
     if df["SampleID"].isin(["", "nan"]).any():
         rows = (np.flatnonzero(df["SampleID"].isin(["", "nan"]).to_numpy()) + 2)[:10].tolist()
-        raise ValueError(f"The Olink export {path.name!r} has rows without a SampleID (lines {rows}). Fill them in or "
-                         "remove them.")
+        raise ValueError(
+            f"The Olink export {path.name!r} has rows without a SampleID (lines {rows}). Fill them in or remove them."
+        )
     df["_value"] = values.to_numpy()
 
     # ---- control samples and replicate runs of one SampleID
@@ -594,8 +665,14 @@ def read_olink(
     dup = df.duplicated(["SampleID", "OlinkID"], keep=False)
     df["_repeated"] = dup.to_numpy()
     if dup.any():
-        key = next((c for c in ("Index", "WellID", "PlateID") if c in df.columns and not
-                    df.loc[dup].duplicated(["SampleID", c, "OlinkID"]).any()), None)
+        key = next(
+            (
+                c
+                for c in ("Index", "WellID", "PlateID")
+                if c in df.columns and not df.loc[dup].duplicated(["SampleID", c, "OlinkID"]).any()
+            ),
+            None,
+        )
         bad = df.loc[dup & ~df["_is_control"], "SampleID"].unique()
         if len(bad) and key is None:
             ex = df.loc[dup & ~df["_is_control"]].head(3)[["SampleID", "OlinkID"]].to_dict("records")
@@ -606,16 +683,20 @@ def read_olink(
                 "them, before reading."
             )
         if len(bad):
-            warn(f"read_olink: {len(bad)} sample(s) measured in several runs (e.g. {list(bad[:5])}) are kept as "
-                 f"separate rows named '<SampleID>|<{key}>'; obs['SampleID'] holds the ID, obs['repeated'] marks them. "
-                 "Average or choose runs before joining to donors.")
+            warn(
+                f"read_olink: {len(bad)} sample(s) measured in several runs (e.g. {list(bad[:5])}) are kept as "
+                f"separate rows named '<SampleID>|<{key}>'; obs['SampleID'] holds the ID, obs['repeated'] marks them. "
+                "Average or choose runs before joining to donors."
+            )
         if key is not None:
             df.loc[dup, "_sample"] = df.loc[dup, "SampleID"] + "|" + df.loc[dup, key].astype(str)
         else:
             run = df.loc[dup].groupby(["SampleID", "OlinkID"]).cumcount() + 1
             df.loc[dup, "_sample"] = df.loc[dup, "SampleID"] + "|run" + run.astype(str)
-        logger.info("read_olink: control samples measured several times kept as separate rows: %s",
-                    sorted(df.loc[dup, "_sample"].unique()))
+        logger.info(
+            "read_olink: control samples measured several times kept as separate rows: %s",
+            sorted(df.loc[dup, "_sample"].unique()),
+        )
 
     samples = pd.Index(pd.unique(df["_sample"]))
     assays = pd.Index(pd.unique(df["OlinkID"]))
@@ -631,8 +712,10 @@ def read_olink(
     P = pd.get_dummies(panel_of).to_numpy(dtype=float)  # assays x panels
     expected = ((present.astype(float) @ P) > 0).astype(float) @ P.T > 0
     absent = expected & ~present
-    integrity: dict = {"ends_with_line_break": bool(info.get("ends_with_line_break", True)),
-                       "rows_absent": int(absent.sum())}
+    integrity: dict = {
+        "ends_with_line_break": bool(info.get("ends_with_line_break", True)),
+        "rows_absent": int(absent.sum()),
+    }
     if absent.any():
         n_abs = absent.sum(axis=1)
         worst = [f"{samples[i]} ({int(n_abs[i])})" for i in np.flatnonzero(n_abs)[:5]]
@@ -656,8 +739,9 @@ def read_olink(
     for c in [c for c in df.columns if c not in skip]:
         const_assay = bool((by_assay[c].nunique(dropna=False) <= 1).all())
         const_sample = bool((by_sample[c].nunique(dropna=False) <= 1).all())
-        if c not in _MEASUREMENT_COLUMNS and (c in _ASSAY_IDENTIFIERS or (const_assay and (
-                c in _ASSAY_COLUMNS or not const_sample))):
+        if c not in _MEASUREMENT_COLUMNS and (
+            c in _ASSAY_IDENTIFIERS or (const_assay and (c in _ASSAY_COLUMNS or not const_sample))
+        ):
             first = by_assay[c].first()
             var[c] = _maybe_numeric(first.reindex(assays), c, dc).to_numpy()
             if c in _LOD_COLUMNS:
@@ -672,7 +756,9 @@ def read_olink(
             if c in _SAMPLE_QC_COLUMNS:
                 obs[c] = by_sample[c].agg(_qc_worst).reindex(samples).to_numpy()
             else:
-                obs[c] = by_sample[c].agg(lambda v: ";".join(map(str, pd.unique(v.dropna())))).reindex(samples).to_numpy()
+                obs[c] = (
+                    by_sample[c].agg(lambda v: ";".join(map(str, pd.unique(v.dropna())))).reindex(samples).to_numpy()
+                )
         else:
             num = _to_numeric(df[c], c, strict=c in _LOD_COLUMNS, decimal_comma=dc)
             if num is not None:
@@ -750,6 +836,12 @@ def read_olink(
     n_ctrl = int(obs["is_control"].sum())
     logger.info(
         "read_olink: %d samples (%d control) x %d assays (%d measured on several panels); %.1f%% below LOD; "
-        "%.1f%% missing", adata.n_obs, n_ctrl, adata.n_vars, n_multi, 100 * below.mean(), 100 * np.isnan(X).mean(),
+        "%.1f%% missing",
+        adata.n_obs,
+        n_ctrl,
+        adata.n_vars,
+        n_multi,
+        100 * below.mean(),
+        100 * np.isnan(X).mean(),
     )
     return adata

@@ -49,8 +49,11 @@ def _parse_adat(path: Path) -> dict:
     if lines and lines[-1].strip():
         # SomaLogic writes a line break after every row: a last line without one was cut (inside its last value,
         # which may still parse as a number, e.g. 1098.5 -> 109)
-        raise _broken("^TABLE_BEGIN", len(lines), "the last line does not end with a line break: the file was cut "
-                      "inside its last row")
+        raise _broken(
+            "^TABLE_BEGIN",
+            len(lines),
+            "the last line does not end with a line break: the file was cut inside its last row",
+        )
     # drop trailing empty lines only
     while lines and not lines[-1].strip():
         lines.pop()
@@ -66,7 +69,9 @@ def _parse_adat(path: Path) -> dict:
         raise _broken(missing[0], None, f"section(s) {missing} missing (found {sorted(pos, key=pos.get)})")
     order = [pos[s] for s in _SECTIONS]
     if order != sorted(order):
-        raise _broken("sections", None, f"sections out of order: {sorted(pos, key=pos.get)}; expected {list(_SECTIONS)}")
+        raise _broken(
+            "sections", None, f"sections out of order: {sorted(pos, key=pos.get)}; expected {list(_SECTIONS)}"
+        )
 
     # ---- ^HEADER
     header: dict[str, str] = {}
@@ -102,8 +107,12 @@ def _parse_adat(path: Path) -> dict:
     # ---- ^TABLE_BEGIN: column-metadata block, header row, sample rows
     t0 = pos["^TABLE_BEGIN"] + 1
     if len(lines) < t0 + len(col_names) + 2:
-        raise _broken("^TABLE_BEGIN", len(lines), f"the table ends after {len(lines) - t0} lines; expected "
-                      f"{len(col_names)} analyte-metadata rows, a header row and at least one sample row")
+        raise _broken(
+            "^TABLE_BEGIN",
+            len(lines),
+            f"the table ends after {len(lines) - t0} lines; expected "
+            f"{len(col_names)} analyte-metadata rows, a header row and at least one sample row",
+        )
     col_meta: dict[str, list[str]] = {}
     n_analytes = None
     for k, name in enumerate(col_names):
@@ -111,9 +120,13 @@ def _parse_adat(path: Path) -> dict:
         parts = lines[ln_no].split("\t")
         label = parts[n_row_meta].strip() if len(parts) > n_row_meta else ""
         if label != name:
-            raise _broken("^TABLE_BEGIN", ln_no + 1, f"expected the analyte-metadata row {name!r} in column "
-                          f"{n_row_meta + 1} (after {n_row_meta} sample-metadata columns), found {label!r}")
-        vals = parts[n_row_meta + 1:]
+            raise _broken(
+                "^TABLE_BEGIN",
+                ln_no + 1,
+                f"expected the analyte-metadata row {name!r} in column "
+                f"{n_row_meta + 1} (after {n_row_meta} sample-metadata columns), found {label!r}",
+            )
+        vals = parts[n_row_meta + 1 :]
         if n_analytes is None:
             while vals and not vals[-1].strip():
                 vals.pop()
@@ -124,14 +137,21 @@ def _parse_adat(path: Path) -> dict:
             if len(vals) > n_analytes and all(not v.strip() for v in vals[n_analytes:]):
                 vals = vals[:n_analytes]
             if len(vals) != n_analytes:
-                raise _broken("^TABLE_BEGIN", ln_no + 1, f"analyte-metadata row {name!r} has {len(vals)} values, "
-                              f"expected {n_analytes} (one per analyte, as in row {col_names[0]!r})")
+                raise _broken(
+                    "^TABLE_BEGIN",
+                    ln_no + 1,
+                    f"analyte-metadata row {name!r} has {len(vals)} values, "
+                    f"expected {n_analytes} (one per analyte, as in row {col_names[0]!r})",
+                )
         col_meta[name] = vals
     h = t0 + len(col_names)
     head = [p.strip() for p in lines[h].split("\t")]
     if head[:n_row_meta] != row_names:
-        raise _broken("^TABLE_BEGIN", h + 1, f"the sample-metadata header row should start with {row_names[:4]}..., "
-                      f"found {head[:4]}...")
+        raise _broken(
+            "^TABLE_BEGIN",
+            h + 1,
+            f"the sample-metadata header row should start with {row_names[:4]}..., found {head[:4]}...",
+        )
     width = n_row_meta + 1 + n_analytes
     rows = []
     for ln_no in range(h + 1, len(lines)):
@@ -139,25 +159,41 @@ def _parse_adat(path: Path) -> dict:
         if len(parts) > width and all(not p.strip() for p in parts[width:]):
             parts = parts[:width]
         if len(parts) != width:
-            raise _broken("^TABLE_BEGIN", ln_no + 1, f"sample row {ln_no - h} has {len(parts)} fields, expected "
-                          f"{width} ({n_row_meta} sample-metadata columns, 1 empty, {n_analytes} analytes): "
-                          "ragged or truncated row")
+            raise _broken(
+                "^TABLE_BEGIN",
+                ln_no + 1,
+                f"sample row {ln_no - h} has {len(parts)} fields, expected "
+                f"{width} ({n_row_meta} sample-metadata columns, 1 empty, {n_analytes} analytes): "
+                "ragged or truncated row",
+            )
         rows.append(parts)
     if not rows:
         raise _broken("^TABLE_BEGIN", h + 1, "no sample rows after the header row")
     arr = np.asarray(rows, dtype=object)
     meta = arr[:, :n_row_meta]
-    raw = arr[:, n_row_meta + 1:]
+    raw = arr[:, n_row_meta + 1 :]
     try:
         X = raw.astype(float)
     except ValueError:
         flat = pd.to_numeric(pd.Series(raw.ravel()), errors="coerce")
         bad = np.flatnonzero(flat.isna().to_numpy() & (pd.Series(raw.ravel()).str.strip() != "").to_numpy())
         r, c = divmod(int(bad[0]), n_analytes)
-        raise _broken("^TABLE_BEGIN", h + 2 + r, f"non-numeric RFU {raw[r, c]!r} for analyte "
-                      f"{col_meta[col_names[0]][c]!r} ({len(bad)} such values)") from None
-    return dict(header=header, col_names=col_names, col_types=col_types, row_names=row_names, row_types=row_types,
-                col_meta=col_meta, meta=meta, X=X, encoding=encoding)
+        raise _broken(
+            "^TABLE_BEGIN",
+            h + 2 + r,
+            f"non-numeric RFU {raw[r, c]!r} for analyte {col_meta[col_names[0]][c]!r} ({len(bad)} such values)",
+        ) from None
+    return dict(
+        header=header,
+        col_names=col_names,
+        col_types=col_types,
+        row_names=row_names,
+        row_types=row_types,
+        col_meta=col_meta,
+        meta=meta,
+        X=X,
+        encoding=encoding,
+    )
 
 
 _WELLS_PER_PLATE = 96
@@ -178,16 +214,19 @@ def _plate_integrity(obs: pd.DataFrame, header: dict[str, str]) -> tuple[dict, l
     norm = {p.replace(" ", "_"): p for p in n_rows.index}
     absent = [d for d in declared if d not in norm and d not in n_rows.index]
     if absent:
-        problems.append(f"read_somascan: the ADAT header names plate(s) {absent} that have no row in the table "
-                        "(a subset of the data, or rows lost at the end of the file)")
+        problems.append(
+            f"read_somascan: the ADAT header names plate(s) {absent} that have no row in the table "
+            "(a subset of the data, or rows lost at the end of the file)"
+        )
     short = {k: int(v) for k, v in n_rows.items() if v < _WELLS_PER_PLATE}
     if short:
-        problems.append(f"read_somascan: plate(s) with fewer rows than the {_WELLS_PER_PLATE} wells of a SomaScan plate: "
-                        f"{short}. A partial plate or a subset is possible; so are rows lost at the end of the file "
-                        "(the ADAT format declares no row count, so this reader cannot tell)")
+        problems.append(
+            f"read_somascan: plate(s) with fewer rows than the {_WELLS_PER_PLATE} wells of a SomaScan plate: "
+            f"{short}. A partial plate or a subset is possible; so are rows lost at the end of the file "
+            "(the ADAT format declares no row count, so this reader cannot tell)"
+        )
     summary["complete_plates"] = not short and not absent
     return summary, problems
-
 
 
 def read_somascan(path: str | os.PathLike):
@@ -256,8 +295,9 @@ def read_somascan(path: str | os.PathLike):
         var.index = pd.Index(names.to_numpy())
     else:
         var.index = pd.Index([f"analyte_{i}" for i in range(len(var))])
-    obs = pd.DataFrame({n: _typed(list(p["meta"][:, j]), n, rtypes[n]).to_numpy()
-                        for j, n in enumerate(p["row_names"])})
+    obs = pd.DataFrame(
+        {n: _typed(list(p["meta"][:, j]), n, rtypes[n]).to_numpy() for j, n in enumerate(p["row_names"])}
+    )
     if "SampleId" in obs.columns:
         sid = obs["SampleId"].astype(object).where(obs["SampleId"].notna(), "").astype(str)
         stype = obs["SampleType"].astype(str) if "SampleType" in obs.columns else pd.Series("Sample", index=obs.index)
@@ -277,8 +317,10 @@ def read_somascan(path: str | os.PathLike):
         alt = pd.concat(parts, axis=1).agg("_".join, axis=1)
         names = sid.where(~fix, alt)
         if names.duplicated().any() or (names == "").any():
-            names = names.where(~(names.duplicated(keep=False) | (names == "")),
-                                names + "_row" + pd.Series(np.arange(len(names)).astype(str)))
+            names = names.where(
+                ~(names.duplicated(keep=False) | (names == "")),
+                names + "_row" + pd.Series(np.arange(len(names)).astype(str)),
+            )
         obs.index = pd.Index(names.to_numpy())
     else:
         obs.index = pd.Index([f"sample_{i}" for i in range(len(obs))])
@@ -287,9 +329,13 @@ def read_somascan(path: str | os.PathLike):
     adata.uns["adat_col_data"] = {"Name": list(p["col_names"]), "Type": list(p["col_types"] or [])}
     adata.uns["adat_row_data"] = {"Name": list(p["row_names"]), "Type": list(p["row_types"] or [])}
     integrity, problems = _plate_integrity(obs, p["header"])
-    adata.uns["proteomics"] = {"platform": "somascan", "value": "RFU", "scale": "linear",
-                               "source": {"file": str(path), "format": "adat", "encoding": p["encoding"]},
-                               "integrity": integrity}
+    adata.uns["proteomics"] = {
+        "platform": "somascan",
+        "value": "RFU",
+        "scale": "linear",
+        "source": {"file": str(path), "format": "adat", "encoding": p["encoding"]},
+        "integrity": integrity,
+    }
     from .._utils import record_problem
 
     for msg in problems:

@@ -12,9 +12,7 @@ def check_is_file(path: Path, what: str) -> None:
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {str(path)!r}.")
     if path.is_dir():
-        raise ValueError(
-            f"{what} must be a file, got the folder {str(path)!r}. Pass the path of the file inside it."
-        )
+        raise ValueError(f"{what} must be a file, got the folder {str(path)!r}. Pass the path of the file inside it.")
     if path.stat().st_size == 0:
         raise ValueError(
             f"{what} {str(path)!r} is empty (0 bytes): the download or copy did not complete. "

@@ -10,4 +10,16 @@ from ._predict import predict_response
 from ._proteomics import biomarker_roc, cross_modal
 from ._qc import qc, qc_report
 
-__all__ = ["annotation", "annotation_confidence", "biomarker_roc", "composition", "cross_modal", "differential_activity", "integration", "predict_response", "qc", "qc_report", "volcano"]
+__all__ = [
+    "annotation",
+    "annotation_confidence",
+    "biomarker_roc",
+    "composition",
+    "cross_modal",
+    "differential_activity",
+    "integration",
+    "predict_response",
+    "qc",
+    "qc_report",
+    "volcano",
+]

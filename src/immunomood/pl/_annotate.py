@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
-
 def _check_annotated(adata: AnnData, key: str) -> None:
     check_adata(adata)
     if key not in adata.obs.columns or key not in adata.uns:

@@ -75,20 +75,23 @@ def stored_result(holder, key: str, *, run: str, parts: Sequence[str] = ("result
             if isinstance(holder.uns.get(key + "_scores"), pd.DataFrame):
                 st["scores"] = holder.uns[key + "_scores"]
         else:
-            raise KeyError(f"No stored result in .uns[{key!r}] (found {type(st).__name__}). Run {run} first: the "
-                           "plot reads what it stores and computes no test.")
+            raise KeyError(
+                f"No stored result in .uns[{key!r}] (found {type(st).__name__}). Run {run} first: the "
+                "plot reads what it stores and computes no test."
+            )
     for p in parts:
         if not isinstance(st.get(p), pd.DataFrame):
-            raise KeyError(f".uns[{key!r}][{p!r}] is not a DataFrame (found {type(st.get(p)).__name__}). Run {run} "
-                           "first: the plot reads what it stores and computes no test.")
+            raise KeyError(
+                f".uns[{key!r}][{p!r}] is not a DataFrame (found {type(st.get(p)).__name__}). Run {run} "
+                "first: the plot reads what it stores and computes no test."
+            )
     params = st.get("params", {})
     return dict(st) | {"params": dict(params) if isinstance(params, Mapping) else {}}
 
 
 def not_measured(ax, message: str = "not measured") -> None:
     """Mark a panel that has no data (instead of an empty or all-NaN panel)."""
-    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.35",
-            wrap=True)
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.35", wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
 

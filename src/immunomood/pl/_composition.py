@@ -81,11 +81,15 @@ def composition(
             result = stored
     if result is not None:
         if not isinstance(result, pd.DataFrame):
-            raise TypeError(f"`result` must be the DataFrame returned by im.tl.composition, got {type(result).__name__}.")
+            raise TypeError(
+                f"`result` must be the DataFrame returned by im.tl.composition, got {type(result).__name__}."
+            )
         missing = [c for c in ("group", "pvalue", "padj") if c not in result.columns]
         if missing:
-            raise KeyError(f"`result` lacks the columns {missing} (has {list(result.columns)}); pass the DataFrame "
-                           "returned by im.tl.composition.")
+            raise KeyError(
+                f"`result` lacks the columns {missing} (has {list(result.columns)}); pass the DataFrame "
+                "returned by im.tl.composition."
+            )
         if "contrast" in result.columns and len(result):
             names = list(pd.unique(result["contrast"].astype(str)))
             if contrast is None:
@@ -123,8 +127,14 @@ def composition(
         for j, lv in enumerate(levels):
             v = props.loc[cond == lv, g].to_numpy()
             x0 = i + (j - (len(levels) - 1) / 2) * width
-            ax.scatter(x0 + rng.uniform(-0.06, 0.06, len(v)) * width / 0.35, v, s=14, color=colors[lv],
-                       label=f"{lv} ({len(v)} samples)" if i == 0 else None, zorder=3)
+            ax.scatter(
+                x0 + rng.uniform(-0.06, 0.06, len(v)) * width / 0.35,
+                v,
+                s=14,
+                color=colors[lv],
+                label=f"{lv} ({len(v)} samples)" if i == 0 else None,
+                zorder=3,
+            )
             if len(v):
                 ax.hlines(np.median(v), x0 - 0.12 * width / 0.35, x0 + 0.12 * width / 0.35, color="k", lw=1.5)
         if result is not None:
@@ -141,12 +151,16 @@ def composition(
     ax.set_xticklabels([str(c) for c in props.columns], rotation=45, ha="right")
     ax.set_xlabel(groupby)
     ax.set_ylabel("proportion of the sample's cells")
-    what = contrast if contrast is not None else (f"{levels[1]} vs {levels[0]}" if len(levels) == 2 else
-                                                  f"{condition_key}, reference {levels[0]}")
+    what = (
+        contrast
+        if contrast is not None
+        else (f"{levels[1]} vs {levels[0]}" if len(levels) == 2 else f"{condition_key}, reference {levels[0]}")
+    )
     title = f"Composition ({what}): one point per sample, median bar"
     if result is None:
         title += "\np-values: pass result=im.tl.composition(adata, ...)"
     ax.set_title(title, fontsize=9)
-    ax.legend(frameon=False, fontsize=8, title=condition_key, title_fontsize=8, loc="center left",
-              bbox_to_anchor=(1.0, 0.5))
+    ax.legend(
+        frameon=False, fontsize=8, title=condition_key, title_fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5)
+    )
     return ax

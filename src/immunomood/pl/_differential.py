@@ -42,12 +42,13 @@ def _design_levels(params: dict, variable: str | None) -> list[str]:
 
 
 def _stored_activity(adata: AnnData, key: str) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
-    run = (f"Run im.tl.differential_activity(adata, condition_key=..., sample_key=..., groupby=..., "
-           f"key_added={key!r}) first: the plot reads the donor scores it stores and computes no test.")
+    run = (
+        f"Run im.tl.differential_activity(adata, condition_key=..., sample_key=..., groupby=..., "
+        f"key_added={key!r}) first: the plot reads the donor scores it stores and computes no test."
+    )
     if not isinstance(adata, AnnData):
         raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
-    st = stored_result(adata, key, parts=("scores",),
-                       run=f"im.tl.differential_activity(adata, ..., key_added={key!r})")
+    st = stored_result(adata, key, parts=("scores",), run=f"im.tl.differential_activity(adata, ..., key_added={key!r})")
     scores = st["scores"]
     missing = [c for c in ("sample", "group", "gene_set", "condition", "score") if c not in scores.columns]
     if missing:
@@ -129,28 +130,53 @@ def differential_activity(
         if sg.empty:
             reason = str(row["reason"].iloc[0]) if row is not None and len(row) and "reason" in row else ""
             short = textwrap.shorten(reason, width=70, placeholder="...") if reason else ""
-            ax.text(i, 0.5, "not tested" + (":\n" + "\n".join(textwrap.wrap(short, 36)) if short else ""),
-                    transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=6, color="0.4", rotation=90)
+            ax.text(
+                i,
+                0.5,
+                "not tested" + (":\n" + "\n".join(textwrap.wrap(short, 36)) if short else ""),
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="0.4",
+                rotation=90,
+            )
             continue
         for j, lv in enumerate(levels):
             v = sg.loc[sg["condition"].astype(str) == str(lv), "score"].to_numpy(dtype=float)
             x0 = i + (j - (len(levels) - 1) / 2) * width
-            ax.scatter(x0 + rng.uniform(-0.06, 0.06, size=len(v)), v, s=18, color=colors[lv], zorder=3,
-                       label=None if lv in labelled else str(lv))
+            ax.scatter(
+                x0 + rng.uniform(-0.06, 0.06, size=len(v)),
+                v,
+                s=18,
+                color=colors[lv],
+                zorder=3,
+                label=None if lv in labelled else str(lv),
+            )
             labelled.add(lv)
             if len(v):
                 ax.hlines(np.mean(v), x0 - 0.12, x0 + 0.12, color="k", lw=1.5, zorder=4)
         if row is not None and len(row):
             if len(shown) > 1:  # one line per contrast: "MDD vs control: padj 0.01"
                 one_ref = len({_CONTRAST.match(c)["ref"] for c in shown}) == 1
-                txt = "\n".join(f"{_CONTRAST.match(c)['case']}"
-                                 f"{'' if one_ref else '/' + _CONTRAST.match(c)['ref']}: padj "
-                                 f"{fmt_p(row.loc[row['contrast'].astype(str) == c, 'padj'].iloc[0])}"
-                                 for c in shown if (row["contrast"].astype(str) == c).any())
+                txt = "\n".join(
+                    f"{_CONTRAST.match(c)['case']}"
+                    f"{'' if one_ref else '/' + _CONTRAST.match(c)['ref']}: padj "
+                    f"{fmt_p(row.loc[row['contrast'].astype(str) == c, 'padj'].iloc[0])}"
+                    for c in shown
+                    if (row["contrast"].astype(str) == c).any()
+                )
             else:
                 txt = f"padj {fmt_p(row['padj'].iloc[0])}"
-            ax.text(i, 0.99, txt, transform=ax.get_xaxis_transform(), ha="center", va="top",
-                    fontsize=7 if len(shown) < 2 else 6)
+            ax.text(
+                i,
+                0.99,
+                txt,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=7 if len(shown) < 2 else 6,
+            )
     if len(s):
         lo, hi = float(s["score"].min()), float(s["score"].max())
         pad = 0.08 * (hi - lo if hi > lo else 1.0)
@@ -164,20 +190,27 @@ def differential_activity(
     cond = params.get("condition_key") or "condition"
     method = params.get("method")
     refs = {_CONTRAST.match(c)["ref"] for c in shown}
-    what = (f"{', '.join(_CONTRAST.match(c)['case'] for c in shown)} vs {next(iter(refs))}"
-            if len(shown) > 1 and len(refs) == 1
-            else "; ".join(c.split(": ", 1)[1] for c in shown) if len(shown) > 1
-            else f"{params.get('case', '')} vs {params.get('reference', '')}")
+    what = (
+        f"{', '.join(_CONTRAST.match(c)['case'] for c in shown)} vs {next(iter(refs))}"
+        if len(shown) > 1 and len(refs) == 1
+        else "; ".join(c.split(": ", 1)[1] for c in shown)
+        if len(shown) > 1
+        else f"{params.get('case', '')} vs {params.get('reference', '')}"
+    )
     if len(shown) > 1 and len(refs) > 1:  # several references: each padj line names case and reference
         what += " (padj lines: case/reference)"
-    ax.set_title(f"{gene_set}: {what} ({cond}), donor as the unit" + (f"\npoints: set score per sample; padj: method {method!r}" if method else ""),
-                 fontsize=9)
+    ax.set_title(
+        f"{gene_set}: {what} ({cond}), donor as the unit"
+        + (f"\npoints: set score per sample; padj: method {method!r}" if method else ""),
+        fontsize=9,
+    )
     ax.legend(frameon=False, fontsize=8, title=cond, title_fontsize=8)
     return ax
 
 
-def _activity_vs_continuous(s: pd.DataFrame, rows: pd.DataFrame | None, groups: list[str], params: dict,
-                            contrast: str, gene_set: str, ax):
+def _activity_vs_continuous(
+    s: pd.DataFrame, rows: pd.DataFrame | None, groups: list[str], params: dict, contrast: str, gene_set: str, ax
+):
     """Score vs the tested continuous column, one colour per group; each line has the stored effect as its slope."""
     variable = params.get("condition_key") or contrast.replace(" (per unit)", "")
     if rows is not None and "contrast" in rows.columns:
@@ -197,23 +230,42 @@ def _activity_vs_continuous(s: pd.DataFrame, rows: pd.DataFrame | None, groups: 
         label = g
         effect = float(row["effect"].iloc[0]) if row is not None and len(row) and "effect" in row else np.nan
         if row is not None and len(row):
-            label += f": {effect:.2g}/unit, padj {fmt_p(row['padj'].iloc[0])}" if np.isfinite(effect) else \
-                f": not tested ({textwrap.shorten(str(row['reason'].iloc[0]), width=40, placeholder='...')})"
+            label += (
+                f": {effect:.2g}/unit, padj {fmt_p(row['padj'].iloc[0])}"
+                if np.isfinite(effect)
+                else f": not tested ({textwrap.shorten(str(row['reason'].iloc[0]), width=40, placeholder='...')})"
+            )
         ax.scatter(x, y, s=18, color=color, zorder=3, label=label)
         ok = np.isfinite(x) & np.isfinite(y)
         if np.isfinite(effect) and ok.any():  # the stored effect as the slope, through the group's centroid
             xs = np.array([np.nanmin(x[ok]), np.nanmax(x[ok])])
             ax.plot(xs, y[ok].mean() + effect * (xs - x[ok].mean()), color=color, lw=1.5, zorder=4)
     if untested:
-        ax.text(0.01, 0.01, textwrap.fill("not tested (see the `reason` column): " + ", ".join(untested), 70),
-                transform=ax.transAxes, fontsize=6, color="0.4", va="bottom")
+        ax.text(
+            0.01,
+            0.01,
+            textwrap.fill("not tested (see the `reason` column): " + ", ".join(untested), 70),
+            transform=ax.transAxes,
+            fontsize=6,
+            color="0.4",
+            va="bottom",
+        )
     ax.set_xlabel(f"{variable} (value per sample)")
     ax.set_ylabel(f"{gene_set} score (log2, one point per sample)")
     method = params.get("method")
-    ax.set_title(f"{gene_set} vs {variable}, donor as the unit\npoints: set score per sample; line slope: "
-                 "tested effect per unit" + (f"\n(padj: method {method!r})" if method else ""), fontsize=9)
-    ax.legend(frameon=False, fontsize=7, title=params.get("groupby") or "group", title_fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(
+        f"{gene_set} vs {variable}, donor as the unit\npoints: set score per sample; line slope: "
+        "tested effect per unit" + (f"\n(padj: method {method!r})" if method else ""),
+        fontsize=9,
+    )
+    ax.legend(
+        frameon=False,
+        fontsize=7,
+        title=params.get("groupby") or "group",
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+    )
     return ax
 
 
@@ -233,8 +285,16 @@ def _spread(pos: np.ndarray, gap: float, lo: float = 0.03, hi: float = 0.97) -> 
     return res
 
 
-def volcano(result: pd.DataFrame | AnnData, *, key: str = "differential_activity", contrast: str | None = None,
-            alpha: float = 0.05, n_labels: int = 10, label: bool = True, ax=None) -> Axes:
+def volcano(
+    result: pd.DataFrame | AnnData,
+    *,
+    key: str = "differential_activity",
+    contrast: str | None = None,
+    alpha: float = 0.05,
+    n_labels: int = 10,
+    label: bool = True,
+    ax=None,
+) -> Axes:
     """Volcano plot of a result table of :func:`immunomood.tl.differential_activity` (``effect``) or
     :func:`immunomood.tl.differential_expression` (``log2fc``), with the top hits named.
 
@@ -269,8 +329,10 @@ def volcano(result: pd.DataFrame | AnnData, *, key: str = "differential_activity
         func = "differential_expression" if "expression" in key else "differential_activity"
         result = stored_result(result, key, run=f"im.tl.{func}(adata, ..., key_added={key!r})")["results"]
     if not isinstance(result, pd.DataFrame):
-        raise TypeError(f"`result` must be the DataFrame returned by a test (or the AnnData holding it), got "
-                        f"{type(result).__name__}.")
+        raise TypeError(
+            f"`result` must be the DataFrame returned by a test (or the AnnData holding it), got "
+            f"{type(result).__name__}."
+        )
     x_col = "effect" if "effect" in result else "log2fc" if "log2fc" in result else None
     if x_col is None or "pvalue" not in result:
         raise KeyError(f"`result` needs columns 'effect' (or 'log2fc') and 'pvalue'; has {list(result.columns)}.")
@@ -291,8 +353,13 @@ def volcano(result: pd.DataFrame | AnnData, *, key: str = "differential_activity
     r = result[ok]
     n_untested = int((~ok).sum())
     ax = new_ax(ax)
-    ax.set_xlabel("effect per unit (log2 per unit of the tested column)" if per_unit and x_col == "effect" else
-                  "effect (log2 fold change, case vs reference)" if x_col == "effect" else "log2 fold change")
+    ax.set_xlabel(
+        "effect per unit (log2 per unit of the tested column)"
+        if per_unit and x_col == "effect"
+        else "effect (log2 fold change, case vs reference)"
+        if x_col == "effect"
+        else "log2 fold change"
+    )
     ax.set_ylabel("-log10 p-value")
     if r.empty:
         not_measured(ax, f"no test with a p-value ({len(result)} rows, none tested)")
@@ -310,19 +377,34 @@ def volcano(result: pd.DataFrame | AnnData, *, key: str = "differential_activity
     if label and n_labels:
         name = "gene_set" if "gene_set" in r else "gene" if "gene" in r else None
         top = np.argsort(-y, kind="stable")[:n_labels]
-        texts = [(f"{r.iloc[k]['group']} | {r.iloc[k][name]}" if name and "group" in r else
-                  str(r.iloc[k][name]) if name else str(r.index[k])) for k in top]
+        texts = [
+            (
+                f"{r.iloc[k]['group']} | {r.iloc[k][name]}"
+                if name and "group" in r
+                else str(r.iloc[k][name])
+                if name
+                else str(r.index[k])
+            )
+            for k in top
+        ]
         if len(contrasts) > 1:  # several blocks in one plot: say which contrast each point is
             texts = [f"{t} | {r.iloc[k]['contrast']}" for t, k in zip(texts, top)]
         for k, txt, ya in zip(top, texts, _spread(y[top] / ymax, gap=0.055)):
             right = x[k] > np.median(x)
-            ax.annotate(txt, (x[k], y[k]), xytext=(-6 if right else 6, ya),
-                        textcoords=("offset points", "axes fraction"), fontsize=6, va="center",
-                        ha="right" if right else "left",
-                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 2})
+            ax.annotate(
+                txt,
+                (x[k], y[k]),
+                xytext=(-6 if right else 6, ya),
+                textcoords=("offset points", "axes fraction"),
+                fontsize=6,
+                va="center",
+                ha="right" if right else "left",
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 2},
+            )
     ax.axvline(0, color="grey", lw=0.5)
-    title = f"{len(r)} tests" + (f", {contrasts[0]}" if contrast is not None else
-                                 f" in {len(contrasts)} contrasts" if len(contrasts) > 1 else "")
+    title = f"{len(r)} tests" + (
+        f", {contrasts[0]}" if contrast is not None else f" in {len(contrasts)} contrasts" if len(contrasts) > 1 else ""
+    )
     if n_untested:
         title += f" ({n_untested} rows not tested)"
     ax.set_title(title, fontsize=9)

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-
 def _default_palette(n: int) -> list:
     import matplotlib.pyplot as plt
 
@@ -38,16 +37,20 @@ def _scatter(ax, xy, values: pd.Series, title: str, legend: bool, size: float, a
     if legend:
         import matplotlib.lines as mlines
 
-        handles = [mlines.Line2D([], [], marker="o", ls="", color=cols[i], label=str(c))
-                   for i, c in enumerate(cats.categories)]
-        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False,
-                  markerscale=0.8)
+        handles = [
+            mlines.Line2D([], [], marker="o", ls="", color=cols[i], label=str(c)) for i, c in enumerate(cats.categories)
+        ]
+        ax.legend(
+            handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False, markerscale=0.8
+        )
 
 
 def _stored(adata: AnnData, key: str) -> tuple[pd.DataFrame, dict]:
     st = adata.uns.get(key)
-    run = ("Run im.tl.integration_metrics(adata, batch_key=..., label_key=..., embedding=...) first: it stores the "
-           "metrics and the UMAP of the unintegrated PCA that this plot reads (the plot computes nothing).")
+    run = (
+        "Run im.tl.integration_metrics(adata, batch_key=..., label_key=..., embedding=...) first: it stores the "
+        "metrics and the UMAP of the unintegrated PCA that this plot reads (the plot computes nothing)."
+    )
     if not isinstance(st, dict) or "metrics" not in st or "params" not in st:
         raise KeyError(f"No integration metrics found in adata.uns[{key!r}] (got {type(st).__name__}). {run}")
     metrics = st["metrics"]
@@ -108,8 +111,9 @@ def integration(
     if metrics is None:
         metrics = stored
     elif not isinstance(metrics, pd.DataFrame):
-        raise TypeError(f"`metrics` must be the DataFrame of im.tl.integration_metrics or None, got "
-                        f"{type(metrics).__name__}.")
+        raise TypeError(
+            f"`metrics` must be the DataFrame of im.tl.integration_metrics or None, got {type(metrics).__name__}."
+        )
     for name, given in (("batch_key", batch_key), ("label_key", label_key)):
         used = params.get(name)
         if given is not None and given != used:
@@ -123,15 +127,19 @@ def integration(
     scored = [e for e in list(params.get("embedding", [])) if e in metrics.index]
     if embedding is None:
         if not scored:
-            raise KeyError(f"The metrics in adata.uns[{key!r}] score no integrated embedding (rows: "
-                           f"{list(metrics.index)}). Run im.tl.integration_metrics(adata, embedding='X_scVI', ...).")
+            raise KeyError(
+                f"The metrics in adata.uns[{key!r}] score no integrated embedding (rows: "
+                f"{list(metrics.index)}). Run im.tl.integration_metrics(adata, embedding='X_scVI', ...)."
+            )
         embedding = scored[0]
     from ..tl._metrics import UNINTEGRATED
 
     for row, fix in ((UNINTEGRATED, "unintegrated=True"), (embedding, f"embedding={embedding!r}")):
         if row not in metrics.index:
-            raise KeyError(f"The metrics have no row {row!r} (rows: {list(metrics.index)}). "
-                           f"Run im.tl.integration_metrics(adata, {fix}, ...).")
+            raise KeyError(
+                f"The metrics have no row {row!r} (rows: {list(metrics.index)}). "
+                f"Run im.tl.integration_metrics(adata, {fix}, ...)."
+            )
     before_key = params.get("umap_unintegrated") or ""
     if not before_key or before_key not in adata.obsm:
         raise KeyError(
@@ -141,15 +149,25 @@ def integration(
     neigh = adata.uns.get("neighbors", {})
     use_rep = neigh.get("params", {}).get("use_rep") if isinstance(neigh, dict) else None
     if "X_umap" not in adata.obsm or use_rep != embedding:
-        found = ("no adata.obsm['X_umap']" if "X_umap" not in adata.obsm
-                 else f"adata.obsm['X_umap'] was computed on use_rep={use_rep!r}")
-        raise KeyError(f"The UMAP of {embedding!r} is needed ({found}). "
-                       f"Run im.tl.embed(adata, use_rep={embedding!r}) first.")
+        found = (
+            "no adata.obsm['X_umap']"
+            if "X_umap" not in adata.obsm
+            else f"adata.obsm['X_umap'] was computed on use_rep={use_rep!r}"
+        )
+        raise KeyError(
+            f"The UMAP of {embedding!r} is needed ({found}). Run im.tl.embed(adata, use_rep={embedding!r}) first."
+        )
     before = np.asarray(adata.obsm[before_key])
     after = np.asarray(adata.obsm["X_umap"])
 
-    fig, axes = new_axes(ax, 4, nrows=2, what="4 Axes (before/batch, before/label, after/batch, after/label)",
-                         figsize=(9, 7.5), constrained_layout=True)
+    fig, axes = new_axes(
+        ax,
+        4,
+        nrows=2,
+        what="4 Axes (before/batch, before/label, after/batch, after/label)",
+        figsize=(9, 7.5),
+        constrained_layout=True,
+    )
     if ax is None:
         fig.suptitle("Integration metrics: scib-metrics scaling, 0-1, higher is better", fontsize=9)
     size = point_size if point_size is not None else float(np.clip(3e4 / adata.n_obs, 1, 30))

@@ -28,8 +28,10 @@ def _stored(adata, key: str) -> dict:
     elif hasattr(adata, "uns"):
         stored = stored_result(adata, key, run=f"im.tl.predict_response(adata, outcome=..., key_added={key!r})")
     else:
-        raise TypeError("`adata` must be an AnnData / MuData holding uns[key] from im.tl.predict_response, or its "
-                        f"ResponsePrediction; got {type(adata).__name__}.")
+        raise TypeError(
+            "`adata` must be an AnnData / MuData holding uns[key] from im.tl.predict_response, or its "
+            f"ResponsePrediction; got {type(adata).__name__}."
+        )
     missing = [k for k in _KEYS if k not in stored]
     if missing:
         raise KeyError(f"uns[{key!r}] is not a result of im.tl.predict_response (missing {missing}).")
@@ -111,8 +113,13 @@ def predict_response(
     fig = ax_null = None
     several = isinstance(ax, Sequence | np.ndarray)
     if null == "panel" and (ax is None or several):
-        fig, (ax, ax_null) = new_axes(ax, 2, what="ROC or observed vs predicted, and the permutation null",
-                                      figsize=(8.5, 4), gridspec_kw={"width_ratios": [1.1, 1]})
+        fig, (ax, ax_null) = new_axes(
+            ax,
+            2,
+            what="ROC or observed vs predicted, and the permutation null",
+            figsize=(8.5, 4),
+            gridspec_kw={"width_ratios": [1.1, 1]},
+        )
     else:
         if several:
             raise ValueError("Pass one Axes (or ax=None) unless null='panel', which takes two.")
@@ -130,8 +137,13 @@ def predict_response(
                 fpr, tpr, _ = roc_curve(y, res[c].to_numpy(dtype=float))
                 ax.plot(fpr, tpr, color=color, alpha=0.2, lw=0.7)
         fpr, tpr, _ = roc_curve(y, pred)
-        ax.plot(fpr, tpr, color=color, lw=2,
-                label=f"AUC {fmt(stat)} (repeats {fmt(spread[0])}-{fmt(spread[1])}), p={fmt_p(pvalue)}")
+        ax.plot(
+            fpr,
+            tpr,
+            color=color,
+            lw=2,
+            label=f"AUC {fmt(stat)} (repeats {fmt(spread[0])}-{fmt(spread[1])}), p={fmt_p(pvalue)}",
+        )
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
@@ -139,8 +151,11 @@ def predict_response(
         ax.set_ylabel("true positive rate")
         ax.set_aspect("equal")
         ax.legend(loc="lower right", frameon=False, fontsize=8)
-        ax.set_title(f"{params.get('outcome')}: {params.get('positive')} vs {params.get('negative')}, out-of-fold "
-                     f"({int(metrics.get('n_donors', len(y)))} donors)", fontsize=10)
+        ax.set_title(
+            f"{params.get('outcome')}: {params.get('positive')} vs {params.get('negative')}, out-of-fold "
+            f"({int(metrics.get('n_donors', len(y)))} donors)",
+            fontsize=10,
+        )
     else:
         ax.scatter(pred, y, s=22, color=color, alpha=0.8, edgecolor="white", lw=0.5)
         lo = float(np.nanmin(np.r_[y, pred]))
@@ -148,11 +163,20 @@ def predict_response(
         ax.plot([lo, hi], [lo, hi], ls="--", color="grey", lw=1)
         ax.set_xlabel("predicted (out-of-fold, mean over repeats)")
         ax.set_ylabel(f"observed {params.get('outcome')}")
-        ax.text(0.03, 0.97, f"R² {fmt(stat)} (repeats {fmt(spread[0])}-{fmt(spread[1])})\n"
-                f"Pearson r {fmt(metrics.get('pearson_r'))}\np={fmt_p(pvalue)}",
-                transform=ax.transAxes, va="top", ha="left", fontsize=8)
-        ax.set_title(f"{params.get('outcome')}: observed vs predicted ({int(metrics.get('n_donors', len(y)))} "
-                     "donors)", fontsize=10)
+        ax.text(
+            0.03,
+            0.97,
+            f"R² {fmt(stat)} (repeats {fmt(spread[0])}-{fmt(spread[1])})\n"
+            f"Pearson r {fmt(metrics.get('pearson_r'))}\np={fmt_p(pvalue)}",
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=8,
+        )
+        ax.set_title(
+            f"{params.get('outcome')}: observed vs predicted ({int(metrics.get('n_donors', len(y)))} donors)",
+            fontsize=10,
+        )
     if null is not None:
         if ax_null is not None:
             _null_hist(ax_null, null_vals, float(stat), pvalue, stat_name, color)

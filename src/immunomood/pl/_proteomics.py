@@ -67,13 +67,16 @@ def cross_modal(
             )
         result = stored
     if not isinstance(result, pd.DataFrame):
-        raise TypeError(f"`result` must be a DataFrame from im.tl.cross_modal_associations or a MuData, got "
-                        f"{type(result).__name__}.")
+        raise TypeError(
+            f"`result` must be a DataFrame from im.tl.cross_modal_associations or a MuData, got "
+            f"{type(result).__name__}."
+        )
     res = result
     missing = [c for c in ("rna_feature", "protein", "estimate", "pvalue", "padj") if c not in res.columns]
     if missing:
-        raise ValueError(f"`result` lacks the columns {missing}; pass the DataFrame returned by "
-                         "im.tl.cross_modal_associations.")
+        raise ValueError(
+            f"`result` lacks the columns {missing}; pass the DataFrame returned by im.tl.cross_modal_associations."
+        )
     if rna_features is not None:
         sel = [rna_features] if isinstance(rna_features, str) else list(rna_features)
         res = res[res["rna_feature"].isin(sel) | res["rna_feature"].str.split("|").str[0].isin(sel)]
@@ -93,9 +96,20 @@ def cross_modal(
     marks = np.where(padj.to_numpy() < alpha / 10, "**", np.where(padj.to_numpy() < alpha, "*", ""))
     w, h = min(2 + 0.35 * est.shape[1], 16), min(1.5 + 0.3 * est.shape[0], 14)
     ax = new_ax(ax, figsize=(max(w, 4), max(h, 3)))
-    sns.heatmap(est, ax=ax, cmap=cmap, vmin=-1, vmax=1, center=0, annot=marks, fmt="",
-                annot_kws={"color": "black", "fontsize": 8}, cbar_kws={"label": "estimate"},
-                linewidths=0.3, linecolor="white")
+    sns.heatmap(
+        est,
+        ax=ax,
+        cmap=cmap,
+        vmin=-1,
+        vmax=1,
+        center=0,
+        annot=marks,
+        fmt="",
+        annot_kws={"color": "black", "fontsize": 8},
+        cbar_kws={"label": "estimate"},
+        linewidths=0.3,
+        linecolor="white",
+    )
     ax.set_xlabel("protein")
     ax.set_ylabel("donor-level RNA feature")
     blank = "; blank: not estimable" if est.isna().to_numpy().any() else ""
@@ -147,8 +161,9 @@ def biomarker_roc(result, *, ax=None, show_repeats: bool = True, color: str = "C
     mean[-1] = 1.0
     lo, hi = np.percentile(tprs, [2.5, 97.5], axis=0)
     ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
-    ax.plot(grid, mean, color=color, lw=2,
-            label=f"AUC {result.auc:.2f} ({result.auc_ci[0]:.2f}-{result.auc_ci[1]:.2f})")
+    ax.plot(
+        grid, mean, color=color, lw=2, label=f"AUC {result.auc:.2f} ({result.auc_ci[0]:.2f}-{result.auc_ci[1]:.2f})"
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

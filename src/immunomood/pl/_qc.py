@@ -84,8 +84,13 @@ def qc(
             f"Metric column(s) {missing} not found in adata.obs: run im.pp.qc_metrics first. "
             f"Available: {list(map(str, adata.obs.columns))}."
         )
-    fig, axes = new_axes(ax, len(metrics), what=f"one per metric ({len(metrics)})",
-                         figsize=(3.2 * len(metrics), 3.4), layout="constrained")
+    fig, axes = new_axes(
+        ax,
+        len(metrics),
+        what=f"one per metric ({len(metrics)})",
+        figsize=(3.2 * len(metrics), 3.4),
+        layout="constrained",
+    )
 
     if sample_key is None:
         groups = np.zeros(adata.n_obs, dtype=int)
@@ -122,8 +127,9 @@ def qc(
             where.append(pos[g])
         parts = a.violinplot(data, positions=where, showextrema=False, widths=0.8)
         for g in empty:
-            a.text(pos[g], 0.5, "n/a", transform=a.get_xaxis_transform(), ha="center", va="center", fontsize=7,
-                   color="0.4")
+            a.text(
+                pos[g], 0.5, "n/a", transform=a.get_xaxis_transform(), ha="center", va="center", fontsize=7, color="0.4"
+            )
         for body in parts["bodies"]:
             body.set_facecolor("#9ecae1")
             body.set_edgecolor("#3182bd")

@@ -106,7 +106,10 @@ def detect_doublets(
                 # exact kNN (scikit-learn): scanpy's approximate path breaks on pynndescent >= 0.7
                 # with recent scipy above ~2,700 cells per sample (see immunomood._neighbors)
                 sc.pp.scrublet(
-                    sub, n_prin_comps=min(30, idx.size - 1, adata.n_vars - 1), random_state=seed, verbose=False,
+                    sub,
+                    n_prin_comps=min(30, idx.size - 1, adata.n_vars - 1),
+                    random_state=seed,
+                    verbose=False,
                     use_approx_neighbors=False,
                 )
         except Exception as e:  # noqa: BLE001 - reported to the user, sample kept

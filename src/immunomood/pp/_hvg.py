@@ -79,9 +79,7 @@ def _mean_var(s: np.ndarray, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndar
     return mean, var
 
 
-def _seurat_v3_dask(
-    adata: AnnData, X, *, n_top_genes: int, batch_key: str | None, span: float = 0.3
-) -> pd.DataFrame:
+def _seurat_v3_dask(adata: AnnData, X, *, n_top_genes: int, batch_key: str | None, span: float = 0.3) -> pd.DataFrame:
     """scanpy's ``_highly_variable_genes_seurat_v3`` (flavor ``"seurat_v3"``) in two passes over row blocks.
 
     Used for Dask arrays (blocks read from disk) and for in-memory CSR (one block): the numba kernels make it about
@@ -258,8 +256,12 @@ def highly_variable_genes(
             f"seurat_v3 needs raw counts, but adata.layers[{counts_layer!r}] {problem.replace('it ', '', 1)}. "
             "Pass the layer that holds raw counts with `counts_layer=`."
         )
-    check_int("n_top_genes", n_top_genes, max=adata.n_vars,
-              fix=f"adata has {adata.n_vars} genes: pass n_top_genes={adata.n_vars} or fewer.")
+    check_int(
+        "n_top_genes",
+        n_top_genes,
+        max=adata.n_vars,
+        fix=f"adata has {adata.n_vars} genes: pass n_top_genes={adata.n_vars} or fewer.",
+    )
     try:
         import skmisc  # noqa: F401
     except ImportError as e:  # pragma: no cover
@@ -272,8 +274,13 @@ def highly_variable_genes(
         _check_batches_for_loess(Sb, Qb, np.bincount(codes, minlength=len(levels)), levels, batch_key)
 
         res = sc.pp.highly_variable_genes(
-            adata, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, layer=counts_layer,
-            inplace=inplace, subset=False,
+            adata,
+            flavor="seurat_v3",
+            n_top_genes=n_top_genes,
+            batch_key=batch_key,
+            layer=counts_layer,
+            inplace=inplace,
+            subset=False,
         )
         if inplace:
             logger.info("highly_variable_genes: %d genes selected", int(adata.var["highly_variable"].sum()))
@@ -292,6 +299,9 @@ def highly_variable_genes(
     adata.var["variances_norm"] = df["variances_norm"].to_numpy().astype("float64", copy=False)
     if batch_key is not None:
         adata.var["highly_variable_nbatches"] = df["highly_variable_nbatches"].to_numpy()
-    logger.info("highly_variable_genes: %d genes selected%s", int(adata.var["highly_variable"].sum()),
-                " (out of core)" if lazy else "")
+    logger.info(
+        "highly_variable_genes: %d genes selected%s",
+        int(adata.var["highly_variable"].sum()),
+        " (out of core)" if lazy else "",
+    )
     return None

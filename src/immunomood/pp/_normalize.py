@@ -69,8 +69,13 @@ def normalize(
     check_adata(adata)
     copy = check_bool("copy", copy)
     check_str("counts_layer", counts_layer, fix="Name the layer that receives the raw counts, e.g. 'counts'.")
-    target_sum = check_number("target_sum", target_sum, min=0, min_inclusive=False,
-                              fix="It is the number of counts per cell after scaling, e.g. 1e4.")
+    target_sum = check_number(
+        "target_sum",
+        target_sum,
+        min=0,
+        min_inclusive=False,
+        fix="It is the number of counts per cell after scaling, e.g. 1e4.",
+    )
     if not copy:
         check_not_view(adata, func="normalize")
     _check_unique_var_names(adata)

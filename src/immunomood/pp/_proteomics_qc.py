@@ -15,8 +15,14 @@ __all__ = ["proteomics_qc"]
 _PASS = {"pass", "passed", "ok", "na", "nan", "", "none"}
 _SAMPLE_QC_COLUMNS = ("QC_Warning", "SampleQC", "RowCheck")
 #: SomaScan analytes that are not human protein measurements
-_SOMA_CONTROL_TYPES = {"hybridization control elution", "spuriomer", "non-biotin", "non-cleavable", "non-human",
-                       "deprecated"}
+_SOMA_CONTROL_TYPES = {
+    "hybridization control elution",
+    "spuriomer",
+    "non-biotin",
+    "non-cleavable",
+    "non-human",
+    "deprecated",
+}
 
 
 def _platform(prot) -> str | None:
@@ -141,7 +147,9 @@ def proteomics_qc(
             frac = np.where(n_present > 0, (below & present).sum(0) / np.maximum(n_present, 1), np.nan)
         frac_s = pd.Series(frac, index=prot.var_names)
         lod_bad = (frac > max_below_lod) & ~ctrl
-        a_reason[lod_bad] = [f"{100 * f:.0f}% of samples below LOD (> {100 * max_below_lod:.0f}%)" for f in frac[lod_bad]]
+        a_reason[lod_bad] = [
+            f"{100 * f:.0f}% of samples below LOD (> {100 * max_below_lod:.0f}%)" for f in frac[lod_bad]
+        ]
         if "LOD" in var.columns and var["LOD"].isna().all():
             skipped["below_lod"] = "no LOD values in var['LOD']: below-LOD filter had nothing to use"
     else:
@@ -162,8 +170,11 @@ def proteomics_qc(
     else:
         do_log = bool(log2)
         if do_log and scale == "log2":
-            warn("log2=True but uns['proteomics']['scale'] is already 'log2' (e.g. Olink NPX); transforming again "
-                 "as asked.", stacklevel=3)
+            warn(
+                "log2=True but uns['proteomics']['scale'] is already 'log2' (e.g. Olink NPX); transforming again "
+                "as asked.",
+                stacklevel=3,
+            )
 
     adata = prot.copy() if copy else prot
     n_obs0, n_var0 = adata.n_obs, adata.n_vars
@@ -175,8 +186,10 @@ def proteomics_qc(
         X = np.asarray(adata.X, dtype=float)
         nonpos = X <= 0
         if nonpos.any():
-            warn(f"proteomics_qc: {int(nonpos.sum())} non-positive values cannot be log2-transformed and became NaN.",
-                 stacklevel=3)
+            warn(
+                f"proteomics_qc: {int(nonpos.sum())} non-positive values cannot be log2-transformed and became NaN.",
+                stacklevel=3,
+            )
         with np.errstate(divide="ignore", invalid="ignore"):
             adata.X = np.where(nonpos, np.nan, np.log2(np.where(nonpos, 1.0, X)))
         info["scale"] = "log2"
@@ -184,8 +197,12 @@ def proteomics_qc(
         adata.uns["proteomics"] = info
 
     adata.uns["proteomics_qc"] = {
-        "params": {"max_below_lod": float(max_below_lod), "drop_failed_samples": bool(drop_failed_samples),
-                   "log2": "auto" if log2 is None else bool(log2), "platform": platform or "unknown"},
+        "params": {
+            "max_below_lod": float(max_below_lod),
+            "drop_failed_samples": bool(drop_failed_samples),
+            "log2": "auto" if log2 is None else bool(log2),
+            "platform": platform or "unknown",
+        },
         "samples": samples_tab,
         "assays": assays_tab,
         "frac_below_lod": frac_s.to_frame("frac_below_lod"),
@@ -199,8 +216,14 @@ def proteomics_qc(
     n_rm = int(samples_tab["removed"].sum()) if len(samples_tab) else 0
     logger.warning(
         "proteomics_qc: removed %d of %d samples (%s) and %d of %d assays (%s)%s; details in uns['proteomics_qc']",
-        n_rm, n_obs0, samples_tab["reason"].value_counts().to_dict() if n_rm else "none",
-        int(drop_var.sum()), n_var0, assays_tab["reason"].str.replace(r"^\d+% of", "", regex=True).value_counts().to_dict()
-        if drop_var.any() else "none", "; log2-transformed X" if do_log else "",
+        n_rm,
+        n_obs0,
+        samples_tab["reason"].value_counts().to_dict() if n_rm else "none",
+        int(drop_var.sum()),
+        n_var0,
+        assays_tab["reason"].str.replace(r"^\d+% of", "", regex=True).value_counts().to_dict()
+        if drop_var.any()
+        else "none",
+        "; log2-transformed X" if do_log else "",
     )
     return adata if copy else None

@@ -351,8 +351,11 @@ def qc_metrics(
             "removed with `scanpy.pp.filter_genes(adata, min_cells=1)`.",
         )
     logger.info(
-        "qc_metrics: %d cells, %d mt / %d ribo / %d hb genes", adata.n_obs, n_mt,
-        int(flags["ribo"].sum()), int(flags["hb"].sum()),
+        "qc_metrics: %d cells, %d mt / %d ribo / %d hb genes",
+        adata.n_obs,
+        n_mt,
+        int(flags["ribo"].sum()),
+        int(flags["hb"].sum()),
     )
     if not inplace:
         return obs_df, flags
@@ -361,8 +364,12 @@ def qc_metrics(
     for c in flags.columns:
         adata.var[c] = flags[c].to_numpy()
     qc = _get_qc(adata)
-    params = {"layer": layer if layer is not None else "X", "n_mt_genes": n_mt,
-              "n_ribo_genes": int(flags["ribo"].sum()), "n_hb_genes": int(flags["hb"].sum())}
+    params = {
+        "layer": layer if layer is not None else "X",
+        "n_mt_genes": n_mt,
+        "n_ribo_genes": int(flags["ribo"].sum()),
+        "n_hb_genes": int(flags["hb"].sum()),
+    }
     if gene_symbols is not None:
         params["gene_symbols"] = gene_symbols
     if sample_key is not None:
@@ -453,8 +460,14 @@ def flag_outliers(
     check_str("sample_key", sample_key, allow_none=True, fix="Pass the name of the obs column with the sample.")
     nmads = check_number("nmads", nmads, min=0, min_inclusive=False, fix="Typical values are 3 to 5.")
     mt_nmads = check_number("mt_nmads", mt_nmads, min=0, min_inclusive=False, fix="Typical values are 3 to 5.")
-    max_pct_mt = check_number("max_pct_mt", max_pct_mt, min=0, max=100, allow_none=True,
-                              fix="It is a percentage of the cell's counts (e.g. 20), or None for no hard limit.")
+    max_pct_mt = check_number(
+        "max_pct_mt",
+        max_pct_mt,
+        min=0,
+        max=100,
+        allow_none=True,
+        fix="It is a percentage of the cell's counts (e.g. 20), or None for no hard limit.",
+    )
     if inplace:
         check_not_view(adata, func="flag_outliers")
     check_obs_key(adata, sample_key, what="sample_key column")
@@ -583,8 +596,9 @@ def filter_cells(
     """
     check_adata(adata)
     copy = check_bool("copy", copy)
-    min_cells_per_sample = check_int("min_cells_per_sample", min_cells_per_sample, min=0,
-                                     fix="It is a number of cells, e.g. 10.")
+    min_cells_per_sample = check_int(
+        "min_cells_per_sample", min_cells_per_sample, min=0, fix="It is a number of cells, e.g. 10."
+    )
     check_str("sample_key", sample_key, allow_none=True)
     if not copy:
         check_not_view(adata, func="filter_cells")
@@ -647,9 +661,7 @@ def filter_cells(
 
     lost_half = report.index[report["fraction_removed"] > 0.5].tolist()
     if lost_half:
-        detail = ", ".join(
-            f"{s}: {report.loc[s, 'cells_removed']}/{report.loc[s, 'cells_before']}" for s in lost_half
-        )
+        detail = ", ".join(f"{s}: {report.loc[s, 'cells_removed']}/{report.loc[s, 'cells_before']}" for s in lost_half)
         warn(
             f"Sample(s) {lost_half} lost more than half of their cells ({detail}). "
             "See adata.uns['qc']['report'] and im.pl.qc_report."
@@ -658,8 +670,11 @@ def filter_cells(
     if small:
         logger.info("samples with fewer than %d cells left: %s", min_cells_per_sample, small)
 
-    params = {"remove": list(remove), "min_cells_per_sample": int(min_cells_per_sample),
-              "n_removed": int(removed.sum())}
+    params = {
+        "remove": list(remove),
+        "min_cells_per_sample": int(min_cells_per_sample),
+        "n_removed": int(removed.sum()),
+    }
     if sample_key is not None:
         params["sample_key"] = sample_key
     keep = ~removed

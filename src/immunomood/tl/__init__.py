@@ -23,4 +23,20 @@ from ._predict import (
 )
 from ._pseudobulk import pseudobulk
 
-__all__ = ["annotate", "biomarker_panel", "composition", "cross_modal_associations", "differential_activity", "differential_expression", "donor_view", "embed", "gene_sets", "integrate", "integration_metrics", "join_proteomics", "predict_response", "pseudobulk", "score_pathways"]
+__all__ = [
+    "annotate",
+    "biomarker_panel",
+    "composition",
+    "cross_modal_associations",
+    "differential_activity",
+    "differential_expression",
+    "donor_view",
+    "embed",
+    "gene_sets",
+    "integrate",
+    "integration_metrics",
+    "join_proteomics",
+    "predict_response",
+    "pseudobulk",
+    "score_pathways",
+]

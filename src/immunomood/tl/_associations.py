@@ -70,8 +70,7 @@ def _pick(names: pd.Index, wanted, what: str) -> np.ndarray:
         for w in bad:
             hit = np.flatnonzero(names.str.startswith(f"{w}{SEP}") | names.str.endswith(f"{SEP}{w}"))
             if hit.size == 0:
-                raise KeyError(f"{what} {w!r} not found. Available (first 10 of {len(names)}): "
-                               f"{names[:10].tolist()}.")
+                raise KeyError(f"{what} {w!r} not found. Available (first 10 of {len(names)}): {names[:10].tolist()}.")
             extra.extend(hit.tolist())
         pos = np.concatenate([pos[pos >= 0], np.asarray(extra, dtype=int)])
     return np.unique(pos)
@@ -85,8 +84,9 @@ def _donor_design(mdata, donors: pd.Index, formula: str, variables: Sequence[str
     key = "donor" if "donor" not in frame.columns else "__donor__"
     frame.insert(0, key, np.asarray(donors, dtype=object))
     # no hypothesis is tested here: a custom one keeps build_design from checking levels or slopes
-    dz = build_design(frame, sample_key=key, design=formula, contrast={"Intercept": 1.0}, min_per_level=0,
-                      where="mdata.obs")
+    dz = build_design(
+        frame, sample_key=key, design=formula, contrast={"Intercept": 1.0}, min_per_level=0, where="mdata.obs"
+    )
     return dz.matrix(donors), dz.columns
 
 
@@ -150,15 +150,19 @@ def cross_modal_associations(
     """
     check_choice("method", method, ("spearman", "pearson"))
     check_str("key_added", key_added)
-    min_donors = check_int("min_donors", min_donors, min=3,
-                           fix="A correlation test needs at least 3 donors (6 or more to mean something).")
+    min_donors = check_int(
+        "min_donors", min_donors, min=3, fix="A correlation test needs at least 3 donors (6 or more to mean something)."
+    )
     if not hasattr(mdata, "mod"):
-        raise TypeError(f"`mdata` must be a MuData with modalities 'rna' and 'prot', got {type(mdata).__name__}. "
-                        "Build it with im.tl.join_proteomics.")
+        raise TypeError(
+            f"`mdata` must be a MuData with modalities 'rna' and 'prot', got {type(mdata).__name__}. "
+            "Build it with im.tl.join_proteomics."
+        )
     for mod in ("rna", "prot"):
         if mod not in mdata.mod:
-            raise KeyError(f"mdata has no modality {mod!r} (modalities: {list(mdata.mod)}); build it with "
-                           "im.tl.join_proteomics.")
+            raise KeyError(
+                f"mdata has no modality {mod!r} (modalities: {list(mdata.mod)}); build it with im.tl.join_proteomics."
+            )
     if isinstance(covariates, str):
         covariates = [covariates]
     covariates = list(covariates)
@@ -172,9 +176,11 @@ def cross_modal_associations(
     rna, prot = mdata["rna"], mdata["prot"]
     donors = rna.obs_names.intersection(prot.obs_names)
     if min_donors > len(donors):
-        raise ValueError(f"`min_donors` must be an integer <= {len(donors)}, got {min_donors}: only {len(donors)} "
-                         "donors have both modalities, so no association could be estimated. Lower min_donors "
-                         "(or add donors).")
+        raise ValueError(
+            f"`min_donors` must be an integer <= {len(donors)}, got {min_donors}: only {len(donors)} "
+            "donors have both modalities, so no association could be estimated. Lower min_donors "
+            "(or add donors)."
+        )
     ia = _pick(pd.Index(rna.var_names), rna_features, "RNA feature")
     ib = _pick(pd.Index(prot.var_names), proteins, "Protein")
     excluded: list[str] = []
@@ -191,9 +197,12 @@ def cross_modal_associations(
         ok_rows = cov.notna().all(1).to_numpy()
         if not ok_rows.all():
             excluded = [str(d) for d in donors[~ok_rows]]
-            warn(f"cross_modal_associations: {len(excluded)} donor(s) have no value of the covariates {covariates} "
-                 f"and are left out of every test: {excluded[:20]}{' ...' if len(excluded) > 20 else ''} "
-                 "(result.attrs['donors_excluded']).", stacklevel=3)
+            warn(
+                f"cross_modal_associations: {len(excluded)} donor(s) have no value of the covariates {covariates} "
+                f"and are left out of every test: {excluded[:20]}{' ...' if len(excluded) > 20 else ''} "
+                "(result.attrs['donors_excluded']).",
+                stacklevel=3,
+            )
         donors = donors[ok_rows]
         formula = "~ " + " + ".join(covariates)
     A = dense(rna[donors].X)[:, ia]
@@ -201,16 +210,20 @@ def cross_modal_associations(
     partial_on: list[str] = []
     if formula is not None:
         if len(donors) < 3:
-            raise ValueError(f"Only {len(donors)} donors have both modalities and covariates; need at least 3 "
-                             "(more for a meaningful test).")
+            raise ValueError(
+                f"Only {len(donors)} donors have both modalities and covariates; need at least 3 "
+                "(more for a meaningful test)."
+            )
         Xd, names = _donor_design(mdata, donors, formula, variables)
         Z_all = Xd[:, [j for j, n in enumerate(names) if n != "Intercept"]]
         partial_on = list(covariates) if design is None else [n for n in names if n != "Intercept"]
     else:
         Z_all = np.zeros((len(donors), 0))
     if len(donors) < 3:
-        raise ValueError(f"Only {len(donors)} donors have both modalities{' and covariates' if covariates else ''}; "
-                         "need at least 3 (more for a meaningful test).")
+        raise ValueError(
+            f"Only {len(donors)} donors have both modalities{' and covariates' if covariates else ''}; "
+            "need at least 3 (more for a meaningful test)."
+        )
     Ma, Mb = ~np.isnan(A), ~np.isnan(B)
     pa, inv_a = np.unique(Ma.T, axis=0, return_inverse=True)
     pb, inv_b = np.unique(Mb.T, axis=0, return_inverse=True)
@@ -247,14 +260,16 @@ def cross_modal_associations(
         with np.errstate(invalid="ignore"):
             floor = np.exp(np.log(2.0) - special.gammaln(N.astype(float) + 1.0))
         P = np.where(np.isnan(P), P, np.maximum(P, floor))
-    res = pd.DataFrame({
-        "rna_feature": np.repeat(np.asarray(rna.var_names[ia], dtype=object), len(ib)),
-        "protein": np.tile(np.asarray(prot.var_names[ib], dtype=object), len(ia)),
-        "estimate": R.ravel(),
-        "pvalue": P.ravel(),
-        "n": N.ravel(),
-        "df": DF.ravel(),
-    })
+    res = pd.DataFrame(
+        {
+            "rna_feature": np.repeat(np.asarray(rna.var_names[ia], dtype=object), len(ib)),
+            "protein": np.tile(np.asarray(prot.var_names[ib], dtype=object), len(ia)),
+            "estimate": R.ravel(),
+            "pvalue": P.ravel(),
+            "n": N.ravel(),
+            "df": DF.ravel(),
+        }
+    )
     res["padj"] = bh(res["pvalue"].to_numpy())
     # what the estimate is: a plain correlation, or a partial one adjusted for these covariates
     res["partial_on"] = ", ".join(partial_on)
@@ -266,8 +281,14 @@ def cross_modal_associations(
     res.attrs["partial_on"] = partial_on
     res.attrs["donors_excluded"] = excluded
     mdata.uns[key_added] = {
-        "params": {"method": method, "covariates": list(covariates), "design": design or "",
-                   "partial_on": list(partial_on), "donors_excluded": list(excluded), "min_donors": int(min_donors)},
+        "params": {
+            "method": method,
+            "covariates": list(covariates),
+            "design": design or "",
+            "partial_on": list(partial_on),
+            "donors_excluded": list(excluded),
+            "min_donors": int(min_donors),
+        },
         "results": res.copy(),
     }
     return res

@@ -158,10 +158,21 @@ def biomarker_panel(
 
         m2 = mdata[X.index].copy()
         with tempfile.TemporaryDirectory() as tmp:
-            mu.tl.mofa(m2, n_factors=5, seed=seed, verbose=False, use_var=None, use_obs="intersection",
-                       scale_views=True, outfile=os.path.join(tmp, "mofa.hdf5"))
-        fac = pd.DataFrame(m2.obsm["X_mofa"], index=m2.obs_names.astype(str),
-                           columns=[f"mofa:Factor{i + 1}" for i in range(m2.obsm["X_mofa"].shape[1])])
+            mu.tl.mofa(
+                m2,
+                n_factors=5,
+                seed=seed,
+                verbose=False,
+                use_var=None,
+                use_obs="intersection",
+                scale_views=True,
+                outfile=os.path.join(tmp, "mofa.hdf5"),
+            )
+        fac = pd.DataFrame(
+            m2.obsm["X_mofa"],
+            index=m2.obs_names.astype(str),
+            columns=[f"mofa:Factor{i + 1}" for i in range(m2.obsm["X_mofa"].shape[1])],
+        )
         X = pd.concat([X, fac.reindex(X.index)], axis=1)
     X = X.loc[:, X.notna().any(axis=0)]
     if X.shape[1] == 0:
@@ -177,20 +188,28 @@ def biomarker_panel(
         extra = {"l1_ratios": (1.0,)} if _has_l1_ratios() else {"penalty": "l1"}
         if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:
             extra["use_legacy_attributes"] = False
-        clf = LogisticRegressionCV(Cs=np.logspace(-2, 2, 9), cv=StratifiedKFold(3, shuffle=True, random_state=seed),
-                                   solver="liblinear", scoring="roc_auc", random_state=seed, **extra)
+        clf = LogisticRegressionCV(
+            Cs=np.logspace(-2, 2, 9),
+            cv=StratifiedKFold(3, shuffle=True, random_state=seed),
+            solver="liblinear",
+            scoring="roc_auc",
+            random_state=seed,
+            **extra,
+        )
         c_used = "inner CV"
     else:
         c_used = 0.5 if C == "cv" else float(C)  # too few donors for an inner CV: documented fallback
         if c_used <= 0:
             raise ValueError(f"C must be positive, got {C!r}.")
         clf = LogisticRegression(C=c_used, solver="liblinear", random_state=seed, **l1)
-    pipe = Pipeline([
-        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-        ("scale", StandardScaler()),
-        ("select", SelectKBest(f_classif, k=k)),
-        ("model", clf),
-    ])
+    pipe = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("select", SelectKBest(f_classif, k=k)),
+            ("model", clf),
+        ]
+    )
     cv = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
     Xv = X.to_numpy(dtype=float)
     oof = np.full((len(y), n_repeats), np.nan)
@@ -212,21 +231,45 @@ def biomarker_panel(
             sel_count += coef != 0
             n_fits += 1
     aucs = np.array([roc_auc_score(y, oof[:, r]) for r in range(n_repeats)])
-    feats = pd.DataFrame({"selection_frequency": sel_count / n_fits, "mean_coefficient": coef_sum / n_fits},
-                         index=X.columns)
+    feats = pd.DataFrame(
+        {"selection_frequency": sel_count / n_fits, "mean_coefficient": coef_sum / n_fits}, index=X.columns
+    )
     feats = feats[feats["selection_frequency"] > 0].sort_values(
-        ["selection_frequency", "mean_coefficient"], ascending=[False, False], key=lambda s: s.abs()
-        if s.name == "mean_coefficient" else s)
-    preds = pd.DataFrame({"condition": cond.astype(str).to_numpy(), "label": y,
-                          "probability": oof.mean(1), "probability_sd": oof.std(1)}, index=X.index)
+        ["selection_frequency", "mean_coefficient"],
+        ascending=[False, False],
+        key=lambda s: s.abs() if s.name == "mean_coefficient" else s,
+    )
+    preds = pd.DataFrame(
+        {
+            "condition": cond.astype(str).to_numpy(),
+            "label": y,
+            "probability": oof.mean(1),
+            "probability_sd": oof.std(1),
+        },
+        index=X.index,
+    )
     lo, hi = np.percentile(aucs, [2.5, 97.5])
     return BiomarkerResult(
-        auc=float(aucs.mean()), auc_ci=(float(lo), float(hi)), features=feats, predictions=preds,
-        auc_per_repeat=aucs, oof=pd.DataFrame(oof, index=X.index, columns=[f"repeat{r}" for r in range(n_repeats)]),
-        params={"condition_key": condition_key, "reference": str(levels[0]), "case": str(levels[1]),
-                "n_splits": n_splits, "n_repeats": n_repeats, "random_state": seed, "max_features": k,
-                "C": c_used, "modalities": mods, "n_donors": int(len(y)), "n_features": int(X.shape[1]),
-                "mofa": bool(mofa)},
+        auc=float(aucs.mean()),
+        auc_ci=(float(lo), float(hi)),
+        features=feats,
+        predictions=preds,
+        auc_per_repeat=aucs,
+        oof=pd.DataFrame(oof, index=X.index, columns=[f"repeat{r}" for r in range(n_repeats)]),
+        params={
+            "condition_key": condition_key,
+            "reference": str(levels[0]),
+            "case": str(levels[1]),
+            "n_splits": n_splits,
+            "n_repeats": n_repeats,
+            "random_state": seed,
+            "max_features": k,
+            "C": c_used,
+            "modalities": mods,
+            "n_donors": int(len(y)),
+            "n_features": int(X.shape[1]),
+            "mofa": bool(mofa),
+        },
     )
 
 

@@ -139,11 +139,20 @@ def composition(
             f"composition (a quasi-binomial GLM) has no random effect (random_effect={random_effect!r}). For a "
             f"contrast within donors (paired conditions, visits), put the donor in the design as a fixed effect, "
             f"e.g. design='~ {random_effect} + <condition>'; for a donor-level contrast over repeated samples, pass "
-            f"sample_key={random_effect!r} (each donor's cells pooled).")
+            f"sample_key={random_effect!r} (each donor's cells pooled)."
+        )
     check_obs_key(adata, groupby, what="groupby column")
-    dz = build_design(adata.obs, sample_key=sample_key, design=design, contrast=contrast, test=test,
-                      condition_key=condition_key, reference=reference, covariates=covariates,
-                      reserved={"groupby": groupby})
+    dz = build_design(
+        adata.obs,
+        sample_key=sample_key,
+        design=design,
+        contrast=contrast,
+        test=test,
+        condition_key=condition_key,
+        reference=reference,
+        covariates=covariates,
+        reserved={"groupby": groupby},
+    )
     tab = dz.table
     counts = cell_counts(adata, sample_key, groupby).reindex(tab.index).fillna(0)
     D = dz.X
@@ -167,8 +176,9 @@ def composition(
                 warnings.simplefilter("ignore")
                 # proportions with var_weights = cells per sample (the two-column endog form mis-scales Pearson X2)
                 # Dirichlet-multinomial variance n p (1 - p) (1 + (n - 1) rho): weights n / (1 + (n - 1) rho)
-                res = sm.GLM(y / tot, D, family=sm.families.Binomial(),
-                             var_weights=tot / (1.0 + (tot - 1.0) * rho)).fit(scale="X2")
+                res = sm.GLM(
+                    y / tot, D, family=sm.families.Binomial(), var_weights=tot / (1.0 + (tot - 1.0) * rho)
+                ).fit(scale="X2")
             return np.asarray(res.params), np.asarray(res.cov_params())
         except Exception as err:  # noqa: BLE001 - a failed fit becomes NaN rows with the reason
             return f"GLM fit failed: {err}"
@@ -187,10 +197,17 @@ def composition(
             if sep not in fits:
                 fits[sep] = fit(y0 + 0.5, total + 1.0) if sep else fit(y0, total)
             note = "separation: 0.5 cell added to the type and to the rest in every sample (Haldane-Anscombe)"
-            base = {"group": str(g), "prop_case": float(props[is_case, j].mean()),
-                    "prop_reference": float(props[is_ref, j].mean()) if is_ref.any() else np.nan,
-                    "n_case": int(is_case.sum()), "n_reference": int(is_ref.sum()), "method": method,
-                    "note": note if sep else "", "contrast": h.name, "n_samples": len(tab)}
+            base = {
+                "group": str(g),
+                "prop_case": float(props[is_case, j].mean()),
+                "prop_reference": float(props[is_ref, j].mean()) if is_ref.any() else np.nan,
+                "n_case": int(is_case.sum()),
+                "n_reference": int(is_ref.sum()),
+                "method": method,
+                "note": note if sep else "",
+                "contrast": h.name,
+                "n_samples": len(tab),
+            }
             if sep:
                 corrected.append(f"{g!s} ({h.name})" if len(dz.hypotheses) > 1 else str(g))
             f = fits[sep]
@@ -204,9 +221,17 @@ def composition(
                 rows.append(base | {"reason": f"standard error not estimable (coef {coef}, se {se})"})
                 continue
             t = coef / se
-            rows.append(base | {"effect": coef / np.log(2), "ci_low": (coef - q * se) / np.log(2),
-                                "ci_high": (coef + q * se) / np.log(2), "statistic": t,
-                                "pvalue": 2 * stats.t.sf(abs(t), df), "reason": ""})
+            rows.append(
+                base
+                | {
+                    "effect": coef / np.log(2),
+                    "ci_low": (coef - q * se) / np.log(2),
+                    "ci_high": (coef + q * se) / np.log(2),
+                    "statistic": t,
+                    "pvalue": 2 * stats.t.sf(abs(t), df),
+                    "reason": "",
+                }
+            )
     if corrected:
         warnings.warn(
             f"composition: {corrected} have no cells in every sample of one level of the contrast (complete "
@@ -216,8 +241,24 @@ def composition(
             UserWarning,
             stacklevel=2,
         )
-    cols = ["group", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "prop_case", "prop_reference",
-            "n_case", "n_reference", "method", "note", "contrast", "n_samples", "reason"]
+    cols = [
+        "group",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "statistic",
+        "pvalue",
+        "padj",
+        "prop_case",
+        "prop_reference",
+        "n_case",
+        "n_reference",
+        "method",
+        "note",
+        "contrast",
+        "n_samples",
+        "reason",
+    ]
     res = pd.DataFrame(rows).reindex(columns=cols)
     res["padj"] = bh(res["pvalue"].to_numpy())
     for c in ("note", "reason", "contrast"):
@@ -225,13 +266,18 @@ def composition(
     h0 = dz.hypotheses[0]
     adata.uns[key_added] = {
         "params": {
-            "sample_key": sample_key, "groupby": groupby,
+            "sample_key": sample_key,
+            "groupby": groupby,
             "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
             "reference": "" if h0.reference is None else str(h0.reference),
             "case": "" if h0.case is None else str(h0.case),
             "covariates": [covariates] if isinstance(covariates, str) else list(covariates),
-            "design": dz.formula, "design_columns": list(dz.columns), "contrasts": [h.name for h in dz.hypotheses],
-            "contrast_kinds": [h.kind for h in dz.hypotheses], "rho": float(rho), "method": method,
+            "design": dz.formula,
+            "design_columns": list(dz.columns),
+            "contrasts": [h.name for h in dz.hypotheses],
+            "contrast_kinds": [h.kind for h in dz.hypotheses],
+            "rho": float(rho),
+            "method": method,
         },
         "results": res,
     }

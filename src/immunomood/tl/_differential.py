@@ -94,8 +94,9 @@ SET_MIN_TOTAL_PER_SAMPLE = 1.0  # set members: mean count per sample needed to e
 SET_MIN_NONZERO = 0.5  # ... and nonzero in at least this share of the samples
 
 
-def filter_set_members(counts: np.ndarray, *, min_total_per_sample: float = SET_MIN_TOTAL_PER_SAMPLE,
-                       min_nonzero: float = SET_MIN_NONZERO) -> np.ndarray:
+def filter_set_members(
+    counts: np.ndarray, *, min_total_per_sample: float = SET_MIN_TOTAL_PER_SAMPLE, min_nonzero: float = SET_MIN_NONZERO
+) -> np.ndarray:
     """Lenient filter for gene-set members: enough total counts across all samples (not per arm).
 
     A set test pools genes, so a low-count member still carries information on the set's shift; it is down-weighted
@@ -106,8 +107,15 @@ def filter_set_members(counts: np.ndarray, *, min_total_per_sample: float = SET_
     return (counts.sum(axis=0) >= min_total_per_sample * n) & ((counts > 0).sum(axis=0) >= np.ceil(min_nonzero * n))
 
 
-def set_scores(counts: np.ndarray, D: np.ndarray, members: Mapping[str, np.ndarray], *, min_n: int,
-               weighting: str = "trend", lenient: bool = True) -> dict:
+def set_scores(
+    counts: np.ndarray,
+    D: np.ndarray,
+    members: Mapping[str, np.ndarray],
+    *,
+    min_n: int,
+    weighting: str = "trend",
+    lenient: bool = True,
+) -> dict:
     """Donor-level set scores from pseudobulk counts (samples x genes) and a design ``D``.
 
     Genes: the edgeR-like filter (:func:`filter_by_expr`) for the variance trend and normalisation, plus, for set
@@ -169,14 +177,39 @@ def set_scores(counts: np.ndarray, D: np.ndarray, members: Mapping[str, np.ndarr
 # ----------------------------------------------------------------------------------------------
 # the per-group computation shared by the test and the plot
 # ----------------------------------------------------------------------------------------------
-def _prepare(adata, *, sample_key, groupby, gene_sets, design, contrast, test, condition_key, reference, covariates,
-             random_effect, min_cells, layer, gene_symbols, func="differential_activity"):
+def _prepare(
+    adata,
+    *,
+    sample_key,
+    groupby,
+    gene_sets,
+    design,
+    contrast,
+    test,
+    condition_key,
+    reference,
+    covariates,
+    random_effect,
+    min_cells,
+    layer,
+    gene_symbols,
+    func="differential_activity",
+):
     check_adata(adata)
     for key, what in [(sample_key, "sample_key column"), (groupby, "groupby column")]:
         check_obs_key(adata, key, what=what)
-    D = build_design(adata.obs, sample_key=sample_key, design=design, contrast=contrast, test=test,
-                     condition_key=condition_key, reference=reference, covariates=covariates,
-                     random_effect=random_effect, reserved={"groupby": groupby})
+    D = build_design(
+        adata.obs,
+        sample_key=sample_key,
+        design=design,
+        contrast=contrast,
+        test=test,
+        condition_key=condition_key,
+        reference=reference,
+        covariates=covariates,
+        random_effect=random_effect,
+        reserved={"groupby": groupby},
+    )
     sets = resolve_gene_sets(gene_sets)
     if not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
         raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
@@ -219,8 +252,12 @@ def _group_scores(P: dict, group, *, sample_key, groupby, min_cells):
     left_out = grid.loc[in_group & (grid["n_cells"].to_numpy() < min_cells), [sample_key, "n_cells"]]
     samples = grid[sample_key].to_numpy()[rows]
     st = design.table.loc[samples]
-    out = dict(samples=samples, tab=st, n_samples=len(samples),
-               excluded=[f"{s!s} ({n} cells)" for s, n in zip(left_out[sample_key], left_out["n_cells"])])
+    out = dict(
+        samples=samples,
+        tab=st,
+        n_samples=len(samples),
+        excluded=[f"{s!s} ({n} cells)" for s, n in zip(left_out[sample_key], left_out["n_cells"])],
+    )
     if len(samples) == 0:
         out["reason"] = f"no sample with >= {min_cells} cells"
         return out
@@ -229,8 +266,9 @@ def _group_scores(P: dict, group, *, sample_key, groupby, min_cells):
     for h in design.hypotheses:
         if h.kind == "contrast" and min(_arm_counts(st, h)) < 2:
             nc, nr = _arm_counts(st, h)
-            hyp_reason[h.name] = (f"fewer than 2 samples with >= {min_cells} cells in an arm "
-                                  f"({nr} {h.reference!s}, {nc} {h.case!s})")
+            hyp_reason[h.name] = (
+                f"fewer than 2 samples with >= {min_cells} cells in an arm ({nr} {h.reference!s}, {nc} {h.case!s})"
+            )
         elif isinstance(vecs[h.name], str):
             hyp_reason[h.name] = vecs[h.name]
     testable = [h for h in design.hypotheses if h.name not in hyp_reason]
@@ -248,8 +286,9 @@ def _group_scores(P: dict, group, *, sample_key, groupby, min_cells):
         for h in testable:
             cB = vecs[h.name] @ S["B"]
             lfc[h.name] = {k: float(cB[cols].mean()) for k, cols in S["cols"].items()}
-    out.update(D=D, scores=S["scores"], lfc=lfc, d0=S["d0"], counts=counts,
-               n_genes={k: len(v) for k, v in S["cols"].items()})
+    out.update(
+        D=D, scores=S["scores"], lfc=lfc, d0=S["d0"], counts=counts, n_genes={k: len(v) for k, v in S["cols"].items()}
+    )
     return out
 
 
@@ -317,14 +356,27 @@ def _fry_rows(G: dict, P: dict, base: dict, vector: np.ndarray) -> list[dict]:
     for k in P["sets"]:
         ng = int(tab.loc[k, "NGenes"])
         if ng == 0:
-            rows.append(base | dict(gene_set=k, n_genes=0, reason="no gene of the set passes filterByExpr in this "
-                                    "group"))
+            rows.append(
+                base | dict(gene_set=k, n_genes=0, reason="no gene of the set passes filterByExpr in this group")
+            )
             continue
         lfc = float(coef[kidx[k]].mean())
-        rows.append(base | dict(gene_set=k, effect=lfc, statistic=sign * float(tab.loc[k, "statistic"]),
-                                pvalue=float(tab.loc[k, "PValue"]), pvalue_mixed=float(tab.loc[k, "PValue.Mixed"]),
-                                lfc_mean=lfc, n_genes=ng, df=int(tab.loc[k, "df"]), reason="",
-                                _num=sign * float(tab.loc[k, "numerator"]), _den2=float(tab.loc[k, "denominator2"])))
+        rows.append(
+            base
+            | dict(
+                gene_set=k,
+                effect=lfc,
+                statistic=sign * float(tab.loc[k, "statistic"]),
+                pvalue=float(tab.loc[k, "PValue"]),
+                pvalue_mixed=float(tab.loc[k, "PValue.Mixed"]),
+                lfc_mean=lfc,
+                n_genes=ng,
+                df=int(tab.loc[k, "df"]),
+                reason="",
+                _num=sign * float(tab.loc[k, "numerator"]),
+                _den2=float(tab.loc[k, "denominator2"]),
+            )
+        )
     return rows
 
 
@@ -336,14 +388,20 @@ def _pool_rows(rows: list[dict]) -> None:
         if "_num" in r:
             by_set.setdefault((r["gene_set"], r.get("contrast", "")), []).append(r)
     for rs in by_set.values():
-        t, df, p = pool_set_variance([r["_num"] for r in rs], [r["_den2"] for r in rs], [r["n_genes"] for r in rs],
-                                     [r["df"] for r in rs])
+        t, df, p = pool_set_variance(
+            [r["_num"] for r in rs], [r["_den2"] for r in rs], [r["n_genes"] for r in rs], [r["df"] for r in rs]
+        )
         for r, ti, di, pi in zip(rs, t, df, p):
             r.update(statistic=float(ti), df=float(di), pvalue=float(pi))
 
 
-@doc_params(adata=doc_adata, sample_key=doc_sample_key, gene_sets=doc_gene_sets, design=doc_design,
-            condition_key=doc_condition_key)
+@doc_params(
+    adata=doc_adata,
+    sample_key=doc_sample_key,
+    gene_sets=doc_gene_sets,
+    design=doc_design,
+    condition_key=doc_condition_key,
+)
 def differential_activity(
     adata: AnnData,
     *,
@@ -496,31 +554,49 @@ def differential_activity(
     check_adata(adata)
     check_not_view(adata, func="differential_activity")
     if method not in (None, "fry_pooled", "fry", "score"):
-        raise ValueError(f"method must be None (the default: 'fry_pooled', or 'score' with random_effect), "
-                         f"'fry_pooled', 'fry' (limma-voom + fry) or 'score' (the set score), got {method!r}.")
+        raise ValueError(
+            f"method must be None (the default: 'fry_pooled', or 'score' with random_effect), "
+            f"'fry_pooled', 'fry' (limma-voom + fry) or 'score' (the set score), got {method!r}."
+        )
     requested = method
     if method is None:
         method = "score" if random_effect is not None else "fry_pooled"
         if random_effect is not None:
-            logger.info("differential_activity: random_effect=%r given, so the default method is 'score' (its mixed "
-                        "model); fry and fry_pooled have no random effect", random_effect)
+            logger.info(
+                "differential_activity: random_effect=%r given, so the default method is 'score' (its mixed "
+                "model); fry and fry_pooled have no random effect",
+                random_effect,
+            )
     if method != "score" and random_effect is not None:
         raise ValueError(
             f"method={method!r} has no random effect (random_effect={random_effect!r}); use method='score' with "
             f"random_effect, or method='fry' with covariates=({random_effect!r},) for a fixed donor effect."
         )
-    P = _prepare(adata, sample_key=sample_key, groupby=groupby, gene_sets=gene_sets, design=design,
-                 contrast=contrast, test=test, condition_key=condition_key, reference=reference,
-                 covariates=covariates, random_effect=random_effect, min_cells=min_cells, layer=layer,
-                 gene_symbols=gene_symbols)
+    P = _prepare(
+        adata,
+        sample_key=sample_key,
+        groupby=groupby,
+        gene_sets=gene_sets,
+        design=design,
+        contrast=contrast,
+        test=test,
+        condition_key=condition_key,
+        reference=reference,
+        covariates=covariates,
+        random_effect=random_effect,
+        min_cells=min_cells,
+        layer=layer,
+        gene_symbols=gene_symbols,
+    )
     dz = P["design"]
     if method == "fry":
         method_name = "limma-voom + fry (filterByExpr, TMM, voom weights, posterior-sd standardisation)"
     elif method == "fry_pooled":
         method_name = "limma-voom + fry, set variance ratio borrowed across groups (half prior weight)"
     else:
-        method_name = ("precision-weighted set score on pseudobulk logCPM; "
-                       + (f"MixedLM random intercept ({random_effect})" if random_effect else "OLS t-test"))
+        method_name = "precision-weighted set score on pseudobulk logCPM; " + (
+            f"MixedLM random intercept ({random_effect})" if random_effect else "OLS t-test"
+        )
     shown = dz.hypotheses[0].variable if dz.hypotheses[0].variable in dz.table.columns else None
     rows, score_rows, skipped, excluded = [], [], [], []
     groups = list(pd.unique(P["grid"][groupby]))
@@ -531,16 +607,24 @@ def differential_activity(
         if "reason" in G:
             skipped.append(f"{group!s} ({G['reason']})")
         if "scores" in G:
-            labels = (G["tab"][shown].astype(str).to_numpy() if shown is not None else np.full(len(G["samples"]), ""))
+            labels = G["tab"][shown].astype(str).to_numpy() if shown is not None else np.full(len(G["samples"]), "")
             for k in P["sets"]:
                 if k in G["scores"]:
-                    score_rows += [(smp, group, k, c, float(v))
-                                   for smp, c, v in zip(G["samples"], labels, G["scores"][k])]
+                    score_rows += [
+                        (smp, group, k, c, float(v)) for smp, c, v in zip(G["samples"], labels, G["scores"][k])
+                    ]
         re_groups = G["tab"][random_effect].to_numpy() if random_effect else None
         for h in dz.hypotheses:
             n_case, n_ref = _arm_counts(G["tab"], h)
-            base = dict(group=group, contrast=h.name, n_case=n_case, n_reference=n_ref, n_samples=G["n_samples"],
-                        method=method_name, samples_excluded=", ".join(G["excluded"]))
+            base = dict(
+                group=group,
+                contrast=h.name,
+                n_case=n_case,
+                n_reference=n_ref,
+                n_samples=G["n_samples"],
+                method=method_name,
+                samples_excluded=", ".join(G["excluded"]),
+            )
             why = G.get("hyp_reason", {}).get(h.name) or (G.get("reason") if "scores" not in G else None)
             if why:
                 rows += [base | dict(gene_set=k, reason=why, n_genes=0) for k in P["sets"]]
@@ -551,8 +635,9 @@ def differential_activity(
                 continue
             for k in P["sets"]:
                 if k not in G["scores"]:
-                    rows.append(base | dict(gene_set=k, reason="no gene of the set is expressed in this group",
-                                            n_genes=0))
+                    rows.append(
+                        base | dict(gene_set=k, reason="no gene of the set is expressed in this group", n_genes=0)
+                    )
                     continue
                 try:
                     coef, se, df = _fit_set(G["scores"][k], G["D"], vec, re_groups)
@@ -560,21 +645,55 @@ def differential_activity(
                     rows.append(base | dict(gene_set=k, reason=f"model fit failed: {err}", n_genes=G["n_genes"][k]))
                     continue
                 if not (np.isfinite(coef) and np.isfinite(se) and se > 0):
-                    rows.append(base | dict(gene_set=k, n_genes=G["n_genes"][k],
-                                            reason=f"standard error not estimable (coef {coef}, se {se})"))
+                    rows.append(
+                        base
+                        | dict(
+                            gene_set=k,
+                            n_genes=G["n_genes"][k],
+                            reason=f"standard error not estimable (coef {coef}, se {se})",
+                        )
+                    )
                     continue
                 t = coef / se
                 q = stats.t.ppf(0.975, df)
                 # the score is a weighted mean of centred logCPM: the contrast is a weighted mean log2FC
-                rows.append(base | dict(gene_set=k, effect=coef, ci_low=coef - q * se, ci_high=coef + q * se,
-                                        statistic=t, pvalue=2 * stats.t.sf(abs(t), df),
-                                        lfc_mean=G["lfc"][h.name].get(k, np.nan), n_genes=G["n_genes"][k], df=df,
-                                        reason=""))
+                rows.append(
+                    base
+                    | dict(
+                        gene_set=k,
+                        effect=coef,
+                        ci_low=coef - q * se,
+                        ci_high=coef + q * se,
+                        statistic=t,
+                        pvalue=2 * stats.t.sf(abs(t), df),
+                        lfc_mean=G["lfc"][h.name].get(k, np.nan),
+                        n_genes=G["n_genes"][k],
+                        df=df,
+                        reason="",
+                    )
+                )
     if method == "fry_pooled":
         _pool_rows(rows)
-    cols = ["group", "gene_set", "effect", "ci_low", "ci_high", "statistic", "pvalue", "padj", "n_case",
-            "n_reference", "method", "lfc_mean", "n_genes", "df", "reason", "samples_excluded", "contrast",
-            "n_samples"]
+    cols = [
+        "group",
+        "gene_set",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "statistic",
+        "pvalue",
+        "padj",
+        "n_case",
+        "n_reference",
+        "method",
+        "lfc_mean",
+        "n_genes",
+        "df",
+        "reason",
+        "samples_excluded",
+        "contrast",
+        "n_samples",
+    ]
     if method != "score":
         cols.insert(cols.index("df") + 1, "pvalue_mixed")
     res = pd.DataFrame(rows).reindex(columns=cols)
@@ -587,37 +706,56 @@ def differential_activity(
     for c in ("reason", "samples_excluded", "contrast"):
         res[c] = res[c].fillna("").astype(str)
     if excluded:
-        warn(f"differential_activity: samples left out of a group (fewer than min_cells={min_cells} cells of it; "
-             f"column 'samples_excluded'): {'; '.join(excluded)}", stacklevel=3)
+        warn(
+            f"differential_activity: samples left out of a group (fewer than min_cells={min_cells} cells of it; "
+            f"column 'samples_excluded'): {'; '.join(excluded)}",
+            stacklevel=3,
+        )
     if skipped:
-        warn(f"differential_activity: groups not tested (rows with NaN and a reason): {'; '.join(skipped)}",
-             stacklevel=3)
+        warn(
+            f"differential_activity: groups not tested (rows with NaN and a reason): {'; '.join(skipped)}", stacklevel=3
+        )
     single = res.loc[(res["n_genes"] == 1) & res["pvalue"].notna(), ["group", "gene_set"]].drop_duplicates()
     if len(single) and method != "score":
-        warn("differential_activity: these sets keep a single gene after edgeR's filterByExpr, so their fry test is a "
-             "one-gene test (on onek1k a bimodal gene made such a test anti-conservative, 0.11 at p < 0.05): "
-             f"{', '.join(f'{g}/{k}' for g, k in single.itertuples(index=False))}. method='score' keeps low-count "
-             "set members (n_genes column).", stacklevel=3)
+        warn(
+            "differential_activity: these sets keep a single gene after edgeR's filterByExpr, so their fry test is a "
+            "one-gene test (on onek1k a bimodal gene made such a test anti-conservative, 0.11 at p < 0.05): "
+            f"{', '.join(f'{g}/{k}' for g, k in single.itertuples(index=False))}. method='score' keeps low-count "
+            "set members (n_genes column).",
+            stacklevel=3,
+        )
     h0 = dz.hypotheses[0]
     scores = pd.DataFrame(score_rows, columns=["sample", "group", "gene_set", "condition", "score"]).astype(
-        {"sample": str, "group": str, "condition": str})
+        {"sample": str, "group": str, "condition": str}
+    )
     params = {
         "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
-        "sample_key": sample_key, "groupby": groupby,
-        "case": "" if h0.case is None else str(h0.case), "reference": "" if h0.reference is None else str(h0.reference),
+        "sample_key": sample_key,
+        "groupby": groupby,
+        "case": "" if h0.case is None else str(h0.case),
+        "reference": "" if h0.reference is None else str(h0.reference),
         "covariates": list(covariates) if isinstance(covariates, (list, tuple)) else [covariates],
         "random_effect": random_effect or "",
-        "min_cells": int(min_cells), "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
-        "layer": "X" if P["layer"] is None else P["layer"], "method": method,
-        "method_requested": "default" if requested is None else requested, "method_description": method_name,
-        "design": dz.formula, "contrasts": [h.name for h in dz.hypotheses],
-        "contrast_kinds": [h.kind for h in dz.hypotheses], "design_columns": list(dz.columns),
-        "ci": "t interval of the score contrast" if method == "score" else
-              "test-based (effect +- t quantile x |effect / statistic|): agrees with fry's p-value",
+        "min_cells": int(min_cells),
+        "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
+        "layer": "X" if P["layer"] is None else P["layer"],
+        "method": method,
+        "method_requested": "default" if requested is None else requested,
+        "method_description": method_name,
+        "design": dz.formula,
+        "contrasts": [h.name for h in dz.hypotheses],
+        "contrast_kinds": [h.kind for h in dz.hypotheses],
+        "design_columns": list(dz.columns),
+        "ci": "t interval of the score contrast"
+        if method == "score"
+        else "test-based (effect +- t quantile x |effect / statistic|): agrees with fry's p-value",
     }
     adata.uns[key_added] = {"params": params, "results": res, "scores": scores}
-    logger.info("differential_activity: %d tests, %d with padj < 0.05", res["pvalue"].notna().sum(),
-                int((res["padj"] < 0.05).sum()))
+    logger.info(
+        "differential_activity: %d tests, %d with padj < 0.05",
+        res["pvalue"].notna().sum(),
+        int((res["padj"] < 0.05).sum()),
+    )
     return res
 
 
@@ -714,14 +852,23 @@ def differential_expression(
             f"differential_expression (DESeq2) has no random effect (random_effect={random_effect!r}). For paired "
             f"or repeated samples of a donor, put the donor in the design as a fixed effect, e.g. "
             f"design='~ {random_effect} + <condition>' (the within-donor contrast), or use "
-            f"im.tl.differential_activity(..., random_effect={random_effect!r}) for gene sets.")
+            f"im.tl.differential_activity(..., random_effect={random_effect!r}) for gene sets."
+        )
     for key, what in [(sample_key, "sample_key column"), (groupby, "groupby column")]:
         check_obs_key(adata, key, what=what)
     if not isinstance(min_cells, (int, np.integer)) or isinstance(min_cells, bool) or min_cells < 1:
         raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
-    dz = build_design(adata.obs, sample_key=sample_key, design=design, contrast=contrast, test=test,
-                      condition_key=condition_key, reference=reference, covariates=covariates,
-                      reserved={"groupby": groupby})
+    dz = build_design(
+        adata.obs,
+        sample_key=sample_key,
+        design=design,
+        contrast=contrast,
+        test=test,
+        condition_key=condition_key,
+        reference=reference,
+        covariates=covariates,
+        reserved={"groupby": groupby},
+    )
     X, layer = resolve_counts(adata, layer, func="differential_expression", auto=True)
     symbols = _gene_symbols(adata, gene_symbols)
     names = adata.var_names.astype(str)
@@ -738,11 +885,17 @@ def differential_expression(
             else:
                 miss.append(g)
         if miss:
-            raise KeyError(f"genes not in adata.var_names nor in the gene symbols: {miss[:10]}"
-                           f"{' ...' if len(miss) > 10 else ''}.")
+            raise KeyError(
+                f"genes not in adata.var_names nor in the gene symbols: {miss[:10]}{' ...' if len(miss) > 10 else ''}."
+            )
         genes = list(dict.fromkeys(resolved))
-    grid, M = sum_by_sample_group(X, adata.obs, sample_key, groupby,  # tl.pseudobulk's core
-                                  func="differential_expression")
+    grid, M = sum_by_sample_group(
+        X,
+        adata.obs,
+        sample_key,
+        groupby,  # tl.pseudobulk's core
+        func="differential_expression",
+    )
     inf = DefaultInference(n_cpus=n_cpus)
     out, skipped = [], []
     for group in pd.unique(grid[groupby]):
@@ -757,16 +910,19 @@ def differential_expression(
         for h in dz.hypotheses:
             n_case, n_ref = _arm_counts(st, h)
             if h.kind == "contrast" and min(n_case, n_ref) < 2:
-                skipped.append(f"{group!s} / {h.name} (fewer than 2 samples with >= {min_cells} cells in an arm: "
-                               f"{n_ref} {h.reference!s}, {n_case} {h.case!s})")
+                skipped.append(
+                    f"{group!s} / {h.name} (fewer than 2 samples with >= {min_cells} cells in an arm: "
+                    f"{n_ref} {h.reference!s}, {n_case} {h.case!s})"
+                )
             elif isinstance(vecs[h.name], str):
                 skipped.append(f"{group!s} / {h.name} ({vecs[h.name]})")
             else:
                 testable.append(h)
         if not testable:
             continue
-        counts = pd.DataFrame(np.round(M[rows].toarray()).astype(np.int64), index=[str(s) for s in samples],
-                              columns=names)
+        counts = pd.DataFrame(
+            np.round(M[rows].toarray()).astype(np.int64), index=[str(s) for s in samples], columns=names
+        )
         counts = counts.loc[:, counts.sum(axis=0) > 0]
         if genes is not None and n_anchor_genes is not None:  # approximation: requested + most expressed genes
             top = set(counts.sum(axis=0).sort_values(ascending=False).index[:n_anchor_genes])
@@ -787,10 +943,20 @@ def differential_expression(
             r = ds.results_df
             if genes is not None:
                 r = r.reindex([g for g in genes if g in r.index])
-            out.append(pd.DataFrame({"group": str(group), "gene": r.index.astype(str),
-                                     "log2fc": r["log2FoldChange"].to_numpy(), "pvalue": r["pvalue"].to_numpy(),
-                                     "padj": r["padj"].to_numpy(), "base_mean": r["baseMean"].to_numpy(),
-                                     "contrast": h.name, "n_samples": len(samples)}))
+            out.append(
+                pd.DataFrame(
+                    {
+                        "group": str(group),
+                        "gene": r.index.astype(str),
+                        "log2fc": r["log2FoldChange"].to_numpy(),
+                        "pvalue": r["pvalue"].to_numpy(),
+                        "padj": r["padj"].to_numpy(),
+                        "base_mean": r["baseMean"].to_numpy(),
+                        "contrast": h.name,
+                        "n_samples": len(samples),
+                    }
+                )
+            )
     if skipped:
         warn(f"differential_expression: group / contrast not tested (no rows): {'; '.join(skipped)}", stacklevel=3)
     cols = ["group", "gene", "log2fc", "pvalue", "padj", "base_mean", "contrast", "n_samples"]
@@ -799,16 +965,26 @@ def differential_expression(
     else:
         res = pd.concat(out, ignore_index=True)
         if not symbols.equals(pd.Index(names)):
-            res.insert(cols.index("base_mean") + 1, "symbol",
-                       pd.Series(np.asarray(symbols), index=names).reindex(res["gene"]).to_numpy())
+            res.insert(
+                cols.index("base_mean") + 1,
+                "symbol",
+                pd.Series(np.asarray(symbols), index=names).reindex(res["gene"]).to_numpy(),
+            )
     h0 = dz.hypotheses[0]
-    adata.uns[key_added] = {"params": {
-        "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
-        "sample_key": sample_key, "groupby": groupby,
-        "covariates": list(covariates) if isinstance(covariates, (list, tuple)) else [covariates],
-        "design": dz.formula, "contrasts": [h.name for h in dz.hypotheses],
-        "contrast_kinds": [h.kind for h in dz.hypotheses], "min_cells": int(min_cells),
-        "layer": "X" if layer is None else layer, "genes": [] if genes is None else list(genes),
-        "n_anchor_genes": -1 if n_anchor_genes is None else int(n_anchor_genes),
-    }, "results": res}
+    adata.uns[key_added] = {
+        "params": {
+            "condition_key": condition_key if condition_key is not None else (h0.variable or ""),
+            "sample_key": sample_key,
+            "groupby": groupby,
+            "covariates": list(covariates) if isinstance(covariates, (list, tuple)) else [covariates],
+            "design": dz.formula,
+            "contrasts": [h.name for h in dz.hypotheses],
+            "contrast_kinds": [h.kind for h in dz.hypotheses],
+            "min_cells": int(min_cells),
+            "layer": "X" if layer is None else layer,
+            "genes": [] if genes is None else list(genes),
+            "n_anchor_genes": -1 if n_anchor_genes is None else int(n_anchor_genes),
+        },
+        "results": res,
+    }
     return res

@@ -27,8 +27,9 @@ def writable(col: pd.Series) -> pd.Series:
     vals = col.dropna()
     if len(vals) and all(isinstance(v, (bool, np.bool_)) for v in vals):
         return col.astype("boolean")
-    if len(vals) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                         for v in vals):
+    if len(vals) and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in vals
+    ):
         return col.astype(float)
     return col
 
@@ -72,8 +73,10 @@ def feature_matrix(mdata, features) -> tuple[pd.DataFrame, list[str]]:
     if isinstance(features, Mapping):
         for m, names in features.items():
             if m not in mdata.mod:
-                raise KeyError(f"Modality {m!r} not in mdata (modalities: {mods}). Pass features as a dict "
-                               "{modality: [feature names]}.")
+                raise KeyError(
+                    f"Modality {m!r} not in mdata (modalities: {mods}). Pass features as a dict "
+                    "{modality: [feature names]}."
+                )
             sel[m] = None if names is None else ([names] if isinstance(names, str) else list(names))
     elif features is not None:
         for f in features:
@@ -85,8 +88,10 @@ def feature_matrix(mdata, features) -> tuple[pd.DataFrame, list[str]]:
             else:
                 hits = [m for m in mods if f in mdata[m].var_names]
                 if not hits:
-                    raise KeyError(f"Feature {f!r} not found in any modality ({mods}); pass a modality name, a "
-                                   "feature name, '<modality>:<feature>' or a dict {modality: [features]}.")
+                    raise KeyError(
+                        f"Feature {f!r} not found in any modality ({mods}); pass a modality name, a "
+                        "feature name, '<modality>:<feature>' or a dict {modality: [features]}."
+                    )
                 m, name = hits[0], f
             if sel.get(m, []) is None:
                 continue
@@ -101,8 +106,9 @@ def feature_matrix(mdata, features) -> tuple[pd.DataFrame, list[str]]:
             if bad:
                 raise KeyError(f"Features {bad} not found in mdata[{m!r}].var_names.")
             ad_ = ad_[:, names]
-        frames.append(pd.DataFrame(dense(ad_.X), index=ad_.obs_names.astype(str),
-                                   columns=[f"{m}:{v}" for v in ad_.var_names]))
+        frames.append(
+            pd.DataFrame(dense(ad_.X), index=ad_.obs_names.astype(str), columns=[f"{m}:{v}" for v in ad_.var_names])
+        )
     common = frames[0].index
     for f in frames[1:]:
         common = common.intersection(f.index)

@@ -83,8 +83,10 @@ def donor_view(
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
     if layer is not None and layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found in adata.layers. Available: {list(adata.layers.keys())}. "
-                       "Pass the layer with raw counts, or None for layers['counts'] (else X).")
+        raise KeyError(
+            f"Layer {layer!r} not found in adata.layers. Available: {list(adata.layers.keys())}. "
+            "Pass the layer with raw counts, or None for layers['counts'] (else X)."
+        )
     sets = resolve_gene_sets(gene_sets)
     if layer is None and "counts" in adata.layers:
         layer = "counts"
@@ -120,8 +122,9 @@ def donor_view(
         S = None
         if len(rows) >= 2:
             # the same donor-level score that differential_activity tests, with an intercept-only design
-            S = set_scores(counts, np.ones((len(rows), 1)), {k: v[0] for k, v in matched.items()},
-                           min_n=max(2, len(rows) // 2))
+            S = set_scores(
+                counts, np.ones((len(rows), 1)), {k: v[0] for k, v in matched.items()}, min_n=max(2, len(rows) // 2)
+            )
         for sname, (idx, missing) in matched.items():
             vals = np.full(len(donors), np.nan)
             used = idx[:0]
@@ -131,8 +134,14 @@ def donor_view(
             name = f"{ct}{SEP}{sname}"
             feats[name] = vals
             var_rows.append({"cell_type": str(ct), "feature": sname, "kind": "gene_set", "n_genes": int(used.size)})
-            used_rows.append({"cell_type": str(ct), "gene_set": sname,
-                              "genes_used": ",".join(symbols[used]), "genes_missing": ",".join(map(str, missing))})
+            used_rows.append(
+                {
+                    "cell_type": str(ct),
+                    "gene_set": sname,
+                    "genes_used": ",".join(symbols[used]),
+                    "genes_missing": ",".join(map(str, missing)),
+                }
+            )
         name = f"{ct}{SEP}proportion"
         feats[name] = (tab[ct] / n_total.replace(0, np.nan)).to_numpy(dtype=float)
         var_rows.append({"cell_type": str(ct), "feature": "proportion", "kind": "proportion", "n_genes": 0})
@@ -153,16 +162,23 @@ def donor_view(
     missing["donor"] = missing["donor"].astype(str)
     missing["cell_type"] = missing["cell_type"].astype(str)
     out.uns["donor_view"] = {
-        "params": {"sample_key": sample_key, "groupby": groupby, "min_cells": int(min_cells),
-                   "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
-                   "layer": "X" if layer is None else layer,
-                   "score": "precision-weighted mean over expressed set genes of pseudobulk log2 CPM, centred across donors (log2 units)"},
+        "params": {
+            "sample_key": sample_key,
+            "groupby": groupby,
+            "min_cells": int(min_cells),
+            "gene_sets": gene_sets if isinstance(gene_sets, str) else "custom",
+            "layer": "X" if layer is None else layer,
+            "score": "precision-weighted mean over expressed set genes of pseudobulk log2 CPM, centred across donors (log2 units)",
+        },
         "missing": missing,
         "genes_used": pd.DataFrame(used_rows),
     }
     if len(missing):
         shown = ", ".join(f"{d}{SEP}{c} ({n})" for d, c, n in missing.head(8).itertuples(index=False))
-        warn(f"donor_view: {len(missing)} donor x cell type combinations have fewer than {min_cells} cells; their "
-             f"gene-set activities are NaN (listed in uns['donor_view']['missing']): {shown}"
-             f"{' ...' if len(missing) > 8 else ''}", stacklevel=3)
+        warn(
+            f"donor_view: {len(missing)} donor x cell type combinations have fewer than {min_cells} cells; their "
+            f"gene-set activities are NaN (listed in uns['donor_view']['missing']): {shown}"
+            f"{' ...' if len(missing) > 8 else ''}",
+            stacklevel=3,
+        )
     return out

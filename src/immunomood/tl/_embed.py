@@ -56,15 +56,18 @@ def embed(
             f"use_rep={use_rep!r} not found in adata.obsm. Available: {list(adata.obsm.keys())}. "
             "Run im.tl.integrate first (writes 'X_scVI') or sc.pp.pca (writes 'X_pca')."
         )
-    resolution = check_number("resolution", resolution, min=0, min_inclusive=False,
-                              fix="Leiden's resolution: about 0.2-2, higher gives more clusters.")
+    resolution = check_number(
+        "resolution",
+        resolution,
+        min=0,
+        min_inclusive=False,
+        fix="Leiden's resolution: about 0.2-2, higher gives more clusters.",
+    )
     n_neighbors = check_int("n_neighbors", n_neighbors, min=2, fix="Typical values are 10-30.")
     check_random_state(random_state)
     seed = resolve_random_state(random_state)
     with settings.threads():
         neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
-        sc.tl.leiden(
-            adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed
-        )
+        sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
         sc.tl.umap(adata, random_state=seed)
     logger.info("embed: %d Leiden clusters on %s", adata.obs["leiden"].nunique(), use_rep)

@@ -65,8 +65,10 @@ def gene_sets(name: str) -> dict[str, list[str]]:
         raise TypeError(f"`name` must be a string naming a gene-set collection, got {type(name).__name__}.")
     colls = _manifest()["collections"]
     if name not in colls:
-        raise KeyError(f"Unknown gene-set collection {name!r}. Known: {list(colls)}. "
-                       "Or pass your own dict {set name: [gene symbols]}.")
+        raise KeyError(
+            f"Unknown gene-set collection {name!r}. Known: {list(colls)}. "
+            "Or pass your own dict {set name: [gene symbols]}."
+        )
     return {s: list(g) for s, g in _read_gmt(colls[name]["file"])}
 
 

@@ -107,8 +107,11 @@ def _lightning_device_kwargs(accelerator: str, devices: int | str | Sequence[int
     if isinstance(devs, list):
         n_dev = len(devs)
     elif isinstance(devs, str):
-        n_dev = len([d for d in devs.split(",") if d.strip()]) if "," in devs else (
-            -1 if devs.strip() == "-1" else int(devs))
+        n_dev = (
+            len([d for d in devs.split(",") if d.strip()])
+            if "," in devs
+            else (-1 if devs.strip() == "-1" else int(devs))
+        )
     else:
         n_dev = int(devs)
     if n_dev == -1:
@@ -187,8 +190,21 @@ def _check_devices(devices) -> None:
     check_int("devices", devices, min=1, allow=(-1,), fix=fix)
 
 
-def _check_params(*, n_latent, n_layers, n_hidden, max_epochs, batch_size, accelerator, devices, random_state,
-                  fast, early_stopping, layer, model_dir) -> None:
+def _check_params(
+    *,
+    n_latent,
+    n_layers,
+    n_hidden,
+    max_epochs,
+    batch_size,
+    accelerator,
+    devices,
+    random_state,
+    fast,
+    early_stopping,
+    layer,
+    model_dir,
+) -> None:
     """Check every scalar parameter of :func:`integrate` before any work.
 
     scvi-tools would fail deep inside, or train a meaningless model (``n_latent=0``, ``max_epochs=0``).
@@ -196,10 +212,20 @@ def _check_params(*, n_latent, n_layers, n_hidden, max_epochs, batch_size, accel
     check_int("n_latent", n_latent, min=1, fix="The latent space needs at least 1 dimension (usually 10-30).")
     check_int("n_layers", n_layers, min=1, fix="SCVI needs at least 1 hidden layer (usually 1-2).")
     check_int("n_hidden", n_hidden, min=1, fix="Usually 128.")
-    check_int("max_epochs", max_epochs, min=1, allow_none=True,
-              fix="Pass None for the size-based default, or a number of epochs >= 1.")
-    check_int("batch_size", batch_size, min=2, allow_none=True,
-              fix="Pass None for the size-based default (128-1024); batch normalisation needs >= 2 cells.")
+    check_int(
+        "max_epochs",
+        max_epochs,
+        min=1,
+        allow_none=True,
+        fix="Pass None for the size-based default, or a number of epochs >= 1.",
+    )
+    check_int(
+        "batch_size",
+        batch_size,
+        min=2,
+        allow_none=True,
+        fix="Pass None for the size-based default (128-1024); batch normalisation needs >= 2 cells.",
+    )
     check_str("accelerator", accelerator)
     check_choice("accelerator", accelerator, ACCELERATORS)
     _check_devices(devices)
@@ -369,15 +395,29 @@ def integrate(
       and ``model_dir`` when saved.
     """
     check_adata(adata, min_obs=4, min_vars=2)
-    _check_params(n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden, max_epochs=max_epochs,
-                  batch_size=batch_size, accelerator=accelerator, devices=devices, random_state=random_state,
-                  fast=fast, early_stopping=early_stopping, layer=layer, model_dir=model_dir)
+    _check_params(
+        n_latent=n_latent,
+        n_layers=n_layers,
+        n_hidden=n_hidden,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        devices=devices,
+        random_state=random_state,
+        fast=fast,
+        early_stopping=early_stopping,
+        layer=layer,
+        model_dir=model_dir,
+    )
     check_not_view(adata, func="integrate")
-    for name, cov in (("categorical_covariates", categorical_covariates),
-                      ("continuous_covariates", continuous_covariates)):
+    for name, cov in (
+        ("categorical_covariates", categorical_covariates),
+        ("continuous_covariates", continuous_covariates),
+    ):
         if isinstance(cov, str) or not all(isinstance(c, str) for c in cov):
-            raise TypeError(f"`{name}` must be a list of obs column names, got {cov!r}. "
-                            f"Pass e.g. {name}=[{cov!r}] for one column.")
+            raise TypeError(
+                f"`{name}` must be a list of obs column names, got {cov!r}. Pass e.g. {name}=[{cov!r}] for one column."
+            )
     categorical_covariates = list(categorical_covariates)
     continuous_covariates = list(continuous_covariates)
     _validate(adata, batch_key, layer, categorical_covariates, continuous_covariates, key_added)
@@ -404,26 +444,68 @@ def integrate(
 
     with settings.threads():
         return _integrate_impl(
-            adata, scvi=scvi, batch_key=batch_key, layer=layer, categorical_covariates=categorical_covariates,
-            continuous_covariates=continuous_covariates, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden,
-            max_epochs=max_epochs, batch_size=batch_size, accelerator=accelerator, devices=devices, seed=seed,
-            key_added=key_added, model_dir=model_dir, fast=fast, use_fast=use_fast, fallback=fallback, dev=dev,
+            adata,
+            scvi=scvi,
+            batch_key=batch_key,
+            layer=layer,
+            categorical_covariates=categorical_covariates,
+            continuous_covariates=continuous_covariates,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            seed=seed,
+            key_added=key_added,
+            model_dir=model_dir,
+            fast=fast,
+            use_fast=use_fast,
+            fallback=fallback,
+            dev=dev,
             early_stopping=early_stopping,
         )
 
 
-def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, continuous_covariates, n_latent,
-                    n_layers, n_hidden, max_epochs, batch_size, accelerator, devices, seed, key_added, model_dir,
-                    fast, use_fast, fallback, dev, early_stopping) -> None:
+def _integrate_impl(
+    adata,
+    *,
+    scvi,
+    batch_key,
+    layer,
+    categorical_covariates,
+    continuous_covariates,
+    n_latent,
+    n_layers,
+    n_hidden,
+    max_epochs,
+    batch_size,
+    accelerator,
+    devices,
+    seed,
+    key_added,
+    model_dir,
+    fast,
+    use_fast,
+    fallback,
+    dev,
+    early_stopping,
+) -> None:
     t0 = time.perf_counter()
     priv, n_genes = _training_copy(
-        adata, batch_key=batch_key, layer=layer,
-        categorical_covariates=categorical_covariates, continuous_covariates=continuous_covariates,
+        adata,
+        batch_key=batch_key,
+        layer=layer,
+        categorical_covariates=categorical_covariates,
+        continuous_covariates=continuous_covariates,
     )
     sched = default_training(priv.n_obs, max_epochs=max_epochs, batch_size=batch_size)
     _seed_everything(seed)
     scvi.model.SCVI.setup_anndata(
-        priv, layer=layer, batch_key=batch_key,
+        priv,
+        layer=layer,
+        batch_key=batch_key,
         categorical_covariate_keys=categorical_covariates or None,
         continuous_covariate_keys=continuous_covariates or None,
     )
@@ -433,8 +515,7 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
     if use_fast:
         from ._scvi_fast import fast_latent, fast_train
 
-        info = fast_train(model, sched=sched, device=dev["device"], random_state=seed,
-                           early_stopping=early_stopping)
+        info = fast_train(model, sched=sched, device=dev["device"], random_state=seed, early_stopping=early_stopping)
         train_s = time.perf_counter() - t_train
         latent = fast_latent(model, dev["device"])
         history = info["history"]
@@ -463,8 +544,9 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
         train_s = time.perf_counter() - t_train
         latent = model.get_latent_representation()
         hist = model.history
-        history = {k: [float(x) for x in hist[k].iloc[:, 0].to_numpy()]
-                   for k in ("elbo_train", "elbo_validation") if k in hist}
+        history = {
+            k: [float(x) for x in hist[k].iloc[:, 0].to_numpy()] for k in ("elbo_train", "elbo_validation") if k in hist
+        }
         epochs_run = len(history.get("elbo_train", []))
         early_stopped = bool(epochs_run < sched.max_epochs)
     elapsed = time.perf_counter() - t0
@@ -480,12 +562,20 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
         "layer": "X" if layer is None else layer,
         "categorical_covariates": categorical_covariates,
         "continuous_covariates": continuous_covariates,
-        "n_latent": int(n_latent), "n_layers": int(n_layers), "n_hidden": int(n_hidden),
-        "max_epochs": sched.max_epochs, "batch_size": sched.batch_size, "lr": sched.lr,
+        "n_latent": int(n_latent),
+        "n_layers": int(n_layers),
+        "n_hidden": int(n_hidden),
+        "max_epochs": sched.max_epochs,
+        "batch_size": sched.batch_size,
+        "lr": sched.lr,
         "n_epochs_kl_warmup": sched.n_epochs_kl_warmup,
-        "early_stopping": bool(early_stopping), "early_stopping_patience": sched.early_stopping_patience,
-        "accelerator": str(accelerator), "devices": str(devices), "random_state": seed,
-        "key_added": key_added, "fast": "auto" if fast is None else bool(fast),
+        "early_stopping": bool(early_stopping),
+        "early_stopping_patience": sched.early_stopping_patience,
+        "accelerator": str(accelerator),
+        "devices": str(devices),
+        "random_state": seed,
+        "key_added": key_added,
+        "fast": "auto" if fast is None else bool(fast),
     }
     adata.uns["integration"] = {
         "params": params,
@@ -506,7 +596,11 @@ def _integrate_impl(adata, *, scvi, batch_key, layer, categorical_covariates, co
         "model_dir": saved,
     }
     logger.info(
-        "integrate: %s path, %d/%d epochs on %s in %.1f s", "fast" if use_fast else "standard",
-        epochs_run, sched.max_epochs, dev["device"], elapsed,
+        "integrate: %s path, %d/%d epochs on %s in %.1f s",
+        "fast" if use_fast else "standard",
+        epochs_run,
+        sched.max_epochs,
+        dev["device"],
+        elapsed,
     )
     return None

@@ -46,15 +46,20 @@ def join_proteomics(donors: AnnData, prot: AnnData, *, prot_sample_key: str | No
     check_adata(prot, name="prot")
     if donors.obs_names.has_duplicates:
         dup = donors.obs_names[donors.obs_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"Duplicated donor IDs in `donors`: {dup}. `donors` must have one row per donor "
-                         "(use im.tl.donor_view).")
+        raise ValueError(
+            f"Duplicated donor IDs in `donors`: {dup}. `donors` must have one row per donor (use im.tl.donor_view)."
+        )
     if prot_sample_key is not None:
         if prot_sample_key not in prot.obs.columns:
-            raise KeyError(f"prot_sample_key {prot_sample_key!r} not found in prot.obs. "
-                           f"Available: {list(map(str, prot.obs.columns))}.")
+            raise KeyError(
+                f"prot_sample_key {prot_sample_key!r} not found in prot.obs. "
+                f"Available: {list(map(str, prot.obs.columns))}."
+            )
         if prot.obs[prot_sample_key].isna().any():
-            raise ValueError(f"prot.obs[{prot_sample_key!r}] has {int(prot.obs[prot_sample_key].isna().sum())} "
-                             "missing donor IDs; remove those samples first.")
+            raise ValueError(
+                f"prot.obs[{prot_sample_key!r}] has {int(prot.obs[prot_sample_key].isna().sum())} "
+                "missing donor IDs; remove those samples first."
+            )
         ids = prot.obs[prot_sample_key].astype(str)
     else:
         ids = pd.Series(prot.obs_names.astype(str), index=prot.obs_names)
@@ -63,14 +68,15 @@ def join_proteomics(donors: AnnData, prot: AnnData, *, prot_sample_key: str | No
         ex = dup.unique()[:5].tolist()
         # columns that tell the visits apart
         g = prot.obs.loc[dup.index].groupby(dup.to_numpy(), observed=True)
-        varying = [c for c in prot.obs.columns if c != prot_sample_key and
-                   (g[c].nunique(dropna=False) > 1).any()][:5]
+        varying = [c for c in prot.obs.columns if c != prot_sample_key and (g[c].nunique(dropna=False) > 1).any()][:5]
         hint = ""
         if varying:
             c = varying[0]
             v = prot.obs.loc[dup.index, c].dropna().astype(str).iloc[0]
-            hint = (f" The samples differ in {varying}: choose one visit, e.g. "
-                    f"`prot = prot[prot.obs[{c!r}] == {v!r}].copy()`,")
+            hint = (
+                f" The samples differ in {varying}: choose one visit, e.g. "
+                f"`prot = prot[prot.obs[{c!r}] == {v!r}].copy()`,"
+            )
         raise ValueError(
             f"Several plasma samples per donor: {dup.nunique()} donors have more than one sample in `prot` "
             f"(e.g. {ex}).{hint} or aggregate them explicitly, e.g. by the mean per donor "
@@ -93,10 +99,13 @@ def join_proteomics(donors: AnnData, prot: AnnData, *, prot_sample_key: str | No
     rna_only = [x for x in d_ids if x not in set(common)]
     prot_only = [x for x in p_ids if x not in set(common)]
     if rna_only or prot_only:
-        warn(f"join_proteomics: {len(common)} donors in common; {len(rna_only)} donors only in the cell data "
-             f"{rna_only[:10]}{' ...' if len(rna_only) > 10 else ''}, {len(prot_only)} only in the proteomics "
-             f"{prot_only[:10]}{' ...' if len(prot_only) > 10 else ''}. They are kept (NaN in the other modality); "
-             "see mdata.uns['join'].", stacklevel=2)
+        warn(
+            f"join_proteomics: {len(common)} donors in common; {len(rna_only)} donors only in the cell data "
+            f"{rna_only[:10]}{' ...' if len(rna_only) > 10 else ''}, {len(prot_only)} only in the proteomics "
+            f"{prot_only[:10]}{' ...' if len(prot_only) > 10 else ''}. They are kept (NaN in the other modality); "
+            "see mdata.uns['join'].",
+            stacklevel=2,
+        )
     rna = donors.copy()
     rna.obs_names = d_ids
     p = prot.copy()
@@ -112,8 +121,12 @@ def join_proteomics(donors: AnnData, prot: AnnData, *, prot_sample_key: str | No
         if c in meta.columns:
             fill = p.obs[c].reindex(order)
             if isinstance(meta[c].dtype, pd.CategoricalDtype):
-                cats = list(meta[c].cat.categories) + [x for x in pd.unique(fill.dropna()) if x not in set(meta[c].cat.categories)]
-                meta[c] = pd.Categorical(meta[c].astype(object).where(meta[c].notna(), fill.astype(object)), categories=cats)
+                cats = list(meta[c].cat.categories) + [
+                    x for x in pd.unique(fill.dropna()) if x not in set(meta[c].cat.categories)
+                ]
+                meta[c] = pd.Categorical(
+                    meta[c].astype(object).where(meta[c].notna(), fill.astype(object)), categories=cats
+                )
             else:
                 meta[c] = meta[c].where(meta[c].notna(), fill)
     try:
@@ -127,6 +140,10 @@ def join_proteomics(donors: AnnData, prot: AnnData, *, prot_sample_key: str | No
     for c in meta.columns:
         col = writable(meta[c])
         mdata.obs[c] = col.values if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) else col.to_numpy()
-    mdata.uns["join"] = {"n_common": int(len(common)), "rna_only": list(rna_only), "prot_only": list(prot_only),
-                         "prot_sample_key": prot_sample_key or "index"}
+    mdata.uns["join"] = {
+        "n_common": int(len(common)),
+        "rna_only": list(rna_only),
+        "prot_only": list(prot_only),
+        "prot_sample_key": prot_sample_key or "index",
+    }
     return mdata

@@ -324,8 +324,13 @@ def integration_metrics(
         raise ValueError(f"integration_metrics needs at least 3 cells, got {adata.n_obs}.")
     from .._utils import check_int
 
-    check_int("max_cells", max_cells, min=int(n_neighbors) + 1, allow_none=True,
-              fix="Pass None to score every cell, or a subset size larger than the neighbourhoods.")
+    check_int(
+        "max_cells",
+        max_cells,
+        min=int(n_neighbors) + 1,
+        allow_none=True,
+        fix="Pass None to score every cell, or a subset size larger than the neighbourhoods.",
+    )
 
     reps: dict[str, np.ndarray] = {}
     if unintegrated:
@@ -359,14 +364,20 @@ def integration_metrics(
     umap_key = ""
     if unintegrated and umap:
         umap_key = umap_unintegrated_key(key_added)
-        adata.obsm[umap_key] = _umap_of(adata.obs_names, reps[UNINTEGRATED], n_neighbors=int(n_neighbors),
-                                        random_state=int(random_state))
+        adata.obsm[umap_key] = _umap_of(
+            adata.obs_names, reps[UNINTEGRATED], n_neighbors=int(n_neighbors), random_state=int(random_state)
+        )
     adata.uns[key_added] = {
         "metrics": df.copy(),
         "params": {
-            "batch_key": batch_key, "label_key": label_key, "embedding": list(keys), "unintegrated": bool(unintegrated),
-            "max_cells": -1 if max_cells is None else int(max_cells), "random_state": int(random_state),
-            "n_neighbors": int(n_neighbors), "umap_unintegrated": umap_key,
+            "batch_key": batch_key,
+            "label_key": label_key,
+            "embedding": list(keys),
+            "unintegrated": bool(unintegrated),
+            "max_cells": -1 if max_cells is None else int(max_cells),
+            "random_state": int(random_state),
+            "n_neighbors": int(n_neighbors),
+            "umap_unintegrated": umap_key,
         },
     }
     return df

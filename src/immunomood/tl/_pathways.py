@@ -47,8 +47,9 @@ try:  # one fused pass over a CSR matrix (numba is a scanpy dependency)
     import numba
 
     @numba.njit(parallel=True, cache=True, fastmath=True, boundscheck=False)
-    def _csr_set_sums(indptr, indices, data, colmap, member_ptr, member_set, is_counts, target_sum, out, expressed,
-                      max_row):
+    def _csr_set_sums(
+        indptr, indices, data, colmap, member_ptr, member_set, is_counts, target_sum, out, expressed, max_row
+    ):
         """out[c, k] = sum over set-k genes of x[c, g] (log1p CP10k when ``is_counts``); one pass over X.
 
         Per row: the library size (counts only, a vectorised sum), then a branch-free compaction of the positions
@@ -114,8 +115,9 @@ def _fast_csr_sums(X, union: np.ndarray, found: dict[str, np.ndarray], is_counts
     out = np.zeros((X.shape[0], len(found)))
     expressed = np.zeros((64, len(union)), dtype=np.bool_)
     max_row = int(np.diff(X.indptr).max())
-    _csr_set_sums(X.indptr, X.indices, X.data, colmap, member_ptr, member_set, bool(is_counts), 1e4, out, expressed,
-                  max_row)
+    _csr_set_sums(
+        X.indptr, X.indices, X.data, colmap, member_ptr, member_set, bool(is_counts), 1e4, out, expressed, max_row
+    )
     return out, expressed.any(axis=0)
 
 
@@ -198,8 +200,10 @@ def score_pathways(
     check_str("gene_symbols", gene_symbols, allow_none=True, fix="Name the adata.var column with gene symbols.")
     check_layer(adata, layer)
     if gene_symbols is not None and gene_symbols not in adata.var.columns:
-        raise KeyError(f"gene_symbols={gene_symbols!r} not found in adata.var columns. "
-                       f"Available: {list(map(str, adata.var.columns))}. Pass the column with gene symbols, or None.")
+        raise KeyError(
+            f"gene_symbols={gene_symbols!r} not found in adata.var columns. "
+            f"Available: {list(map(str, adata.var.columns))}. Pass the column with gene symbols, or None."
+        )
     if inplace:
         check_not_view(adata, func="score_pathways")
     X = get_matrix(adata, layer)
@@ -224,8 +228,18 @@ def score_pathways(
         sums = None
     used = _used_genes(found, missing, union, expressed_mask, symbols, sets, stacklevel=4)
     S = _set_means(used, union, sums=sums, sub=sub)
-    return _finish(adata, S, used, symbols, missing, gene_sets=gene_sets, layer=layer, is_counts=is_counts,
-                   key_added=key_added, inplace=inplace)
+    return _finish(
+        adata,
+        S,
+        used,
+        symbols,
+        missing,
+        gene_sets=gene_sets,
+        layer=layer,
+        is_counts=is_counts,
+        key_added=key_added,
+        inplace=inplace,
+    )
 
 
 def _block_set_sums(block, union: np.ndarray, found: dict[str, np.ndarray], is_counts: bool):

@@ -83,8 +83,14 @@ class ResponsePrediction:
 
     def as_dict(self) -> dict:
         """The content as stored in ``uns[key_added]``."""
-        return {"params": self.params, "results": self.results, "metrics": self.metrics,
-                "features": self.features, "calibration": self.calibration, "null": self.null}
+        return {
+            "params": self.params,
+            "results": self.results,
+            "metrics": self.metrics,
+            "features": self.features,
+            "calibration": self.calibration,
+            "null": self.null,
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,8 +103,10 @@ def _anndata_features(adata: AnnData, features) -> pd.DataFrame:
         cols = names
     else:
         if isinstance(features, Mapping):
-            raise TypeError("A dict of features is for a MuData ({modality: [features]}); for an AnnData pass a "
-                            f"list of var names and/or kinds {list(KINDS)}.")
+            raise TypeError(
+                "A dict of features is for a MuData ({modality: [features]}); for an AnnData pass a "
+                f"list of var names and/or kinds {list(KINDS)}."
+            )
         items = [features] if isinstance(features, str) else list(features)
         cols = []
         kind = adata.var["kind"].astype(str) if "kind" in adata.var.columns else None
@@ -110,8 +118,10 @@ def _anndata_features(adata: AnnData, features) -> pd.DataFrame:
                 cols.extend(kind.index[kind == f].astype(str))
             else:
                 avail = sorted(set(kind)) if kind is not None else []
-                raise KeyError(f"Feature {f!r} is neither a var name of adata nor a kind of adata.var['kind'] "
-                               f"(kinds: {avail}; e.g. var names {names[:4]}). Pass var names and/or kinds.")
+                raise KeyError(
+                    f"Feature {f!r} is neither a var name of adata nor a kind of adata.var['kind'] "
+                    f"(kinds: {avail}; e.g. var names {names[:4]}). Pass var names and/or kinds."
+                )
         cols = list(dict.fromkeys(cols))
     if not cols:
         raise ValueError("`features` selects no feature.")
@@ -124,13 +134,17 @@ def _parse_baseline(baseline) -> tuple[str, object] | None:
         return None
     if isinstance(baseline, Mapping):
         if len(baseline) != 1:
-            raise ValueError(f"`baseline` as a dict must have exactly one entry {{column: value}}, got {dict(baseline)}.")
-        (col, val), = baseline.items()
+            raise ValueError(
+                f"`baseline` as a dict must have exactly one entry {{column: value}}, got {dict(baseline)}."
+            )
+        ((col, val),) = baseline.items()
     elif isinstance(baseline, (tuple, list)) and len(baseline) == 2:
         col, val = baseline
     else:
-        raise TypeError(f"`baseline` must be None, a (column, value) pair or a dict {{column: value}}, e.g. "
-                        f"{{'visit': 'baseline'}}; got {baseline!r}.")
+        raise TypeError(
+            f"`baseline` must be None, a (column, value) pair or a dict {{column: value}}, e.g. "
+            f"{{'visit': 'baseline'}}; got {baseline!r}."
+        )
     check_str("baseline column", col)
     return str(col), val
 
@@ -213,8 +227,13 @@ def _fit_fold(Xtr, ytr, Xte, spec, seed):
     from sklearn.linear_model import ElasticNetCV
 
     grid = {"n_alphas": 20} if _has_n_alphas() else {"alphas": 20}
-    model = ElasticNetCV(l1_ratio=spec["l1_ratio"], cv=KFold(spec["inner_splits"], shuffle=True, random_state=seed),
-                         random_state=seed, max_iter=5000, **grid).fit(Ztr, ytr)
+    model = ElasticNetCV(
+        l1_ratio=spec["l1_ratio"],
+        cv=KFold(spec["inner_splits"], shuffle=True, random_state=seed),
+        random_state=seed,
+        max_iter=5000,
+        **grid,
+    ).fit(Ztr, ytr)
     coef[support] = np.ravel(model.coef_)
     return model.predict(Zte), coef, float(model.alpha_)
 
@@ -284,8 +303,16 @@ def _calibration(y, p, n_bins) -> tuple[pd.DataFrame, dict]:
     ids = np.searchsorted(edges[1:-1], p)
     counts = np.bincount(ids, minlength=len(edges) - 1)
     nonzero = np.flatnonzero(counts)
-    table = pd.DataFrame({"bin": nonzero, "lower": edges[nonzero], "upper": edges[nonzero + 1],
-                          "mean_predicted": prob_pred, "observed_fraction": prob_true, "n": counts[nonzero]})
+    table = pd.DataFrame(
+        {
+            "bin": nonzero,
+            "lower": edges[nonzero],
+            "upper": edges[nonzero + 1],
+            "mean_predicted": prob_pred,
+            "observed_fraction": prob_true,
+            "n": counts[nonzero],
+        }
+    )
     out = {"brier": float(brier_score_loss(y, p)), "calibration_intercept": np.nan, "calibration_slope": np.nan}
     lp = logit(np.clip(p, 1e-6, 1 - 1e-6))
     try:
@@ -319,8 +346,11 @@ def _has_n_alphas() -> bool:
 
 def _describe(model: str, binary: bool, inner_splits: int) -> str:
     if model == "ridge":
-        return ("ridge " + ("linear probability model (0/1 labels, predictions clipped to [0, 1])" if binary else
-                            "regression") + ", alpha by leave-one-out on the training fold")
+        return (
+            "ridge "
+            + ("linear probability model (0/1 labels, predictions clipped to [0, 1])" if binary else "regression")
+            + ", alpha by leave-one-out on the training fold"
+        )
     pen = "L1" if model == "l1" else "elastic-net (l1_ratio 0.5)"
     if binary:
         return f"{pen} logistic regression, C by inner {inner_splits}-fold CV (log-loss) over {list(LOGISTIC_CS)}"
@@ -473,29 +503,36 @@ def predict_response(
         from ._donor_view import donor_view
 
         if sample_key not in adata.obs.columns:
-            raise KeyError(f"sample_key {sample_key!r} not found in adata.obs. "
-                           f"Available: {list(map(str, adata.obs.columns))}.")
+            raise KeyError(
+                f"sample_key {sample_key!r} not found in adata.obs. Available: {list(map(str, adata.obs.columns))}."
+            )
         for what, col in (("outcome", outcome), ("donor_key", donor_key)):
             if col is None:
                 continue
             if col not in adata.obs.columns:
-                raise KeyError(f"{what} column {col!r} not found in adata.obs. "
-                               f"Available: {list(map(str, adata.obs.columns))}.")
+                raise KeyError(
+                    f"{what} column {col!r} not found in adata.obs. Available: {list(map(str, adata.obs.columns))}."
+                )
             varies = adata.obs.groupby(sample_key, observed=True)[col].nunique(dropna=False) > 1
             if varies.any():
-                raise ValueError(f"adata.obs[{col!r}] varies within samples of {sample_key!r} (e.g. "
-                                 f"{list(map(str, varies.index[varies]))[:5]}): the {what} must be one value per "
-                                 "sample (a donor-level column).")
+                raise ValueError(
+                    f"adata.obs[{col!r}] varies within samples of {sample_key!r} (e.g. "
+                    f"{list(map(str, varies.index[varies]))[:5]}): the {what} must be one value per "
+                    "sample (a donor-level column)."
+                )
         cells = adata
         if base is not None:
             col, val = base
             if col not in adata.obs.columns:
-                raise KeyError(f"baseline column {col!r} not found in adata.obs. "
-                               f"Available: {list(map(str, adata.obs.columns))}.")
+                raise KeyError(
+                    f"baseline column {col!r} not found in adata.obs. Available: {list(map(str, adata.obs.columns))}."
+                )
             mask = (adata.obs[col] == val).to_numpy()
             if not mask.any():
-                raise ValueError(f"No cell has adata.obs[{col!r}] == {val!r} (values: "
-                                 f"{sorted(map(str, pd.unique(adata.obs[col].dropna())))[:10]}).")
+                raise ValueError(
+                    f"No cell has adata.obs[{col!r}] == {val!r} (values: "
+                    f"{sorted(map(str, pd.unique(adata.obs[col].dropna())))[:10]})."
+                )
             cells = adata[mask]
         data = donor_view(cells, sample_key=sample_key, groupby=groupby, gene_sets=gene_sets)
     elif not is_mudata and "donor_view" not in adata.uns:
@@ -517,8 +554,10 @@ def predict_response(
         colv = obs_frame(data, col)
         keep_rows = (colv == val).to_numpy()
         if not keep_rows.any():
-            raise ValueError(f"No row has {col!r} == {val!r} (values: "
-                             f"{sorted(map(str, pd.unique(colv.dropna())))[:10]}). Fix `baseline`.")
+            raise ValueError(
+                f"No row has {col!r} == {val!r} (values: "
+                f"{sorted(map(str, pd.unique(colv.dropna())))[:10]}). Fix `baseline`."
+            )
     if donor_key is not None:
         donors = obs_frame(data, donor_key).astype(str)
     elif "donor" in obs_all.columns:
@@ -532,9 +571,12 @@ def predict_response(
         ex = sorted(dup.unique())[:5]
         raise ValueError(
             f"{dup.nunique()} donors appear more than once (e.g. {ex}); one donor must be one unit. "
-            + ("Select one sample per donor with baseline=(column, value), e.g. baseline={'visit': 'baseline'}."
-               if base is None else f"Rows with {base[0]!r} == {base[1]!r} still repeat donors: check donor_key "
-               "or the baseline column.")
+            + (
+                "Select one sample per donor with baseline=(column, value), e.g. baseline={'visit': 'baseline'}."
+                if base is None
+                else f"Rows with {base[0]!r} == {base[1]!r} still repeat donors: check donor_key "
+                "or the baseline column."
+            )
         )
     y_raw = obs_frame(data, outcome)
     y_raw = pd.Series(y_raw.to_numpy(), index=rows)[keep_rows]
@@ -573,9 +615,11 @@ def predict_response(
         else:
             levels = sorted(uniq, key=lambda v: (str(type(v)), v))
         if len(levels) != 2:
-            raise ValueError(f"A binary outcome needs exactly two values in {outcome!r}, found {len(levels)}: "
-                             f"{list(map(str, levels))[:10]}. Pass outcome_type='continuous' for a score, or "
-                             "recode the column.")
+            raise ValueError(
+                f"A binary outcome needs exactly two values in {outcome!r}, found {len(levels)}: "
+                f"{list(map(str, levels))[:10]}. Pass outcome_type='continuous' for a score, or "
+                "recode the column."
+            )
         if positive is not None:
             if positive not in levels:
                 raise ValueError(f"positive={positive!r} is not a value of {outcome!r} ({list(map(str, levels))}).")
@@ -584,8 +628,10 @@ def predict_response(
         counts = np.bincount(y, minlength=2)
         n_min = int(counts.min())
         if n_min < n_splits:
-            raise ValueError(f"The smaller class ({levels[int(np.argmin(counts))]!r}) has {n_min} donors, fewer than "
-                             f"n_splits={n_splits}; lower n_splits or add donors.")
+            raise ValueError(
+                f"The smaller class ({levels[int(np.argmin(counts))]!r}) has {n_min} donors, fewer than "
+                f"n_splits={n_splits}; lower n_splits or add donors."
+            )
     else:
         if not numeric:
             raise ValueError(f"outcome_type='continuous' needs a numeric column; {outcome!r} has dtype {y_raw.dtype}.")
@@ -594,33 +640,53 @@ def predict_response(
         y = y_raw.to_numpy(dtype=float)
         levels = []
         if len(y) < 2 * n_splits:
-            raise ValueError(f"{len(y)} donors with an outcome: too few for n_splits={n_splits} (need at least "
-                             f"{2 * n_splits}); lower n_splits.")
+            raise ValueError(
+                f"{len(y)} donors with an outcome: too few for n_splits={n_splits} (need at least "
+                f"{2 * n_splits}); lower n_splits."
+            )
     binary = outcome_type == "binary"
     if model is None:
         model = "ridge"
     # inner CV: the smallest training fold must hold >= 2 donors of each class per inner fold
-    n_train_min = (int(min(counts)) - int(np.ceil(int(min(counts)) / n_splits))) if binary else \
-        len(y) - int(np.ceil(len(y) / n_splits))
+    n_train_min = (
+        (int(min(counts)) - int(np.ceil(int(min(counts)) / n_splits)))
+        if binary
+        else len(y) - int(np.ceil(len(y) / n_splits))
+    )
     inner_splits = int(min(3, n_train_min if binary else n_train_min // 2))
     if inner_splits < 2:
-        raise ValueError(f"Too few donors for an inner cross-validation inside {n_splits}-fold training folds; "
-                         "lower n_splits or add donors.")
+        raise ValueError(
+            f"Too few donors for an inner cross-validation inside {n_splits}-fold training folds; "
+            "lower n_splits or add donors."
+        )
     if binary and n_min < MIN_DONORS_PER_CLASS:
-        warn(f"predict_response: the smaller class has only {n_min} donors. The cross-validated AUC is very uncertain "
-             f"and the selected features unstable; treat the result as exploratory (at least {MIN_DONORS_PER_CLASS} "
-             "donors per class are advised).")
+        warn(
+            f"predict_response: the smaller class has only {n_min} donors. The cross-validated AUC is very uncertain "
+            f"and the selected features unstable; treat the result as exploratory (at least {MIN_DONORS_PER_CLASS} "
+            "donors per class are advised)."
+        )
     if not binary and len(y) < 2 * MIN_DONORS_PER_CLASS:
-        warn(f"predict_response: only {len(y)} donors. The cross-validated R^2 is very uncertain and the selected "
-             f"features unstable; treat the result as exploratory (at least {2 * MIN_DONORS_PER_CLASS} donors are "
-             "advised).")
+        warn(
+            f"predict_response: only {len(y)} donors. The cross-validated R^2 is very uncertain and the selected "
+            f"features unstable; treat the result as exploratory (at least {2 * MIN_DONORS_PER_CLASS} donors are "
+            "advised)."
+        )
     if excluded:
-        warn(f"predict_response: {len(excluded)} donors left out (missing outcome in {outcome!r} or no feature "
-             f"value): {excluded[:10]}{' ...' if len(excluded) > 10 else ''}; listed in params['excluded_donors'].")
+        warn(
+            f"predict_response: {len(excluded)} donors left out (missing outcome in {outcome!r} or no feature "
+            f"value): {excluded[:10]}{' ...' if len(excluded) > 10 else ''}; listed in params['excluded_donors']."
+        )
     k = Xdf.shape[1] if max_features is None else int(min(max_features, Xdf.shape[1]))
-    spec = {"binary": binary, "model": model, "k": k, "n_splits": n_splits, "inner_splits": inner_splits,
-            "Cs": np.asarray(LOGISTIC_CS), "alphas": np.asarray(RIDGE_ALPHAS),
-            "l1_ratio": 1.0 if model == "l1" else 0.5}
+    spec = {
+        "binary": binary,
+        "model": model,
+        "k": k,
+        "n_splits": n_splits,
+        "inner_splits": inner_splits,
+        "Cs": np.asarray(LOGISTIC_CS),
+        "alphas": np.asarray(RIDGE_ALPHAS),
+        "l1_ratio": 1.0 if model == "l1" else 0.5,
+    }
 
     # ---------------------------------------------------------------- observed
     X = Xdf.to_numpy(dtype=float)
@@ -638,28 +704,50 @@ def predict_response(
         if n_jobs > 1:
             from joblib import Parallel, delayed
 
-            null = np.asarray(Parallel(n_jobs=n_jobs)(
-                delayed(_one_permutation)(X, y, spec, seed, n_repeats, int(s)) for s in perm_seeds))
+            null = np.asarray(
+                Parallel(n_jobs=n_jobs)(
+                    delayed(_one_permutation)(X, y, spec, seed, n_repeats, int(s)) for s in perm_seeds
+                )
+            )
         else:
-            null = np.asarray([_one_permutation(X, y, spec, seed, n_repeats, int(s))
-                               for s in progress(perm_seeds, desc="permutations")])
+            null = np.asarray(
+                [
+                    _one_permutation(X, y, spec, seed, n_repeats, int(s))
+                    for s in progress(perm_seeds, desc="permutations")
+                ]
+            )
     pvalue = float((1 + np.sum(null >= stat - 1e-12)) / (1 + len(null))) if len(null) else np.nan
 
     # ---------------------------------------------------------------- summaries
     pred = oof.mean(1)
-    results = pd.DataFrame({"donor": donors.to_numpy(), "outcome": y_raw.astype(object).to_numpy(), "y": y,
-                            "prediction": pred, "prediction_sd": oof.std(1)}, index=Xdf.index)
+    results = pd.DataFrame(
+        {
+            "donor": donors.to_numpy(),
+            "outcome": y_raw.astype(object).to_numpy(),
+            "y": y,
+            "prediction": pred,
+            "prediction_sd": oof.std(1),
+        },
+        index=Xdf.index,
+    )
     results["outcome"] = results["outcome"].astype(str) if binary else results["outcome"].astype(float)
     for r in range(n_repeats):
         results[f"oof_{r}"] = oof[:, r]
     lo, hi = np.percentile(per_rep, [2.5, 97.5])
     name = "auc" if binary else "r2"
-    metrics = {"statistic": name, name: stat, f"{name}_repeat_spread": np.array([lo, hi]),
-               f"{name}_per_repeat": per_rep, f"{name}_mean_prediction": _statistic(y, pred, binary),
-               "pvalue": pvalue, "n_permutations": len(null),
-               "null_mean": float(null.mean()) if len(null) else np.nan,
-               "n_donors": len(y), "n_features": int(Xdf.shape[1]),
-               "median_penalty": float(np.median(penalties))}
+    metrics = {
+        "statistic": name,
+        name: stat,
+        f"{name}_repeat_spread": np.array([lo, hi]),
+        f"{name}_per_repeat": per_rep,
+        f"{name}_mean_prediction": _statistic(y, pred, binary),
+        "pvalue": pvalue,
+        "n_permutations": len(null),
+        "null_mean": float(null.mean()) if len(null) else np.nan,
+        "n_donors": len(y),
+        "n_features": int(Xdf.shape[1]),
+        "median_penalty": float(np.median(penalties)),
+    }
     if binary:
         metrics["n_positive"] = int(y.sum())
         metrics["n_negative"] = int(len(y) - y.sum())
@@ -676,25 +764,47 @@ def predict_response(
         mean_sel = np.where(n_sel > 0, coefs.sum(0) / np.maximum(n_sel, 1), 0.0)
         pos = (coefs > 0).sum(0)
         sign = np.where(n_sel > 0, np.maximum(pos, n_sel - pos) / np.maximum(n_sel, 1), np.nan)
-    feats = pd.DataFrame({"selection_frequency": n_sel / coefs.shape[0], "mean_coefficient": coefs.mean(0),
-                          "mean_coefficient_selected": mean_sel, "sign_consistency": sign,
-                          "n_selected": n_sel.astype(int)}, index=Xdf.columns)
+    feats = pd.DataFrame(
+        {
+            "selection_frequency": n_sel / coefs.shape[0],
+            "mean_coefficient": coefs.mean(0),
+            "mean_coefficient_selected": mean_sel,
+            "sign_consistency": sign,
+            "n_selected": n_sel.astype(int),
+        },
+        index=Xdf.columns,
+    )
     feats.index.name = None
     order = np.lexsort((-np.abs(feats["mean_coefficient"].to_numpy()), -feats["selection_frequency"].to_numpy()))
     feats = feats.iloc[order]
-    params = _uns_safe({
-        "outcome": outcome, "outcome_type": outcome_type, "positive": str(levels[1]) if binary else None,
-        "negative": str(levels[0]) if binary else None, "model": model,
-        "model_description": _describe(model, binary, inner_splits),
-        "features": features if isinstance(features, str) or features is None else
-        (list(features) if not isinstance(features, Mapping) else [f"{m}:{v}" for m, v in features.items()]),
-        "baseline": None if base is None else [str(base[0]), str(base[1])],
-        "donor_key": donor_key, "n_splits": n_splits, "n_repeats": n_repeats, "inner_splits": inner_splits,
-        "max_features": k, "n_permutations": n_permutations, "random_state": seed,
-        "n_donors": len(y), "n_features": int(Xdf.shape[1]), "excluded_donors": list(map(str, excluded)),
-        "sample_key": sample_key, "cv": "outer " + ("RepeatedStratifiedKFold" if binary else "RepeatedKFold"),
-    })
-    res = ResponsePrediction(params=params, results=results, metrics=metrics, features=feats, calibration=calib,
-                             null=null)
+    params = _uns_safe(
+        {
+            "outcome": outcome,
+            "outcome_type": outcome_type,
+            "positive": str(levels[1]) if binary else None,
+            "negative": str(levels[0]) if binary else None,
+            "model": model,
+            "model_description": _describe(model, binary, inner_splits),
+            "features": features
+            if isinstance(features, str) or features is None
+            else (list(features) if not isinstance(features, Mapping) else [f"{m}:{v}" for m, v in features.items()]),
+            "baseline": None if base is None else [str(base[0]), str(base[1])],
+            "donor_key": donor_key,
+            "n_splits": n_splits,
+            "n_repeats": n_repeats,
+            "inner_splits": inner_splits,
+            "max_features": k,
+            "n_permutations": n_permutations,
+            "random_state": seed,
+            "n_donors": len(y),
+            "n_features": int(Xdf.shape[1]),
+            "excluded_donors": list(map(str, excluded)),
+            "sample_key": sample_key,
+            "cv": "outer " + ("RepeatedStratifiedKFold" if binary else "RepeatedKFold"),
+        }
+    )
+    res = ResponsePrediction(
+        params=params, results=results, metrics=metrics, features=feats, calibration=calib, null=null
+    )
     adata.uns[key_added] = res.as_dict()
     return res

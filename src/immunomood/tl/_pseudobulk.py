@@ -25,8 +25,15 @@ __all__ = ["pseudobulk"]
 SEP = "|"
 
 
-def resolve_counts(adata: AnnData, layer: str | None, *, func: str, auto: bool = False,
-                   problem_of=count_problem, fallback_to_x: bool = False):
+def resolve_counts(
+    adata: AnnData,
+    layer: str | None,
+    *,
+    func: str,
+    auto: bool = False,
+    problem_of=count_problem,
+    fallback_to_x: bool = False,
+):
     """The raw-count matrix to aggregate, with errors that name the fix.
 
     ``layer=None`` uses ``adata.X``. With ``auto=True`` a ``"counts"`` layer is used when present, else ``X``.
@@ -69,8 +76,10 @@ def _block_sums(block, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
         (np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))), shape=(n_groups, block.shape[0])
     )
     out = G @ block
-    return sparse.csr_matrix(out, dtype=np.float64) if sparse.issparse(out) else sparse.csr_matrix(
-        np.asarray(out, dtype=np.float64)
+    return (
+        sparse.csr_matrix(out, dtype=np.float64)
+        if sparse.issparse(out)
+        else sparse.csr_matrix(np.asarray(out, dtype=np.float64))
     )
 
 
@@ -87,8 +96,9 @@ def aggregate(X, codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
     return sparse.csr_matrix(out, dtype=np.float64)
 
 
-def sum_by_sample_group(X, obs: pd.DataFrame, sample_key: str, groupby: str, *, min_cells: int = 0,
-                        func: str = "pseudobulk") -> tuple[pd.DataFrame, sparse.csr_matrix]:
+def sum_by_sample_group(
+    X, obs: pd.DataFrame, sample_key: str, groupby: str, *, min_cells: int = 0, func: str = "pseudobulk"
+) -> tuple[pd.DataFrame, sparse.csr_matrix]:
     """The aggregation core of :func:`pseudobulk` (and of the functions that start from a pseudobulk).
 
     Returns the grid of every sample x group combination (:func:`combos`: ``sample_key``, ``groupby``,
@@ -116,9 +126,11 @@ def combos(obs: pd.DataFrame, sample_key: str, groupby: str) -> tuple[pd.DataFra
     code = s_code * len(g_levels) + g_code
     n_cells = np.bincount(code, minlength=len(s_levels) * len(g_levels))
     grid = pd.DataFrame(
-        {sample_key: np.repeat(np.asarray(s_levels, dtype=object), len(g_levels)),
-         groupby: np.tile(np.asarray(g_levels, dtype=object), len(s_levels)),
-         "n_cells": n_cells.astype(int)}
+        {
+            sample_key: np.repeat(np.asarray(s_levels, dtype=object), len(g_levels)),
+            groupby: np.tile(np.asarray(g_levels, dtype=object), len(s_levels)),
+            "n_cells": n_cells.astype(int),
+        }
     )
     grid.index = [f"{a}{SEP}{b}" for a, b in zip(grid[sample_key], grid[groupby])]
     return grid, code
@@ -165,8 +177,9 @@ def pseudobulk(
     check_str("sample_key", sample_key)
     check_str("groupby", groupby)
     check_str("layer", layer, allow_none=True, fix="Name the layer with raw counts, or None for adata.X.")
-    min_cells = check_int("min_cells", min_cells, min=1,
-                          fix="It is the number of cells a sample x group needs to be kept, e.g. 10.")
+    min_cells = check_int(
+        "min_cells", min_cells, min=1, fix="It is the number of cells a sample x group needs to be kept, e.g. 10."
+    )
     default_missing = layer == "counts" and "counts" not in adata.layers  # then X, if it holds raw counts
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
@@ -180,8 +193,13 @@ def pseudobulk(
     dropped["reason"] = f"fewer than {min_cells} cells"
     empty = _samples_without_cells(adata, sample_key)
     if len(empty):
-        dropped = pd.concat([dropped, pd.DataFrame({sample_key: list(empty), groupby: "all", "n_cells": 0,
-                                                    "reason": list(empty.values())})], ignore_index=True)
+        dropped = pd.concat(
+            [
+                dropped,
+                pd.DataFrame({sample_key: list(empty), groupby: "all", "n_cells": 0, "reason": list(empty.values())}),
+            ],
+            ignore_index=True,
+        )
     for c in (sample_key, groupby):  # strings: an object column of ints cannot be written to h5ad
         dropped[c] = dropped[c].astype(str)
     obs = grid.loc[keep].copy()
@@ -201,13 +219,18 @@ def pseudobulk(
     obs.index = obs.index.astype(str)
     out = AnnData(M, obs=obs, var=adata.var.copy())
     out.uns["dropped"] = dropped
-    out.uns["pseudobulk"] = {"sample_key": sample_key, "groupby": groupby, "layer": "X" if layer is None else layer,
-                             "min_cells": int(min_cells)}
+    out.uns["pseudobulk"] = {
+        "sample_key": sample_key,
+        "groupby": groupby,
+        "layer": "X" if layer is None else layer,
+        "min_cells": int(min_cells),
+    }
     if len(empty):
         warn(
             f"pseudobulk: {len(empty)} sample(s) of {sample_key!r} have no cells at all and are absent from the "
             f"result (listed in uns['dropped'] with their reason): "
-            + ", ".join(f"{k} ({v})" for k, v in list(empty.items())[:10]) + (" ..." if len(empty) > 10 else ""),
+            + ", ".join(f"{k} ({v})" for k, v in list(empty.items())[:10])
+            + (" ..." if len(empty) > 10 else ""),
             stacklevel=3,
         )
     small = dropped[dropped["reason"].str.startswith("fewer than")]
@@ -230,8 +253,9 @@ def _samples_without_cells(adata: AnnData, sample_key: str) -> dict[str, str]:
     qc = adata.uns.get("qc", {})
     report = qc.get("report") if isinstance(qc, dict) else None
     if isinstance(report, pd.DataFrame) and "cells_after" in report.columns:
-        for s, n_before, n_after in zip(report.index.astype(str), report.get("cells_before", report["cells_after"]),
-                                        report["cells_after"]):
+        for s, n_before, n_after in zip(
+            report.index.astype(str), report.get("cells_before", report["cells_after"]), report["cells_after"]
+        ):
             if s not in present and int(n_after) == 0:
                 out[s] = f"no cells left after QC ({int(n_before)} cells before, all removed by im.pp.filter_cells)"
     if isinstance(col.dtype, pd.CategoricalDtype):

@@ -70,7 +70,7 @@ class DeviceMatrix:
                 self.X = torch.empty((n, g), dtype=torch.float32, device=device)
                 step = max(1, int(2**28 // max(g, 1) // 4))
                 for s in range(0, n, step):
-                    self.X[s:s + step] = torch.from_numpy(X[s:s + step].toarray()).to(device)
+                    self.X[s : s + step] = torch.from_numpy(X[s : s + step].toarray()).to(device)
             else:
                 self.X = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32, device=device)
         else:
@@ -125,8 +125,9 @@ def _split(n: int, rng: np.random.Generator, train_size: float = 0.9) -> tuple[n
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
-def fast_train(model, *, sched: Any, device, random_state: int, early_stopping: bool = True,
-                dense: bool | None = None) -> dict[str, Any]:
+def fast_train(
+    model, *, sched: Any, device, random_state: int, early_stopping: bool = True, dense: bool | None = None
+) -> dict[str, Any]:
     """Train ``model.module`` with mini-batches gathered on the device from a device-resident matrix.
 
     Same objective, optimiser (Adam, ``eps=0.01``, ``weight_decay=1e-6``), KL warm-up and validation ELBO
@@ -188,7 +189,7 @@ def fast_train(model, *, sched: Any, device, random_state: int, early_stopping: 
             v = torch.zeros((), device=device)
             with torch.no_grad():
                 for s in range(0, len(val_idx), 8192):
-                    _, _, losses = module(batch(val_t[s:s + 8192]), loss_kwargs={"kl_weight": 1.0})
+                    _, _, losses = module(batch(val_t[s : s + 8192]), loss_kwargs={"kl_weight": 1.0})
                     v += losses.reconstruction_loss_sum + losses.kl_local_sum
             val = float(v) / len(val_idx)
             history["elbo_validation"].append(val)
@@ -208,8 +209,7 @@ def fast_train(model, *, sched: Any, device, random_state: int, early_stopping: 
     model.train_indices, model.validation_indices, model.test_indices = train_idx, val_idx, np.array([], dtype=int)
     model.history_ = {k: pd.DataFrame({k: v}) for k, v in history.items()}
     model._immunomood_device_data = (Xdev, other)
-    return {"epochs_run": epochs_run, "early_stopped": stopped, "history": history,
-            "dense_on_device": Xdev.dense}
+    return {"epochs_run": epochs_run, "early_stopped": stopped, "history": history, "dense_on_device": Xdev.dense}
 
 
 def fast_latent(model, device, chunk: int = 16384) -> np.ndarray:
@@ -231,4 +231,3 @@ def fast_latent(model, device, chunk: int = 16384) -> np.ndarray:
             out.append(inf["qz"].loc.detach().cpu().numpy())
     del model._immunomood_device_data
     return np.concatenate(out, 0)
-

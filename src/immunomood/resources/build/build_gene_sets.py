@@ -54,8 +54,27 @@ def build(db: dict) -> dict[str, dict]:
     alternative = ["C3", "CFB", "CFD", "CFP"]
     terminal = ["C5", "C6", "C7", "C8A", "C8B", "C8G", "C9"]
     receptors = ["C3AR1", "C5AR1", "C5AR2", "CR1", "CR2", "ITGAM", "ITGB2", "ITGAX", "VSIG4", "C1QBP", "CD93"]
-    regulators = ["CD46", "CD55", "CD59", "CR1", "CFH", "CFHR1", "CFHR2", "CFHR3", "CFHR4", "CFHR5", "CFI",
-                  "C4BPA", "C4BPB", "SERPING1", "CLU", "VTN", "CPN1", "CPN2", "CPB2"]
+    regulators = [
+        "CD46",
+        "CD55",
+        "CD59",
+        "CR1",
+        "CFH",
+        "CFHR1",
+        "CFHR2",
+        "CFHR3",
+        "CFHR4",
+        "CFHR5",
+        "CFI",
+        "C4BPA",
+        "C4BPB",
+        "SERPING1",
+        "CLU",
+        "VTN",
+        "CPN1",
+        "CPN2",
+        "CPB2",
+    ]
     # consistency with the database extracts (fail loudly if the reference changed)
     assert not sub(classical, r_init), sub(classical, r_init)
     assert not sub(list(lectin), r_lectin + r_init), sub(lectin, r_lectin + r_init)
@@ -63,26 +82,49 @@ def build(db: dict) -> dict[str, dict]:
     assert not sub(terminal, r_term), sub(terminal, r_term)
     rv = "Reactome GMT (release as extracted; complement cascade R-HSA-166658 and children)"
     complement = {
-        "complement_classical": dict(genes=classical, source=REACTOME, version=rv,
-                                     ids=["R-HSA-166663", "R-HSA-173623", "R-HSA-166786"],
-                                     note="C1 complex, C2, C4 of 'Initial triggering of complement'; CRP (plasma "
-                                          "trigger, not expressed by blood cells) and immunoglobulin segments left out"),
-        "complement_lectin": dict(genes=lectin, source=REACTOME, version=rv, ids=["R-HSA-166662"],
-                                  note="lectins (MBL2, ficolins, collectins) and MASPs"),
-        "complement_alternative": dict(genes=alternative, source=REACTOME + " + MSigDB v7.4 REACTOME_COMPLEMENT_CASCADE",
-                                       version=rv, ids=["R-HSA-173736"],
-                                       note="C3 CFB CFD from R-HSA-173736 plus CFP (properdin, in MSigDB's copy); "
-                                            "GZMM (granzyme, NK/T cells) left out"),
-        "complement_terminal": dict(genes=terminal, source=REACTOME, version=rv, ids=["R-HSA-166665"],
-                                    note="membrane attack complex"),
-        "complement_receptors": dict(genes=receptors, source=REACTOME + " + curated immunology", version=rv,
-                                     ids=["R-HSA-166658"],
-                                     note="anaphylatoxin and complement receptors; ITGAM/ITGB2 (CR3), ITGAX (CR4), "
-                                          "VSIG4 (CRIg), C1QBP, CD93 from standard immunology"),
-        "complement_regulators": dict(genes=regulators, source=REACTOME, version=rv, ids=["R-HSA-977606"],
-                                      note="membrane (CD46 CD55 CD59 CR1), fluid phase (CFH, CFHR1-5, CFI, C4BP, "
-                                           "SERPING1, CLU, VTN) and anaphylatoxin inactivators (CPN1 CPN2 CPB2); "
-                                           "immunoglobulin segments left out"),
+        "complement_classical": dict(
+            genes=classical,
+            source=REACTOME,
+            version=rv,
+            ids=["R-HSA-166663", "R-HSA-173623", "R-HSA-166786"],
+            note="C1 complex, C2, C4 of 'Initial triggering of complement'; CRP (plasma "
+            "trigger, not expressed by blood cells) and immunoglobulin segments left out",
+        ),
+        "complement_lectin": dict(
+            genes=lectin,
+            source=REACTOME,
+            version=rv,
+            ids=["R-HSA-166662"],
+            note="lectins (MBL2, ficolins, collectins) and MASPs",
+        ),
+        "complement_alternative": dict(
+            genes=alternative,
+            source=REACTOME + " + MSigDB v7.4 REACTOME_COMPLEMENT_CASCADE",
+            version=rv,
+            ids=["R-HSA-173736"],
+            note="C3 CFB CFD from R-HSA-173736 plus CFP (properdin, in MSigDB's copy); "
+            "GZMM (granzyme, NK/T cells) left out",
+        ),
+        "complement_terminal": dict(
+            genes=terminal, source=REACTOME, version=rv, ids=["R-HSA-166665"], note="membrane attack complex"
+        ),
+        "complement_receptors": dict(
+            genes=receptors,
+            source=REACTOME + " + curated immunology",
+            version=rv,
+            ids=["R-HSA-166658"],
+            note="anaphylatoxin and complement receptors; ITGAM/ITGB2 (CR3), ITGAX (CR4), "
+            "VSIG4 (CRIg), C1QBP, CD93 from standard immunology",
+        ),
+        "complement_regulators": dict(
+            genes=regulators,
+            source=REACTOME,
+            version=rv,
+            ids=["R-HSA-977606"],
+            note="membrane (CD46 CD55 CD59 CR1), fluid phase (CFH, CFHR1-5, CFI, C4BP, "
+            "SERPING1, CLU, VTN) and anaphylatoxin inactivators (CPN1 CPN2 CPB2); "
+            "immunoglobulin segments left out",
+        ),
     }
     for s in complement.values():
         s["genes"] = list(dict.fromkeys(s["genes"]))
@@ -91,29 +133,78 @@ def build(db: dict) -> dict[str, dict]:
     hv = "v7.4"
     out = {
         "complement": complement,
-        "complement_hallmark": {"complement_hallmark": dict(
-            genes=db["MSigDB_v7.4_HALLMARK_COMPLEMENT"], source=hallmark, version=hv, ids=["HALLMARK_COMPLEMENT"],
-            note="broad set: many genes are not complement components")},
-        "kynurenine": {"kynurenine": dict(
-            genes=["IDO1", "IDO2", "TDO2", "AFMID", "KMO", "KYNU", "HAAO", "ACMSD", "QPRT", "KYAT1", "AADAT", "KYAT3"],
-            source=REACTOME, version="Reactome GMT (release as extracted)", ids=["R-HSA-71240"],
-            note="enzymes of tryptophan catabolism along the kynurenine branch; transporters SLC7A5 SLC3A2 "
-                 "SLC36A4 left out (ubiquitous, not pathway-specific)")},
-        "interferon_alpha": {"interferon_alpha": dict(
-            genes=db["MSigDB_v7.4_HALLMARK_INTERFERON_ALPHA_RESPONSE"], source=hallmark, version=hv,
-            ids=["HALLMARK_INTERFERON_ALPHA_RESPONSE"])},
-        "interferon_gamma": {"interferon_gamma": dict(
-            genes=db["MSigDB_v7.4_HALLMARK_INTERFERON_GAMMA_RESPONSE"], source=hallmark, version=hv,
-            ids=["HALLMARK_INTERFERON_GAMMA_RESPONSE"])},
-        "inflammatory": {"inflammatory": dict(
-            genes=db["MSigDB_v7.4_HALLMARK_INFLAMMATORY_RESPONSE"], source=hallmark, version=hv,
-            ids=["HALLMARK_INFLAMMATORY_RESPONSE"])},
-        "tnfa_nfkb": {"tnfa_nfkb": dict(
-            genes=db["MSigDB_v7.4_HALLMARK_TNFA_SIGNALING_VIA_NFKB"], source=hallmark, version=hv,
-            ids=["HALLMARK_TNFA_SIGNALING_VIA_NFKB"])},
-        "il6_jak_stat3": {"il6_jak_stat3": dict(
-            genes=db["MSigDB_v7.4_HALLMARK_IL6_JAK_STAT3_SIGNALING"], source=hallmark, version=hv,
-            ids=["HALLMARK_IL6_JAK_STAT3_SIGNALING"])},
+        "complement_hallmark": {
+            "complement_hallmark": dict(
+                genes=db["MSigDB_v7.4_HALLMARK_COMPLEMENT"],
+                source=hallmark,
+                version=hv,
+                ids=["HALLMARK_COMPLEMENT"],
+                note="broad set: many genes are not complement components",
+            )
+        },
+        "kynurenine": {
+            "kynurenine": dict(
+                genes=[
+                    "IDO1",
+                    "IDO2",
+                    "TDO2",
+                    "AFMID",
+                    "KMO",
+                    "KYNU",
+                    "HAAO",
+                    "ACMSD",
+                    "QPRT",
+                    "KYAT1",
+                    "AADAT",
+                    "KYAT3",
+                ],
+                source=REACTOME,
+                version="Reactome GMT (release as extracted)",
+                ids=["R-HSA-71240"],
+                note="enzymes of tryptophan catabolism along the kynurenine branch; transporters SLC7A5 SLC3A2 "
+                "SLC36A4 left out (ubiquitous, not pathway-specific)",
+            )
+        },
+        "interferon_alpha": {
+            "interferon_alpha": dict(
+                genes=db["MSigDB_v7.4_HALLMARK_INTERFERON_ALPHA_RESPONSE"],
+                source=hallmark,
+                version=hv,
+                ids=["HALLMARK_INTERFERON_ALPHA_RESPONSE"],
+            )
+        },
+        "interferon_gamma": {
+            "interferon_gamma": dict(
+                genes=db["MSigDB_v7.4_HALLMARK_INTERFERON_GAMMA_RESPONSE"],
+                source=hallmark,
+                version=hv,
+                ids=["HALLMARK_INTERFERON_GAMMA_RESPONSE"],
+            )
+        },
+        "inflammatory": {
+            "inflammatory": dict(
+                genes=db["MSigDB_v7.4_HALLMARK_INFLAMMATORY_RESPONSE"],
+                source=hallmark,
+                version=hv,
+                ids=["HALLMARK_INFLAMMATORY_RESPONSE"],
+            )
+        },
+        "tnfa_nfkb": {
+            "tnfa_nfkb": dict(
+                genes=db["MSigDB_v7.4_HALLMARK_TNFA_SIGNALING_VIA_NFKB"],
+                source=hallmark,
+                version=hv,
+                ids=["HALLMARK_TNFA_SIGNALING_VIA_NFKB"],
+            )
+        },
+        "il6_jak_stat3": {
+            "il6_jak_stat3": dict(
+                genes=db["MSigDB_v7.4_HALLMARK_IL6_JAK_STAT3_SIGNALING"],
+                source=hallmark,
+                version=hv,
+                ids=["HALLMARK_IL6_JAK_STAT3_SIGNALING"],
+            )
+        },
     }
     for coll in out.values():
         for s in coll.values():
@@ -143,8 +234,10 @@ def write(collections: dict, out: Path = OUT, reference: Path | None = None) -> 
                 fh.write("\t".join([sname, f"{s['source']} {s['version']} {','.join(s['ids'])}"] + s["genes"]) + "\n")
         manifest["collections"][cname] = {
             "file": fname,
-            "sets": {sname: {k: v for k, v in s.items() if k != "genes"} | {"n_genes": len(s["genes"])}
-                     for sname, s in sets.items()},
+            "sets": {
+                sname: {k: v for k, v in s.items() if k != "genes"} | {"n_genes": len(s["genes"])}
+                for sname, s in sets.items()
+            },
         }
     with open(out / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=1, sort_keys=False)

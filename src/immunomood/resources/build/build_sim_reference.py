@@ -86,7 +86,9 @@ def read_pbmc3k(data_dir: Path):
         labels.index = labels.index.astype(str) + "-1"
     adata.obs["seurat_label"] = labels.reindex(adata.obs_names).values
     inputs = [
-        mtx_dir / "matrix.mtx", mtx_dir / "genes.tsv", mtx_dir / "barcodes.tsv",
+        mtx_dir / "matrix.mtx",
+        mtx_dir / "genes.tsv",
+        mtx_dir / "barcodes.tsv",
         data_dir / "pbmc3k" / "pbmc3k_seurat_annotations.csv",
     ]
     return adata, inputs
@@ -259,7 +261,9 @@ def build(data_dir: Path, out_dir: Path) -> dict:
         "script": "src/immunomood/resources/build/build_sim_reference.py",
         "script_version": SCRIPT_VERSION,
         "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "inputs": [{"path": str(p.relative_to(root)), "sha256": file_sha256(p), "size": p.stat().st_size} for p in inputs],
+        "inputs": [
+            {"path": str(p.relative_to(root)), "sha256": file_sha256(p), "size": p.stat().st_size} for p in inputs
+        ],
         "source": "10x Genomics PBMC 3k (CC BY 4.0); Seurat pbmc3k tutorial labels (via CRAN ProFAST, GPL-3)",
         "n_cells_labelled": int(adata.n_obs),
         "n_genes": len(genes),
@@ -270,7 +274,9 @@ def build(data_dir: Path, out_dir: Path) -> dict:
         "dispersion": "NB method of moments within each fine type (>= 20 cells), pooled, geometric 0.7/0.3 "
         "shrinkage to a binned mean trend; trend only for genes with < 200 total counts; clipped to [0.01, 20]",
         "library": "per fine type mean and sd of log(total counts over kept genes)",
-        "cell_types": {t: {"lineage": LINEAGE[t], "n_cells": int(n), "rule": rules[t]} for t, n in zip(order, n_cells, strict=True)},
+        "cell_types": {
+            t: {"lineage": LINEAGE[t], "n_cells": int(n), "rule": rules[t]} for t, n in zip(order, n_cells, strict=True)
+        },
         "cell_types_not_kept": {t: rules[t] for t in LINEAGE if t not in order},
         "complement_genes_present": [g for g in COMPLEMENT if g in set(genes)],
     }
@@ -282,7 +288,9 @@ def build(data_dir: Path, out_dir: Path) -> dict:
 def main() -> None:
     here = Path(__file__).resolve().parents[4]  # repository root (src/immunomood/resources/build/)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("IMMUNOMOOD_DATA_DIR", str(here.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("IMMUNOMOOD_DATA_DIR", str(here.parent / "shared" / "data"))
+    )
     parser.add_argument("--out-dir", default=str(here / "src" / "immunomood" / "resources"))
     args = parser.parse_args()
     prov = build(Path(args.data_dir), Path(args.out_dir))

@@ -83,7 +83,7 @@ def dirichlet_concentration(counts: np.ndarray) -> tuple[float, dict]:
     keep = n > 0
     counts, n = counts[keep], n[keep]
     p = counts / n[:, None]
-    m = (counts.sum(0) / n.sum())
+    m = counts.sum(0) / n.sum()
     var = p.var(0, ddof=1)
     nbar = n.mean()
     # Var(p_k) = m_k (1 - m_k) * (1 / N) * (N + A) / (1 + A)  ->  pooled over types:  r = sum var / sum m(1-m)
@@ -163,8 +163,12 @@ def _combat_monocyte_donor_sd(cb) -> dict:
         s2 = ((num / df) / q.mean(0) ** 2)[expressed]
     med = float(np.nanmedian(s2))
     return {
-        "cells": int(mono.sum()), "n_donors": int(uniq.size), "df": df, "n_genes": int(expressed.sum()),
-        "median_s2": med, "donor_sd": float(np.sqrt(np.log1p(max(med, 0.0)))),
+        "cells": int(mono.sum()),
+        "n_donors": int(uniq.size),
+        "df": df,
+        "n_genes": int(expressed.sum()),
+        "median_s2": med,
+        "donor_sd": float(np.sqrt(np.log1p(max(med, 0.0)))),
         "note": "full transcriptome: about half onek1k's figure, whose 1,000 genes were chosen as eQTL genes "
         "(genetic donor variation); 3 df only (the median of a 3-df variance estimate is ~0.8 of its mean). "
         "Reported, not used.",
@@ -190,8 +194,11 @@ def estimate(data_dir: Path) -> dict:
     conc = A / w_S
     out["composition_concentration"] = conc
     out["details"]["composition"] = {
-        "set": "onek1k", "types": ONEK1K_TYPES, "subcomposition_concentration": A,
-        "reference_share_of_types": w_S, **info,
+        "set": "onek1k",
+        "types": ONEK1K_TYPES,
+        "subcomposition_concentration": A,
+        "reference_share_of_types": w_S,
+        **info,
     }
     # csle check (fine labels, few cells: noisy)
     cs = _read(data_dir / CSLE)
@@ -205,8 +212,12 @@ def estimate(data_dir: Path) -> dict:
     cpd_sd = float(np.sqrt(max(var_tot - var_share, 0.0)))
     out["cells_per_donor_sd"] = cpd_sd
     out["details"]["cells_per_donor"] = {
-        "set": "onek1k", "log_sd_of_4type_total": float(np.sqrt(var_tot)), "log_var_share_part": var_share,
-        "min": int(tot.min()), "median": float(np.median(tot)), "max": int(tot.max()),
+        "set": "onek1k",
+        "log_sd_of_4type_total": float(np.sqrt(var_tot)),
+        "log_var_share_part": var_share,
+        "min": int(tot.min()),
+        "median": float(np.median(tot)),
+        "max": int(tot.max()),
         "fold_range": float(tot.max() / tot.min()),
         "csle_log_sd": float(np.log(cs.obs["donor"].value_counts().to_numpy()).std(ddof=1)),
         "note": "onek1k, csle and combat are donor subsets of their studies; onek1k's 4-type totals are the least "
@@ -235,7 +246,8 @@ def estimate(data_dir: Path) -> dict:
     cb_lib = np.log(np.asarray(cb.X.sum(1)).ravel())
     cb_df = pd.DataFrame({"d": cb.obs["donor"].to_numpy(), "l": cb_lib}).groupby("d", observed=True)["l"]
     out["details"]["library"] = {
-        "set": "onek1k", "per_type": per_type,
+        "set": "onek1k",
+        "per_type": per_type,
         "combat_check": {
             "donor_mean_log_sd": float(cb_df.mean().std(ddof=1)),
             "within_donor_log_sd": float(np.sqrt(cb_df.var(ddof=1).mean())),
@@ -260,7 +272,9 @@ def estimate(data_dir: Path) -> dict:
         med = float(np.median(s2))
         sd_type[t] = float(np.sqrt(np.log1p(max(med, 0.0))))
         det[t] = {
-            "n_donors": int(uniq.size), "n_genes": int(expressed.sum()), "median_s2": med,
+            "n_donors": int(uniq.size),
+            "n_genes": int(expressed.sum()),
+            "median_s2": med,
             "quartiles_s2": [float(x) for x in np.quantile(s2, [0.25, 0.75])],
             "median_cell_dispersion": float(np.median(phi[expressed])),
         }
@@ -269,7 +283,9 @@ def estimate(data_dir: Path) -> dict:
     donor_sd = float(np.median(list(sd_type.values())))
     out["donor_sd"] = donor_sd
     out["details"]["donor_sd"] = {
-        "set": "onek1k", "per_type": sd_type, "per_type_details": det,
+        "set": "onek1k",
+        "per_type": sd_type,
+        "per_type_details": det,
         "combat_check": _combat_monocyte_donor_sd(cb),
     }
 
@@ -283,7 +299,9 @@ def estimate(data_dir: Path) -> dict:
     genes = np.asarray(ok.var_names)
     pos = {g: i for i, g in enumerate(genes)}
     idx = np.array([pos[g] for g in planted if g in pos and mean_mono[pos[g]] >= COMPLEMENT_MIN_MEAN])
-    others = [g for g in S.complement_genes() if g in pos and g not in planted and mean_mono[pos[g]] >= COMPLEMENT_MIN_MEAN]
+    others = [
+        g for g in S.complement_genes() if g in pos and g not in planted and mean_mono[pos[g]] >= COMPLEMENT_MIN_MEAN
+    ]
 
     def shared_cov(ix, rows=None):
         # relative (linear-scale) covariance: sampling noise, independent across genes given the donor, drops out
@@ -310,14 +328,17 @@ def estimate(data_dir: Path) -> dict:
     out["complement_sd"] = float(np.sqrt(np.log1p(max(cov_c, 0.0))))
     setmean = np.log((q_mono[:, idx] / q_mono[:, idx].mean(0)).mean(1))
     out["details"]["complement_sd"] = {
-        "set": "onek1k classical monocytes (monoc)", "genes": [str(g) for g in genes[idx]],
+        "set": "onek1k classical monocytes (monoc)",
+        "genes": [str(g) for g in genes[idx]],
         "n_donors": int(D),
         "mean_pairwise_covariance": cov_c,
         "bootstrap_over_donors": {"n": N_BOOT, "q05": float(np.quantile(boot, 0.05)), "q95": hi},
         "sd_upper_95": float(np.sqrt(np.log1p(max(hi, 0.0)))),
         "random_sets_mean_pairwise_covariance": {
-            "median": float(np.median(rand)), "q05": float(np.quantile(rand, 0.05)),
-            "q95": float(np.quantile(rand, 0.95)), "n_sets": int(rand.size),
+            "median": float(np.median(rand)),
+            "q05": float(np.quantile(rand, 0.05)),
+            "q95": float(np.quantile(rand, 0.95)),
+            "n_sets": int(rand.size),
         },
         "sd_of_log_set_mean_relative_expression": float(setmean.std(ddof=1)),
         "left_out_complement_genes": {
@@ -338,8 +359,10 @@ def estimate(data_dir: Path) -> dict:
 def build(data_dir: Path, out_path: Path) -> dict:
     data_dir = Path(data_dir)
     est = estimate(data_dir)
-    params = {k: round(float(est[k]), 4) for k in
-              ("cells_per_donor_sd", "library_sd", "composition_concentration", "donor_sd", "complement_sd")}
+    params = {
+        k: round(float(est[k]), 4)
+        for k in ("cells_per_donor_sd", "library_sd", "composition_concentration", "donor_sd", "complement_sd")
+    }
     doc = {
         "name": "immunomood simulate_cohort donor-level parameters",
         "script": "src/immunomood/resources/build/estimate_sim_params.py",
@@ -371,7 +394,9 @@ def build(data_dir: Path, out_path: Path) -> dict:
 def main() -> None:
     here = Path(__file__).resolve()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("IMMUNOMOOD_DATA_DIR", str(here.parents[5] / "shared" / "data")))
+    p.add_argument(
+        "--data-dir", default=os.environ.get("IMMUNOMOOD_DATA_DIR", str(here.parents[5] / "shared" / "data"))
+    )
     p.add_argument("--out", default=str(here.parents[1] / "sim_params.json"))
     a = p.parse_args()
     doc = build(Path(a.data_dir), Path(a.out))

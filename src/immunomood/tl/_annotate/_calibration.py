@@ -63,5 +63,9 @@ def _calibration(out: Mapping[str, Any], E: np.ndarray, rep: np.ndarray, rs: int
     conf = np.asarray(out["confidence"], dtype=np.float64)[cand]
     with _one_blas_thread():
         pl = LogisticRegression(C=1e4).fit(_logit(conf)[:, None], agree)
-    return {"slope": float(pl.coef_[0, 0]), "intercept": float(pl.intercept_[0]), "cv_agreement": float(agree.mean()),
-            "n_cells": len(cand)}
+    return {
+        "slope": float(pl.coef_[0, 0]),
+        "intercept": float(pl.intercept_[0]),
+        "cv_agreement": float(agree.mean()),
+        "n_cells": len(cand),
+    }

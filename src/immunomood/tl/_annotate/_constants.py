@@ -50,11 +50,37 @@ _CV_FOLDS = 3  # folds of that cross-validation
 
 #: The tuning constants recorded in ``uns[key_added]["params"]["constants"]``.
 TUNING = (
-    "_Z_CLIP", "_FLOOR_LINEAGE", "_FLOOR_SUBSET", "_NEG_WEIGHT", "_W_CELL", "_W_KNN", "_W_CLUSTER", "_TAU_LINEAGE",
-    "_TAU_SUBSET", "_MIN_LINEAGE_SCORE", "_MIN_MARKERS_LINEAGE", "_N_NEIGHBORS", "_N_NEIGHBORS_SUB", "_RESOLUTION",
-    "_SUB_RESOLUTION", "_CD8_RESOLUTION", "_AXIS_STEPS", "_REFINE_GENES", "_REFINE_STEPS", "_MIN_REFINE", "_SUB_N_PCS",
-    "_W_CELL_T", "_W_KNN_T", "_TAU_AXIS", "_CLUSTER_ODDS", "_MIN_RARE_SCORE", "_SKETCH_CELLS", "_N_TRANSFER",
-    "_N_TRAIN", "_N_CALIBRATE", "_CV_FOLDS",
+    "_Z_CLIP",
+    "_FLOOR_LINEAGE",
+    "_FLOOR_SUBSET",
+    "_NEG_WEIGHT",
+    "_W_CELL",
+    "_W_KNN",
+    "_W_CLUSTER",
+    "_TAU_LINEAGE",
+    "_TAU_SUBSET",
+    "_MIN_LINEAGE_SCORE",
+    "_MIN_MARKERS_LINEAGE",
+    "_N_NEIGHBORS",
+    "_N_NEIGHBORS_SUB",
+    "_RESOLUTION",
+    "_SUB_RESOLUTION",
+    "_CD8_RESOLUTION",
+    "_AXIS_STEPS",
+    "_REFINE_GENES",
+    "_REFINE_STEPS",
+    "_MIN_REFINE",
+    "_SUB_N_PCS",
+    "_W_CELL_T",
+    "_W_KNN_T",
+    "_TAU_AXIS",
+    "_CLUSTER_ODDS",
+    "_MIN_RARE_SCORE",
+    "_SKETCH_CELLS",
+    "_N_TRANSFER",
+    "_N_TRAIN",
+    "_N_CALIBRATE",
+    "_CV_FOLDS",
 )
 
 
@@ -64,7 +90,7 @@ def tuning_constants() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in TUNING:
         v = g[name]
-        out[name.lstrip("_").lower()] = [float(x) for x in v] if isinstance(v, tuple) else (
-            int(v) if isinstance(v, int) else float(v)
+        out[name.lstrip("_").lower()] = (
+            [float(x) for x in v] if isinstance(v, tuple) else (int(v) if isinstance(v, int) else float(v))
         )
     return out

@@ -31,7 +31,6 @@ Outline
    its nearest sketch cells in the same PCA and its fine label from a logistic model of the sketch's calls.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -73,14 +72,22 @@ logger = logging.getLogger("immunomood")
 
 
 def _annotate_cells(
-    adata: AnnData, Xlog, E: np.ndarray, col: dict[str, int], res: dict, *, use_rep: str | None,
-    groupby: str | None, rs: int, min_confidence: float, unresolved: Mapping[str, str], rep: np.ndarray | None,
+    adata: AnnData,
+    Xlog,
+    E: np.ndarray,
+    col: dict[str, int],
+    res: dict,
+    *,
+    use_rep: str | None,
+    groupby: str | None,
+    rs: int,
+    min_confidence: float,
+    unresolved: Mapping[str, str],
+    rep: np.ndarray | None,
 ) -> dict[str, Any]:
     """The annotation proper on the cells of ``adata`` (all cells, or the sketch of a large input)."""
     # --- graph / clusters ------------------------------------------------------------------------
-    W, clusters = _graph_and_clusters(
-        adata, Xlog, use_rep=use_rep, groupby=groupby, random_state=rs, rep=rep
-    )
+    W, clusters = _graph_and_clusters(adata, Xlog, use_rep=use_rep, groupby=groupby, random_state=rs, rep=rep)
     cl_cat = pd.Categorical(clusters)
     codes = cl_cat.codes.astype(int)
     n_cl = len(cl_cat.categories)
@@ -111,7 +118,12 @@ def _annotate_cells(
             continue
         if lin == "T cell" and "t_cell_axes" in res and len(cells) >= const.MIN_CELLS:
             Wt, (sub_codes, coarse_codes), Xh_t = _subcluster(
-                adata, Xlog, cells, use_rep=use_rep, groupby=groupby, random_state=rs,
+                adata,
+                Xlog,
+                cells,
+                use_rep=use_rep,
+                groupby=groupby,
+                random_state=rs,
                 resolutions=(const._SUB_RESOLUTION, const._CD8_RESOLUTION),
             )
             ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes, Xh_t)
@@ -123,13 +135,23 @@ def _annotate_cells(
             # the genes that decided the conventional T labels: CD8 genes and the naive / memory axis
             cd8_used = [g for g in res["t_cell_axes"]["cd8"] if g.upper() in col]
             nv, mm = used_t.get("naive", []), used_t.get("memory", [])
-            used_sub.update({
-                "CD4 naive T": nv, "CD4 memory T": mm, "CD8 naive T": cd8_used + nv, "CD8 memory T": cd8_used + mm,
-            })
+            used_sub.update(
+                {
+                    "CD4 naive T": nv,
+                    "CD4 memory T": mm,
+                    "CD8 naive T": cd8_used + nv,
+                    "CD8 memory T": cd8_used + mm,
+                }
+            )
             continue
         js = [j for j, s in enumerate(sub_sets) if s["lineage"] == lin and used_sub[s["label"]]]
         if not js:
-            default = {"NK cell": "NK", "Neutrophil": "Neutrophil", "Platelet": "Platelet", "Erythrocyte": "Erythrocyte"}
+            default = {
+                "NK cell": "NK",
+                "Neutrophil": "Neutrophil",
+                "Platelet": "Platelet",
+                "Erythrocyte": "Erythrocyte",
+            }
             fine[cells] = default.get(lin, "Unassigned")
             continue
         sets_l = [sub_sets[j] for j in js]
@@ -178,8 +200,17 @@ def _annotate_cells(
         Sp[~np.isin(fine, CD4_LABELS)] = np.nan
         pol = pd.DataFrame(Sp, index=adata.obs_names, columns=[s["label"] for s in pol_sets])
     return {
-        "lineage": lineage, "fine": fine, "confidence": confidence, "reason": reason, "unassigned": unassigned,
-        "clusters": clusters, "n_cl": n_cl, "n_sub": n_sub, "pol": pol, "used_sub": used_sub, "used_lin": used_lin,
+        "lineage": lineage,
+        "fine": fine,
+        "confidence": confidence,
+        "reason": reason,
+        "unassigned": unassigned,
+        "clusters": clusters,
+        "n_cl": n_cl,
+        "n_sub": n_sub,
+        "pol": pol,
+        "used_sub": used_sub,
+        "used_lin": used_lin,
     }
 
 
@@ -340,8 +371,17 @@ def annotate(
         rep_fit, rep_rest = _pca_rep(Xlog, rs, rows=rows)
     Xs = Xlog if sketch is None else Xlog[rows]
     out = _annotate_cells(
-        priv, Xs, E[rows], col, res, use_rep=use_rep, groupby=groupby, rs=rs,
-        min_confidence=float(min_confidence), unresolved=unresolved, rep=rep_fit,
+        priv,
+        Xs,
+        E[rows],
+        col,
+        res,
+        use_rep=use_rep,
+        groupby=groupby,
+        rs=rs,
+        min_confidence=float(min_confidence),
+        unresolved=unresolved,
+        rep=rep_fit,
     )
     del Xs, Xlog
     calibration = _calibration(out, E[rows], rep_fit, rs)
@@ -353,7 +393,12 @@ def annotate(
         c[assigned_] = _platt(c[assigned_], calibration["slope"], calibration["intercept"])
     lineage, fine, confidence, unassigned = out["lineage"], out["fine"], out["confidence"], out["unassigned"]
     clusters, n_cl, n_sub, pol, used_sub, used_lin = (
-        out["clusters"], out["n_cl"], out["n_sub"], out["pol"], out["used_sub"], out["used_lin"]
+        out["clusters"],
+        out["n_cl"],
+        out["n_sub"],
+        out["pol"],
+        out["used_sub"],
+        out["used_lin"],
     )
     if pol is not None:
         pol.index = adata.obs_names
@@ -398,6 +443,4 @@ def annotate(
         "n_t_subclusters": int(n_sub),
         "cluster_label_counts": counts,
     }
-    logger.info(
-        "annotate: %d cells, %d clusters, %.1f%% Unassigned", adata.n_obs, n_cl, 100 * unassigned.mean()
-    )
+    logger.info("annotate: %d cells, %d clusters, %.1f%% Unassigned", adata.n_obs, n_cl, 100 * unassigned.mean())

@@ -70,8 +70,14 @@ def _leiden(C: sparse.csr_matrix, resolution: float, random_state: int) -> np.nd
 
     priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(C.shape[0]).astype(str)))
     sc.tl.leiden(
-        priv, adjacency=C, resolution=resolution, random_state=random_state, flavor="igraph", n_iterations=2,
-        directed=False, key_added="clusters",
+        priv,
+        adjacency=C,
+        resolution=resolution,
+        random_state=random_state,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        key_added="clusters",
     )
     return priv.obs["clusters"].astype(str).to_numpy()
 
@@ -110,7 +116,12 @@ def _pca_rep(Xlog, random_state: int, rows: np.ndarray | None = None):
 
 
 def _graph_and_clusters(
-    adata: AnnData, Xlog, *, use_rep: str | None, groupby: str | None, random_state: int,
+    adata: AnnData,
+    Xlog,
+    *,
+    use_rep: str | None,
+    groupby: str | None,
+    random_state: int,
     rep: np.ndarray | None = None,
 ) -> tuple[sparse.csr_matrix, np.ndarray]:
     """Row-normalised kNN graph (self included) and Leiden clusters (or the ``groupby`` column)."""
@@ -194,7 +205,11 @@ def _subcluster(
     n = len(rows)
     priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(n).astype(str)))
     Xs = Xlog[rows]
-    Xs = sparse.csr_matrix(Xs, dtype=np.float32) if sparse.issparse(Xs) else sparse.csr_matrix(np.asarray(Xs, np.float32))
+    Xs = (
+        sparse.csr_matrix(Xs, dtype=np.float32)
+        if sparse.issparse(Xs)
+        else sparse.csr_matrix(np.asarray(Xs, np.float32))
+    )
     tmp = AnnData(X=Xs, obs=priv.obs.copy())
     if tmp.n_vars > 3000:
         sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")

@@ -148,11 +148,18 @@ def _coverage(res: Mapping[str, Any], col: Mapping[str, int]) -> tuple[pd.DataFr
                 why = f"{d['name']} not resolvable: {side} has {len(f)} of {', '.join(genes)} in the data (needs {k})"
                 if d.get("stops_lineage", True) and d["lineage"] not in unresolved:
                     unresolved[d["lineage"]] = why
-        rows.append({
-            "lineage": d["lineage"], "distinction": d["name"], "supported": ok, "min_per_side": k,
-            "markers_found": "; ".join(found), "markers_missing": "; ".join(missing),
-        })
-    cov = pd.DataFrame(rows, columns=["lineage", "distinction", "supported", "min_per_side", "markers_found",
-                                      "markers_missing"])
+        rows.append(
+            {
+                "lineage": d["lineage"],
+                "distinction": d["name"],
+                "supported": ok,
+                "min_per_side": k,
+                "markers_found": "; ".join(found),
+                "markers_missing": "; ".join(missing),
+            }
+        )
+    cov = pd.DataFrame(
+        rows, columns=["lineage", "distinction", "supported", "min_per_side", "markers_found", "markers_missing"]
+    )
     cov.index = cov.index.astype(str)
     return cov, unresolved

@@ -31,8 +31,8 @@ def _refine_axis(
     mean = np.asarray(X.mean(axis=0)).ravel()
     r = np.full(X.shape[1], 0.0)
     r[ok] = (np.asarray(X.T @ d).ravel()[ok] / len(rows)) / (sd[ok] * sdd)
-    pos = np.argsort(-r)[:const._REFINE_GENES]
-    neg = np.argsort(r)[:const._REFINE_GENES]
+    pos = np.argsort(-r)[: const._REFINE_GENES]
+    neg = np.argsort(r)[: const._REFINE_GENES]
 
     def zmean(idx: np.ndarray) -> np.ndarray:
         idx = idx[ok[idx]]
@@ -114,7 +114,11 @@ def _memory_axis(
     D = Sa
     for _ in range(const._AXIS_STEPS):  # diffusion over the kNN graph
         D = W @ D
-    Sa = const._W_CELL_T * Sa + const._W_KNN_T * D + (1 - const._W_CELL_T - const._W_KNN_T) * _cluster_mean(Sa, codes, n_cl)
+    Sa = (
+        const._W_CELL_T * Sa
+        + const._W_KNN_T * D
+        + (1 - const._W_CELL_T - const._W_KNN_T) * _cluster_mean(Sa, codes, n_cl)
+    )
     diff = Sa[:, 1] - Sa[:, 0]  # > 0: memory
     cm, sizes = _group_means(diff[:, None], codes if mask is None else np.where(mask, codes, n_cl))
     cm, sizes = cm[:n_cl], sizes[:n_cl]
@@ -150,7 +154,11 @@ def _t_subsets(
 
     def smooth(S):
         S0 = np.nan_to_num(S)
-        return const._W_CELL_T * S0 + const._W_KNN_T * (W @ S0) + (1 - const._W_CELL_T - const._W_KNN_T) * _cluster_mean(S0, codes, n_cl)
+        return (
+            const._W_CELL_T * S0
+            + const._W_KNN_T * (W @ S0)
+            + (1 - const._W_CELL_T - const._W_KNN_T) * _cluster_mean(S0, codes, n_cl)
+        )
 
     p_mem, _, used = _memory_axis(E, col, axes, W, codes)
     cd8_genes = [col[g.upper()] for g in axes["cd8"] if g.upper() in col]

@@ -15,8 +15,13 @@ from ._calibration import _one_blas_thread
 
 
 def _transfer(
-    out: dict[str, Any], rows: np.ndarray, rep_fit: np.ndarray, rep_rest: np.ndarray, n: int,
-    E: np.ndarray, rs: int,
+    out: dict[str, Any],
+    rows: np.ndarray,
+    rep_fit: np.ndarray,
+    rep_rest: np.ndarray,
+    n: int,
+    E: np.ndarray,
+    rs: int,
 ) -> dict[str, Any]:
     """Labels of the cells outside the sketch, learnt from the sketch's calls.
 
