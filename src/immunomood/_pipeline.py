@@ -679,6 +679,19 @@ def stage_differential(cfg: Config, ck: Checkpoints, h: str, state: dict) -> Non
     state["adata"] = adata
 
 
+def _donor_view(cfg: Config, adata):
+    """One row per donor (tl.donor_view) with the run's sample key, groups, gene sets and min_cells."""
+    from . import tl
+
+    return tl.donor_view(
+        adata,
+        sample_key=cfg["input"]["sample_key"],
+        groupby=cfg["differential"]["groupby"],
+        gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
+        min_cells=cfg["differential"]["min_cells"],
+    )
+
+
 def _read_proteomics(cfg: Config):
     import anndata as ad
 
@@ -710,13 +723,7 @@ def stage_proteomics(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     prot = _read_proteomics(cfg)
     if prot.uns.get("proteomics", {}).get("platform") in ("olink", "somascan"):
         prot = pp.proteomics_qc(prot, max_below_lod=pr["max_below_lod"], copy=True)
-    donors = tl.donor_view(
-        adata,
-        sample_key=inp["sample_key"],
-        groupby=cfg["differential"]["groupby"],
-        gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
-        min_cells=cfg["differential"]["min_cells"],
-    )
+    donors = _donor_view(cfg, adata)
     mdata = tl.join_proteomics(donors, prot, prot_sample_key=pr["sample_key"])
 
     # partial associations adjusted for the design's covariates (its columns that are not tested), as the
@@ -845,7 +852,7 @@ def stage_predict(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
     from . import tl
     from ._config import parse_baseline
 
-    p, inp = cfg["predict"], cfg["input"]
+    p = cfg["predict"]
     if not p["outcome"].strip():
         logger.info("no [predict] outcome: skipping the predict stage")
         ck.write("predict", h, extra={"skipped": True})
@@ -897,13 +904,7 @@ def stage_predict(cfg: Config, ck: Checkpoints, h: str, state: dict) -> None:
         if mdata is not None:
             res = tl.predict_response(mdata, **kw)
         else:  # the donor view built here: predict_response writes its result into it, never into the cells
-            donors = tl.donor_view(
-                adata,
-                sample_key=inp["sample_key"],
-                groupby=cfg["differential"]["groupby"],
-                gene_sets=_gene_set_dict(cfg["score"]["gene_sets"]),
-                min_cells=cfg["differential"]["min_cells"],
-            )
+            donors = _donor_view(cfg, adata)
             res = tl.predict_response(donors, **kw)
     except (ValueError, KeyError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

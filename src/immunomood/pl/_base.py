@@ -116,3 +116,14 @@ def fmt_p(p) -> str:
     if v < 1e-300:
         return "<1e-300"
     return f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}"
+
+
+def roc_axes(ax, *, legend_fontsize=None) -> None:
+    """The frame of a ROC plot: chance diagonal, unit square, axis labels, legend at the lower right."""
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", frameon=False, **({} if legend_fontsize is None else {"fontsize": legend_fontsize}))

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ._base import fmt, fmt_p, new_ax, new_axes, not_measured, stored_result
+from ._base import fmt, fmt_p, new_ax, new_axes, not_measured, roc_axes, stored_result
 
 __all__ = ["predict_response"]
 
@@ -144,13 +144,7 @@ def predict_response(
             lw=2,
             label=f"AUC {fmt(stat)} (repeats {fmt(spread[0])}-{fmt(spread[1])}), p={fmt_p(pvalue)}",
         )
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_aspect("equal")
-        ax.legend(loc="lower right", frameon=False, fontsize=8)
+        roc_axes(ax, legend_fontsize=8)
         ax.set_title(
             f"{params.get('outcome')}: {params.get('positive')} vs {params.get('negative')}, out-of-fold "
             f"({int(metrics.get('n_donors', len(y)))} donors)",

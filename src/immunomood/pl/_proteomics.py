@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ._base import new_ax
+from ._base import new_ax, roc_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -164,13 +164,7 @@ def biomarker_roc(result, *, ax=None, show_repeats: bool = True, color: str = "C
     ax.plot(
         grid, mean, color=color, lw=2, label=f"AUC {result.auc:.2f} ({result.auc_ci[0]:.2f}-{result.auc_ci[1]:.2f})"
     )
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_aspect("equal")
-    ax.legend(loc="lower right", frameon=False)
+    roc_axes(ax)
     params = getattr(result, "params", {}) or {}
     if params.get("case"):
         ax.set_title(f"{params['case']} vs {params.get('reference', '')}, out-of-fold")
