@@ -128,7 +128,7 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("pp.highly_variable_genes", "norm", dict(n_top_genes=NAN), r"n_top_genes"),
     ("pp.highly_variable_genes", "norm", dict(n_top_genes=True), r"n_top_genes"),
     ("pp.highly_variable_genes", "norm", dict(batch_key="nope"), r"'nope' not found"),
-    ("pp.highly_variable_genes", "norm", dict(counts_layer="nope"), r"'nope'.*not found"),
+    ("pp.highly_variable_genes", "norm", dict(layer="nope"), r"'nope'.*not found"),
     ("pp.highly_variable_genes", "norm", dict(inplace="x"), r"inplace"),
     # tl.integrate
     ("tl.integrate", "norm", dict(batch_key="nope"), r"'nope' not found"),
@@ -151,7 +151,6 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("tl.integrate", "norm", dict(batch_key="batch", random_state="0"), r"random_state"),
     ("tl.integrate", "norm", dict(batch_key="batch", key_added=""), r"key_added"),
     ("tl.integrate", "norm", dict(batch_key="batch", layer="nope"), r"'nope' not found"),
-    ("tl.integrate", "norm", dict(batch_key="batch", layer=None), r"needs raw counts"),
     ("tl.integrate", "norm", dict(batch_key="batch", fast="yes"), r"fast"),
     ("tl.integrate", "norm", dict(batch_key="batch", early_stopping="yes"), r"early_stopping"),
     ("tl.integrate", "norm", dict(batch_key="batch", categorical_covariates=("nope",)), r"'nope' not found"),

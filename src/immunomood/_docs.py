@@ -20,6 +20,11 @@ layer
 doc_sample_key = _indent("""\
 sample_key
     Column of ``adata.obs`` that identifies the sample (donor) of each cell.""")
+doc_counts_layer = _indent("""\
+layer
+    Layer with the raw counts; ``None`` (default): ``layers["counts"]`` when present, else ``adata.X`` (it must
+    hold raw counts; an error says so otherwise). The same parameter, name and default as every function that
+    reads raw counts.""")
 doc_inplace = _indent("""\
 inplace
     Write the results into ``adata`` and return ``None``; with ``False`` return them and leave ``adata`` untouched.""")

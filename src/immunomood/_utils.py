@@ -139,6 +139,14 @@ def check_layer(adata: Any, layer: str | None) -> None:
         raise KeyError(f"Layer {layer!r} not found in adata.layers. Available: {list(adata.layers.keys())}.")
 
 
+def counts_layer(adata: Any, layer: str | None) -> str | None:
+    """The raw-counts layer of every function that reads raw counts: ``layer`` when given, else ``"counts"`` when
+    ``adata.layers`` has it, else ``None`` (``adata.X``)."""
+    if layer is None and "counts" in adata.layers:
+        return "counts"
+    return layer
+
+
 def get_matrix(adata: Any, layer: str | None = None):
     """``adata.X`` or ``adata.layers[layer]``, after checking the layer exists."""
     check_layer(adata, layer)

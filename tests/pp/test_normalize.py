@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,9 +117,11 @@ def test_hvg_matches_scanpy_seurat_v3(counts_2batches, batch_key):
 
 def test_hvg_inplace_false_and_errors(counts_2batches):
     a = counts_2batches.copy()
+    on_x = im.pp.highly_variable_genes(a, n_top_genes=50, inplace=False)  # no counts layer: X holds the counts
     with pytest.raises(KeyError, match=r"Layer 'counts' with raw counts not found.*im.pp.normalize"):
-        im.pp.highly_variable_genes(a)
+        im.pp.highly_variable_genes(a, layer="counts")
     im.pp.normalize(a)
+    pd.testing.assert_frame_equal(im.pp.highly_variable_genes(a, n_top_genes=50, inplace=False), on_x)
     var_before = a.var.copy()
     df = im.pp.highly_variable_genes(a, n_top_genes=30, inplace=False)
     assert isinstance(df, pd.DataFrame) and df["highly_variable"].sum() == 30
@@ -125,6 +130,48 @@ def test_hvg_inplace_false_and_errors(counts_2batches):
         im.pp.highly_variable_genes(a, batch_key="donor")
     with pytest.raises(ValueError, match="not raw counts|raw counts, but"):
         a.layers["lognorm"] = a.X.copy()
-        im.pp.highly_variable_genes(a, counts_layer="lognorm")
+        im.pp.highly_variable_genes(a, layer="lognorm")
     with pytest.raises(ValueError, match="n_top_genes"):
         im.pp.highly_variable_genes(a, n_top_genes=10_000)
+
+
+def test_one_counts_layer_rule():
+    """Every function that reads raw counts takes `layer=None`: layers["counts"] when present, else X. hvg's old
+    `counts_layer=` still works, with a FutureWarning, and gives the same genes."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    X = sparse.csr_matrix(rng.poisson(2.0, size=(200, 60)).astype(np.float32))
+    a = ad.AnnData(
+        X,
+        obs=pd.DataFrame(
+            {"donor": np.repeat(["d1", "d2"], 100), "ct": ["a", "b"] * 100}, index=[f"c{i}" for i in range(200)]
+        ),
+    )
+    a.var_names = [f"g{i}" for i in range(60)]
+    raw = a.copy()
+    im.pp.normalize(a)  # X log-normalised, counts in layers["counts"]
+    for func in (im.pp.qc_metrics, im.pp.highly_variable_genes, im.tl.pseudobulk, im.tl.integrate):
+        assert inspect.signature(func).parameters["layer"].default is None, func.__name__
+    qa, qr = im.pp.qc_metrics(a, inplace=False), im.pp.qc_metrics(raw, inplace=False)
+    pd.testing.assert_frame_equal(qa[0], qr[0])  # the counts layer, not the log-normalised X
+    pb = im.tl.pseudobulk(a, sample_key="donor", groupby="ct", min_cells=1)
+    np.testing.assert_allclose(
+        pb.X.toarray(), im.tl.pseudobulk(raw, sample_key="donor", groupby="ct", min_cells=1).X.toarray()
+    )
+    assert pb.uns["pseudobulk"]["layer"] == "counts"
+    new = im.pp.highly_variable_genes(a, n_top_genes=20, inplace=False)
+    with pytest.warns(FutureWarning, match="counts_layer"):
+        old = im.pp.highly_variable_genes(a, n_top_genes=20, inplace=False, counts_layer="counts")
+    pd.testing.assert_frame_equal(new, old)
+    del a.layers["counts"]  # no counts layer and a log-normalised X: refused by every reader of raw counts
+    for func, kw in (
+        (im.tl.integrate, {"batch_key": "donor"}),
+        (im.tl.pseudobulk, {"sample_key": "donor", "groupby": "ct"}),
+    ):
+        with pytest.raises((ValueError, KeyError), match="raw counts|not integer|non-integer"):
+            func(a, **kw)
+    a.layers["counts"] = raw.X.copy()
+    with pytest.raises(ValueError, match="once"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        im.pp.highly_variable_genes(a, layer="counts", counts_layer="other")

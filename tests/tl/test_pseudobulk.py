@@ -47,8 +47,10 @@ def test_layer_errors(cells):
     assert pb.n_obs == 6
     np.testing.assert_array_equal(pb_default.X.toarray(), pb.X.toarray())
     cells.X = np.log1p(cells.X.toarray())
-    with pytest.raises(KeyError, match="not raw counts"):
+    with pytest.raises(ValueError, match="not raw counts"):
         im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type")
+    with pytest.raises(KeyError, match="'counts' not found"):
+        im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", layer="counts")
     with pytest.raises(ValueError, match="not raw counts"):
         im.tl.pseudobulk(cells, sample_key="sample", groupby="cell_type", layer=None)
     with pytest.raises(KeyError, match="Available"):

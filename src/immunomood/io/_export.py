@@ -37,7 +37,7 @@ def write_pseudobulk(
     reference: str | None = None,
     covariates: Sequence[str] = (),
     by_group: bool = True,
-    layer: str | None = "counts",
+    layer: str | None = None,
     min_cells: int = 10,
     overwrite: bool = False,
 ) -> Path:
@@ -78,7 +78,8 @@ def write_pseudobulk(
         which is how pseudobulk data are analysed: one model per cell type. With ``False``, one counts matrix
         with one column per sample x group (named ``"<sample>|<group>"``).
     layer
-        Cell-level input only: the layer holding raw counts (as in :func:`immunomood.tl.pseudobulk`).
+        Cell-level input only: the layer with raw counts; ``None`` (default): ``layers["counts"]`` when present,
+        else ``adata.X`` (as in :func:`immunomood.tl.pseudobulk`).
     min_cells
         Cell-level input only: sample x group combinations with fewer cells are dropped.
     overwrite

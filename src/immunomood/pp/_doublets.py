@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._docs import doc_adata, doc_inplace, doc_layer, doc_params, doc_random_state
+from .._docs import doc_adata, doc_counts_layer, doc_inplace, doc_params, doc_random_state
 from .._settings import logger, progress, uses_threads
 from .._utils import (
     check_adata,
     check_counts,
     check_not_view,
     check_obs_key,
+    counts_layer,
     get_matrix,
     record_problem,
     resolve_random_state,
@@ -26,7 +27,7 @@ from ._qc import _check_no_negative, _check_unique_var_names, _get_qc, _sample_c
 MIN_CELLS_DOUBLETS = 30
 
 
-@doc_params(adata=doc_adata, layer=doc_layer, random_state=doc_random_state, inplace=doc_inplace)
+@doc_params(adata=doc_adata, layer=doc_counts_layer, random_state=doc_random_state, inplace=doc_inplace)
 @uses_threads
 def detect_doublets(
     adata: AnnData,
@@ -83,6 +84,7 @@ def detect_doublets(
         check_not_view(adata, func="detect_doublets")
     check_obs_key(adata, sample_key, what="sample_key column")
     _check_unique_var_names(adata)
+    layer = counts_layer(adata, layer)
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     _check_no_negative(X, where, "detect_doublets")

@@ -11,7 +11,8 @@ from scipy import sparse
 from .._dask import count_problem, is_dask, map_row_blocks, require_row_chunks
 from .._docs import doc_adata, doc_inplace, doc_params
 from .._settings import logger
-from .._utils import check_adata, check_bool, check_int, check_not_view, check_obs_key, check_str
+from .._utils import check_adata, check_bool, check_int, check_not_view, check_obs_key, check_str, warn
+from .._utils import counts_layer as counts_layer_of
 from ._qc import _check_unique_var_names
 
 #: seurat_v3 fits a loess of log variance on log mean within each batch; skmisc's loess crashes the interpreter
@@ -197,12 +198,13 @@ def highly_variable_genes(
     *,
     n_top_genes: int = 2000,
     batch_key: str | None = None,
-    counts_layer: str = "counts",
+    layer: str | None = None,
     inplace: bool = True,
+    counts_layer: str | None = None,
 ) -> pd.DataFrame | None:
     """Select highly variable genes with the seurat_v3 method on raw counts.
 
-    Calls :func:`scanpy.pp.highly_variable_genes` with ``flavor="seurat_v3"`` on ``layers[counts_layer]``
+    Calls :func:`scanpy.pp.highly_variable_genes` with ``flavor="seurat_v3"`` on the raw counts
     (needs ``scikit-misc``). With ``batch_key``, genes are ranked within each batch and the ranks combined
     (the number of batches in which a gene is variable first, then its median rank).
 
@@ -213,9 +215,13 @@ def highly_variable_genes(
         Number of genes to select.
     batch_key
         Column of ``adata.obs`` with the batch (or sample); ``None``: one batch.
-    counts_layer
-        Layer with the raw counts (written by :func:`immunomood.pp.normalize`).
+    layer
+        Layer with the raw counts; ``None`` (default): ``layers["counts"]`` (written by
+        :func:`immunomood.pp.normalize`) when present, else ``adata.X`` (it must hold raw counts). The same
+        parameter, name and default as every function that reads raw counts.
     {inplace}
+    counts_layer
+        Deprecated name of ``layer`` (a ``FutureWarning``); it will be removed.
 
     Returns
     -------
@@ -226,7 +232,7 @@ def highly_variable_genes(
 
     Notes
     -----
-    When ``layers[counts_layer]`` is a Dask array (e.g. after :func:`immunomood.io.read_lazy` and
+    When the counts are a Dask array (e.g. after :func:`immunomood.io.read_lazy` and
     :func:`immunomood.pp.normalize`), scanpy's algorithm runs chunked in two passes over the row blocks (per-batch
     gene means and variances, then the clipped standardised variances), with the loess fit in memory; the
     result equals scanpy's in-memory result.
@@ -236,25 +242,37 @@ def highly_variable_genes(
     if inplace:
         check_not_view(adata, func="highly_variable_genes")
     n_top_genes = check_int("n_top_genes", n_top_genes, min=1, fix="It is the number of genes to keep, e.g. 2000.")
-    check_str("counts_layer", counts_layer)
+    if counts_layer is not None:
+        check_str("counts_layer", counts_layer)
+        warn(
+            "highly_variable_genes: `counts_layer=` is deprecated; pass `layer=` (the name every function that "
+            "reads raw counts uses).",
+            FutureWarning,
+        )
+        if layer is not None and layer != counts_layer:
+            raise ValueError(f"Pass the counts layer once: layer={layer!r} and counts_layer={counts_layer!r}.")
+        layer = counts_layer
+    check_str("layer", layer, allow_none=True, fix="Name the layer with raw counts, or None.")
     check_str("batch_key", batch_key, allow_none=True)
-    if counts_layer not in adata.layers:
+    layer = counts_layer_of(adata, layer)
+    if layer is not None and layer not in adata.layers:
         raise KeyError(
-            f"Layer {counts_layer!r} with raw counts not found in adata.layers (present: {list(adata.layers.keys())}). "
+            f"Layer {layer!r} with raw counts not found in adata.layers (present: {list(adata.layers.keys())}). "
             "Run `im.pp.normalize(adata)` first (it stores the counts in layers['counts']) or pass the layer that "
-            "holds raw counts with `counts_layer=`."
+            "holds raw counts with `layer=`."
         )
     check_obs_key(adata, batch_key, what="batch_key column")
     _check_unique_var_names(adata)
-    C = adata.layers[counts_layer]
+    C = adata.X if layer is None else adata.layers[layer]
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     lazy = is_dask(C)
     if lazy:
         require_row_chunks(C, func="highly_variable_genes")
     problem = count_problem(C)
     if problem is not None:
         raise ValueError(
-            f"seurat_v3 needs raw counts, but adata.layers[{counts_layer!r}] {problem.replace('it ', '', 1)}. "
-            "Pass the layer that holds raw counts with `counts_layer=`."
+            f"seurat_v3 needs raw counts, but {where} {problem.replace('it ', '', 1)}. "
+            "Pass the layer that holds raw counts with `layer=`."
         )
     check_int(
         "n_top_genes",
@@ -278,7 +296,7 @@ def highly_variable_genes(
             flavor="seurat_v3",
             n_top_genes=n_top_genes,
             batch_key=batch_key,
-            layer=counts_layer,
+            layer=layer,
             inplace=inplace,
             subset=False,
         )

@@ -12,7 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._dask import block_value_problem, count_problem_sampled, is_dask, map_row_blocks, require_row_chunks
-from .._docs import doc_adata, doc_copy, doc_inplace, doc_layer, doc_params
+from .._docs import doc_adata, doc_copy, doc_counts_layer, doc_inplace, doc_params
 from .._settings import logger
 from .._utils import (
     check_adata,
@@ -23,6 +23,7 @@ from .._utils import (
     check_obs_key,
     check_str,
     count_matrix_problem,
+    counts_layer,
     get_matrix,
     warn,
 )
@@ -232,7 +233,7 @@ def _get_qc(adata: AnnData) -> dict:
 # ----------------------------------------------------------------------------------------------
 # qc_metrics
 # ----------------------------------------------------------------------------------------------
-@doc_params(adata=doc_adata, layer=doc_layer, inplace=doc_inplace)
+@doc_params(adata=doc_adata, layer=doc_counts_layer, inplace=doc_inplace)
 def qc_metrics(
     adata: AnnData,
     *,
@@ -288,6 +289,7 @@ def qc_metrics(
         check_not_view(adata, func="qc_metrics")
     check_obs_key(adata, sample_key, what="sample_key column")
     _check_unique_var_names(adata)
+    layer = counts_layer(adata, layer)
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     lazy = is_dask(X)

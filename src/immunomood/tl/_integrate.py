@@ -27,6 +27,7 @@ from .._utils import (
     check_obs_key,
     check_random_state,
     check_str,
+    counts_layer,
     get_matrix,
     resolve_random_state,
     warn,
@@ -299,7 +300,7 @@ def integrate(
     adata: AnnData,
     *,
     batch_key: str,
-    layer: str | None = "counts",
+    layer: str | None = None,
     categorical_covariates: Sequence[str] = (),
     continuous_covariates: Sequence[str] = (),
     n_latent: int = 30,
@@ -361,7 +362,8 @@ def integrate(
     batch_key
         Column of ``adata.obs`` with the batch of each cell.
     layer
-        Layer with raw counts; ``None``: ``adata.X`` holds the counts.
+        Layer with the raw counts; ``None`` (default): ``layers["counts"]`` when present, else ``adata.X`` (it must
+        hold raw counts). The same parameter, name and default as every function that reads raw counts.
     categorical_covariates
         Further ``obs`` columns to condition on (e.g. donor, chemistry).
     continuous_covariates
@@ -420,6 +422,8 @@ def integrate(
             )
     categorical_covariates = list(categorical_covariates)
     continuous_covariates = list(continuous_covariates)
+    if isinstance(layer, str) or layer is None:
+        layer = counts_layer(adata, layer)  # None: layers["counts"] when present, else X
     _validate(adata, batch_key, layer, categorical_covariates, continuous_covariates, key_added)
     seed = resolve_random_state(random_state)
     dev = _lightning_device_kwargs(accelerator, devices)

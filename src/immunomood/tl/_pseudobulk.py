@@ -142,7 +142,7 @@ def pseudobulk(
     *,
     sample_key: str,
     groupby: str,
-    layer: str | None = "counts",
+    layer: str | None = None,
     min_cells: int = 10,
 ) -> AnnData:
     """Sum raw counts per sample x group (e.g. donor x cell type).
@@ -154,9 +154,10 @@ def pseudobulk(
     groupby
         Column of ``adata.obs`` with the groups to aggregate within (e.g. the cell type).
     layer
-        Layer holding raw counts (default ``"counts"``, where :func:`immunomood.pp.normalize` keeps them; when
-        there is no such layer and ``adata.X`` holds raw counts, ``adata.X`` is used, as recorded in
-        ``uns["pseudobulk"]["layer"]``). Pass ``None`` to aggregate ``adata.X``.
+        Layer with the raw counts; ``None`` (default): ``layers["counts"]`` (where :func:`immunomood.pp.normalize`
+        keeps them) when present, else ``adata.X`` (it must hold raw counts); recorded in
+        ``uns["pseudobulk"]["layer"]``. The same parameter, name and default as every function that reads raw
+        counts.
     min_cells
         Sample x group combinations with fewer cells are dropped, and listed in ``uns["dropped"]``.
 
@@ -180,13 +181,12 @@ def pseudobulk(
     min_cells = check_int(
         "min_cells", min_cells, min=1, fix="It is the number of cells a sample x group needs to be kept, e.g. 10."
     )
-    default_missing = layer == "counts" and "counts" not in adata.layers  # then X, if it holds raw counts
     check_obs_key(adata, sample_key, what="sample_key column")
     check_obs_key(adata, groupby, what="groupby column")
     if sample_key == groupby:
         raise ValueError(f"`sample_key` and `groupby` are the same column ({sample_key!r}); pass two columns.")
     # Dask input: the same steps, the counts checked on a sample of blocks and the sums taken block by block
-    X, layer = resolve_counts(adata, layer, func="pseudobulk", fallback_to_x=default_missing)
+    X, layer = resolve_counts(adata, layer, func="pseudobulk", auto=True)
     grid, M = sum_by_sample_group(X, adata.obs, sample_key, groupby, min_cells=min_cells)
     keep = grid["n_cells"].to_numpy() >= min_cells
     dropped = grid.loc[~keep].reset_index(drop=True)
