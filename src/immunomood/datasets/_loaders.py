@@ -26,7 +26,7 @@ from scipy import sparse
 
 from .._settings import settings
 from .._utils import file_sha256, warn
-from ._manifest import _manifest_paths, read_manifest
+from ._manifest import manifest_paths, read_manifest
 
 __all__ = ["citeseq_pbmc5k", "kang2018", "list_datasets", "load", "pbmc3k", "zheng2017"]
 
@@ -353,7 +353,7 @@ def list_datasets() -> pd.DataFrame:
     checksums are checked when the data are loaded). Manual-only datasets (``files: []``) are never available.
     """
     rows = []
-    for ident in _manifest_paths():
+    for ident in manifest_paths():
         m = read_manifest(ident)
         available = bool(m["files"]) and all(_find_local(f, None) is not None for f in m["files"])
         rows.append(

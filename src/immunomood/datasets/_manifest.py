@@ -59,7 +59,7 @@ def manifest_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "resources" / "manifests"
 
 
-def _manifest_paths() -> dict[str, Path]:
+def manifest_paths() -> dict[str, Path]:
     return {p.stem: p for p in sorted(manifest_dir().glob("*.yaml"))}
 
 
@@ -246,7 +246,7 @@ def read_manifest(name: str | os.PathLike) -> dict[str, Any]:
         return validate_manifest(Path(name))
     if not isinstance(name, str):
         raise TypeError(f"name must be a dataset id or a path, got {type(name).__name__}.")
-    paths = _manifest_paths()
+    paths = manifest_paths()
     if name not in paths:
         raise ValueError(f"Unknown dataset {name!r}. Known datasets: {sorted(paths)}.")
     return validate_manifest(paths[name])

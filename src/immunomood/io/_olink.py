@@ -473,7 +473,7 @@ def _qc_worst(values: pd.Series) -> object:
 # ----------------------------------------------------------------------------------------------
 
 
-def _h5_safe(df: pd.DataFrame) -> pd.DataFrame:
+def h5_safe(df: pd.DataFrame) -> pd.DataFrame:
     """Text columns with missing values become categorical (h5ad cannot store None inside string arrays)."""
     for c in df.columns:
         s = df[c]
@@ -815,7 +815,7 @@ def read_olink(
         var = var.drop(columns=["OlinkID"])
     obs.index.name = None
 
-    adata = ad.AnnData(X=X, obs=_h5_safe(obs), var=_h5_safe(var))
+    adata = ad.AnnData(X=X, obs=h5_safe(obs), var=h5_safe(var))
     adata.layers["below_lod"] = below
     for k, M in layers.items():
         adata.layers[k] = M

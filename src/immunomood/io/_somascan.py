@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._settings import logger
-from ._olink import _h5_safe
+from ._olink import h5_safe
 
 __all__ = ["read_somascan"]
 
@@ -324,7 +324,7 @@ def read_somascan(path: str | os.PathLike):
         obs.index = pd.Index(names.to_numpy())
     else:
         obs.index = pd.Index([f"sample_{i}" for i in range(len(obs))])
-    adata = ad.AnnData(X=p["X"], obs=_h5_safe(obs), var=_h5_safe(var))
+    adata = ad.AnnData(X=p["X"], obs=h5_safe(obs), var=h5_safe(var))
     adata.uns["adat_header"] = dict(p["header"])
     adata.uns["adat_col_data"] = {"Name": list(p["col_names"]), "Type": list(p["col_types"] or [])}
     adata.uns["adat_row_data"] = {"Name": list(p["row_names"]), "Type": list(p["row_types"] or [])}

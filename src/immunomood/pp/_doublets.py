@@ -21,7 +21,7 @@ from .._utils import (
     resolve_random_state,
     warn,
 )
-from ._qc import _check_no_negative, _check_unique_var_names, _get_qc, _sample_codes
+from ._qc import check_no_negative, check_unique_var_names, get_qc, sample_codes
 
 #: Samples with fewer cells than this are not scored (scrublet's PCA and kNN need a few dozen cells).
 MIN_CELLS_DOUBLETS = 30
@@ -83,15 +83,15 @@ def detect_doublets(
     if inplace:
         check_not_view(adata, func="detect_doublets")
     check_obs_key(adata, sample_key, what="sample_key column")
-    _check_unique_var_names(adata)
+    check_unique_var_names(adata)
     layer = counts_layer(adata, layer)
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    _check_no_negative(X, where, "detect_doublets")
+    check_no_negative(X, where, "detect_doublets")
     check_counts(adata, layer, func="detect_doublets")
     seed = resolve_random_state(random_state)
 
-    codes, samples = _sample_codes(adata, sample_key)
+    codes, samples = sample_codes(adata, sample_key)
     score = np.full(adata.n_obs, np.nan, dtype=np.float64)
     pred = np.zeros(adata.n_obs, dtype=bool)
     rows, skipped, no_threshold = [], [], []
@@ -151,7 +151,7 @@ def detect_doublets(
         return out
     adata.obs["doublet_score"] = score
     adata.obs["predicted_doublet"] = pred
-    qc = _get_qc(adata)
+    qc = get_qc(adata)
     params = {"random_state": seed, "min_cells": int(min_cells), "layer": layer if layer is not None else "X"}
     if sample_key is not None:
         params["sample_key"] = sample_key

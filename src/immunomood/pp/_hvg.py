@@ -13,7 +13,7 @@ from .._docs import doc_adata, doc_inplace, doc_params
 from .._settings import logger
 from .._utils import check_adata, check_bool, check_int, check_not_view, check_obs_key, check_str, warn
 from .._utils import counts_layer as counts_layer_of
-from ._qc import _check_unique_var_names
+from ._qc import check_unique_var_names
 
 #: seurat_v3 fits a loess of log variance on log mean within each batch; skmisc's loess crashes the interpreter
 #: (double free, SIGSEGV) with 3 points or fewer and fails with a ValueError up to about 15 points. A batch needs
@@ -262,7 +262,7 @@ def highly_variable_genes(
             "holds raw counts with `layer=`."
         )
     check_obs_key(adata, batch_key, what="batch_key column")
-    _check_unique_var_names(adata)
+    check_unique_var_names(adata)
     C = adata.X if layer is None else adata.layers[layer]
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     lazy = is_dask(C)

@@ -11,7 +11,7 @@ from .._docs import doc_adata, doc_copy, doc_params
 from .._kernels import log1p_cp10k
 from .._settings import logger
 from .._utils import check_adata, check_bool, check_not_view, check_number, check_str
-from ._qc import _check_unique_var_names
+from ._qc import check_unique_var_names
 
 
 def _normalize_block(block, target_sum: float):
@@ -78,7 +78,7 @@ def normalize(
     )
     if not copy:
         check_not_view(adata, func="normalize")
-    _check_unique_var_names(adata)
+    check_unique_var_names(adata)
     if is_dask(adata.X):
         require_row_chunks(adata.X, func="normalize")
     problem = count_problem(adata.X)

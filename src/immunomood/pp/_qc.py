@@ -57,7 +57,7 @@ _MIN_CELLS_PSEUDOBULK = 10
 # ----------------------------------------------------------------------------------------------
 # shared private checks
 # ----------------------------------------------------------------------------------------------
-def _check_unique_var_names(adata: AnnData) -> None:
+def check_unique_var_names(adata: AnnData) -> None:
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()
         raise ValueError(
@@ -66,7 +66,7 @@ def _check_unique_var_names(adata: AnnData) -> None:
         )
 
 
-def _check_no_negative(X, where: str, func: str) -> None:
+def check_no_negative(X, where: str, func: str) -> None:
     problem = count_matrix_problem(X)
     if problem is not None and ("negative" in problem or "NaN" in problem):
         raise ValueError(
@@ -222,7 +222,7 @@ def _dask_row_metrics(X, cat: np.ndarray, where: str):
     return total, ngenes, top, cats, int((~seen).sum())
 
 
-def _get_qc(adata: AnnData) -> dict:
+def get_qc(adata: AnnData) -> dict:
     qc = adata.uns.get("qc")
     if not isinstance(qc, dict):
         qc = {}
@@ -288,7 +288,7 @@ def qc_metrics(
     if inplace:
         check_not_view(adata, func="qc_metrics")
     check_obs_key(adata, sample_key, what="sample_key column")
-    _check_unique_var_names(adata)
+    check_unique_var_names(adata)
     layer = counts_layer(adata, layer)
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -302,7 +302,7 @@ def qc_metrics(
                 "Pass the layer that holds the raw counts with `layer=`."
             )
     else:
-        _check_no_negative(X, where, "qc_metrics")
+        check_no_negative(X, where, "qc_metrics")
 
     symbols = _gene_symbols(adata, gene_symbols)
     flags = gene_flags(symbols)
@@ -365,7 +365,7 @@ def qc_metrics(
         adata.obs[c] = obs_df[c].to_numpy()
     for c in flags.columns:
         adata.var[c] = flags[c].to_numpy()
-    qc = _get_qc(adata)
+    qc = get_qc(adata)
     params = {
         "layer": layer if layer is not None else "X",
         "n_mt_genes": n_mt,
@@ -397,7 +397,7 @@ def qc_metrics(
 # ----------------------------------------------------------------------------------------------
 # flag_outliers
 # ----------------------------------------------------------------------------------------------
-def _sample_codes(adata: AnnData, sample_key: str | None) -> tuple[np.ndarray, list[str]]:
+def sample_codes(adata: AnnData, sample_key: str | None) -> tuple[np.ndarray, list[str]]:
     if sample_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), ["all"]
     cat = pd.Categorical(adata.obs[sample_key])
@@ -480,7 +480,7 @@ def flag_outliers(
             f"(`im.pp.qc_metrics(adata, sample_key=...)`). Available: {list(map(str, adata.obs.columns))}."
         )
 
-    codes, samples = _sample_codes(adata, sample_key)
+    codes, samples = sample_codes(adata, sample_key)
     n = adata.n_obs
     fails = np.zeros((len(OUTLIER_METRICS), n), dtype=bool)
     rows = []
@@ -533,7 +533,7 @@ def flag_outliers(
         return flags, thresholds
     adata.obs["qc_outlier"] = outlier
     adata.obs["qc_reason"] = reason
-    qc = _get_qc(adata)
+    qc = get_qc(adata)
     params = {"nmads": float(nmads), "mt_nmads": float(mt_nmads)}
     if sample_key is not None:
         params["sample_key"] = sample_key
@@ -649,7 +649,7 @@ def filter_cells(
             reason_cols.append(c)
     removed = reason != ""
 
-    codes, samples = _sample_codes(adata, sample_key)
+    codes, samples = sample_codes(adata, sample_key)
     ns = len(samples)
     before = np.bincount(codes, minlength=ns)
     report = pd.DataFrame(index=pd.Index(samples, name=sample_key or "sample"))
@@ -686,7 +686,7 @@ def filter_cells(
         out = adata
         if removed.any():
             adata._inplace_subset_obs(keep)
-    qc = _get_qc(out)
+    qc = get_qc(out)
     qc["params"]["filter_cells"] = params
     qc["report"] = report
     out.uns["qc"] = qc
