@@ -48,6 +48,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers shared with the tests
 
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
 STEPS = (
@@ -183,28 +186,8 @@ def run(size: str = "small", profile: bool = True) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 # How published labels are matched to our types (the same maps as tests/tl/test_annotate.py). A fine call is
 # correct when it is in the label's set; a lineage-level call ("T cell" ...) is judged on its lineage only.
-SEURAT_FINE = {
-    "Naive CD4 T": {"CD4 naive T"},
-    "Memory CD4 T": {"CD4 memory T", "Treg"},
-    "CD14+ Mono": {"Classical monocyte", "Intermediate monocyte"},
-    "FCGR3A+ Mono": {"Non-classical monocyte", "Intermediate monocyte"},
-    "CD8 T": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T"},
-    "NK": {"NK"},
-    "B": {"B naive", "B memory", "Plasmablast"},
-    "DC": {"cDC", "pDC"},
-    "Platelet": {"Platelet"},
-}
-SEURAT_LIN = {
-    "Naive CD4 T": "T cell",
-    "Memory CD4 T": "T cell",
-    "CD14+ Mono": "Monocyte",
-    "FCGR3A+ Mono": "Monocyte",
-    "CD8 T": "T cell",
-    "NK": "NK cell",
-    "B": "B cell",
-    "DC": "Dendritic cell",
-    "Platelet": "Platelet",
-}
+from _label_maps import SEURAT_FINE, SEURAT_LIN  # noqa: E402  (tests/_label_maps.py, shared with the tests)
+
 # kang2018: its "CD8 T cells" cluster holds the NK cells too (no NK label in that reference)
 KANG_FINE = {
     "CD14+ Monocytes": {"Classical monocyte", "Intermediate monocyte"},

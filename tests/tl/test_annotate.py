@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from importlib import resources
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -13,6 +15,9 @@ from scipy import sparse
 
 import immunomood as im
 from immunomood.tl._annotate import CELL_TYPES, LABELS, LINEAGE_CALLS, LINEAGES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers shared with the benchmarks
+from _label_maps import SEURAT_FINE, SEURAT_LIN
 
 TYPES = {
     "CD4 naive T": ["CD3D", "CD3E", "CD2", "CCR7", "SELL", "LEF1", "TCF7", "CD4", "MAL", "LRRN3", "IL7R"],
@@ -251,28 +256,6 @@ def test_errors(sim):
 # ---------------------------------------------------------------------------------------------
 # real data
 # ---------------------------------------------------------------------------------------------
-SEURAT_OK = {
-    "Naive CD4 T": {"CD4 naive T"},
-    "Memory CD4 T": {"CD4 memory T", "Treg"},
-    "CD14+ Mono": {"Classical monocyte", "Intermediate monocyte"},
-    "FCGR3A+ Mono": {"Non-classical monocyte", "Intermediate monocyte"},
-    "CD8 T": {"CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T"},
-    "NK": {"NK"},
-    "B": {"B naive", "B memory", "Plasmablast"},
-    "DC": {"cDC", "pDC"},
-    "Platelet": {"Platelet"},
-}
-SEURAT_LIN = {
-    "Naive CD4 T": "T cell",
-    "Memory CD4 T": "T cell",
-    "CD14+ Mono": "Monocyte",
-    "FCGR3A+ Mono": "Monocyte",
-    "CD8 T": "T cell",
-    "NK": "NK cell",
-    "B": "B cell",
-    "DC": "Dendritic cell",
-    "Platelet": "Platelet",
-}
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +274,7 @@ def test_pbmc3k_against_seurat(pbmc3k_annotated):
     a = pbmc3k_annotated
     o = a.obs[a.obs["seurat"].notna()]
     fine, s = o["cell_type"].astype(str), o["seurat"].astype(str)
-    ok = np.array([f in SEURAT_OK[t] for f, t in zip(fine, s)])
+    ok = np.array([f in SEURAT_FINE[t] for f, t in zip(fine, s)])
     assigned = (fine != "Unassigned").to_numpy()
     lineage_acc = (o["cell_lineage"].astype(str).to_numpy() == s.map(SEURAT_LIN).to_numpy()).mean()
     assert lineage_acc >= 0.95
@@ -316,7 +299,7 @@ def test_pbmc3k_against_seurat(pbmc3k_annotated):
     assert cal["slope"] > 0 and 0.7 <= cal["cv_agreement"] <= 1 and cal["n_cells"] >= 2000
     # CD4 vs CD8 is decided per T sub-cluster: Seurat's CD8 T cells are called CD8 (or MAIT / gamma-delta)
     cd8 = (s == "CD8 T").to_numpy() & assigned
-    assert np.isin(fine[cd8], list(SEURAT_OK["CD8 T"])).mean() >= 0.85
+    assert np.isin(fine[cd8], list(SEURAT_FINE["CD8 T"])).mean() >= 0.85
 
 
 def _ece(correct: np.ndarray, conf: np.ndarray) -> float:
