@@ -233,7 +233,12 @@ CSLE_AUTHORS = {
     "CD4mem": ({"CD4 memory T"}, "T cell"),
     "Treg": ({"Treg"}, "T cell"),
 }
-REAL_SETS = ("pbmc3k", "kang2018", "csle", "csle_authors", "onek1k")
+REAL_SETS = ("pbmc3k", "kang2018", "csle", "csle_authors", "onek1k", "pbmc3k_nocd8", "csle_nob")
+# held-out checks of the reference-signature path: the markers of one distinction dropped from var
+MASKS = {
+    "nocd8": ["CD8A", "CD8B"],
+    "nob": ["IGHD", "IGHM", "TCL1A", "FCER2", "IL4R", "CD27", "AIM2", "TNFRSF13B", "IGHA1", "IGHG1", "SSPN"],
+}
 BINS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0001)
 
 
@@ -243,6 +248,13 @@ def _real_data(name: str, data_dir):
     import numpy as np
     import pandas as pd
 
+    base, _, mask = name.partition("_no")
+    if mask and f"no{mask}" in MASKS:
+        from immunomood._markers import marker_symbols
+
+        a, truth, fine_map, lin_map = _real_data(base, data_dir)
+        drop = np.isin(np.asarray(marker_symbols(a)).astype(str), MASKS[f"no{mask}"])
+        return a[:, ~drop].copy(), truth, fine_map, lin_map
     if name == "pbmc3k":
         import scanpy as sc
 
