@@ -297,8 +297,10 @@ def real(name: str, dump: str | None = None) -> dict:
     data_dir = Path(os.environ.get("IMMUNOMOOD_DATA_DIR", "../shared/data"))
     a, truth, fine_map, lin_map = _real_data(name, data_dir)
     im.settings.n_jobs = 2
+    # BENCH_REFERENCE=none: markers only (the behaviour before the packaged reference)
+    ref = os.environ.get("BENCH_REFERENCE", "blood")
     t0 = time.perf_counter()
-    im.tl.annotate(a)
+    im.tl.annotate(a, reference=None if ref.lower() == "none" else ref)
     dt = time.perf_counter() - t0
     lab = truth != ""
     lin = a.obs["cell_lineage"].astype(str).to_numpy()[lab]

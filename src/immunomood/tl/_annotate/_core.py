@@ -24,7 +24,13 @@ Outline
    0.81-0.89 on four real labelled sets). The product is then calibrated without reference labels: Platt
    scaling onto the cross-validated agreement of a logistic model of the calls (:func:`_calibration`).
 6. Coverage: a lineage whose subset split lacks its markers in the data (the resource's ``distinctions``, e.g.
-   CD4 vs CD8 without CD8A and CD8B) is called at lineage level, with the missing markers as the reason.
+   CD4 vs CD8 without CD8A and CD8B) is resolved with an expanded signature from the packaged reference
+   (``reference="blood"``: per-gene effect sizes between blood cell types of real full-transcriptome PBMC
+   with marker-defined labels) when the data have >= ``_SIG_MIN_GENES`` signature genes per side: CD4 vs CD8 by
+   an effect-weighted score per coarse T sub-cluster (genes that separate CD8 from CD4 in both the naive and the
+   memory compartment), B naive vs memory by a score on the reference's own scale (cells within
+   ``_SIG_MARGIN`` of the boundary stay at "B cell"). Otherwise it is called at lineage level, with the missing
+   markers as the reason.
 7. Speed: the kNN lists come from the shared :mod:`immunomood._neighbors`, their UMAP connectivities are computed
    here in numpy (umap's numba kernels cost ~40 s of compilation per process), Leiden runs on them directly.
    Above ``_SKETCH_CELLS`` cells a random sketch is annotated in full; each other cell takes its lineage from
@@ -199,14 +205,25 @@ def _annotate_cells(
         b = np.argmax(sub, axis=1)
         fine[cells] = np.array([s["label"] for s in sets_l])[b]
         p2[cells] = P2[np.arange(len(cells)), b]
-        if lin == "B cell" and b_sig and cl is not None:
+        if lin == "B cell" and b_sig:
             # B naive vs memory from the reference signature on the reference's own scale (a B compartment of one
-            # kind, e.g. sorted memory B cells, has no naive end to scale against)
+            # kind, e.g. sorted memory B cells, has no naive end to scale against), smoothed over the cell's kNN
+            # neighbourhood and (mostly) its sub-cluster
             nm = np.isin(fine[cells], list(b_sig["sides"]))
             s_ref = _anchored_signature_score(E, col, b_sig, res["_reference"], lineage, cells)
-            n_l = int(cl.max()) + 1
-            s_sm = const._W_CELL_T * s_ref + const._W_KNN_T * (Wl @ s_ref)
-            s_sm = s_sm + (1 - const._W_CELL_T - const._W_KNN_T) * _cluster_mean(s_ref[:, None], cl, n_l)[:, 0]
+            if cl is not None:
+                cl_b, knn_b = cl, Wl @ s_ref
+            else:  # few B cells: the clusters and graph of all cells
+                cl_b = pd.factorize(codes[cells])[0]
+                Wb = W[cells][:, cells]
+                deg = np.asarray(Wb.sum(axis=1)).ravel()
+                knn_b = np.where(deg > 0, (Wb @ s_ref) / np.maximum(deg, 1e-12), s_ref)
+            s_sm = const._W_CELL_T * s_ref + const._W_KNN_T * knn_b
+            s_sm = (
+                s_sm
+                + (1 - const._W_CELL_T - const._W_KNN_T)
+                * (_cluster_mean(s_ref[:, None], cl_b, int(cl_b.max()) + 1)[:, 0])
+            )
             up, down = b_sig["spec"]["up"], b_sig["spec"]["down"]
             # a cell near the boundary of the two reference profiles is not forced: it stays at the lineage
             lab_b = np.where(s_sm >= const._SIG_MARGIN, up, np.where(s_sm <= -const._SIG_MARGIN, down, lin))
