@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 from ..._docs import doc_adata, doc_layer, doc_params, doc_random_state
 from ..._markers import CD4_LABELS, LABELS, LINEAGES, load_reference, marker_symbols, resolve_markers
@@ -84,6 +85,28 @@ from ._tcell import _t_subsets
 from ._transfer import _transfer
 
 logger = logging.getLogger("immunomood")
+
+
+def _nested_agreement(fine: np.ndarray, lineage: np.ndarray, mean_of) -> np.ndarray:
+    """Agreement of each cell's call with its cluster or neighbourhood, a lineage-level call nesting the fine ones.
+
+    ``mean_of`` maps a cells x k matrix to each cell's (cluster or kNN) mean. A lineage-level call (``"B cell"``)
+    agrees with every cell of its lineage (the finer calls there are statements within it, not against it); a fine
+    call only with the same call (a lineage-level neighbour does not support it). Without lineage-level calls next
+    to fine calls of the same lineage this is the plain share of the same call.
+    """
+    f, lin = np.asarray(fine).astype(str), np.asarray(lineage).astype(str)
+    level = f == lin
+    cats = pd.Index(np.unique(np.concatenate([f, lin])))
+
+    def share(keys: np.ndarray, own: np.ndarray) -> np.ndarray:
+        k = cats.get_indexer(keys)
+        onehot = sparse.csr_matrix((np.ones(len(k)), (np.arange(len(k)), np.maximum(k, 0))), shape=(len(k), len(cats)))
+        onehot.data[k < 0] = 0.0
+        m = np.asarray(mean_of(onehot.toarray()))
+        return m[np.arange(len(own)), cats.get_indexer(own)]
+
+    return np.where(level, share(lin, lin), share(f, f))
 
 
 def _annotate_cells(
@@ -239,14 +262,25 @@ def _annotate_cells(
                 f"{const._SIG_MARGIN} of the boundary for this cell's neighbourhood"
             )
         if cl is not None:
-            sub_agree.append((cells, _agreement(fine[cells].astype(str), cl)))
+            if (sig_reason[cells] != "").any():  # lineage-level calls among fine ones: nested agreement
+                n_l = int(cl.max()) + 1
+                ag_l = _nested_agreement(
+                    fine[cells], lineage[cells], lambda X, cl=cl, n_l=n_l: _cluster_mean(X, cl, n_l)
+                )
+            else:
+                ag_l = _agreement(fine[cells].astype(str), cl)
+            sub_agree.append((cells, ag_l))
     agree = _agreement(fine.astype(str), codes)
     for rows_, ag in sub_agree:
         agree[rows_] = ag
     conf2 = p2 * np.sqrt(agree)
     # the kNN neighbourhood's agreement with the cell's fine call: a cell whose call differs from its nearest
     # neighbours' sits on a boundary between populations (where labels of references disagree most)
-    confidence = np.clip(conf1 * conf2 * _neighbour_agreement(fine.astype(str), W), 0.0, 1.0)
+    if (sig_reason != "").any():
+        nb_agree = _nested_agreement(fine, lineage, lambda X: W @ X)
+    else:
+        nb_agree = _neighbour_agreement(fine.astype(str), W)
+    confidence = np.clip(conf1 * conf2 * nb_agree, 0.0, 1.0)
     lineage = lineage.astype(object)
     lineage[unassigned] = "Unassigned"
     fine[unassigned] = "Unassigned"
