@@ -194,11 +194,14 @@ def _subcluster(
     groupby: str | None,
     random_state: int,
     resolutions: tuple[float, ...] = (const._SUB_RESOLUTION,),
+    scale: bool = True,
 ) -> tuple[sparse.csr_matrix, list[np.ndarray]]:
     """KNN graph (row-normalised, self included) and Leiden sub-clusters of the cells ``rows`` on their own.
 
-    The cells' own highly variable genes (unit variance, sparse, implicitly centred PCA) or ``use_rep``
-    restricted to them; with ``groupby`` the user's clusters restricted to them.
+    The cells' own highly variable genes (scaled to unit variance unless ``scale=False``; sparse, implicitly centred
+    PCA) or ``use_rep`` restricted to them; with ``groupby`` the user's clusters restricted to them. Unit variance
+    weighs every variable gene alike; without it, highly expressed genes weigh more (in combat's T cells only the
+    unscaled graph separates CD8A+ CD8B+ CD4- naive T cells from CD4 naive T cells).
     """
     import scanpy as sc
 
@@ -221,7 +224,7 @@ def _subcluster(
     else:
         sd = _col_sd(Xh)
         keep = sd > 0
-        Xu = (Xh[:, keep] @ sparse.diags((1.0 / sd[keep]).astype(np.float32))).tocsr()
+        Xu = (Xh[:, keep] @ sparse.diags((1.0 / sd[keep]).astype(np.float32))).tocsr() if scale else Xh[:, keep]
         tmp = AnnData(X=Xu, obs=priv.obs.copy())
         n_comps = int(max(2, min(const._SUB_N_PCS, tmp.n_obs - 2, tmp.n_vars - 2)))
         sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
