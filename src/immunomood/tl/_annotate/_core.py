@@ -128,9 +128,9 @@ def _annotate_cells(
             )
             override = None
             if use_rep is None and groupby is None:  # the unscaled graph's sub-clusters (see _cd8_posterior)
-                override = _subcluster(adata, Xlog, cells, use_rep=None, groupby=None, random_state=rs, scale=False)[1][
-                    0
-                ]
+                _, (override,), _ = _subcluster(
+                    adata, Xlog, cells, use_rep=None, groupby=None, random_state=rs, scale=False, Xh=Xh_t
+                )
             ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes, Xh_t, override)
             del Xh_t
             fine[cells] = ft
