@@ -179,7 +179,12 @@ def _annotate_cells(
                 random_state=rs,
                 resolutions=(const._SUB_RESOLUTION, const._CD8_RESOLUTION),
             )
-            ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes, Xh_t)
+            override = None
+            if use_rep is None and groupby is None:  # the unscaled graph's sub-clusters (see _cd8_posterior)
+                _, (override,), _ = _subcluster(
+                    adata, Xlog, cells, use_rep=None, groupby=None, random_state=rs, scale=False, Xh=Xh_t
+                )
+            ft, pt, used_t = _t_subsets(E[cells], col, res, Wt, sub_codes, coarse_codes, Xh_t, override)
             del Xh_t
             fine[cells] = ft
             p2[cells] = pt

@@ -194,34 +194,41 @@ def _subcluster(
     groupby: str | None,
     random_state: int,
     resolutions: tuple[float, ...] = (const._SUB_RESOLUTION,),
-) -> tuple[sparse.csr_matrix, list[np.ndarray]]:
+    scale: bool = True,
+    Xh: sparse.csr_matrix | None = None,
+) -> tuple[sparse.csr_matrix, list[np.ndarray], sparse.csr_matrix]:
     """KNN graph (row-normalised, self included) and Leiden sub-clusters of the cells ``rows`` on their own.
 
-    The cells' own highly variable genes (unit variance, sparse, implicitly centred PCA) or ``use_rep``
-    restricted to them; with ``groupby`` the user's clusters restricted to them.
+    The cells' own highly variable genes (scaled to unit variance unless ``scale=False``; sparse, implicitly centred
+    PCA) or ``use_rep`` restricted to them; with ``groupby`` the user's clusters restricted to them. Unit variance
+    weighs every variable gene alike; without it, highly expressed genes weigh more (in combat's T cells only the
+    unscaled graph separates CD8A+ CD8B+ CD4- naive T cells from CD4 naive T cells). ``Xh``: the highly variable
+    genes' expression of these cells from an earlier call (skips their selection). Returns the graph, the
+    sub-clusters per resolution and ``Xh``.
     """
     import scanpy as sc
 
     n = len(rows)
     priv = AnnData(X=None, obs=pd.DataFrame(index=np.arange(n).astype(str)))
-    Xs = Xlog[rows]
-    Xs = (
-        sparse.csr_matrix(Xs, dtype=np.float32)
-        if sparse.issparse(Xs)
-        else sparse.csr_matrix(np.asarray(Xs, np.float32))
-    )
-    tmp = AnnData(X=Xs, obs=priv.obs.copy())
-    if tmp.n_vars > 3000:
-        sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
-        tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
-    Xh = tmp.X.tocsr()  # log expression of the cells' highly variable genes
-    del tmp, Xs
+    if Xh is None:
+        Xs = Xlog[rows]
+        Xs = (
+            sparse.csr_matrix(Xs, dtype=np.float32)
+            if sparse.issparse(Xs)
+            else sparse.csr_matrix(np.asarray(Xs, np.float32))
+        )
+        tmp = AnnData(X=Xs, obs=priv.obs.copy())
+        if tmp.n_vars > 3000:
+            sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
+            tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
+        Xh = tmp.X.tocsr()  # log expression of the cells' highly variable genes
+        del tmp, Xs
     if use_rep is not None:
         priv.obsm["X_rep"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)[rows]
     else:
         sd = _col_sd(Xh)
         keep = sd > 0
-        Xu = (Xh[:, keep] @ sparse.diags((1.0 / sd[keep]).astype(np.float32))).tocsr()
+        Xu = (Xh[:, keep] @ sparse.diags((1.0 / sd[keep]).astype(np.float32))).tocsr() if scale else Xh[:, keep]
         tmp = AnnData(X=Xu, obs=priv.obs.copy())
         n_comps = int(max(2, min(const._SUB_N_PCS, tmp.n_obs - 2, tmp.n_vars - 2)))
         sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")

@@ -57,7 +57,9 @@ def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     return float(x[o][np.searchsorted(cw, q)])
 
 
-def _cd8_posterior(D: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cd8_posterior(
+    D: np.ndarray, codes: np.ndarray, override_codes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """P(CD8 | cell) from CD8A/CD8B detection (cells x genes, bool) with a per-sub-cluster prior.
 
     Per sub-cluster k the detection rate d_kg is a mixture pi_k p8_g + (1 - pi_k) p4_g of the rates in CD8 cells
@@ -87,6 +89,11 @@ def _cd8_posterior(D: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.nda
     llr = (Di * np.log(p8i / p4i) + (1 - Di) * np.log((1 - p8i) / (1 - p4i))).sum(axis=1)
     # prior: the cluster's call (pi >= 0.5) held at odds const._CLUSTER_ODDS
     pic = pi[codes]
+    if override_codes is not None:
+        do, so = _group_means(D.astype(np.float64), override_codes)
+        pio = ((np.clip((do[:, informative] - p4[informative]) / w, 0, 1) * w).sum(axis=1) / w.sum())[override_codes]
+        clear = (pio >= const._CD8_OVERRIDE) | (pio <= 1 - const._CD8_OVERRIDE)
+        pic = np.where(clear & (so[override_codes] >= const._CD8_OVERRIDE_MIN_CELLS), pio, pic)
     log_odds_prior = np.where(pic >= 0.5, 1.0, -1.0) * np.log(const._CLUSTER_ODDS)
     post = 1 / (1 + np.exp(-(log_odds_prior + llr)))
     return post, pic
@@ -169,6 +176,7 @@ def _t_subsets(
     codes: np.ndarray,
     coarse_codes: np.ndarray,
     Xh: sparse.csr_matrix | None = None,
+    override_codes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
     """Fine labels and their probability for T cells (rows of ``E``), decided per sub-cluster (``codes``).
 
@@ -177,7 +185,8 @@ def _t_subsets(
        sub-cluster mean, a little by the kNN neighbourhood and the cell itself.
     2. CD4 vs CD8: Bayesian CD8A/CD8B detection model with the sub-cluster as prior (:func:`_cd8_posterior`),
        on coarser sub-clusters (``coarse_codes``): CD4 vs CD8 is the major split of T cells, naive vs memory a
-       finer one. Where the panel lacks CD8A/CD8B and ``res["_signatures"]`` holds a reference signature for
+       finer one; clearly CD4 or CD8 sub-clusters of a second graph (``override_codes``) keep their own call.
+       Where the panel lacks CD8A/CD8B and ``res["_signatures"]`` holds a reference signature for
        ``"CD4 vs CD8 T"``, its score decides instead (:func:`_cd8_signature_posterior`).
     3. Rare subsets (Treg, MAIT, gamma-delta, proliferating) replace the naive/memory call where their gated,
        smoothed score is at least halfway from background to the expressing sub-cluster (``_MIN_RARE_SCORE``).
@@ -205,7 +214,7 @@ def _t_subsets(
         )
         p_cd8, _ = _cd8_signature_posterior(E, [col[g.upper()] for g in genes], w, W, coarse_codes)
     elif cd8_genes:
-        p_cd8, _ = _cd8_posterior(E[:, cd8_genes] > 0, coarse_codes)
+        p_cd8, _ = _cd8_posterior(E[:, cd8_genes] > 0, coarse_codes, override_codes)
     else:
         p_cd8 = np.zeros(n)
     is8 = p_cd8 >= 0.5
