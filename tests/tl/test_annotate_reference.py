@@ -48,23 +48,23 @@ def test_reference_loads_small_with_provenance():
     assert ref["mean"].shape == ref["sd"].shape == (n_lab, n_gene)
     assert n_gene >= 3000 and len(set(ref["genes"])) == n_gene
     assert np.isfinite(ref["mean"]).all() and (ref["mean"] >= 0).all() and (ref["sd"] >= 0).all()
-    # the labels the signatures need, each from several cells and donors
+    # the labels the signatures need, each from several cells and donors (CD4 memory T: 158 cells of 2 donors, the
+    # others 5-7 donors)
     for lab in ("CD4 naive T", "CD4 memory T", "CD8 naive T", "CD8 memory T", "B naive", "B memory"):
         i = ref["labels"].index(lab)
-        assert ref["n_cells"][i] >= 100 and ref["n_donors"][i] >= 3, lab
+        assert ref["n_cells"][i] >= 100 and ref["n_donors"][i] >= 2, lab
         assert prov["labels"][lab]["n_cells"] == int(ref["n_cells"][i])
     # provenance: sources with DOI, licence and input checksum; the labels are said to be marker-defined
     assert "marker-defined" in prov["labels_are"]
     for src in prov["sources"].values():
         assert "DOI" in src["citation"] and src["licence"] and len(src["sha256"]) == 64
     assert prov["script"].endswith("build_annotation_reference.py") and prov["version"] == ref["version"]
-    # effects are what their definition says: difference of label means over the pooled SD (float16 storage)
+    # a replicated effect points the way of the label means (both sources agree in sign)
     for name, e in ref["effect"].items():
         up, down = (ref["labels"].index(prov["effects"][name][k]) for k in ("up", "down"))
-        pooled = np.maximum(np.sqrt((ref["sd"][up] ** 2 + ref["sd"][down] ** 2) / 2), 0.1)
-        expect = (ref["mean"][up] - ref["mean"][down]) / pooled
-        big = np.abs(expect) > 0.5
-        assert np.allclose(e[big], expect[big], rtol=0.05, atol=0.05), name
+        big = np.abs(e) > 0.5
+        assert big.sum() >= 3, name
+        assert (np.sign(e[big]) == np.sign(ref["mean"][up] - ref["mean"][down])[big]).mean() >= 0.95, name
     # biology the labels must show: CD8A separates CD8 from CD4 in both compartments, TCL1A is naive B
     g = ref["genes"].index
     assert ref["effect"]["CD8 vs CD4 naive"][g("CD8A")] > 1.5 and ref["effect"]["CD8 vs CD4 memory"][g("CD8A")] > 1.5
@@ -98,6 +98,22 @@ def test_build_script_rebuilds_the_shipped_reference(data_dir, tmp_path):
     assert list(new["n_cells"]) == list(old["n_cells"])
     np.testing.assert_allclose(new["mean"].astype(np.float32), old["mean"], atol=2e-3)
     assert prov["sources"] == old["provenance"]["sources"]
+
+
+def test_replicated_effect_hand_computed():
+    """The stored effect is the smaller one of the sources when they agree in sign, else 0."""
+    mod = _build_module()
+    one, two = list(mod.SOURCES)[:2]
+    var = np.ones(3)  # pooled SD 1: the effect is the difference of means
+
+    def rows(src, means):
+        return [(np.array(means, dtype=float), var, 10, f"{src}:d1")]
+
+    stats = {
+        "up": rows(one, [2.0, 1.0, 0.5]) + rows(two, [1.5, -1.0, 0.0]),
+        "down": rows(one, [0.0, 0.0, 0.0]) + rows(two, [0.0, 0.0, 0.0]),
+    }
+    np.testing.assert_allclose(mod._replicated_effect(stats, "up", "down"), [1.5, 0.0, 0.0])
 
 
 def test_unknown_reference_errors():
@@ -190,12 +206,13 @@ def _read(data_dir: Path, rel: str) -> ad.AnnData:
 def test_onek1k_memory_b_called_b_memory(data_dir):
     """OneK1K's panel has AIM2 only of the B memory markers: the reference signature splits its (memory) B cells.
 
-    Measured: of 1,743 bmem cells 602 B memory, 166 B naive, 939 left at "B cell" (within 0.25 of the boundary);
-    lineage-level calls 12.1% (22% markers only), fine 0.949 on fine calls (0.970), AUROC 0.867 (0.866).
+    Measured (reference 1.1.0): of 1,707 bmem cells called B cell lineage 738 B memory, 132 B naive, 837 left at
+    "B cell" (within 0.25 of the boundary); lineage-level calls 10.8% (22% markers only), fine 0.954 on fine calls
+    (0.970), AUROC 0.882 (0.866).
     """
     a = _read(data_dir, "onek1k/onek1k_40donors_4types.h5ad")
     truth = a.obs["cell_type"].astype(str).to_numpy()
-    im.tl.annotate(a)
+    im.tl.annotate(a, reference="blood")
     fine, lin = a.obs["cell_type"].astype(str).to_numpy(), a.obs["cell_lineage"].astype(str).to_numpy()
     cov = a.uns["cell_type"]["coverage"].set_index("distinction")
     assert cov.loc["B naive vs B memory", "resolved_by"] == "reference signature"
@@ -204,10 +221,10 @@ def test_onek1k_memory_b_called_b_memory(data_dir):
     bmem = (truth == "bmem") & (lin == "B cell")
     called = bmem & np.isin(fine, ["B naive", "B memory"])
     assert called.sum() >= 0.3 * bmem.sum()
-    assert (fine[called] == "B memory").mean() >= 0.72  # measured 0.78
+    assert (fine[called] == "B memory").mean() >= 0.78  # measured 0.848
     assigned = lin != "Unassigned"
-    assert np.isin(fine, LINEAGE_CALLS)[assigned].mean() <= 0.16  # measured 0.121
-    # confidence for correctness (a lineage-level call judged on its lineage): measured 0.867
+    assert np.isin(fine, LINEAGE_CALLS)[assigned].mean() <= 0.14  # measured 0.108
+    # confidence for correctness (a lineage-level call judged on its lineage): measured 0.882
     lin_ok = lin == pd.Series(truth).map(
         {"monoc": "Monocyte", "mononc": "Monocyte", "bmem": "B cell", "cd4nc": "T cell"}
     )
@@ -233,8 +250,9 @@ def test_onek1k_memory_b_called_b_memory(data_dir):
 
 @pytest.mark.realdata
 def test_onek1k_reference_none_is_markers_only(data_dir):
+    """``reference=None`` is the default: markers only."""
     a = _read(data_dir, "onek1k/onek1k_40donors_4types.h5ad")
-    im.tl.annotate(a, reference=None)
+    im.tl.annotate(a)
     b = (a.obs["cell_lineage"] == "B cell").to_numpy()
     assert b.sum() > 1500 and (a.obs["cell_type"].astype(str)[b] == "B cell").all()
     assert a.obs["cell_type_reason"].astype(str)[b].str.contains("AIM2").all()
@@ -245,32 +263,34 @@ def test_onek1k_reference_none_is_markers_only(data_dir):
 
 @pytest.mark.realdata
 def test_kang2018_cd4_cd8_not_forced(data_dir):
-    """kang2018 (1,267 genes) has CD8A but not CD8B; only CD8A separates CD8 from CD4 T cells in both the naive and
-    the memory compartment of the reference with effect >= 0.5 (4 more genes do at >= 0.3, and with them 43 of 394
-    CD4 and 31 of 177 CD8 T cells were miscalled: no better than CD8A alone), so T cells stay at "T cell" with the
-    missing marker named; B cells (no naive marker at all) are split by the signature where it is clear.
+    """kang2018 (1,267 genes) has CD8A but not CD8B; only CD8A separates CD8 from CD4 T cells in both compartments
+    of both reference cohorts, so T cells stay at "T cell" with the missing marker named (reference 1.0.0, effects
+    of the pooled cohorts, had 15 genes per side here, led by HLA-DPA1/DPB1 of activated COVID-19 CD8 T cells, and
+    called 24% of kang's CD4 T cells CD8); B cells (no naive marker at all) are split where the signature is clear
+    (measured: 119 B naive, 16 B memory, 157 B cell).
     """
     a = _read(data_dir, "kang2018/kang2018_2donors_ctrl_stim.h5ad")
     a.var_names = a.var["ENSEMBL"].astype(str).to_numpy()
-    im.tl.annotate(a)
+    im.tl.annotate(a, reference="blood")
     cov = a.uns["cell_type"]["coverage"].set_index("distinction")
     assert cov.loc["CD4 vs CD8 T", "resolved_by"] == "not resolved"
-    assert cov.loc["CD4 vs CD8 T", "signature_genes"].startswith("CD8: CD8A")
+    assert cov.loc["CD4 vs CD8 T", "signature_genes"] == "CD8: CD8A; CD4: -"
     assert cov.loc["B naive vs B memory", "resolved_by"] == "reference signature"
     fine, lin = a.obs["cell_type"].astype(str), a.obs["cell_lineage"].astype(str)
     t = (lin == "T cell").to_numpy()
     assert (fine[t] == "T cell").all() and a.obs["cell_type_reason"].astype(str)[t].str.contains("CD8B").all()
     b = (lin == "B cell").to_numpy()
     assert fine[b].isin(["B naive", "B memory", "B cell", "Plasmablast"]).all()
-    assert fine[b].isin(["B naive", "B memory"]).mean() >= 0.25  # measured 0.36
+    assert fine[b].isin(["B naive", "B memory"]).mean() >= 0.3  # measured 0.46
 
 
 @pytest.mark.realdata
-def test_pbmc3k_without_cd8_genes_uses_signature(data_dir):
-    """pbmc3k with CD8A and CD8B dropped: CD4 vs CD8 from the reference signature (held out: pbmc3k is not in it).
+def test_pbmc3k_without_cd8_genes_not_forced(data_dir):
+    """pbmc3k with CD8A and CD8B dropped (held out: pbmc3k is not in the reference): only CTSW of the replicated
+    CD4 vs CD8 genes is left, too few to decide, so T cells stop at "T cell" and say which markers are missing.
 
-    Measured: of Seurat's 268 CD8 T cells 181 CD8 memory, 27 MAIT, 55 CD4 memory; of 1,180 CD4 T cells 40 called
-    CD8; CD4/CD8 agreement 0.945 over T cells; fine 0.887 (0.904 with the markers), no lineage-level call.
+    Reference 1.0.0 (unreplicated effects) resolved it here: CD4/CD8 agreement with Seurat 0.945 over T cells, but
+    Seurat CD8 T called CD8 0.78 and fine 0.887; on kang2018 the same signature miscalled 24% of CD4 T cells.
     """
     import scanpy as sc
 
@@ -278,41 +298,27 @@ def test_pbmc3k_without_cd8_genes_uses_signature(data_dir):
     if not d.exists():
         pytest.skip("pbmc3k not available")
     a = sc.read_10x_mtx(d / "filtered_gene_bc_matrices" / "hg19", var_names="gene_symbols")
-    seurat = pd.read_csv(d / "pbmc3k_seurat_annotations.csv", index_col=0).iloc[:, 0].reindex(a.obs_names)
     a = a[:, ~a.var_names.isin(["CD8A", "CD8B"])].copy()
-    im.tl.annotate(a)
+    im.tl.annotate(a, reference="blood")
     cov = a.uns["cell_type"]["coverage"].set_index("distinction")
-    assert cov.loc["CD4 vs CD8 T", "resolved_by"] == "reference signature"
-    fine = a.obs["cell_type"].astype(str).to_numpy()
-    s = seurat.astype(str).to_numpy()
-    cd8_side = np.isin(fine, ["CD8 naive T", "CD8 memory T", "MAIT", "gamma-delta T"])
-    cd4_side = np.isin(fine, ["CD4 naive T", "CD4 memory T", "Treg"])
-    t8, t4 = s == "CD8 T", np.isin(s, ["Naive CD4 T", "Memory CD4 T"])
-    t_called = (t8 | t4) & (cd8_side | cd4_side)
-    acc = ((t8 & cd8_side) | (t4 & cd4_side))[t_called].mean()
-    assert acc >= 0.92  # measured 0.945
-    assert cd8_side[t8].mean() >= 0.72  # measured 0.78
-    assert not np.isin(fine, LINEAGE_CALLS).any()
-    sig_cd8 = cov.loc["CD4 vs CD8 T", "signature_genes"].split(";")[0].removeprefix("CD8: ").split(", ")
-    assert set(sig_cd8) <= set(a.uns["cell_type"]["markers_used"]["CD8 memory T"])
+    assert cov.loc["CD4 vs CD8 T", "resolved_by"] == "not resolved"
+    assert cov.loc["CD4 vs CD8 T", "signature_genes"] == "CD8: CTSW; CD4: -"
+    t = (a.obs["cell_lineage"] == "T cell").to_numpy()
+    assert t.sum() > 1000 and (a.obs["cell_type"].astype(str)[t] == "T cell").all()
+    assert a.obs["cell_type_reason"].astype(str)[t].str.contains("CD8 has 0 of CD8A, CD8B").all()
 
 
 @pytest.mark.realdata
-def test_csle_without_b_markers_uses_signature(data_dir):
-    """cSLE with every B naive/memory marker dropped: B naive vs memory from the reference (held out).
-
-    Measured on Azimuth level-3 labels: B naive 279 of 280 fine-called naive B cells called B naive (26 more called
-    Plasmablast), B memory 34 of 56 fine-called; lineage-level 5.2%.
+def test_csle_without_b_markers_not_forced(data_dir):
+    """cSLE with every B naive/memory marker dropped: 4 replicated B-naive genes in its 1,503 (fewer than
+    ``_SIG_MIN_GENES``), so B cells stop at "B cell" with the reason (reference 1.0.0 resolved it: B naive 279 of 280
+    fine-called naive B cells, B memory 34 of 56, fine 0.747).
     """
     a = _read(data_dir, "csle/csle_44donors_B_CD4mem_Treg.h5ad")
-    truth = a.obs["azimuth_l3"].astype(str).to_numpy()
     a = a[:, ~a.var_names.isin(B_MARKERS)].copy()
-    im.tl.annotate(a)
+    im.tl.annotate(a, reference="blood")
     cov = a.uns["cell_type"]["coverage"].set_index("distinction")
-    assert cov.loc["B naive vs B memory", "resolved_by"] == "reference signature"
-    fine = a.obs["cell_type"].astype(str).to_numpy()
-    split = np.isin(fine, ["B naive", "B memory"])
-    naive, memory = np.char.startswith(truth.astype(str), "B naive"), np.char.startswith(truth.astype(str), "B memory")
-    assert (fine[naive & split] == "B naive").mean() >= 0.95
-    assert (fine[memory & split] == "B memory").mean() >= 0.5
-    assert np.isin(fine, LINEAGE_CALLS).mean() <= 0.1
+    assert cov.loc["B naive vs B memory", "resolved_by"] == "not resolved"
+    b = (a.obs["cell_lineage"] == "B cell").to_numpy()
+    assert b.sum() > 400 and (a.obs["cell_type"].astype(str)[b] == "B cell").all()
+    assert a.obs["cell_type_reason"].astype(str)[b].str.contains("B naive vs B memory not resolvable").all()

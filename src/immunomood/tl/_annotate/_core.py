@@ -24,9 +24,9 @@ Outline
    0.81-0.89 on four real labelled sets). The product is then calibrated without reference labels: Platt
    scaling onto the cross-validated agreement of a logistic model of the calls (:func:`_calibration`).
 6. Coverage: a lineage whose subset split lacks its markers in the data (the resource's ``distinctions``, e.g.
-   CD4 vs CD8 without CD8A and CD8B) is resolved with an expanded signature from the packaged reference
-   (``reference="blood"``: per-gene effect sizes between blood cell types of real full-transcriptome PBMC
-   with marker-defined labels) when the data have >= ``_SIG_MIN_GENES`` signature genes per side: CD4 vs CD8 by
+   CD4 vs CD8 without CD8A and CD8B) is called at lineage level. With ``reference="blood"`` (opt-in) it is
+   resolved with an expanded signature from the packaged reference (per-gene effect sizes between blood cell
+   types of real full-transcriptome PBMC with marker-defined labels, replicated in both cohorts) when the data have >= ``_SIG_MIN_GENES`` signature genes per side: CD4 vs CD8 by
    an effect-weighted score per coarse T sub-cluster (genes that separate CD8 from CD4 in both the naive and the
    memory compartment), B naive vs memory by a score on the reference's own scale (cells within
    ``_SIG_MARGIN`` of the boundary stay at "B cell"). Otherwise it is called at lineage level, with the missing
@@ -338,7 +338,7 @@ def annotate(
     adata: AnnData,
     *,
     markers: str | Mapping[str, Any] = "blood",
-    reference: str | None = "blood",
+    reference: str | None = None,
     layer: str | None = None,
     use_rep: str | None = None,
     groupby: str | None = None,
@@ -371,7 +371,12 @@ def annotate(
         ``distinctions``, e.g. CD4 vs CD8 T without CD8A and CD8B): the distinction is then resolved with an
         expanded signature of genes that separate its sides in the reference (CD4 vs CD8: in both the naive and
         the memory compartment) and that the data have, when there are enough of them per side; otherwise the
-        cells stop at the lineage, as with ``None``.
+        cells stop at the lineage, as with ``None`` (the default). Opt-in because it trades the honest
+        lineage-level call for a fine call of lower accuracy: on OneK1K (1,000 genes, AIM2 the only B memory
+        marker) it splits memory B cells, 0.90 of them correctly, and lineage-level calls fall from 22% to 11%, but on
+        kang2018 its B naive/memory calls (which that set's labels cannot judge) lower the AUROC of confidence for
+        correctness from 0.81 to 0.77. CD4 vs CD8 without CD8A and CD8B is not resolved: only CD8A, CD8B and CTSW
+        separate them in both reference cohorts.
     {layer}
     use_rep
         Embedding in ``adata.obsm`` (e.g. an integrated ``"X_scVI"``) for the neighbourhood graph and
