@@ -6,6 +6,8 @@ resource, and the gene symbols of ``adata`` that markers are matched against.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 from collections.abc import Mapping
 from importlib import resources
@@ -96,6 +98,41 @@ def resolve_markers(markers: str | Mapping[str, Any]) -> dict[str, Any]:
         if s["label"] not in CELL_TYPES or s.get("lineage") not in LINEAGES:
             raise ValueError(f"Subset {s['label']!r} / lineage {s.get('lineage')!r} is not in the vocabulary.")
     return res
+
+
+def load_reference(name: str = "blood") -> dict[str, Any]:
+    """Load a packaged annotation reference (``resources/reference/<name>_reference.npz`` + ``.json``).
+
+    Returns a dict with ``genes`` (symbols), ``labels``, ``mean`` and ``sd`` (labels x genes, log1p CP10k),
+    ``effect`` (mapping: effect name -> per-gene effect size), ``n_cells``, ``n_donors`` and ``provenance`` (the
+    JSON written by ``resources/build/build_annotation_reference.py``: sources, input checksums, label rules, the
+    distinctions the reference can resolve). Cached: the arrays are shared, treat them as read-only.
+    """
+    return _load_reference(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_reference(name: str) -> dict[str, Any]:
+    base = resources.files("immunomood").joinpath("resources", "reference")
+    available = sorted(p.name[: -len("_reference.npz")] for p in base.iterdir() if p.name.endswith("_reference.npz"))
+    if name not in available:
+        raise ValueError(f"Unknown annotation reference {name!r}. Available: {available}; or pass reference=None.")
+    with base.joinpath(f"{name}_reference.npz").open("rb") as fh:
+        z = np.load(io.BytesIO(fh.read()), allow_pickle=False)
+        arrays = {k: z[k] for k in z.files}
+    prov = json.loads(base.joinpath(f"{name}_reference.json").read_text())
+    return {
+        "name": name,
+        "version": str(prov["version"]),
+        "genes": [str(g) for g in arrays["genes"]],
+        "labels": [str(x) for x in arrays["labels"]],
+        "mean": arrays["mean"].astype(np.float32),
+        "sd": arrays["sd"].astype(np.float32),
+        "effect": {str(e): arrays["effect"][i].astype(np.float32) for i, e in enumerate(arrays["effect_names"])},
+        "n_cells": arrays["n_cells"],
+        "n_donors": arrays["n_donors"],
+        "provenance": prov,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

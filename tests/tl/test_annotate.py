@@ -346,7 +346,7 @@ def test_kang2018_few_genes_ensembl(kang2018):
     3.3%, monocyte fine 0.93, lineage-level calls 58% (all T and B cells: whole marker families missing).
     """
     a = kang2018.copy()
-    im.tl.annotate(a)
+    im.tl.annotate(a, reference=None)  # markers only (the reference path: tests/tl/test_annotate_reference.py)
     lin = a.obs["cell_lineage"].astype(str)
     fine = a.obs["cell_type"].astype(str)
     reason = a.obs["cell_type_reason"].astype(str)
@@ -417,7 +417,7 @@ def test_onek1k_real_donors(data_dir):
         pytest.skip("onek1k not available")
     a = ad.read_h5ad(path)
     truth = a.obs["cell_type"].astype(str).to_numpy()  # the published labels (annotate writes its own there)
-    im.tl.annotate(a)
+    im.tl.annotate(a, reference=None)  # markers only (the reference path: tests/tl/test_annotate_reference.py)
     lin_map = {"monoc": "Monocyte", "mononc": "Monocyte", "bmem": "B cell", "cd4nc": "T cell"}
     fine_map = {
         "monoc": {"Classical monocyte", "Intermediate monocyte"},

@@ -44,6 +44,12 @@ _CLUSTER_ODDS = 300.0  # a pure sub-cluster's CD4/CD8 call is held at these prio
 _CD8_OVERRIDE = 0.75
 _CD8_OVERRIDE_MIN_CELLS = 15
 _MIN_RARE_SCORE = 0.25  # a rare T subset: its markers at least halfway from background to the expressing population
+# reference signatures (a distinction whose markers the panel lacks, resolved from the packaged reference)
+_SIG_MIN_EFFECT = 0.5  # a signature gene separates the two sides by >= this effect size (in every compartment)
+_SIG_GENES = 20  # at most this many signature genes per side (the largest effects)
+_SIG_MIN_GENES = 5  # fewer signature genes on a side in the data: the distinction stays unresolved
+_SIG_MARGIN = 0.25  # |signature score| below it (weighted SD units from the boundary): the call stays at the lineage
+_TAU_SIGNATURE = 0.25  # probability of a reference-scale signature call: logistic in (weighted) SD units
 _T_RARE = ("Treg", "MAIT", "gamma-delta T", "Proliferating T")  # the rare T subsets (vocabulary, not tuned)
 # large inputs: a random sketch of this many cells is annotated in full, the other cells take the labels of their
 # nearest sketch cells in the same PCA (12,000 cells keep every blood population of >= 0.2% with >= 24 cells)
@@ -83,6 +89,11 @@ TUNING = (
     "_CD8_OVERRIDE",
     "_CD8_OVERRIDE_MIN_CELLS",
     "_MIN_RARE_SCORE",
+    "_SIG_MIN_EFFECT",
+    "_SIG_GENES",
+    "_SIG_MIN_GENES",
+    "_SIG_MARGIN",
+    "_TAU_SIGNATURE",
     "_SKETCH_CELLS",
     "_N_TRANSFER",
     "_N_TRAIN",

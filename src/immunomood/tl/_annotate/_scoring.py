@@ -127,27 +127,127 @@ def _softmax(S: np.ndarray, tau: float) -> np.ndarray:
     return P / P.sum(axis=1, keepdims=True)
 
 
-def _coverage(res: Mapping[str, Any], col: Mapping[str, int]) -> tuple[pd.DataFrame, dict[str, str]]:
+def _reference_signature(
+    reference: Mapping[str, Any], spec: Mapping[str, Any], present: Any
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Signature genes of a distinction from the reference's effect sizes, restricted to the genes ``present``.
+
+    A gene joins the ``up`` side when its effect is >= ``_SIG_MIN_EFFECT`` in every effect of ``spec["effects"]``
+    (for CD4 vs CD8 T: in the naive and in the memory compartment), the ``down`` side when it is <= minus that;
+    each side keeps its ``_SIG_GENES`` genes with the largest smallest effect. Returns the genes per side, their
+    smallest effect (> 0, the weight of the gene in a score: the Gaussian log-likelihood ratio of the two sides is
+    the effect-weighted sum of standardised values) and the number of qualifying genes per side in the data.
+    """
+    eff = np.stack([reference["effect"][e] for e in spec["effects"]])
+    genes = np.array([g.upper() for g in reference["genes"]])
+    here = np.array([g in present for g in genes])
+    out, w, n = {}, {}, {}
+    for side, sign in ((spec["up"], 1.0), (spec["down"], -1.0)):
+        e = np.min(sign * eff, axis=0)
+        ok = here & (e >= const._SIG_MIN_EFFECT)
+        order = np.flatnonzero(ok)[np.argsort(-e[ok], kind="stable")][: const._SIG_GENES]
+        out[side] = [str(reference["genes"][i]) for i in order]
+        w.update({str(reference["genes"][i]): float(e[i]) for i in order})
+        n[side] = int(ok.sum())
+    return out, w, n
+
+
+#: reference labels of the lineages that anchor a signature score on the reference's scale
+_ANCHORS = {
+    "T cell": ("CD4 naive T", "CD4 memory T", "CD8 naive T", "CD8 memory T"),
+    "NK cell": ("NK",),
+    "Monocyte": ("Classical monocyte", "Non-classical monocyte"),
+}
+
+
+def _anchored_signature_score(
+    E: np.ndarray,
+    col: Mapping[str, int],
+    sig: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    lineage: np.ndarray,
+    rows: np.ndarray,
+) -> np.ndarray:
+    """Score of the cells ``rows`` on a reference signature, on the reference's own scale (> 0: ``up`` side).
+
+    score = sum_g w_g s_g (x_g - mid_g) / sd_g / sum_g w_g over the signature genes, with w_g the reference effect,
+    s_g = +1 for ``up`` genes and -1 for ``down`` genes, mid_g the midpoint of the two sides' reference means and
+    sd_g their pooled SD: the Gaussian log-likelihood ratio of the two sides (per unit effect), so 0 is the boundary
+    and needs no second population in the data. The reference means are first put on the panel's scale (capture
+    and normalisation over a smaller panel scale a gene's counts per 10k): m' = log1p(c_g expm1(m)), with c_g the
+    ratio of the gene's expm1 mean in the anchor lineages present in the data (T, NK, monocytes with >= 20 cells in
+    ``lineage``) to the reference's, where the anchors express the gene (reference log mean >= 0.25), else the
+    median of those ratios over the genes of ``E`` in the reference.
+    """
+    spec = sig["spec"]
+    eff = reference["provenance"]["effects"][spec["effects"][0]]
+    li = {lab: i for i, lab in enumerate(reference["labels"])}
+    gi = {g.upper(): i for i, g in enumerate(reference["genes"])}
+    genes = [g for side in (spec["up"], spec["down"]) for g in sig["sides"][side]]
+    sign = np.array([1.0] * len(sig["sides"][spec["up"]]) + [-1.0] * len(sig["sides"][spec["down"]]))
+    w = np.array([sig["weights"][g] for g in genes]) * sign
+    # the panel's scale per gene, from the anchor lineages (every column of E that the reference has)
+    both = [(j, gi[g]) for g, j in col.items() if g in gi]
+    ej, rj = np.array([b[0] for b in both]), np.array([b[1] for b in both])
+    data_a, ref_a = [], []
+    for lin, labs in _ANCHORS.items():
+        here = lineage == lin
+        labs = [lab for lab in labs if lab in li]
+        if here.sum() >= 20 and labs:
+            data_a.append(np.expm1(E[here][:, ej].astype(np.float64).mean(axis=0)))
+            ref_a.append(np.expm1(reference["mean"][[li[lab] for lab in labs]][:, rj].astype(np.float64)).mean(axis=0))
+    factor = {}
+    if data_a:
+        da, ra = np.mean(data_a, axis=0), np.mean(ref_a, axis=0)
+        informative = ra >= np.expm1(0.25)
+        ratio = (da + 1e-3) / (ra + 1e-3)
+        c_global = float(np.median(ratio[informative])) if informative.any() else 1.0
+        factor = {int(r): (float(ratio[k]) if informative[k] else c_global) for k, r in enumerate(rj)}
+    rg = [gi[g.upper()] for g in genes]
+    c = np.array([factor.get(r, 1.0) for r in rg])
+    m_up = np.log1p(c * np.expm1(reference["mean"][li[eff["up"]], rg].astype(np.float64)))
+    m_down = np.log1p(c * np.expm1(reference["mean"][li[eff["down"]], rg].astype(np.float64)))
+    sd = np.sqrt((reference["sd"][li[eff["up"]], rg] ** 2 + reference["sd"][li[eff["down"]], rg] ** 2) / 2)
+    mid, sd = (m_up + m_down) / 2, np.maximum(sd, 0.1)
+    X = E[rows][:, [col[g.upper()] for g in genes]].astype(np.float64)
+    return ((X - mid) / sd) @ w / np.abs(w).sum()
+
+
+def _coverage(
+    res: Mapping[str, Any], col: Any, reference: Mapping[str, Any] | None = None
+) -> tuple[pd.DataFrame, dict[str, str], dict[str, dict[str, list[str]]]]:
     """Which distinctions the panel supports: one row per distinction of the resource's ``distinctions``.
 
-    A distinction is supported when every side has at least ``min_per_side`` of its genes in the data. For a
-    lineage with an unsupported distinction its cells stop at the lineage; the returned mapping gives the
-    per-cell reason (which markers are missing) for those lineages.
+    A distinction is supported when every side has at least ``min_per_side`` of its genes in the data (``col``:
+    the upper-case gene symbols of the data, any container). When it is not and ``reference`` (a loaded
+    annotation reference, :func:`immunomood._markers.load_reference`) can resolve it, i.e. has at least
+    ``_SIG_MIN_GENES`` signature genes per side in the data (:func:`_reference_signature`), the distinction is
+    resolved with that expanded signature. For a lineage with a distinction resolved neither way its cells stop at
+    the lineage; the returned mapping gives the per-cell reason (which markers are missing) for those lineages.
+    Also returns the signatures used (distinction name -> side -> genes).
     """
-    rows, unresolved = [], {}
+    specs = {} if reference is None else reference["provenance"].get("distinctions", {})
+    rows, unresolved, signatures = [], {}, {}
     for d in res.get("distinctions", []):
         k = int(d.get("min_per_side", 1))
-        found, missing, ok = [], [], True
+        found, missing, ok, why = [], [], True, ""
         for side, genes in d["sides"].items():
             f = [g for g in genes if g.upper() in col]
             m = [g for g in genes if g.upper() not in col]
             found.append(f"{side}: {', '.join(f) if f else '-'}")
             missing.append(f"{side}: {', '.join(m) if m else '-'}")
-            if len(f) < k:
+            if len(f) < k and ok:
                 ok = False
                 why = f"{d['name']} not resolvable: {side} has {len(f)} of {', '.join(genes)} in the data (needs {k})"
-                if d.get("stops_lineage", True) and d["lineage"] not in unresolved:
-                    unresolved[d["lineage"]] = why
+        resolved_by, sig_text = "markers" if ok else "not resolved", ""
+        if not ok and d["name"] in specs:
+            sig, weights, n_ok = _reference_signature(reference, specs[d["name"]], col)
+            sig_text = "; ".join(f"{side}: {', '.join(g) if g else '-'}" for side, g in sig.items())
+            if min(n_ok.values()) >= const._SIG_MIN_GENES:
+                resolved_by = "reference signature"
+                signatures[d["name"]] = {"sides": sig, "weights": weights, "spec": dict(specs[d["name"]])}
+        if resolved_by == "not resolved" and d.get("stops_lineage", True) and d["lineage"] not in unresolved:
+            unresolved[d["lineage"]] = why
         rows.append(
             {
                 "lineage": d["lineage"],
@@ -156,10 +256,22 @@ def _coverage(res: Mapping[str, Any], col: Mapping[str, int]) -> tuple[pd.DataFr
                 "min_per_side": k,
                 "markers_found": "; ".join(found),
                 "markers_missing": "; ".join(missing),
+                "resolved_by": resolved_by,
+                "signature_genes": sig_text,
             }
         )
     cov = pd.DataFrame(
-        rows, columns=["lineage", "distinction", "supported", "min_per_side", "markers_found", "markers_missing"]
+        rows,
+        columns=[
+            "lineage",
+            "distinction",
+            "supported",
+            "min_per_side",
+            "markers_found",
+            "markers_missing",
+            "resolved_by",
+            "signature_genes",
+        ],
     )
     cov.index = cov.index.astype(str)
-    return cov, unresolved
+    return cov, unresolved, signatures

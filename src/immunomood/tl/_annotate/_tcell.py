@@ -99,6 +99,40 @@ def _cd8_posterior(
     return post, pic
 
 
+def _cd8_signature_posterior(
+    E: np.ndarray, genes: list[int], w: np.ndarray, W: sparse.csr_matrix, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(CD8 | cell) from a reference signature (columns ``genes`` of ``E``, weights ``w``: > 0 CD8, < 0 CD4 side).
+
+    The score-based sibling of :func:`_cd8_posterior`, for panels without CD8A and CD8B: each gene is z-scored over
+    the T cells, a cell's score is their effect-weighted mean (the reference effect sizes: a Gaussian
+    log-likelihood ratio up to scale, so CD8A, where present, outweighs weak genes). As in the detection
+    model, the sub-cluster means are a mixture of a CD4 level (the lower quartile over cells of their
+    sub-cluster's mean: CD4 T cells are the majority in blood) and a CD8 level (the highest sub-cluster mean), so
+    pi = (s - s4) / (s8 - s4) is the CD8 fraction. A cell is scored by its smoothed score (the cell, its kNN
+    neighbourhood and mostly its sub-cluster) on that scale: CD8 when pi >= 0.5, P(CD8) = logistic((pi - 0.5) /
+    ``_TAU_AXIS``). Returns (posterior, pi of the cell's sub-cluster).
+    """
+    X = E[:, genes].astype(np.float64)
+    sd = X.std(axis=0)
+    score = ((X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)) @ w / np.abs(w).sum()
+    cm, sizes = _group_means(score[:, None], codes)
+    cm = cm[:, 0]
+    big = sizes >= 10
+    if big.sum() < 2:
+        big = sizes > 0
+    s8 = float(cm[big].max())
+    s4 = _weighted_quantile(cm[big], sizes[big], 0.25)
+    if s8 - s4 <= 0:
+        return np.zeros(len(codes)), np.zeros(len(codes))
+    smoothed = (
+        const._W_CELL_T * score + const._W_KNN_T * (W @ score) + (1 - const._W_CELL_T - const._W_KNN_T) * cm[codes]
+    )
+    pi = (smoothed - s4) / (s8 - s4)
+    post = 1 / (1 + np.exp(-(pi - 0.5) / const._TAU_AXIS))
+    return post, np.clip((cm[codes] - s4) / (s8 - s4), 0, 1)
+
+
 def _memory_axis(
     E: np.ndarray,
     col: dict[str, int],
@@ -152,6 +186,8 @@ def _t_subsets(
     2. CD4 vs CD8: Bayesian CD8A/CD8B detection model with the sub-cluster as prior (:func:`_cd8_posterior`),
        on coarser sub-clusters (``coarse_codes``): CD4 vs CD8 is the major split of T cells, naive vs memory a
        finer one; clearly CD4 or CD8 sub-clusters of a second graph (``override_codes``) keep their own call.
+       Where the panel lacks CD8A/CD8B and ``res["_signatures"]`` holds a reference signature for
+       ``"CD4 vs CD8 T"``, its score decides instead (:func:`_cd8_signature_posterior`).
     3. Rare subsets (Treg, MAIT, gamma-delta, proliferating) replace the naive/memory call where their gated,
        smoothed score is at least halfway from background to the expressing sub-cluster (``_MIN_RARE_SCORE``).
     """
@@ -170,7 +206,14 @@ def _t_subsets(
 
     p_mem, _, used = _memory_axis(E, col, axes, W, codes)
     cd8_genes = [col[g.upper()] for g in axes["cd8"] if g.upper() in col]
-    if cd8_genes:
+    sig = res.get("_signatures", {}).get("CD4 vs CD8 T")
+    if sig is not None:  # panel without CD8A + CD8B: the reference signature decides
+        genes = sig["sides"]["CD8"] + sig["sides"]["CD4"]
+        w = np.array([sig["weights"][g] for g in genes]) * np.repeat(
+            [1.0, -1.0], [len(sig["sides"]["CD8"]), len(sig["sides"]["CD4"])]
+        )
+        p_cd8, _ = _cd8_signature_posterior(E, [col[g.upper()] for g in genes], w, W, coarse_codes)
+    elif cd8_genes:
         p_cd8, _ = _cd8_posterior(E[:, cd8_genes] > 0, coarse_codes, override_codes)
     else:
         p_cd8 = np.zeros(n)
