@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..._dask import require_row_chunks
 from ..._docs import doc_adata, doc_layer, doc_params, doc_random_state
 from ..._markers import CD4_LABELS, LABELS, LINEAGES, marker_symbols, resolve_markers
 from ..._settings import uses_threads
@@ -55,16 +56,17 @@ from ..._utils import (
     resolve_random_state,
 )
 from . import _constants as const
+from ._blocks import _expression_blocks, _row_blocks, _stack_rows, _take_rows
 from ._calibration import _calibration, _platt
 from ._graph import (
     _agreement,
     _graph_and_clusters,
     _neighbour_agreement,
-    _pca_rep,
+    _pca_fit,
     _smooth_scores,
     _subcluster,
 )
-from ._scoring import _coverage, _dense_cols, _log_normalised, _scale, _set_scores, _softmax
+from ._scoring import _coverage, _dense_cols, _input_kind, _log_normalised, _scale, _set_scores, _softmax
 from ._tcell import _t_subsets
 from ._transfer import _transfer
 
@@ -346,9 +348,13 @@ def annotate(
         logger.info("annotate: %d of %d marker genes not found, e.g. %s", len(missing), len(all_genes), missing[:10])
 
     # --- expression ------------------------------------------------------------------------------
+    # Row blocks of the matrix (Dask blocks, or slices of an in-memory matrix): nothing is computed on the whole
+    # matrix at once. The cells annotated in full are materialised and log-normalised; every cell gets its marker
+    # genes (E) and, outside the sketch, its projection on the sketch's PCA from one more pass over the blocks.
     X = get_matrix(adata, layer)
-    Xlog, was_counts = _log_normalised(X)
-    E = _dense_cols(Xlog, idx)
+    require_row_chunks(X, func="annotate")
+    kind = _input_kind(X)  # raw counts? log1p to apply? (a sample of blocks for Dask); raises on bad values
+    was_counts = kind[0]
     col = {g.upper(): j for j, g in enumerate(found)}
 
     cov, unresolved = _coverage(res, col)
@@ -360,16 +366,25 @@ def annotate(
         gen = np.random.default_rng(rs)
         sketch = np.sort(gen.choice(n, size=const._SKETCH_CELLS, replace=False))
     rows = np.arange(n) if sketch is None else sketch
+    in_full = np.zeros(n, dtype=bool)
+    in_full[rows] = True
+    Xs = _log_normalised(_stack_rows(_row_blocks(_take_rows, X, (in_full,))), kind)
     priv = AnnData(X=None, obs=pd.DataFrame(index=np.asarray(adata.obs_names[rows]).astype(str)))
     if groupby is not None:
         priv.obs[groupby] = adata.obs[groupby].to_numpy()[rows]
+    pca = None
     if use_rep is not None:
         rep_all = np.asarray(adata.obsm[use_rep], dtype=np.float32)
         priv.obsm[use_rep] = rep_all[rows]
         rep_fit, rep_rest = rep_all[rows], (None if sketch is None else np.delete(rep_all, rows, axis=0))
     else:
-        rep_fit, rep_rest = _pca_rep(Xlog, rs, rows=rows)
-    Xs = Xlog if sketch is None else Xlog[rows]
+        rep_fit, *pca = _pca_fit(Xs, rs)
+    if sketch is None:
+        E = _dense_cols(Xs, idx)
+    else:
+        E, rep_proj = _expression_blocks(X, ~in_full, idx, kind, pca)
+        if use_rep is None:
+            rep_rest = rep_proj
     out = _annotate_cells(
         priv,
         Xs,
@@ -383,7 +398,7 @@ def annotate(
         unresolved=unresolved,
         rep=rep_fit,
     )
-    del Xs, Xlog
+    del Xs
     calibration = _calibration(out, E[rows], rep_fit, rs)
     if sketch is not None:
         out = _transfer(out, rows, rep_fit, rep_rest, n, E, rs)
