@@ -38,23 +38,33 @@ def _row_blocks(func, X, row_args: tuple[np.ndarray, ...], *args) -> list:
 
 
 def _take_rows(block, keep: np.ndarray):
-    """The cells ``keep`` (boolean) of one block, CSR when sparse."""
-    return sparse.csr_matrix(block)[keep] if sparse.issparse(block) else np.asarray(block)[keep]
+    """(negative / non-finite values of the block or None, its cells ``keep`` (boolean), CSR when sparse)."""
+    sub = sparse.csr_matrix(block)[keep] if sparse.issparse(block) else np.asarray(block)[keep]
+    return block_value_problem(block), sub
 
 
-def _stack_rows(parts: list):
+def _rows(X, keep: np.ndarray):
+    """The cells ``keep`` (boolean, in order) of ``X`` in memory; every block's values checked on the way."""
+    parts = _row_blocks(_take_rows, X, (keep,))
+    problem = next((p for p, _ in parts if p is not None), None)
+    if problem is not None:
+        raise ValueError(
+            f"The expression matrix cannot be used for annotation: {problem}. Pass raw counts or log-normalised "
+            "data (e.g. `layer='counts'`)."
+        )
+    parts = [m for _, m in parts]
     return sparse.vstack(parts, format="csr") if sparse.issparse(parts[0]) else np.vstack(parts)
 
 
 def _block_expression(block, rest: np.ndarray, idx: np.ndarray, kind: tuple[bool, bool], pca: list | None):
-    """One row block: (value problem or None, marker genes of its cells, PCA projection of its cells ``rest``)."""
+    """One row block: marker genes of its cells, PCA projection of its cells ``rest``."""
     E = _dense_cols(block, idx, kind)
     proj = None
     if pca:
         hvg, pcs, mu = pca
         keep = sparse.csr_matrix(block)[rest] if sparse.issparse(block) else np.asarray(block)[rest]
         proj = _pca_project(_log_normalised(keep, kind, cols=hvg), pcs, mu)
-    return block_value_problem(block), E, proj
+    return E, proj
 
 
 def _expression_blocks(
@@ -62,12 +72,6 @@ def _expression_blocks(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Marker genes of every cell (dense float32) and the projection of the cells ``rest``, block by block."""
     parts = _row_blocks(_block_expression, X, (rest,), idx, kind, pca)
-    problem = next((p for p, _, _ in parts if p is not None), None)
-    if problem is not None:
-        raise ValueError(
-            f"The expression matrix cannot be used for annotation: {problem}. Pass raw counts or log-normalised "
-            "data (e.g. `layer='counts'`)."
-        )
-    E = np.vstack([e for _, e, _ in parts])
-    proj = np.vstack([p for _, _, p in parts]) if pca else None
+    E = np.vstack([e for e, _ in parts])
+    proj = np.vstack([p for _, p in parts]) if pca else None
     return E, proj

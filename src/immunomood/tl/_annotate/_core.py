@@ -56,7 +56,7 @@ from ..._utils import (
     resolve_random_state,
 )
 from . import _constants as const
-from ._blocks import _expression_blocks, _row_blocks, _stack_rows, _take_rows
+from ._blocks import _expression_blocks, _rows
 from ._calibration import _calibration, _platt
 from ._graph import (
     _agreement,
@@ -249,6 +249,14 @@ def annotate(
     the CD8A/CD8B detection rate of the T-cell sub-cluster (a Bayesian mixture model; a cell leaves its
     sub-cluster's call only on strong evidence of its own), naive vs memory from naive and memory marker axes.
 
+    The matrix may be a Dask array of row blocks (e.g. from :func:`immunomood.io.read_lazy`), with the same
+    results as in memory: the counts check runs on a sample of blocks, every block's values are checked for
+    negative and non-finite entries, and nothing is computed on the whole matrix at once (in memory neither:
+    no normalised copy of it is made). Only the cells annotated in full (all, or a random sketch of 12,000
+    above that) are held in memory; every other cell contributes its marker genes and its projection on the
+    sketch's PCA, one block at a time (1,000,000 cells: see ``benchmarks/bench_annotate.py`` for time and
+    memory). Dask's threaded scheduler runs ``settings.n_jobs`` threads, as do BLAS, numba and the kNN search.
+
     Parameters
     ----------
     {adata}
@@ -368,7 +376,7 @@ def annotate(
     rows = np.arange(n) if sketch is None else sketch
     in_full = np.zeros(n, dtype=bool)
     in_full[rows] = True
-    Xs = _log_normalised(_stack_rows(_row_blocks(_take_rows, X, (in_full,))), kind)
+    Xs = _log_normalised(_rows(X, in_full), kind)  # the cells annotated in full; raises on bad values
     priv = AnnData(X=None, obs=pd.DataFrame(index=np.asarray(adata.obs_names[rows]).astype(str)))
     if groupby is not None:
         priv.obs[groupby] = adata.obs[groupby].to_numpy()[rows]
