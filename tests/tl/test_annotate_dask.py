@@ -25,7 +25,7 @@ def _cohort(n: int, seed: int = 0) -> ad.AnnData:
 
 def _lazy(a: ad.AnnData, chunk: int, *, dense: bool = False) -> ad.AnnData:
     b = a.copy()
-    X = a.X.toarray() if dense else sparse.csr_matrix(a.X)
+    X = (a.X.toarray() if sparse.issparse(a.X) else np.asarray(a.X)) if dense else sparse.csr_matrix(a.X)
     b.X = da.from_array(X, chunks=(chunk, -1), asarray=False)
     return b
 
@@ -71,6 +71,38 @@ def test_dask_same_as_memory_with_sketch(cohort, small_sketch):
     assert (mem.obs["cell_lineage"].astype(str) == truth).mean() >= 0.9
 
 
+def test_read_lazy_file_same_as_memory(cohort, small_sketch, tmp_path):
+    """The blocks that im.io.read_lazy gives (anndata's lazy CSR reader, blocks of 500 cells) give the
+    in-memory calls too."""
+    mem = cohort.copy()
+    cohort.write_h5ad(tmp_path / "c.h5ad")
+    lazy = im.io.read_lazy(tmp_path / "c.h5ad", chunk_size=500)
+    assert isinstance(lazy.X, da.Array)
+    im.tl.annotate(mem)
+    im.tl.annotate(lazy)
+    _assert_same_annotation(mem, lazy)
+
+
+def test_dask_log_normalised_input_same_as_memory(cohort, small_sketch):
+    """Log-normalised input (detected on the sampled blocks) is used as it is, block by block, as in memory;
+    normalised but not logged input gets log1p with the same warning in both paths."""
+    from immunomood._kernels import log1p_cp10k
+
+    mem = cohort.copy()
+    mem.X = log1p_cp10k(cohort.X)
+    lazy = _lazy(mem, 700)
+    im.tl.annotate(mem)
+    im.tl.annotate(lazy)
+    assert lazy.uns["cell_type"]["params"]["input"] == "log-normalised"
+    _assert_same_annotation(mem, lazy)
+    cp10k = cohort[:600].copy()
+    cp10k.X = np.expm1(log1p_cp10k(cohort.X[:600]).toarray())
+    for a in (cp10k, _lazy(cp10k, 250, dense=True)):
+        with pytest.warns(UserWarning, match="applying log1p"):
+            im.tl.annotate(a)
+    np.testing.assert_array_equal(cp10k.obs["cell_type"].to_numpy(), a.obs["cell_type"].to_numpy())
+
+
 def test_dask_dense_layer_below_sketch_size(cohort):
     """Below the sketch size every cell is materialised: dense Dask blocks in a layer (X empty) give the calls
     of the in-memory CSR counts."""
@@ -92,6 +124,14 @@ def test_dask_chunked_along_genes_refused(cohort):
     with pytest.raises(ValueError, match="Rechunk"):
         im.tl.annotate(lazy)
     assert "cell_type" not in lazy.obs
+
+
+def test_backed_input_points_to_read_lazy(cohort, tmp_path):
+    cohort[:200].write_h5ad(tmp_path / "b.h5ad")
+    b = ad.read_h5ad(tmp_path / "b.h5ad", backed="r")
+    with pytest.raises(ValueError, match="read_lazy"):
+        im.tl.annotate(b)
+    b.file.close()
 
 
 def test_dask_bad_values_in_an_unsampled_block(cohort):

@@ -360,6 +360,12 @@ def annotate(
     # matrix at once. The cells annotated in full are materialised and log-normalised; every cell gets its marker
     # genes (E) and, outside the sketch, its projection on the sketch's PCA from one more pass over the blocks.
     X = get_matrix(adata, layer)
+    if layer is None and adata.isbacked:
+        raise ValueError(
+            f"annotate reads X in row blocks from memory or from a Dask array, but adata is backed "
+            f"({adata.filename}): open the file with `im.io.read_lazy(path)` instead (Dask blocks of whole cells, "
+            "the same results, a few blocks in memory at a time)."
+        )
     require_row_chunks(X, func="annotate")
     kind = _input_kind(X)  # raw counts? log1p to apply? (a sample of blocks for Dask); raises on bad values
     was_counts = kind[0]
