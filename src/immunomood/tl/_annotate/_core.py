@@ -48,6 +48,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ..._dask import require_row_chunks
 from ..._docs import doc_adata, doc_layer, doc_params, doc_random_state
 from ..._markers import CD4_LABELS, LABELS, LINEAGES, load_reference, marker_symbols, resolve_markers
 from ..._settings import uses_threads
@@ -62,13 +63,14 @@ from ..._utils import (
     resolve_random_state,
 )
 from . import _constants as const
+from ._blocks import _expression_blocks, _rows
 from ._calibration import _calibration, _platt
 from ._graph import (
     _agreement,
     _cluster_mean,
     _graph_and_clusters,
     _neighbour_agreement,
-    _pca_rep,
+    _pca_fit,
     _smooth_scores,
     _subcluster,
 )
@@ -76,6 +78,7 @@ from ._scoring import (
     _anchored_signature_score,
     _coverage,
     _dense_cols,
+    _input_kind,
     _log_normalised,
     _scale,
     _set_scores,
@@ -356,6 +359,14 @@ def annotate(
     the CD8A/CD8B detection rate of the T-cell sub-cluster (a Bayesian mixture model; a cell leaves its
     sub-cluster's call only on strong evidence of its own), naive vs memory from naive and memory marker axes.
 
+    The matrix may be a Dask array of row blocks (e.g. from :func:`immunomood.io.read_lazy`), with the same
+    results as in memory: the counts check runs on a sample of blocks, every block's values are checked for
+    negative and non-finite entries, and nothing is computed on the whole matrix at once (in memory neither:
+    no normalised copy of it is made). Only the cells annotated in full (all, or a random sketch of 12,000
+    above that) are held in memory; every other cell contributes its marker genes and its projection on the
+    sketch's PCA, one block at a time (1,000,000 cells: see ``benchmarks/bench_annotate.py`` for time and
+    memory). Dask's threaded scheduler runs ``settings.n_jobs`` threads, as do BLAS, numba and the kNN search.
+
     Parameters
     ----------
     {adata}
@@ -480,9 +491,19 @@ def annotate(
         logger.info("annotate: %d of %d marker genes not found, e.g. %s", len(missing), len(all_genes), missing[:10])
 
     # --- expression ------------------------------------------------------------------------------
+    # Row blocks of the matrix (Dask blocks, or slices of an in-memory matrix): nothing is computed on the whole
+    # matrix at once. The cells annotated in full are materialised and log-normalised; every cell gets its marker
+    # genes (E) and, outside the sketch, its projection on the sketch's PCA from one more pass over the blocks.
     X = get_matrix(adata, layer)
-    Xlog, was_counts = _log_normalised(X)
-    E = _dense_cols(Xlog, idx)
+    if layer is None and adata.isbacked:
+        raise ValueError(
+            f"annotate reads X in row blocks from memory or from a Dask array, but adata is backed "
+            f"({adata.filename}): open the file with `im.io.read_lazy(path)` instead (Dask blocks of whole cells, "
+            "the same results, a few blocks in memory at a time)."
+        )
+    require_row_chunks(X, func="annotate")
+    kind = _input_kind(X)  # raw counts? log1p to apply? (a sample of blocks for Dask); raises on bad values
+    was_counts = kind[0]
     col = {g.upper(): j for j, g in enumerate(found)}
 
     # --- the cells annotated in full: all, or a sketch of a large input (the rest by their nearest sketch cells)
@@ -492,16 +513,25 @@ def annotate(
         gen = np.random.default_rng(rs)
         sketch = np.sort(gen.choice(n, size=const._SKETCH_CELLS, replace=False))
     rows = np.arange(n) if sketch is None else sketch
+    in_full = np.zeros(n, dtype=bool)
+    in_full[rows] = True
+    Xs = _log_normalised(_rows(X, in_full), kind)  # the cells annotated in full; raises on bad values
     priv = AnnData(X=None, obs=pd.DataFrame(index=np.asarray(adata.obs_names[rows]).astype(str)))
     if groupby is not None:
         priv.obs[groupby] = adata.obs[groupby].to_numpy()[rows]
+    pca = None
     if use_rep is not None:
         rep_all = np.asarray(adata.obsm[use_rep], dtype=np.float32)
         priv.obsm[use_rep] = rep_all[rows]
         rep_fit, rep_rest = rep_all[rows], (None if sketch is None else np.delete(rep_all, rows, axis=0))
     else:
-        rep_fit, rep_rest = _pca_rep(Xlog, rs, rows=rows)
-    Xs = Xlog if sketch is None else Xlog[rows]
+        rep_fit, *pca = _pca_fit(Xs, rs)
+    if sketch is None:
+        E = _dense_cols(Xs, idx)
+    else:
+        E, rep_proj = _expression_blocks(X, ~in_full, idx, kind, pca)
+        if use_rep is None:
+            rep_rest = rep_proj
     out = _annotate_cells(
         priv,
         Xs,
@@ -515,7 +545,7 @@ def annotate(
         unresolved=unresolved,
         rep=rep_fit,
     )
-    del Xs, Xlog
+    del Xs
     calibration = _calibration(out, E[rows], rep_fit, rs)
     if sketch is not None:
         out = _transfer(out, rows, rep_fit, rep_rest, n, E, rs)

@@ -87,16 +87,15 @@ def _row_normalised(C: sparse.csr_matrix) -> sparse.csr_matrix:
     return (sparse.diags(1.0 / np.asarray(W.sum(axis=1)).ravel()) @ W).tocsr()
 
 
-def _pca_rep(Xlog, random_state: int, rows: np.ndarray | None = None):
-    """PCA of the highly variable genes (``sc.pp.pca``, arpack, implicit centring) fitted on ``rows``.
+def _pca_fit(Xs, random_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of the highly variable genes of ``Xs`` (``sc.pp.pca``, arpack, implicit centring).
 
-    Without ``rows``: the embedding of all cells. With ``rows``: ``(embedding of rows, projection of the other
-    cells)``, the other cells projected on the same components with the same centring.
+    Returns ``(embedding of Xs, HVG column indices, components (HVGs x comps), HVG means of Xs)``: the model
+    that :func:`_pca_project` applies to other cells (same components, same centring).
     """
     import scanpy as sc
 
-    Xf = Xlog if rows is None else Xlog[rows]
-    tmp = AnnData(X=Xf if sparse.issparse(Xf) else np.asarray(Xf))
+    tmp = AnnData(X=Xs if sparse.issparse(Xs) else np.asarray(Xs))
     hvg = np.arange(tmp.n_vars)
     if tmp.n_vars > 3000:
         sc.pp.highly_variable_genes(tmp, n_top_genes=2000, flavor="seurat")
@@ -105,14 +104,27 @@ def _pca_rep(Xlog, random_state: int, rows: np.ndarray | None = None):
     n_comps = int(max(2, min(30, tmp.n_obs - 2, tmp.n_vars - 2)))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=random_state, svd_solver="arpack")
     fit = np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
-    if rows is None:
-        return fit
     pcs = np.asarray(tmp.varm["PCs"], dtype=np.float64)
     mu = np.asarray(tmp.X.mean(axis=0), dtype=np.float64).ravel()
+    return fit, hvg, pcs, mu
+
+
+def _pca_project(Xh, pcs: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Cells (log expression of the HVG columns, ``Xh``) on the components ``pcs`` centred at ``mu``."""
+    return (np.asarray(Xh @ pcs) - mu @ pcs).astype(np.float32)
+
+
+def _pca_rep(Xlog, random_state: int, rows: np.ndarray | None = None):
+    """PCA of the highly variable genes (:func:`_pca_fit`) fitted on ``rows``.
+
+    Without ``rows``: the embedding of all cells. With ``rows``: ``(embedding of rows, projection of the other
+    cells)``, the other cells projected on the same components with the same centring.
+    """
+    fit, hvg, pcs, mu = _pca_fit(Xlog if rows is None else Xlog[rows], random_state)
+    if rows is None:
+        return fit
     rest = np.setdiff1d(np.arange(Xlog.shape[0]), rows)
-    Xr = Xlog[rest][:, hvg]
-    proj = np.asarray(Xr @ pcs) - mu @ pcs
-    return fit, proj.astype(np.float32)
+    return fit, _pca_project(Xlog[rest][:, hvg], pcs, mu)
 
 
 def _graph_and_clusters(

@@ -9,38 +9,65 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ..._kernels import count_matrix_problem, log1p_cp10k
+from ..._dask import count_problem, is_dask, sample_blocks
+from ..._kernels import log1p_cp10k, row_totals
 from ..._utils import warn
 from . import _constants as const
 
 
-def _log_normalised(X) -> tuple[Any, bool]:
-    """Return a log1p-CP10k version of ``X`` (a new object when counts; ``X`` itself when already log)."""
-    problem = count_matrix_problem(X)
+def _input_kind(X) -> tuple[bool, bool]:
+    """``(raw counts?, log1p still to apply?)`` for ``X``, in memory or Dask (checked on a sample of row blocks).
+
+    Raises on negative or NaN values. Non-integer data with a maximum above 50 looks normalised but not logged:
+    a warning, and ``log1p`` is applied to each block (the maximum of a Dask array is read on the sampled blocks).
+    """
+    problem = count_problem(X)
     if problem is None:
-        return log1p_cp10k(sparse.csr_matrix(X), dtype=np.float32), True
+        return True, False
     if "negative" in problem or "NaN" in problem:
         raise ValueError(
             f"The expression matrix cannot be used for annotation: {problem}. Pass raw counts or log-normalised "
             "data (e.g. `layer='counts'`)."
         )
-    vmax = X.max() if sparse.issparse(X) else np.max(X)
+    vals = [b.data if sparse.issparse(b) else np.asarray(b) for b in (sample_blocks(X) if is_dask(X) else [X])]
+    vmax = max((float(v.max()) for v in vals if v.size), default=0.0)
     if vmax > 50:
         warn(
-            f"The expression matrix is not integer and its maximum is {float(vmax):.3g}: it looks normalised but "
-            "not log-transformed; applying log1p. Pass raw counts or log1p data to silence this.",
-            stacklevel=4,
+            f"The expression matrix is not integer and its maximum is {vmax:.3g}: it looks normalised but "
+            "not log-transformed; applying log1p. Pass raw counts or log1p data to silence this."
         )
+        return False, True
+    return False, False
+
+
+def _log_normalised(X, kind: tuple[bool, bool], cols: np.ndarray | None = None):
+    """log1p-CP10k of the cells of ``X`` (in memory, or one computed Dask block), of its columns ``cols`` only.
+
+    ``kind`` from :func:`_input_kind`. Counts: a new CSR float32 matrix, each cell's library size taken over all
+    its genes (so a subset of columns has the values of the full matrix's columns). Log data: ``X`` (its columns
+    ``cols``) itself, or its ``log1p`` (float32) when ``kind`` says so. The values of a cell do not depend on the
+    other cells, so row blocks give the same values as the whole matrix.
+    """
+    was_counts, log1p = kind
+    if was_counts:
+        Xc = sparse.csr_matrix(X)
+        if cols is None:
+            return log1p_cp10k(Xc, dtype=np.float32)
+        return log1p_cp10k(Xc[:, cols], totals=row_totals(Xc), dtype=np.float32)
+    if cols is not None:
+        X = X[:, cols]
+    if log1p:
         X = sparse.csr_matrix(X, dtype=np.float32, copy=True) if sparse.issparse(X) else np.asarray(X, np.float32)
         if sparse.issparse(X):
             np.log1p(X.data, out=X.data)
         else:
             X = np.log1p(X)
-    return X, False
+    return X
 
 
-def _dense_cols(X, idx: np.ndarray) -> np.ndarray:
-    sub = X[:, idx]
+def _dense_cols(X, idx: np.ndarray, kind: tuple[bool, bool] = (False, False)) -> np.ndarray:
+    """Log-normalised expression (:func:`_log_normalised`) of the genes ``idx``, dense float32 (cells x genes)."""
+    sub = _log_normalised(X, kind, cols=idx)
     sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
     return sub.astype(np.float32)
 

@@ -13,6 +13,10 @@ from ..._neighbors import knn_lists
 from . import _constants as const
 from ._calibration import _one_blas_thread
 
+#: Cells outside the sketch labelled at a time: bounds the memory of their features and neighbours' marker genes
+#: (a 1,000,000-cell input would otherwise hold ~10 GB of them at once); the labels do not depend on it.
+_TRANSFER_CELLS = 50_000
+
 
 def _transfer(
     out: dict[str, Any],
@@ -34,6 +38,7 @@ def _transfer(
     Cluster, reason and (lineage-level calls, Unassigned) from the nearest sketch cell of the voted lineage.
     """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import NearestNeighbors
 
     from ..._settings import settings
 
@@ -41,52 +46,70 @@ def _transfer(
     k = int(min(const._N_TRANSFER, len(rows) - 1))
     idx_s, _ = knn_lists(rep_fit, k + 1, random_state=rs, n_jobs=settings.n_jobs)
     idx_s = idx_s[:, 1:]  # sketch cells: their other sketch neighbours
-    from sklearn.neighbors import NearestNeighbors
-
     nn = NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=settings.n_jobs).fit(rep_fit)
-    dist, idx = nn.kneighbors(rep_rest, return_distance=True)
-    w = 1.0 / (dist + 1e-6 + dist[:, :1])  # closer sketch cells weigh more
     lin_s = np.asarray(out["lineage"]).astype(str)
     lin_cat = pd.Categorical(lin_s)
-    lcodes = lin_cat.codes[idx]
-    votes = np.zeros((len(rest), len(lin_cat.categories)))
-    for j in range(k):
-        np.add.at(votes, (np.arange(len(rest)), lcodes[:, j]), w[:, j])
-    win = np.argmax(votes, axis=1)
-    share = votes[np.arange(len(rest)), win] / votes.sum(axis=1)
-    hit = lcodes == win[:, None]
-    src = idx[np.arange(len(rest)), np.argmax(hit, axis=1)]  # nearest sketch cell of the voted lineage
-    conf_n = np.where(hit, out["confidence"][idx], 0).sum(axis=1) / hit.sum(axis=1)
-    lin_rest = np.asarray(lin_cat.categories)[win].astype(object)
 
     # fine labels: logistic regression on the sketch's calls (own + neighbourhood marker genes, PCA)
     Es = E[rows]
     feats_s = np.hstack([Es, Es[idx_s].mean(axis=1), rep_fit])
-    feats_r = np.hstack([E[rest], Es[idx].mean(axis=1), rep_rest])
     mu, sd = feats_s.mean(axis=0), feats_s.std(axis=0) + 1e-6
     fine_s = np.asarray(out["fine"]).astype(str)
-    fine_rest = np.asarray(out["fine"])[src].astype(object)
-    p_fine = np.ones(len(rest))
     train = ~np.asarray(out["unassigned"], dtype=bool)
     if train.sum() > const._N_TRAIN:  # a random subset of the sketch's calls is enough to learn them (and 4x faster)
         keep = np.zeros(len(train), dtype=bool)
         keep[np.random.default_rng(rs).choice(np.flatnonzero(train), const._N_TRAIN, replace=False)] = True
         train = keep
-    classes = np.unique(fine_s[train])
-    if len(classes) >= 2:
+    clf = lin_of = None
+    if len(np.unique(fine_s[train])) >= 2:
         clf = LogisticRegression(C=0.1, max_iter=200, tol=1e-3)
         with _one_blas_thread():
             clf.fit((feats_s[train] - mu) / sd, fine_s[train])
-        P = clf.predict_proba((feats_r - mu) / sd)
         lin_of = pd.Series(lin_s[train]).groupby(fine_s[train]).first().reindex(clf.classes_).to_numpy()
-        P = P * (lin_of[None, :] == lin_rest[:, None].astype(str))
-        tot = P.sum(axis=1)
-        okp = tot > 0
-        b = np.argmax(P, axis=1)
-        fine_rest[okp] = clf.classes_[b[okp]]
-        p_fine[okp] = P[okp, b[okp]] / tot[okp]
-    un_rest = np.asarray(out["unassigned"])[src].astype(bool)
-    fine_rest[un_rest] = "Unassigned"
+    Pp = out["pol"].to_numpy() if out["pol"] is not None else None
+
+    # the other cells, _TRANSFER_CELLS at a time (their features are the largest arrays of a large input)
+    parts = []
+    for s in range(0, len(rest), _TRANSFER_CELLS):
+        r = rest[s : s + _TRANSFER_CELLS]
+        m = len(r)
+        dist, idx = nn.kneighbors(rep_rest[s : s + _TRANSFER_CELLS], return_distance=True)
+        w = 1.0 / (dist + 1e-6 + dist[:, :1])  # closer sketch cells weigh more
+        lcodes = lin_cat.codes[idx]
+        votes = np.zeros((m, len(lin_cat.categories)))
+        for j in range(k):
+            np.add.at(votes, (np.arange(m), lcodes[:, j]), w[:, j])
+        win = np.argmax(votes, axis=1)
+        share = votes[np.arange(m), win] / votes.sum(axis=1)
+        hit = lcodes == win[:, None]
+        src = idx[np.arange(m), np.argmax(hit, axis=1)]  # nearest sketch cell of the voted lineage
+        conf_n = np.where(hit, out["confidence"][idx], 0).sum(axis=1) / hit.sum(axis=1)
+        lin_rest = np.asarray(lin_cat.categories)[win].astype(object)
+        fine_rest = np.asarray(out["fine"])[src].astype(object)
+        p_fine = np.ones(m)
+        if clf is not None:
+            feats_r = np.hstack([E[r], Es[idx].mean(axis=1), rep_rest[s : s + _TRANSFER_CELLS]])
+            P = clf.predict_proba((feats_r - mu) / sd)
+            P = P * (lin_of[None, :] == lin_rest[:, None].astype(str))
+            tot = P.sum(axis=1)
+            okp = tot > 0
+            b = np.argmax(P, axis=1)
+            fine_rest[okp] = clf.classes_[b[okp]]
+            p_fine[okp] = P[okp, b[okp]] / tot[okp]
+        un_rest = np.asarray(out["unassigned"])[src].astype(bool)
+        fine_rest[un_rest] = "Unassigned"
+        # as in the sketch: the (distance-weighted) share of the nearest sketch cells that have the cell's fine call
+        hitf = fine_s[idx] == fine_rest[:, None].astype(str)
+        agree_f = np.where(hitf, w, 0).sum(axis=1) / w.sum(axis=1)
+        conf_rest = conf_n * share * np.where(un_rest, 1.0, p_fine * agree_f)
+        Pr = None
+        if Pp is not None:
+            with warnings.catch_warnings():  # all-NaN rows (neighbours outside CD4) stay NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                Pr = np.nanmean(np.where(hitf[..., None], Pp[idx], np.nan), axis=1)
+            Pr[~np.isin(fine_rest, CD4_LABELS)] = np.nan
+        parts.append((fine_rest, lin_rest, np.clip(conf_rest, 0, 1), un_rest, src, Pr))
+    fine_rest, lin_rest, conf_rest, un_rest, src = (np.concatenate([p[i] for p in parts]) for i in range(5))
 
     def fill(sketch_vals, rest_vals, dtype=object):
         full = np.empty(n, dtype=dtype)
@@ -97,20 +120,12 @@ def _transfer(
     new = dict(out)
     new["fine"] = fill(out["fine"], fine_rest)
     new["lineage"] = fill(out["lineage"], lin_rest)
-    # as in the sketch: the (distance-weighted) share of the nearest sketch cells that have the cell's fine call
-    agree_f = np.where(fine_s[idx] == fine_rest[:, None].astype(str), w, 0).sum(axis=1) / w.sum(axis=1)
-    conf_rest = conf_n * share * np.where(un_rest, 1.0, p_fine * agree_f)
-    new["confidence"] = fill(out["confidence"], np.clip(conf_rest, 0, 1), np.float64)
+    new["confidence"] = fill(out["confidence"], conf_rest, np.float64)
     new["reason"] = fill(out["reason"], out["reason"][src])
     new["unassigned"] = fill(out["unassigned"], un_rest, bool)
     new["clusters"] = fill(out["clusters"], np.asarray(out["clusters"])[src])
-    if out["pol"] is not None:
-        Pp = out["pol"].to_numpy()
-        hitf = fine_s[idx] == fine_rest[:, None].astype(str)
-        with warnings.catch_warnings():  # all-NaN rows (neighbours outside CD4) stay NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            Pr = np.nanmean(np.where(hitf[..., None], Pp[idx], np.nan), axis=1)
-        Pr[~np.isin(fine_rest, CD4_LABELS)] = np.nan
+    if Pp is not None:
+        Pr = np.vstack([p[5] for p in parts])
         new["pol"] = pd.DataFrame(_stack(Pp, Pr, rows, rest, n), columns=out["pol"].columns)
     return new
 
