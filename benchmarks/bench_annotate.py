@@ -66,7 +66,7 @@ Last run (after the unscaled-graph CD8 override), markers only (``reference=None
 ``reference="blood"`` (reference 1.1.0, effects replicated in both cohorts), as lineage / fine / Unassigned /
 lineage-level / AUROC / ECE:
 
-- pbmc3k 0.992 / 0.903 / 0.3% / 0% / 0.844 / 0.048 -> identical (every distinction has its markers);
+- pbmc3k 0.992 / 0.904 / 0.3% / 0% / 0.843 / 0.051 -> identical (every distinction has its markers);
 - kang2018 0.995 / 0.942 / 3.0% / 55.4% / 0.814 / 0.028 -> 0.995 / 0.952 / 3.0% / 46.5% / 0.769 / 0.048: B cells
   split by the signature where clear (119 B naive, 16 B memory, 157 left at "B cell"); T cells stay at "T cell"
   (only CD8A separates CD8 from CD4 in both compartments of both cohorts). The AUROC falls because the B subset

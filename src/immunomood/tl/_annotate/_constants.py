@@ -38,9 +38,8 @@ _SUB_N_PCS = 20  # principal components of a lineage's own sub-clustering
 _W_CELL_T, _W_KNN_T = 0.15, 0.25  # the rest (0.6) is the sub-cluster mean
 _TAU_AXIS = 0.1  # naive/memory probability: logistic in units of the sub-cluster spread of the axis
 _CLUSTER_ODDS = 300.0  # a pure sub-cluster's CD4/CD8 call is held at these prior odds
-# a sub-cluster of the unscaled T-cell graph overrides its coarse sub-cluster's CD4/CD8 call when its CD8 fraction is
-# at least this clear (>= 0.75 or <= 0.25; 0.7 and 0.8 gave the same calls on pbmc3k, onek1k, kang2018, combat) and it
-# has this many cells
+# a sub-cluster of the unscaled T-cell graph overrides its coarse sub-cluster's CD4 call when its CD8 fraction is at
+# least this (0.7 and 0.8 gave the same calls on pbmc3k, onek1k, kang2018, combat) and it has this many cells
 _CD8_OVERRIDE = 0.75
 _CD8_OVERRIDE_MIN_CELLS = 15
 _MIN_RARE_SCORE = 0.25  # a rare T subset: its markers at least halfway from background to the expressing population

@@ -68,7 +68,13 @@ def _cd8_posterior(
     the sub-cluster's CD8 fraction. The cluster
     decides (CD8 when pi_k >= 0.5); a cell's own reads enter through the likelihood ratio of its detection
     pattern, and the prior is the cluster decision held with odds ``_CLUSTER_ODDS`` (a population property:
-    a cell leaves its cluster's call only on strong evidence). Returns (posterior, pi per cell).
+    a cell leaves its cluster's call only on strong evidence). With ``override_codes`` (sub-clusters of another
+    T-cell graph), a sub-cluster of at least ``_CD8_OVERRIDE_MIN_CELLS`` cells whose CD8 fraction, by the same
+    rates, is clearly CD8 (>= ``_CD8_OVERRIDE``) sets the prior of its cells instead: a CD8 population that the
+    coarse clusters merged into a larger CD4 one (combat: 67 CD8A+ CD8B+ CD4- naive T cells inside a CD4 naive
+    sub-cluster) keeps its own call. (The reverse, clearly CD4 sub-clusters inside CD8 ones, was tried: it moved
+    as many of pbmc3k's Seurat CD8 T cells to CD4 as it fixed and left citeseq's CD4 memory cells called CD8.)
+    Returns (posterior, pi per cell).
     """
     d, sizes = _group_means(D.astype(np.float64), codes)
     big = sizes >= 10
@@ -92,8 +98,8 @@ def _cd8_posterior(
     if override_codes is not None:
         do, so = _group_means(D.astype(np.float64), override_codes)
         pio = ((np.clip((do[:, informative] - p4[informative]) / w, 0, 1) * w).sum(axis=1) / w.sum())[override_codes]
-        clear = (pio >= const._CD8_OVERRIDE) | (pio <= 1 - const._CD8_OVERRIDE)
-        pic = np.where(clear & (so[override_codes] >= const._CD8_OVERRIDE_MIN_CELLS), pio, pic)
+        clear = (pio >= const._CD8_OVERRIDE) & (so[override_codes] >= const._CD8_OVERRIDE_MIN_CELLS)
+        pic = np.where(clear, np.maximum(pio, pic), pic)
     log_odds_prior = np.where(pic >= 0.5, 1.0, -1.0) * np.log(const._CLUSTER_ODDS)
     post = 1 / (1 + np.exp(-(log_odds_prior + llr)))
     return post, pic
@@ -185,7 +191,7 @@ def _t_subsets(
        sub-cluster mean, a little by the kNN neighbourhood and the cell itself.
     2. CD4 vs CD8: Bayesian CD8A/CD8B detection model with the sub-cluster as prior (:func:`_cd8_posterior`),
        on coarser sub-clusters (``coarse_codes``): CD4 vs CD8 is the major split of T cells, naive vs memory a
-       finer one; clearly CD4 or CD8 sub-clusters of a second graph (``override_codes``) keep their own call.
+       finer one; clearly CD8 sub-clusters of a second graph (``override_codes``) keep their own call.
        Where the panel lacks CD8A/CD8B and ``res["_signatures"]`` holds a reference signature for
        ``"CD4 vs CD8 T"``, its score decides instead (:func:`_cd8_signature_posterior`).
     3. Rare subsets (Treg, MAIT, gamma-delta, proliferating) replace the naive/memory call where their gated,
