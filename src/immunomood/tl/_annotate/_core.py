@@ -384,10 +384,10 @@ def annotate(
         the memory compartment) and that the data have, when there are enough of them per side; otherwise the
         cells stop at the lineage, as with ``None`` (the default). Opt-in because it trades the honest
         lineage-level call for a fine call of lower accuracy: on OneK1K (1,000 genes, AIM2 the only B memory
-        marker) it splits memory B cells, 0.90 of them correctly, and lineage-level calls fall from 22% to 11%, but on
-        kang2018 its B naive/memory calls (which that set's labels cannot judge) lower the AUROC of confidence for
-        correctness from 0.81 to 0.77. CD4 vs CD8 without CD8A and CD8B is not resolved: only CD8A, CD8B and CTSW
-        separate them in both reference cohorts.
+        marker) it splits half of the memory B cells, 0.85 of those correctly, and lineage-level calls fall from
+        22% to 11%, but on kang2018 its B naive/memory calls (which that set's labels cannot judge) lower the AUROC
+        of confidence for correctness from 0.81 to 0.77. CD4 vs CD8 without CD8A and CD8B is not resolved: only
+        CD8A, CD8B and CTSW separate them in both reference cohorts.
     {layer}
     use_rep
         Embedding in ``adata.obsm`` (e.g. an integrated ``"X_scVI"``) for the neighbourhood graph and
