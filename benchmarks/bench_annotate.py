@@ -40,7 +40,7 @@ added before, 0.48 GB after (the log-normalised CSR copy of the whole matrix is 
 
 - 9,965 cells (load average 2.8-3.2): ours 7.8 s = 1,274 cells/s, scanpy path 20.3 s; peak 0.70 GB (scanpy
   0.72); lineage 0.994, fine 0.953; profile: _annotate_cells 7.7 s (sub-clusters 5.0), HVG + PCA 2.9, Leiden 2.2.
-- 100,000 cells in memory, final code of this session (with the unscaled-graph CD8 override; load average
+- 100,000 cells in memory, after merging the row blocks with the unscaled-graph CD8 override (81b080b; load average
   1.2-1.9): ours 12.1 s = 8,265 cells/s, scanpy path 90.5 s (ratio 0.13); peak 1.54 GB, 0.49 GB added by the
   call (scanpy 2.97 GB); lineage 0.985, fine 0.893, Unassigned 1.4%.
 - 100,000 cells in memory (load average 1.8-2.0): ours 18.4 s = 5,425 cells/s (17.3 s = 5,791 cells/s at load
