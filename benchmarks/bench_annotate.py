@@ -355,7 +355,7 @@ def _anchor_at(n: int) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # How published labels are matched to our types (the same maps as tests/tl/test_annotate.py). A fine call is
 # correct when it is in the label's set; a lineage-level call ("T cell" ...) is judged on its lineage only.
-from _label_maps import SEURAT_FINE, SEURAT_LIN  # noqa: E402  (tests/_label_maps.py, shared with the tests)
+from _label_maps import CSLE_AZIMUTH, SEURAT_FINE, SEURAT_LIN  # noqa: E402  (tests/_label_maps.py, shared with the tests)
 
 # kang2018: its "CD8 T cells" cluster holds the NK cells too (no NK label in that reference)
 KANG_FINE = {
@@ -379,20 +379,7 @@ ONEK1K_FINE = {
     "bmem": {"B memory"},
 }
 ONEK1K_LIN = {"monoc": "Monocyte", "mononc": "Monocyte", "bmem": "B cell", "cd4nc": "T cell"}
-CSLE = {  # Azimuth level-3 label prefix -> (fine types, lineage)
-    "B naive": ({"B naive"}, "B cell"),
-    "B memory": ({"B memory"}, "B cell"),
-    "B intermediate": ({"B naive", "B memory"}, "B cell"),
-    "CD4 TCM": ({"CD4 memory T"}, "T cell"),
-    "CD4 TEM": ({"CD4 memory T"}, "T cell"),
-    "CD4 Naive": ({"CD4 naive T"}, "T cell"),
-    "Treg": ({"Treg"}, "T cell"),
-    "CD8 TEM": ({"CD8 memory T"}, "T cell"),
-    "gdT": ({"gamma-delta T"}, "T cell"),
-    "MAIT": ({"MAIT"}, "T cell"),
-    "dnT": (set(), "T cell"),
-    "ILC": ({"NK"}, "NK cell"),
-}
+CSLE = CSLE_AZIMUTH  # Azimuth level-3 label prefix -> (fine types, lineage)
 # csle's own (author) labels in obs["cell_type"]: the compartments the cells were sorted/annotated into. They
 # disagree with Azimuth level 3 on Tregs (60 of Azimuth's 199 "CD4 TCM_1" are author Tregs), so both are scored.
 CSLE_AUTHORS = {

@@ -17,7 +17,7 @@ import immunomood as im
 from immunomood.tl._annotate import CELL_TYPES, LABELS, LINEAGE_CALLS, LINEAGES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers shared with the benchmarks
-from _label_maps import SEURAT_FINE, SEURAT_LIN
+from _label_maps import SEURAT_FINE, SEURAT_LIN, csle_azimuth
 
 TYPES = {
     "CD4 naive T": ["CD3D", "CD3E", "CD2", "CCR7", "SELL", "LEF1", "TCF7", "CD4", "MAL", "LRRN3", "IL7R"],
@@ -458,27 +458,7 @@ def test_csle_real_donors(data_dir):
     a = ad.read_h5ad(path)
     im.tl.annotate(a)
     truth = a.obs["azimuth_l3"].astype(str).to_numpy()
-
-    def maps(t: str) -> tuple[set, str]:
-        for prefix, (f, l) in {
-            "B naive": ({"B naive"}, "B cell"),
-            "B memory": ({"B memory"}, "B cell"),
-            "B intermediate": ({"B naive", "B memory"}, "B cell"),
-            "CD4 TCM": ({"CD4 memory T"}, "T cell"),
-            "CD4 TEM": ({"CD4 memory T"}, "T cell"),
-            "CD4 Naive": ({"CD4 naive T"}, "T cell"),
-            "Treg": ({"Treg"}, "T cell"),
-            "CD8 TEM": ({"CD8 memory T"}, "T cell"),
-            "gdT": ({"gamma-delta T"}, "T cell"),
-            "MAIT": ({"MAIT"}, "T cell"),
-            "dnT": (set(), "T cell"),
-            "ILC": ({"NK"}, "NK cell"),
-        }.items():
-            if t.startswith(prefix):
-                return f, l
-        raise AssertionError(f"unmapped label {t}")
-
-    m = [maps(t) for t in truth]
+    m = [csle_azimuth(t) for t in truth]
     lin = a.obs["cell_lineage"].astype(str).to_numpy()
     fine = a.obs["cell_type"].astype(str).to_numpy()
     assigned = lin != "Unassigned"
